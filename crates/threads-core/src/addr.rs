@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use multiaddr::{Multiaddr, Protocol};
+pub use multiaddr::{Multiaddr, Protocol};
 use thiserror::Error;
 
 use crate::id::{IdError, ThreadId};

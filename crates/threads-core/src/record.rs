@@ -159,8 +159,9 @@ pub enum ChainError {
     Gap { prev: Cid },
     #[error("record has no prev but the log already has records (head {head})")]
     MissingPrev { head: Cid },
-    #[error("record continues {prev}, not the log's head {head}")]
-    WrongPrev { head: Cid, prev: Cid },
+    /// The caller knows its head; the error names only what the record claims.
+    #[error("record continues {prev}, which is not the log's head")]
+    WrongPrev { prev: Cid },
 }
 
 impl Head {
@@ -171,12 +172,7 @@ impl Head {
             (None, Some(prev)) => return Err(ChainError::Gap { prev }),
             (Some(head), None) => return Err(ChainError::MissingPrev { head: head.cid }),
             (Some(head), Some(prev)) if prev == head.cid => head.counter + 1,
-            (Some(head), Some(prev)) => {
-                return Err(ChainError::WrongPrev {
-                    head: head.cid,
-                    prev,
-                })
-            }
+            (Some(_), Some(prev)) => return Err(ChainError::WrongPrev { prev }),
         };
         Ok(Head {
             cid: record.cid,

@@ -84,10 +84,7 @@ fn chain_errors() {
     );
     assert_eq!(
         Head::advance(Some(&head1), &third),
-        Err(ChainError::WrongPrev {
-            head: first.cid(),
-            prev: second.cid()
-        })
+        Err(ChainError::WrongPrev { prev: second.cid() })
     );
     let other_first = log.write(&body("fork"), None);
     assert_eq!(
@@ -264,7 +261,9 @@ fn wrong_keys() {
 }
 
 /// Builds an envelope map by hand, key by key, for encodings the writer never produces.
-fn raw_envelope(entries: &[(&str, &dyn Fn(&mut Writer))]) -> Vec<u8> {
+type Entry<'a> = (&'a str, &'a dyn Fn(&mut Writer));
+
+fn raw_envelope(entries: &[Entry]) -> Vec<u8> {
     let mut w = Writer::with_capacity(256);
     w.map(entries.len() as u64);
     for (key, value) in entries {

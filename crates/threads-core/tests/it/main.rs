@@ -1,0 +1,5 @@
+//! Integration tests of threads-core: golden bytes, cross-implementation vectors, properties.
+
+mod golden;
+mod interop;
+mod props;

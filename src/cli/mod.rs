@@ -1,0 +1,28 @@
+//! Command-line entry points. Each subcommand is a module.
+
+mod inspect;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Threads: signed, hash-linked, encrypted single-writer logs, and the follower that keeps them.
+#[derive(Debug, Parser)]
+#[command(name = "threads", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Inspect(inspect::Args),
+}
+
+impl Cli {
+    pub fn run(self) -> ExitCode {
+        match self.command {
+            Command::Inspect(args) => inspect::run(args),
+        }
+    }
+}
