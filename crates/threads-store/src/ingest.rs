@@ -1,0 +1,721 @@
+//! The SQL both backends share, and the ingest rule.
+//!
+//! The statements are the same text on SQLite and Postgres (`$n` placeholders, `RETURNING`,
+//! `ON CONFLICT`), so one macro expands the [`Store`](crate::Store) implementation for each
+//! backend type. A backend struct provides `write` and `read` pools, a `changes` sender, and two
+//! hooks: `notify_in_tx` (Postgres: `pg_notify`, delivered at commit) and `after_commit`
+//! (SQLite: in-process broadcast).
+
+use std::collections::HashMap;
+
+use sqlx::FromRow;
+use threads_core::{Cid, Head, LogId, ServiceKey, ThreadId, UnverifiedRecord};
+
+use crate::model::*;
+use crate::{Result, StoreError};
+
+pub(crate) fn decode_err(what: &'static str) -> StoreError {
+    StoreError::Other(sqlx::Error::Decode(
+        format!("stored {what} does not parse").into(),
+    ))
+}
+
+pub(crate) fn cid(bytes: &[u8]) -> Result<Cid> {
+    Cid::try_from(bytes).map_err(|_| decode_err("CID"))
+}
+
+pub(crate) fn thread_id(bytes: &[u8]) -> Result<ThreadId> {
+    ThreadId::from_bytes(bytes).map_err(|_| decode_err("thread ID"))
+}
+
+pub(crate) fn log_id(bytes: &[u8]) -> Result<LogId> {
+    LogId::from_bytes(bytes).map_err(|_| decode_err("log ID"))
+}
+
+#[derive(FromRow)]
+pub(crate) struct ThreadRow {
+    id: Vec<u8>,
+    public: bool,
+    follow_key: Vec<u8>,
+    seq: i64,
+    record_count: i64,
+    byte_count: i64,
+    created_at: i64,
+}
+
+impl ThreadRow {
+    pub(crate) fn into_info(self) -> Result<ThreadInfo> {
+        Ok(ThreadInfo {
+            id: thread_id(&self.id)?,
+            public: self.public,
+            follow_key: ServiceKey::from_slice(&self.follow_key)
+                .map_err(|_| decode_err("follow key"))?,
+            seq: self.seq as u64,
+            records: self.record_count as u64,
+            bytes: self.byte_count as u64,
+            created_ms: self.created_at,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct LogRow {
+    thread_id: Vec<u8>,
+    log_id: Vec<u8>,
+    addrs: String,
+    head_cid: Option<Vec<u8>>,
+    head_counter: i64,
+    byte_count: i64,
+    registered_at: i64,
+}
+
+impl LogRow {
+    pub(crate) fn into_info(self) -> Result<LogInfo> {
+        let head = match self.head_cid {
+            Some(bytes) => Some(Head {
+                cid: cid(&bytes)?,
+                counter: self.head_counter as u64,
+            }),
+            None => None,
+        };
+        Ok(LogInfo {
+            thread: thread_id(&self.thread_id)?,
+            log: log_id(&self.log_id)?,
+            head,
+            bytes: self.byte_count as u64,
+            addrs: serde_json::from_str(&self.addrs).map_err(|_| decode_err("addresses"))?,
+            registered_ms: self.registered_at,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct RecordRow {
+    thread_id: Vec<u8>,
+    seq: i64,
+    log_id: Vec<u8>,
+    counter: i64,
+    cid: Vec<u8>,
+    record: Vec<u8>,
+    event: Vec<u8>,
+    header: Vec<u8>,
+    body: Vec<u8>,
+    arrived_at: i64,
+}
+
+impl RecordRow {
+    pub(crate) fn into_stored(self) -> Result<StoredRecord> {
+        Ok(StoredRecord {
+            thread: thread_id(&self.thread_id)?,
+            log: log_id(&self.log_id)?,
+            seq: self.seq as u64,
+            counter: self.counter as u64,
+            cid: cid(&self.cid)?,
+            arrived_ms: self.arrived_at,
+            blocks: UnverifiedRecord {
+                record: self.record,
+                event: self.event,
+                header: self.header,
+                body: self.body,
+            },
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct ForkRow {
+    cid: Vec<u8>,
+    prev: Option<Vec<u8>>,
+    record: Vec<u8>,
+    event: Vec<u8>,
+    header: Vec<u8>,
+    body: Vec<u8>,
+    arrived_at: i64,
+}
+
+impl ForkRow {
+    pub(crate) fn into_evidence(self) -> Result<ForkEvidence> {
+        Ok(ForkEvidence {
+            cid: cid(&self.cid)?,
+            prev: self.prev.as_deref().map(cid).transpose()?,
+            arrived_ms: self.arrived_at,
+            blocks: UnverifiedRecord {
+                record: self.record,
+                event: self.event,
+                header: self.header,
+                body: self.body,
+            },
+        })
+    }
+}
+
+/// A log's state while a batch is decided.
+pub(crate) struct LogState {
+    pub head: Option<Head>,
+    pub bytes: i64,
+    pub changed: bool,
+}
+
+/// What the ingest rule decided for one record, before any row is written.
+pub(crate) enum Decision {
+    Store { seq: u64, counter: u64 },
+    Fork { head: Head },
+    Final(Outcome),
+}
+
+/// Decides one record against the log's state. `stored_in_log(prev)` answers whether `prev` is
+/// a record of this log already in the database (a fork) or not (a gap).
+pub(crate) fn decide(
+    item: &Ingest,
+    state: Option<&mut LogState>,
+    known: &HashMap<Vec<u8>, u64>,
+    prev_stored: bool,
+    thread_seq: &mut u64,
+    thread_bytes: &mut u64,
+    quotas: &Quotas,
+) -> Decision {
+    let Some(state) = state else {
+        return Decision::Final(Outcome::UnknownLog);
+    };
+    if let Some(&counter) = known.get(&item.record.cid().to_bytes()) {
+        return Decision::Final(Outcome::Duplicate { counter });
+    }
+    match Head::advance(state.head.as_ref(), &item.record) {
+        Ok(head) => {
+            let len = record_len(item) as u64;
+            if quotas
+                .max_records_per_log
+                .is_some_and(|max| head.counter > max)
+            {
+                return Decision::Final(Outcome::QuotaExceeded(Quota::RecordsPerLog));
+            }
+            if quotas
+                .max_bytes_per_thread
+                .is_some_and(|max| *thread_bytes + len > max)
+            {
+                return Decision::Final(Outcome::QuotaExceeded(Quota::BytesPerThread));
+            }
+            *thread_seq += 1;
+            *thread_bytes += len;
+            state.head = Some(head);
+            state.bytes += len as i64;
+            state.changed = true;
+            Decision::Store {
+                seq: *thread_seq,
+                counter: head.counter,
+            }
+        }
+        Err(threads_core::ChainError::MissingPrev { .. }) => Decision::Fork {
+            head: state.head.expect("MissingPrev means the log has a head"),
+        },
+        Err(threads_core::ChainError::WrongPrev { .. }) if prev_stored => Decision::Fork {
+            head: state.head.expect("WrongPrev means the log has a head"),
+        },
+        Err(_) => Decision::Final(Outcome::Gap { head: state.head }),
+    }
+}
+
+pub(crate) fn record_len(item: &Ingest) -> usize {
+    let b = item.record.blocks();
+    b.record.len() + b.event.len() + b.header.len() + b.body.len()
+}
+
+/// The columns every record query selects.
+pub(crate) const RECORD_COLUMNS: &str =
+    "thread_id, seq, log_id, counter, cid, record, event, header, body, arrived_at";
+
+/// Implements [`Store`](crate::Store) for a backend struct with `write`/`read` pools of `$db`.
+macro_rules! impl_store {
+    ($store:ty, $db:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::Store for $store {
+            async fn register(
+                &self,
+                reg: &$crate::model::Registration,
+                now_ms: i64,
+            ) -> $crate::Result<$crate::model::Registered> {
+                use $crate::model::Registered;
+                let mut tx = self.write.begin().await?;
+                let thread = reg.thread.as_bytes();
+                let key: Option<(Vec<u8>,)> =
+                    sqlx::query_as("SELECT follow_key FROM threads WHERE id = $1")
+                        .bind(thread)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                match key {
+                    None => {
+                        sqlx::query(
+                            "INSERT INTO threads (id, public, follow_key, created_at) VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(thread)
+                        .bind(reg.public)
+                        .bind(&reg.follow_key.as_bytes()[..])
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    Some((key,)) if key[..] != reg.follow_key.as_bytes()[..] => {
+                        return Err($crate::StoreError::Conflict("follow_key_mismatch"));
+                    }
+                    Some(_) => {
+                        sqlx::query("UPDATE threads SET public = $2 WHERE id = $1")
+                            .bind(thread)
+                            .bind(reg.public)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                let addrs = serde_json::to_string(&reg.addrs).expect("strings serialize");
+                let updated = sqlx::query("UPDATE logs SET addrs = $3 WHERE thread_id = $1 AND log_id = $2")
+                    .bind(thread)
+                    .bind(reg.log.to_bytes())
+                    .bind(&addrs)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if updated == 0 {
+                    sqlx::query(
+                        "INSERT INTO logs (thread_id, log_id, addrs, registered_at) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(thread)
+                    .bind(reg.log.to_bytes())
+                    .bind(&addrs)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(if updated == 0 { Registered::Created } else { Registered::Updated })
+            }
+
+            async fn unregister_log(
+                &self,
+                thread: &threads_core::ThreadId,
+                log: &threads_core::LogId,
+            ) -> $crate::Result<()> {
+                let mut tx = self.write.begin().await?;
+                let (t, l) = (thread.as_bytes(), log.to_bytes());
+                let lock = sqlx::query("UPDATE threads SET seq = seq WHERE id = $1")
+                    .bind(t)
+                    .execute(&mut *tx)
+                    .await?;
+                if lock.rows_affected() == 0 {
+                    return Err($crate::StoreError::NotFound);
+                }
+                let removed: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT head_counter, byte_count FROM logs WHERE thread_id = $1 AND log_id = $2",
+                )
+                .bind(t)
+                .bind(&l)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((count, bytes)) = removed else {
+                    return Err($crate::StoreError::NotFound);
+                };
+                for table in ["records", "forks", "logs"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE thread_id = $1 AND log_id = $2"))
+                        .bind(t)
+                        .bind(&l)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query(
+                    "UPDATE threads SET record_count = record_count - $2, byte_count = byte_count - $3 WHERE id = $1",
+                )
+                .bind(t)
+                .bind(count)
+                .bind(bytes)
+                .execute(&mut *tx)
+                .await?;
+                // A thread with no logs left holds nothing: remove it too.
+                sqlx::query(
+                    "DELETE FROM threads WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM logs WHERE thread_id = $1)",
+                )
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn delete_thread(&self, thread: &threads_core::ThreadId) -> $crate::Result<()> {
+                let mut tx = self.write.begin().await?;
+                let t = thread.as_bytes();
+                for table in ["records", "forks", "logs"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE thread_id = $1"))
+                        .bind(t)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let gone = sqlx::query("DELETE FROM threads WHERE id = $1")
+                    .bind(t)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if gone == 0 {
+                    return Err($crate::StoreError::NotFound);
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn thread(
+                &self,
+                thread: &threads_core::ThreadId,
+            ) -> $crate::Result<Option<$crate::model::ThreadInfo>> {
+                let row: Option<$crate::ingest::ThreadRow> = sqlx::query_as(
+                    "SELECT id, public, follow_key, seq, record_count, byte_count, created_at FROM threads WHERE id = $1",
+                )
+                .bind(thread.as_bytes())
+                .fetch_optional(&self.read)
+                .await?;
+                row.map(|r| r.into_info()).transpose()
+            }
+
+            async fn public_threads(
+                &self,
+                after: Option<&threads_core::ThreadId>,
+                limit: u32,
+            ) -> $crate::Result<Vec<$crate::model::ThreadInfo>> {
+                let rows: Vec<$crate::ingest::ThreadRow> = sqlx::query_as(
+                    "SELECT id, public, follow_key, seq, record_count, byte_count, created_at FROM threads \
+                     WHERE public AND id > $1 ORDER BY id LIMIT $2",
+                )
+                .bind(after.map(|a| a.as_bytes().to_vec()).unwrap_or_default())
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await?;
+                rows.into_iter().map(|r| r.into_info()).collect()
+            }
+
+            async fn logs(
+                &self,
+                thread: &threads_core::ThreadId,
+            ) -> $crate::Result<Vec<$crate::model::LogInfo>> {
+                let rows: Vec<$crate::ingest::LogRow> = sqlx::query_as(
+                    "SELECT thread_id, log_id, addrs, head_cid, head_counter, byte_count, registered_at \
+                     FROM logs WHERE thread_id = $1 ORDER BY log_id",
+                )
+                .bind(thread.as_bytes())
+                .fetch_all(&self.read)
+                .await?;
+                rows.into_iter().map(|r| r.into_info()).collect()
+            }
+
+            async fn log(
+                &self,
+                thread: &threads_core::ThreadId,
+                log: &threads_core::LogId,
+            ) -> $crate::Result<Option<$crate::model::LogInfo>> {
+                let row: Option<$crate::ingest::LogRow> = sqlx::query_as(
+                    "SELECT thread_id, log_id, addrs, head_cid, head_counter, byte_count, registered_at \
+                     FROM logs WHERE thread_id = $1 AND log_id = $2",
+                )
+                .bind(thread.as_bytes())
+                .bind(log.to_bytes())
+                .fetch_optional(&self.read)
+                .await?;
+                row.map(|r| r.into_info()).transpose()
+            }
+
+            async fn ingest(
+                &self,
+                batch: Vec<$crate::model::Ingest>,
+                quotas: &$crate::model::Quotas,
+                now_ms: i64,
+            ) -> $crate::Result<Vec<$crate::model::Outcome>> {
+                use std::collections::{BTreeMap, HashMap};
+                use $crate::ingest::{decide, Decision, LogState};
+                use $crate::model::Outcome;
+
+                let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+                // Threads in ID order, so concurrent batches lock rows in one order.
+                let mut by_thread: BTreeMap<Vec<u8>, Vec<usize>> = BTreeMap::new();
+                for (i, item) in batch.iter().enumerate() {
+                    by_thread.entry(item.thread.as_bytes().to_vec()).or_default().push(i);
+                }
+                let mut changes = Vec::new();
+                let mut tx = self.write.begin().await?;
+                for (thread, indexes) in by_thread {
+                    // Locks the thread row until commit: sequence numbers follow commit order.
+                    let counters: Option<(i64, i64)> = sqlx::query_as(
+                        "UPDATE threads SET seq = seq WHERE id = $1 RETURNING seq, byte_count",
+                    )
+                    .bind(&thread)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some((seq, bytes)) = counters else {
+                        for i in indexes {
+                            outcomes[i] = Some(Outcome::UnknownLog);
+                        }
+                        continue;
+                    };
+                    let (first_seq, mut thread_seq, mut thread_bytes) = (seq as u64, seq as u64, bytes as u64);
+
+                    let rows: Vec<(Vec<u8>, Option<Vec<u8>>, i64, i64)> = sqlx::query_as(
+                        "SELECT log_id, head_cid, head_counter, byte_count FROM logs WHERE thread_id = $1",
+                    )
+                    .bind(&thread)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let mut logs: HashMap<Vec<u8>, LogState> = HashMap::new();
+                    for (log, head_cid, counter, bytes) in rows {
+                        let head = match head_cid {
+                            Some(c) => Some(threads_core::Head { cid: $crate::ingest::cid(&c)?, counter: counter as u64 }),
+                            None => None,
+                        };
+                        logs.insert(log, LogState { head, bytes, changed: false });
+                    }
+
+                    // Records of this batch already stored: duplicates.
+                    let mut known: HashMap<Vec<u8>, u64> = HashMap::new();
+                    let mut q = sqlx::QueryBuilder::<$db>::new("SELECT cid, counter FROM records WHERE thread_id = ");
+                    q.push_bind(&thread).push(" AND cid IN (");
+                    let mut sep = q.separated(", ");
+                    for &i in &indexes {
+                        sep.push_bind(batch[i].record.cid().to_bytes());
+                    }
+                    sep.push_unseparated(")");
+                    let rows: Vec<(Vec<u8>, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
+                    known.extend(rows.into_iter().map(|(c, n)| (c, n as u64)));
+
+                    let mut records = Vec::new();
+                    let mut forks = Vec::new();
+                    for &i in &indexes {
+                        let item = &batch[i];
+                        let log_key = item.log.to_bytes();
+                        let state = logs.get_mut(&log_key);
+                        // A prev that is not the head but is stored in this log makes a fork.
+                        let prev_stored = match (&state, item.record.prev()) {
+                            (Some(s), Some(prev)) if s.head.map(|h| h.cid) != Some(prev) => {
+                                let found: Option<(i64,)> = sqlx::query_as(
+                                    "SELECT counter FROM records WHERE thread_id = $1 AND log_id = $2 AND cid = $3",
+                                )
+                                .bind(&thread)
+                                .bind(&log_key)
+                                .bind(prev.to_bytes())
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                                found.is_some()
+                            }
+                            _ => false,
+                        };
+                        let decision = decide(item, state, &known, prev_stored, &mut thread_seq, &mut thread_bytes, quotas);
+                        outcomes[i] = Some(match decision {
+                            Decision::Store { seq, counter } => {
+                                known.insert(item.record.cid().to_bytes(), counter);
+                                records.push((i, seq, counter));
+                                Outcome::Accepted { seq, counter }
+                            }
+                            Decision::Fork { head } => {
+                                forks.push(i);
+                                Outcome::Fork { head }
+                            }
+                            Decision::Final(outcome) => outcome,
+                        });
+                    }
+
+                    // Bounded so a statement stays under both backends' bind-parameter limits.
+                    for chunk in records.chunks(1000) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO records (thread_id, seq, log_id, counter, cid, prev, event_cid, header_cid, \
+                             body_cid, record, event, header, body, arrived_at) ",
+                        );
+                        q.push_values(chunk, |mut row, &(i, seq, counter)| {
+                            let r = &batch[i].record;
+                            let (header_cid, body_cid) = r.content_cids();
+                            let b = r.blocks();
+                            row.push_bind(&thread)
+                                .push_bind(seq as i64)
+                                .push_bind(batch[i].log.to_bytes())
+                                .push_bind(counter as i64)
+                                .push_bind(r.cid().to_bytes())
+                                .push_bind(r.prev().map(|p| p.to_bytes()))
+                                .push_bind(r.event_cid().to_bytes())
+                                .push_bind(header_cid.to_bytes())
+                                .push_bind(body_cid.to_bytes())
+                                .push_bind(&b.record)
+                                .push_bind(&b.event)
+                                .push_bind(&b.header)
+                                .push_bind(&b.body)
+                                .push_bind(now_ms);
+                        });
+                        q.build().execute(&mut *tx).await?;
+                    }
+                    for &i in &forks {
+                        let r = &batch[i].record;
+                        let b = r.blocks();
+                        sqlx::query(
+                            "INSERT INTO forks (thread_id, log_id, cid, prev, record, event, header, body, arrived_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(&thread)
+                        .bind(batch[i].log.to_bytes())
+                        .bind(r.cid().to_bytes())
+                        .bind(r.prev().map(|p| p.to_bytes()))
+                        .bind(&b.record)
+                        .bind(&b.event)
+                        .bind(&b.header)
+                        .bind(&b.body)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    for (log, state) in logs.iter().filter(|(_, s)| s.changed) {
+                        let head = state.head.expect("a changed log has a head");
+                        sqlx::query(
+                            "UPDATE logs SET head_cid = $3, head_counter = $4, byte_count = $5 \
+                             WHERE thread_id = $1 AND log_id = $2",
+                        )
+                        .bind(&thread)
+                        .bind(log)
+                        .bind(head.cid.to_bytes())
+                        .bind(head.counter as i64)
+                        .bind(state.bytes)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    if thread_seq > first_seq {
+                        sqlx::query(
+                            "UPDATE threads SET seq = $2, record_count = record_count + $3, byte_count = $4 WHERE id = $1",
+                        )
+                        .bind(&thread)
+                        .bind(thread_seq as i64)
+                        .bind((thread_seq - first_seq) as i64)
+                        .bind(thread_bytes as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                        let change = $crate::Change {
+                            thread: $crate::ingest::thread_id(&thread)?,
+                            seq: thread_seq,
+                        };
+                        Self::notify_in_tx(&mut tx, &change).await?;
+                        changes.push(change);
+                    }
+                }
+                tx.commit().await?;
+                self.after_commit(changes);
+                Ok(outcomes.into_iter().map(|o| o.expect("every record decided")).collect())
+            }
+
+            async fn records_by_log(
+                &self,
+                thread: &threads_core::ThreadId,
+                log: &threads_core::LogId,
+                after: u64,
+                limit: u32,
+            ) -> $crate::Result<Vec<$crate::model::StoredRecord>> {
+                let sql = format!(
+                    "SELECT {} FROM records WHERE thread_id = $1 AND log_id = $2 AND counter > $3 ORDER BY counter LIMIT $4",
+                    $crate::ingest::RECORD_COLUMNS
+                );
+                let rows: Vec<$crate::ingest::RecordRow> = sqlx::query_as(&sql)
+                    .bind(thread.as_bytes())
+                    .bind(log.to_bytes())
+                    .bind(after as i64)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.read)
+                    .await?;
+                rows.into_iter().map(|r| r.into_stored()).collect()
+            }
+
+            async fn records_by_thread(
+                &self,
+                thread: &threads_core::ThreadId,
+                after: u64,
+                limit: u32,
+            ) -> $crate::Result<Vec<$crate::model::StoredRecord>> {
+                let sql = format!(
+                    "SELECT {} FROM records WHERE thread_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    $crate::ingest::RECORD_COLUMNS
+                );
+                let rows: Vec<$crate::ingest::RecordRow> = sqlx::query_as(&sql)
+                    .bind(thread.as_bytes())
+                    .bind(after as i64)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.read)
+                    .await?;
+                rows.into_iter().map(|r| r.into_stored()).collect()
+            }
+
+            async fn block(&self, cid: &threads_core::Cid) -> $crate::Result<Option<Vec<u8>>> {
+                let row: Option<(Vec<u8>,)> = sqlx::query_as(
+                    "SELECT CASE WHEN cid = $1 THEN record WHEN event_cid = $1 THEN event \
+                     WHEN header_cid = $1 THEN header ELSE body END FROM records \
+                     WHERE cid = $1 OR event_cid = $1 OR header_cid = $1 OR body_cid = $1 LIMIT 1",
+                )
+                .bind(cid.to_bytes())
+                .fetch_optional(&self.read)
+                .await?;
+                Ok(row.map(|(b,)| b))
+            }
+
+            async fn forks(
+                &self,
+                thread: &threads_core::ThreadId,
+                log: &threads_core::LogId,
+            ) -> $crate::Result<Vec<$crate::model::ForkEvidence>> {
+                let rows: Vec<$crate::ingest::ForkRow> = sqlx::query_as(
+                    "SELECT cid, prev, record, event, header, body, arrived_at FROM forks \
+                     WHERE thread_id = $1 AND log_id = $2 ORDER BY arrived_at, cid",
+                )
+                .bind(thread.as_bytes())
+                .bind(log.to_bytes())
+                .fetch_all(&self.read)
+                .await?;
+                rows.into_iter().map(|r| r.into_evidence()).collect()
+            }
+
+            async fn use_nonce(&self, nonce: &[u8], expires_ms: i64, now_ms: i64) -> $crate::Result<bool> {
+                let mut tx = self.write.begin().await?;
+                sqlx::query("DELETE FROM request_nonces WHERE expires_at < $1")
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                let fresh = sqlx::query(
+                    "INSERT INTO request_nonces (nonce, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                )
+                .bind(nonce)
+                .bind(expires_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                tx.commit().await?;
+                Ok(fresh)
+            }
+
+            async fn add_registration_token(&self, token_hash: &[u8], note: &str, now_ms: i64) -> $crate::Result<()> {
+                sqlx::query(
+                    "INSERT INTO registration_tokens (token_hash, note, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                )
+                .bind(token_hash)
+                .bind(note)
+                .bind(now_ms)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn registration_token_exists(&self, token_hash: &[u8]) -> $crate::Result<bool> {
+                let row: Option<(String,)> =
+                    sqlx::query_as("SELECT note FROM registration_tokens WHERE token_hash = $1")
+                        .bind(token_hash)
+                        .fetch_optional(&self.read)
+                        .await?;
+                Ok(row.is_some())
+            }
+
+            fn changes(&self) -> tokio::sync::broadcast::Receiver<$crate::Change> {
+                self.changes.subscribe()
+            }
+
+            async fn ping(&self) -> $crate::Result<()> {
+                sqlx::query("SELECT 1").execute(&self.read).await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(crate) use impl_store;

@@ -1,0 +1,141 @@
+//! Durable storage for the follower: registered threads and logs, verified records, fork
+//! evidence, request nonces and registration tokens.
+//!
+//! One trait, [`Store`], with two implementations sharing their SQL: [`SqliteStore`] (the
+//! zero-setup default, an embedded file) and [`PgStore`] (Postgres, for operators and for
+//! several server processes sharing one database).
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`model`] | the values stored and returned: registrations, heads, outcomes, stored records |
+//! | `ingest` | the ingest rule: one transaction per batch, duplicate/gap/fork decisions |
+//! | [`sqlite`], [`postgres`] | connection set-up and the backend-specific parts |
+//!
+//! Only [`threads_core::VerifiedRecord`]s can be ingested: verification happens before storage.
+//!
+//! **Arrival order.** Each thread hands out sequence numbers while its row is locked inside the
+//! ingest transaction, so within a thread, sequence order is commit order. A reader that pulls
+//! `seq > cursor` can therefore never skip a record that commits late, even with several server
+//! processes writing to one Postgres.
+
+pub mod model;
+pub mod postgres;
+pub mod sqlite;
+
+mod ingest;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use threads_core::{Cid, LogId, ThreadId};
+use tokio::sync::broadcast;
+
+pub use model::*;
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Why a storage call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A rule of the data was broken; the string names it (stable, for API error codes).
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    #[error(transparent)]
+    Other(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A thread's records changed: readers of `thread` past their cursor have more to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub thread: ThreadId,
+    /// The thread's newest sequence number after the change.
+    pub seq: u64,
+}
+
+/// Everything the follower keeps.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Registers a log; creates its thread on first use. Re-registering updates the addresses.
+    async fn register(&self, reg: &Registration, now_ms: i64) -> Result<Registered>;
+    /// Removes a log and every record of it.
+    async fn unregister_log(&self, thread: &ThreadId, log: &LogId) -> Result<()>;
+    /// Removes a thread with all its logs and records.
+    async fn delete_thread(&self, thread: &ThreadId) -> Result<()>;
+
+    async fn thread(&self, thread: &ThreadId) -> Result<Option<ThreadInfo>>;
+    /// Public threads after `after` in ID order, at most `limit`.
+    async fn public_threads(&self, after: Option<&ThreadId>, limit: u32)
+        -> Result<Vec<ThreadInfo>>;
+    async fn logs(&self, thread: &ThreadId) -> Result<Vec<LogInfo>>;
+    async fn log(&self, thread: &ThreadId, log: &LogId) -> Result<Option<LogInfo>>;
+
+    /// Stores a batch in one transaction and says what became of each record, in order.
+    async fn ingest(
+        &self,
+        batch: Vec<Ingest>,
+        quotas: &Quotas,
+        now_ms: i64,
+    ) -> Result<Vec<Outcome>>;
+
+    /// Records of one log with `counter > after`, in log order.
+    async fn records_by_log(
+        &self,
+        thread: &ThreadId,
+        log: &LogId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredRecord>>;
+    /// Records of one thread with `seq > after`, in arrival order.
+    async fn records_by_thread(
+        &self,
+        thread: &ThreadId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredRecord>>;
+    /// The bytes of any stored node (record, event, header or body) by its CID.
+    async fn block(&self, cid: &Cid) -> Result<Option<Vec<u8>>>;
+    /// Second records claiming a taken predecessor, kept as evidence.
+    async fn forks(&self, thread: &ThreadId, log: &LogId) -> Result<Vec<ForkEvidence>>;
+
+    /// Remembers a request nonce until `expires_ms`; false if it was already used.
+    async fn use_nonce(&self, nonce: &[u8], expires_ms: i64, now_ms: i64) -> Result<bool>;
+    async fn add_registration_token(
+        &self,
+        token_hash: &[u8],
+        note: &str,
+        now_ms: i64,
+    ) -> Result<()>;
+    async fn registration_token_exists(&self, token_hash: &[u8]) -> Result<bool>;
+
+    /// Record changes from every process sharing this database.
+    fn changes(&self) -> broadcast::Receiver<Change>;
+    /// Cheap round trip to the database, for readiness checks.
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Opens the store a configuration names: a `postgres://` URL selects Postgres; no URL means
+/// an embedded SQLite file `threads.db` in `data_dir`. Migrations run before it returns.
+pub async fn open(database_url: Option<&str>, data_dir: &Path) -> Result<Arc<dyn Store>> {
+    match database_url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Arc::new(PgStore::connect(url).await?))
+        }
+        Some(url) => Ok(Arc::new(SqliteStore::connect(url).await?)),
+        None => {
+            let path = data_dir.join("threads.db");
+            Ok(Arc::new(SqliteStore::open_file(&path).await?))
+        }
+    }
+}
+
+/// Capacity of the change channel: a receiver that falls further behind re-reads from storage.
+pub(crate) const CHANGE_CHANNEL: usize = 4096;

@@ -1,0 +1,127 @@
+//! The values the store keeps and returns.
+
+use threads_core::{Cid, Head, LogId, ServiceKey, ThreadId, UnverifiedRecord, VerifiedRecord};
+
+/// A writer's request to have a log followed. Its signature was checked before it got here.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub thread: ThreadId,
+    pub log: LogId,
+    /// The thread's follow key: every log of a thread must bring the same one.
+    pub follow_key: ServiceKey,
+    /// Multiaddrs where the writer can be reached.
+    pub addrs: Vec<String>,
+    /// Public threads can be pulled by anyone; private ones need a pull token.
+    pub public: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    Created,
+    Updated,
+}
+
+/// A registered thread. Holds the follow key: never serialize it to clients.
+#[derive(Debug, Clone)]
+pub struct ThreadInfo {
+    pub id: ThreadId,
+    pub public: bool,
+    pub follow_key: ServiceKey,
+    /// Newest arrival sequence number: the cursor of the newest record.
+    pub seq: u64,
+    pub records: u64,
+    pub bytes: u64,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogInfo {
+    pub thread: ThreadId,
+    pub log: LogId,
+    pub head: Option<Head>,
+    pub bytes: u64,
+    pub addrs: Vec<String>,
+    pub registered_ms: i64,
+}
+
+/// A verified record to be stored in a log of a thread.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    pub thread: ThreadId,
+    pub log: LogId,
+    pub record: VerifiedRecord,
+}
+
+/// Limits on what one thread or log may hold; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quotas {
+    pub max_records_per_log: Option<u64>,
+    pub max_bytes_per_thread: Option<u64>,
+}
+
+/// Which quota a record would have exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    RecordsPerLog,
+    BytesPerThread,
+}
+
+/// What became of one record of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored: its arrival sequence number in the thread, and its counter in the log.
+    Accepted {
+        seq: u64,
+        counter: u64,
+    },
+    /// Already stored (pushing twice is not an error).
+    Duplicate {
+        counter: u64,
+    },
+    /// Its predecessor is not stored yet: the writer should push from after `head`.
+    Gap {
+        head: Option<Head>,
+    },
+    /// A second record claiming a predecessor already taken: kept as evidence only.
+    Fork {
+        head: Head,
+    },
+    /// The log is not registered here.
+    UnknownLog,
+    QuotaExceeded(Quota),
+}
+
+impl Outcome {
+    /// Whether the record is now in the log (newly or before).
+    pub fn is_stored(&self) -> bool {
+        matches!(self, Outcome::Accepted { .. } | Outcome::Duplicate { .. })
+    }
+}
+
+/// A record as stored: where it sits in its log and thread, and its four nodes' bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub thread: ThreadId,
+    pub log: LogId,
+    pub seq: u64,
+    pub counter: u64,
+    pub cid: Cid,
+    pub arrived_ms: i64,
+    pub blocks: UnverifiedRecord,
+}
+
+impl StoredRecord {
+    pub fn byte_len(&self) -> usize {
+        let b = &self.blocks;
+        b.record.len() + b.event.len() + b.header.len() + b.body.len()
+    }
+}
+
+/// A rejected fork: the record, as received, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForkEvidence {
+    pub cid: Cid,
+    pub prev: Option<Cid>,
+    pub arrived_ms: i64,
+    pub blocks: UnverifiedRecord,
+}

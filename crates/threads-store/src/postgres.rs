@@ -1,0 +1,88 @@
+//! Postgres: for operators, and for several server processes sharing one database.
+//!
+//! Changes are announced with `NOTIFY` inside the ingest transaction (so they are delivered at
+//! commit, to every process) and received by one `LISTEN` task per process.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use crate::{Change, Result, CHANGE_CHANNEL};
+
+const CHANNEL: &str = "threads_changes";
+/// Enough for concurrent ingest batches plus readers on a small machine.
+const MAX_CONNECTIONS: u32 = 16;
+
+pub struct PgStore {
+    write: PgPool,
+    read: PgPool,
+    changes: broadcast::Sender<Change>,
+    listener: JoinHandle<()>,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("../../migrations/postgres")
+            .run(&pool)
+            .await?;
+        let (changes, _) = broadcast::channel(CHANGE_CHANNEL);
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(CHANNEL).await?;
+        let listener = tokio::spawn(listen(listener, changes.clone()));
+        Ok(Self {
+            write: pool.clone(),
+            read: pool,
+            changes,
+            listener,
+        })
+    }
+
+    async fn notify_in_tx(tx: &mut Transaction<'_, Postgres>, change: &Change) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(format!("{} {}", change.thread, change.seq))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Every process, this one included, learns of changes through `LISTEN`.
+    fn after_commit(&self, _changes: Vec<Change>) {}
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// Rebroadcasts notifications in-process. A lost connection is re-established by `PgListener`;
+/// what was announced meanwhile is not lost for readers, who always read by cursor.
+async fn listen(mut listener: PgListener, changes: broadcast::Sender<Change>) {
+    loop {
+        match listener.recv().await {
+            Ok(note) => {
+                let Some((thread, seq)) = note.payload().split_once(' ') else {
+                    continue;
+                };
+                if let (Ok(thread), Ok(seq)) = (thread.parse(), seq.parse()) {
+                    let _ = changes.send(Change { thread, seq });
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "postgres change listener failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+crate::ingest::impl_store!(PgStore, sqlx::Postgres);

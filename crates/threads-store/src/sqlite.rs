@@ -1,0 +1,78 @@
+//! The embedded default: one SQLite file in WAL mode, one writer connection and a read pool.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+use tokio::sync::broadcast;
+
+use crate::{Change, Result, CHANGE_CHANNEL};
+
+/// Readers run concurrently with the single writer thanks to WAL.
+const READ_CONNECTIONS: u32 = 4;
+
+pub struct SqliteStore {
+    write: SqlitePool,
+    read: SqlitePool,
+    changes: broadcast::Sender<Change>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`, and its parent directory.
+    pub async fn open_file(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
+        }
+        Self::with_options(SqliteConnectOptions::new().filename(path)).await
+    }
+
+    /// Opens a `sqlite:` URL.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::with_options(SqliteConnectOptions::from_str(url)?).await
+    }
+
+    async fn with_options(options: SqliteConnectOptions) -> Result<Self> {
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // An acknowledged record survives a crash of the machine, not only of the process.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("../../migrations/sqlite")
+            .run(&write)
+            .await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .connect_with(options.read_only(true))
+            .await?;
+        let (changes, _) = broadcast::channel(CHANGE_CHANNEL);
+        Ok(Self {
+            write,
+            read,
+            changes,
+        })
+    }
+
+    /// One process owns the file, so changes are announced in-process after commit.
+    async fn notify_in_tx(_tx: &mut Transaction<'_, Sqlite>, _change: &Change) -> Result<()> {
+        Ok(())
+    }
+
+    fn after_commit(&self, changes: Vec<Change>) {
+        for change in changes {
+            // No receiver is fine: nobody is listening.
+            let _ = self.changes.send(change);
+        }
+    }
+}
+
+crate::ingest::impl_store!(SqliteStore, sqlx::Sqlite);

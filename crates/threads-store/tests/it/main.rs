@@ -1,0 +1,3 @@
+//! The storage story: every query of the trait, run on both backends.
+
+mod story;
