@@ -76,3 +76,9 @@ CREATE TABLE registration_tokens (
     note        TEXT    NOT NULL DEFAULT '',
     created_at  INTEGER NOT NULL
 );
+
+-- Settings shared by every server process using this database (e.g. `server_id`).
+CREATE TABLE settings (
+    name        TEXT    PRIMARY KEY,
+    value       TEXT    NOT NULL
+);

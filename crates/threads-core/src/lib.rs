@@ -11,6 +11,7 @@
 //! | [`keys`] | follow/read/content keys, [`ThreadKey`], Ed25519 [`Keypair`] and [`PublicKey`] |
 //! | [`crypto`] | AES-256-GCM sealing and NaCl-box sealing to an identity |
 //! | [`addr`] | [`ThreadAddr`]: a peer multiaddr plus `/thread/<id>` |
+//! | [`auth`] | requests signed by a log key; pull tokens for private threads |
 //! | [`record`] | building, verifying ([`UnverifiedRecord`] → [`VerifiedRecord`]) and reading records; [`Head`] |
 //!
 //! # Example
@@ -41,6 +42,7 @@
 //! ```
 
 pub mod addr;
+pub mod auth;
 mod cbor;
 pub mod crypto;
 pub mod id;

@@ -638,16 +638,20 @@ macro_rules! impl_store {
                 rows.into_iter().map(|r| r.into_stored()).collect()
             }
 
-            async fn block(&self, cid: &threads_core::Cid) -> $crate::Result<Option<Vec<u8>>> {
-                let row: Option<(Vec<u8>,)> = sqlx::query_as(
-                    "SELECT CASE WHEN cid = $1 THEN record WHEN event_cid = $1 THEN event \
+            async fn block(
+                &self,
+                cid: &threads_core::Cid,
+            ) -> $crate::Result<Option<(threads_core::ThreadId, Vec<u8>)>> {
+                let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+                    "SELECT thread_id, CASE WHEN cid = $1 THEN record WHEN event_cid = $1 THEN event \
                      WHEN header_cid = $1 THEN header ELSE body END FROM records \
                      WHERE cid = $1 OR event_cid = $1 OR header_cid = $1 OR body_cid = $1 LIMIT 1",
                 )
                 .bind(cid.to_bytes())
                 .fetch_optional(&self.read)
                 .await?;
-                Ok(row.map(|(b,)| b))
+                row.map(|(thread, bytes)| Ok(($crate::ingest::thread_id(&thread)?, bytes)))
+                    .transpose()
             }
 
             async fn forks(
@@ -704,6 +708,21 @@ macro_rules! impl_store {
                         .fetch_optional(&self.read)
                         .await?;
                 Ok(row.is_some())
+            }
+
+            async fn server_id(&self) -> $crate::Result<String> {
+                use rand_core::RngCore;
+                let mut random = [0u8; 16];
+                rand_core::OsRng.fill_bytes(&mut random);
+                let fresh: String = random.iter().map(|b| format!("{b:02x}")).collect();
+                sqlx::query("INSERT INTO settings (name, value) VALUES ('server_id', $1) ON CONFLICT DO NOTHING")
+                    .bind(format!("threads-{fresh}"))
+                    .execute(&self.write)
+                    .await?;
+                let (id,): (String,) = sqlx::query_as("SELECT value FROM settings WHERE name = 'server_id'")
+                    .fetch_one(&self.write)
+                    .await?;
+                Ok(id)
             }
 
             fn changes(&self) -> tokio::sync::broadcast::Receiver<$crate::Change> {

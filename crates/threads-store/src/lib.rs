@@ -101,8 +101,8 @@ pub trait Store: Send + Sync + 'static {
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredRecord>>;
-    /// The bytes of any stored node (record, event, header or body) by its CID.
-    async fn block(&self, cid: &Cid) -> Result<Option<Vec<u8>>>;
+    /// The bytes of any stored node (record, event, header or body) by its CID, and its thread.
+    async fn block(&self, cid: &Cid) -> Result<Option<(ThreadId, Vec<u8>)>>;
     /// Second records claiming a taken predecessor, kept as evidence.
     async fn forks(&self, thread: &ThreadId, log: &LogId) -> Result<Vec<ForkEvidence>>;
 
@@ -115,6 +115,10 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<()>;
     async fn registration_token_exists(&self, token_hash: &[u8]) -> Result<bool>;
+
+    /// This server's identity as the audience of signed requests: made once, shared by every
+    /// process using the database.
+    async fn server_id(&self) -> Result<String>;
 
     /// Record changes from every process sharing this database.
     fn changes(&self) -> broadcast::Receiver<Change>;

@@ -21,6 +21,9 @@ fn ingest(log: &TestLog, record: &threads_core::VerifiedRecord) -> Ingest {
 
 async fn story(store: Arc<dyn Store>) {
     store.ping().await.unwrap();
+    let server = store.server_id().await.unwrap();
+    assert!(server.starts_with("threads-"));
+    assert_eq!(store.server_id().await.unwrap(), server);
     let mut changes = store.changes();
 
     // Registration: created, then updated; a second log must bring the same follow key.
@@ -182,7 +185,7 @@ async fn story(store: Arc<dyn Store>) {
         (header, &blocks.header),
         (body, &blocks.body),
     ] {
-        assert_eq!(store.block(&cid).await.unwrap().as_ref(), Some(bytes));
+        assert_eq!(store.block(&cid).await.unwrap(), Some((a.thread.clone(), bytes.clone())));
     }
     assert_eq!(store.block(&fork.cid()).await.unwrap(), None);
 
