@@ -1,6 +1,7 @@
 //! Command-line entry points. Each subcommand is a module.
 
 mod inspect;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -16,12 +17,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Serve(serve::Args),
     Inspect(inspect::Args),
 }
 
 impl Cli {
     pub fn run(self) -> ExitCode {
         match self.command {
+            Command::Serve(args) => serve::run(args),
             Command::Inspect(args) => inspect::run(args),
         }
     }

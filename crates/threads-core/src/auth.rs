@@ -210,7 +210,10 @@ mod tests {
         let payload = req.verify("server-1", 1_000_500).unwrap();
         assert_eq!(payload.thread, thread);
         assert_eq!(payload.log, LogId::from(log.public()));
-        assert!(matches!(payload.action, Action::Register { public: true, .. }));
+        assert!(matches!(
+            payload.action,
+            Action::Register { public: true, .. }
+        ));
         assert!(req.payload.contains(r#""action":"register""#));
     }
 
@@ -227,13 +230,22 @@ mod tests {
         );
         let mut tampered = req.clone();
         tampered.payload = tampered.payload.replace("true", "false");
-        assert_eq!(tampered.verify("server-1", 1_000_000), Err(RequestError::BadSignature));
+        assert_eq!(
+            tampered.verify("server-1", 1_000_000),
+            Err(RequestError::BadSignature)
+        );
         let mut bad = req.clone();
         bad.signature = "!!".into();
-        assert_eq!(bad.verify("server-1", 1_000_000), Err(RequestError::SignatureEncoding));
+        assert_eq!(
+            bad.verify("server-1", 1_000_000),
+            Err(RequestError::SignatureEncoding)
+        );
         let mut junk = req;
         junk.payload = "{}".into();
-        assert!(matches!(junk.verify("server-1", 0), Err(RequestError::Payload(_))));
+        assert!(matches!(
+            junk.verify("server-1", 0),
+            Err(RequestError::Payload(_))
+        ));
     }
 
     #[test]
@@ -242,7 +254,11 @@ mod tests {
         let key = ServiceKey::random(&mut OsRng);
         let token = pull_token(&key, &thread);
         assert!(check_pull_token(&key, &thread, &token));
-        assert!(!check_pull_token(&ServiceKey::random(&mut OsRng), &thread, &token));
+        assert!(!check_pull_token(
+            &ServiceKey::random(&mut OsRng),
+            &thread,
+            &token
+        ));
         assert!(!check_pull_token(&key, &thread, "nope"));
         assert_eq!(token.len(), 43);
     }

@@ -185,7 +185,10 @@ async fn story(store: Arc<dyn Store>) {
         (header, &blocks.header),
         (body, &blocks.body),
     ] {
-        assert_eq!(store.block(&cid).await.unwrap(), Some((a.thread.clone(), bytes.clone())));
+        assert_eq!(
+            store.block(&cid).await.unwrap(),
+            Some((a.thread.clone(), bytes.clone()))
+        );
     }
     assert_eq!(store.block(&fork.cid()).await.unwrap(), None);
 

@@ -1,0 +1,101 @@
+//! `threads serve`: run the follower server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogFormat, Overrides};
+
+/// Run the follower server: verify, store and serve the records of logs registered with it.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A TOML file of settings (see `threads serve --print-defaults`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:8006.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Directory for the server's files (the embedded database lives here).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A postgres:// URL; without one, an embedded SQLite file is used.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Log output: pretty or json.
+    #[arg(long, value_parser = ["pretty", "json"])]
+    log_format: Option<String>,
+    /// Print the built-in defaults (a commented config file) and exit.
+    #[arg(long)]
+    print_defaults: bool,
+}
+
+pub fn run(args: Args) -> ExitCode {
+    if args.print_defaults {
+        print!("{}", crate::config::DEFAULTS);
+        return ExitCode::SUCCESS;
+    }
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("threads serve: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: Args) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        database_url: args.database_url,
+        log_format: args.log_format.map(|f| {
+            if f == "json" {
+                LogFormat::Json
+            } else {
+                LogFormat::Pretty
+            }
+        }),
+    };
+    let config = Config::load(args.config.as_deref(), overrides)?;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match config.log_format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+        LogFormat::Pretty => tracing_subscriber::fmt().with_env_filter(filter).init(),
+    }
+    tracing::debug!(?config, "configuration");
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        crate::server::serve(config, listener, shutdown).await
+    })
+}
+
+/// Ctrl-C or SIGTERM start a graceful shutdown.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

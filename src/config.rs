@@ -1,0 +1,237 @@
+//! Server configuration: built-in defaults < `--config FILE` < `THREADS_*` environment < flags.
+//!
+//! Validated once at start; an invalid value fails fast naming its field.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The commented defaults, also the reference for every setting.
+pub const DEFAULTS: &str = include_str!("config.default.toml");
+
+#[derive(Clone, Deserialize, Serialize)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub log_format: LogFormat,
+    pub registration: RegistrationMode,
+    pub admin_token: String,
+    pub allow_legacy_signatures: bool,
+    pub limits: Limits,
+    pub quotas: QuotaConfig,
+    pub rate_limit: RateLimit,
+    pub websocket: WebSocket,
+    pub cors: Cors,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    Open,
+    Token,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_batch_records: usize,
+    pub max_page_records: u32,
+    pub request_timeout_secs: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct QuotaConfig {
+    pub max_records_per_log: u64,
+    pub max_bytes_per_thread: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct WebSocket {
+    pub max_connections: usize,
+    pub ping_interval_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub buffer_messages: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Cors {
+    pub allowed_origins: Vec<String>,
+}
+
+/// Values given on the command line; `None` leaves the layers below in force.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Loads the layers and validates the result. Reads files; never writes any.
+    pub fn load(file: Option<&std::path::Path>, overrides: Overrides) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(file) = file {
+            if !file.exists() {
+                bail!("config file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("THREADS_").split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .context("invalid configuration")?;
+        config.validated()
+    }
+
+    fn validated(mut self) -> anyhow::Result<Self> {
+        if self.data_dir.as_os_str().is_empty() {
+            self.data_dir = match std::env::var_os("HOME") {
+                Some(home) => PathBuf::from(home).join(".local/share/threads"),
+                None => PathBuf::from("threads-data"),
+            };
+        }
+        let url = &self.database_url;
+        if !(url.is_empty()
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite:"))
+        {
+            bail!("database_url: expected empty, postgres://... or sqlite:..., got {url:?}");
+        }
+        if self.limits.max_batch_records == 0 {
+            bail!("limits.max_batch_records must be at least 1");
+        }
+        if self.limits.max_page_records == 0 {
+            bail!("limits.max_page_records must be at least 1");
+        }
+        if self.limits.max_body_bytes < 1024 {
+            bail!("limits.max_body_bytes must be at least 1024");
+        }
+        if self.websocket.buffer_messages == 0 {
+            bail!("websocket.buffer_messages must be at least 1");
+        }
+        if self.registration == RegistrationMode::Token && self.admin_token.is_empty() {
+            bail!("registration = \"token\" needs admin_token, to issue registration tokens");
+        }
+        if self.rate_limit.per_second > 0 && self.rate_limit.burst == 0 {
+            bail!("rate_limit.burst must be at least 1 when rate_limit.per_second is set");
+        }
+        Ok(self)
+    }
+
+    /// The database URL, or `None` for the embedded default.
+    pub fn database_url(&self) -> Option<&str> {
+        Some(self.database_url.as_str()).filter(|u| !u.is_empty())
+    }
+}
+
+/// Hides the database password and the admin token.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("log_format", &self.log_format)
+            .field("registration", &self.registration)
+            .field(
+                "admin_token",
+                &if self.admin_token.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("allow_legacy_signatures", &self.allow_legacy_signatures)
+            .field("limits", &self.limits)
+            .field("quotas", &self.quotas)
+            .field("rate_limit", &self.rate_limit)
+            .field("websocket", &self.websocket)
+            .field("cors", &self.cors)
+            .finish()
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:<redacted>@host/db`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let config = Config::load(None, Overrides::default()).unwrap();
+        assert_eq!(config.listen.port(), 8006);
+        assert_eq!(config.database_url(), None);
+        assert!(!config.data_dir.as_os_str().is_empty());
+    }
+
+    #[test]
+    fn flags_override_and_bad_values_name_their_field() {
+        let config = Config::load(
+            None,
+            Overrides {
+                database_url: Some("postgres://u:pw@h/db".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(shown.contains("postgres://u:<redacted>@h/db") && !shown.contains("pw"));
+
+        let err = Config::load(
+            None,
+            Overrides {
+                database_url: Some("mysql://x".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("database_url"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_fails_fast() {
+        let err =
+            Config::load(Some("/nonexistent.toml".as_ref()), Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("does not exist"));
+    }
+}

@@ -1,0 +1,189 @@
+//! Live fan-out of new records to subscribers in this process.
+//!
+//! The store announces changes (in-process for SQLite, `LISTEN/NOTIFY` across processes for
+//! Postgres). For each thread someone watches, one tail reads the new records from storage once
+//! and broadcasts them. Subscribers never trust the broadcast for completeness: they follow
+//! sequence numbers ([`Follower`]) and go back to storage whenever something is missing, so a
+//! slow or lagging subscriber costs storage reads, never ingestion.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use threads_core::ThreadId;
+use threads_store::{Store, StoredRecord};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::CancellationToken;
+
+/// Records buffered per watched thread before slow receivers lag (and re-read storage).
+const TAIL_CAPACITY: usize = 1024;
+/// Page size of tail reads and subscriber catch-up.
+const PAGE: u32 = 500;
+/// A safety net for lost notifications: every tail re-checks storage this often.
+const RESCAN: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+pub struct Hub(Arc<Inner>);
+
+struct Inner {
+    store: Arc<dyn Store>,
+    tails: Mutex<HashMap<ThreadId, Tail>>,
+}
+
+struct Tail {
+    sender: broadcast::Sender<Arc<StoredRecord>>,
+    /// Newest sequence number broadcast (or known when the tail started).
+    last: u64,
+}
+
+impl Hub {
+    pub fn start(store: Arc<dyn Store>, shutdown: CancellationToken) -> Self {
+        let hub = Hub(Arc::new(Inner {
+            store,
+            tails: Mutex::new(HashMap::new()),
+        }));
+        tokio::spawn(hub.clone().run(shutdown));
+        hub
+    }
+
+    /// Live records of `thread` from now on. Pair with [`Follower`] for a gap-free stream.
+    pub async fn subscribe(&self, thread: &ThreadId) -> broadcast::Receiver<Arc<StoredRecord>> {
+        if let Some(tail) = self.0.tails.lock().unwrap().get(thread) {
+            return tail.sender.subscribe();
+        }
+        // Start a new tail at the thread's current end; followers replay the rest.
+        let last = match self.0.store.thread(thread).await {
+            Ok(Some(info)) => info.seq,
+            _ => 0,
+        };
+        let mut tails = self.0.tails.lock().unwrap();
+        let tail = tails.entry(thread.clone()).or_insert_with(|| Tail {
+            sender: broadcast::channel(TAIL_CAPACITY).0,
+            last,
+        });
+        tail.sender.subscribe()
+    }
+
+    async fn run(self, shutdown: CancellationToken) {
+        let mut changes = self.0.store.changes();
+        let mut rescan = tokio::time::interval(RESCAN);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                change = changes.recv() => match change {
+                    Ok(change) => self.advance(&change.thread).await,
+                    Err(RecvError::Lagged(_)) => self.advance_all().await,
+                    Err(RecvError::Closed) => return,
+                },
+                _ = rescan.tick() => self.advance_all().await,
+            }
+        }
+    }
+
+    async fn advance_all(&self) {
+        let threads: Vec<ThreadId> = {
+            let mut tails = self.0.tails.lock().unwrap();
+            tails.retain(|_, tail| tail.sender.receiver_count() > 0);
+            tails.keys().cloned().collect()
+        };
+        for thread in threads {
+            self.advance(&thread).await;
+        }
+    }
+
+    /// Reads what is new in `thread` since the tail's last record and broadcasts it.
+    async fn advance(&self, thread: &ThreadId) {
+        loop {
+            let Some(last) = self.0.tails.lock().unwrap().get(thread).map(|t| t.last) else {
+                return;
+            };
+            let page = match self.0.store.records_by_thread(thread, last, PAGE).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(%error, "reading new records for subscribers failed");
+                    return;
+                }
+            };
+            let full = page.len() == PAGE as usize;
+            let mut tails = self.0.tails.lock().unwrap();
+            let Some(tail) = tails.get_mut(thread) else {
+                return;
+            };
+            for record in page {
+                if record.seq > tail.last {
+                    tail.last = record.seq;
+                    // No receiver is fine; they replay from storage.
+                    let _ = tail.sender.send(Arc::new(record));
+                }
+            }
+            if !full {
+                return;
+            }
+        }
+    }
+}
+
+/// Follows one thread from a cursor: replays from storage, then goes live, switching back to
+/// storage whenever the live stream skips or lags. Yields every record exactly once, in order.
+pub struct Follower {
+    hub: Hub,
+    thread: ThreadId,
+    live: broadcast::Receiver<Arc<StoredRecord>>,
+    /// Sequence number of the last record yielded.
+    pub cursor: u64,
+    /// Records read from storage, not yet yielded.
+    backlog: std::collections::VecDeque<Arc<StoredRecord>>,
+    replaying: bool,
+}
+
+impl Follower {
+    pub async fn new(hub: &Hub, thread: ThreadId, cursor: u64) -> Self {
+        // Subscribe before the first storage read, so nothing falls between the two.
+        let live = hub.subscribe(&thread).await;
+        Self {
+            hub: hub.clone(),
+            thread,
+            live,
+            cursor,
+            backlog: Default::default(),
+            replaying: true,
+        }
+    }
+
+    pub fn thread(&self) -> &ThreadId {
+        &self.thread
+    }
+
+    /// The next record after the cursor. Errors only when storage fails.
+    pub async fn next(&mut self) -> Result<Arc<StoredRecord>, threads_store::StoreError> {
+        loop {
+            if let Some(record) = self.backlog.pop_front() {
+                self.cursor = record.seq;
+                return Ok(record);
+            }
+            if self.replaying {
+                let store = &self.hub.0.store;
+                let page = store
+                    .records_by_thread(&self.thread, self.cursor, PAGE)
+                    .await?;
+                self.replaying = page.len() == PAGE as usize;
+                self.backlog.extend(page.into_iter().map(Arc::new));
+                continue;
+            }
+            match self.live.recv().await {
+                Ok(record) if record.seq <= self.cursor => continue,
+                Ok(record) if record.seq == self.cursor + 1 => {
+                    self.cursor = record.seq;
+                    return Ok(record);
+                }
+                // Something was skipped, or this subscriber fell behind: back to storage.
+                Ok(_) | Err(RecvError::Lagged(_)) => self.replaying = true,
+                Err(RecvError::Closed) => {
+                    // The tail was dropped; a fresh subscription and a storage read resume.
+                    self.live = self.hub.subscribe(&self.thread).await;
+                    self.replaying = true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The follower server: registers logs, verifies and stores their records, and serves them by
+//! HTTP pull and WebSocket push.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`v1`] | the HTTP API, one module per area, under the `/v1` prefix |
+//! | [`hub`] | live record fan-out to WebSocket subscribers, fed by the store's change stream |
+//! | [`ops`] | `/healthz`, `/readyz`, `/metrics` |
+//! | [`error`] | `ApiError`: status plus stable JSON error code |
+
+pub mod error;
+pub mod hub;
+pub mod ops;
+pub mod v1;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use threads_store::{Quotas, Store};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use error::ApiError;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    /// The audience signed requests must name; shared by every process on one database.
+    pub server_id: String,
+    pub hub: hub::Hub,
+    pub metrics: PrometheusHandle,
+    pub quotas: Quotas,
+    /// One permit per open WebSocket connection.
+    pub ws_slots: Arc<Semaphore>,
+    pub limiter: Option<DefaultKeyedRateLimiter<std::net::IpAddr>>,
+    pub shutdown: CancellationToken,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// The process-wide Prometheus recorder (a recorder can be installed once per process).
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .install_recorder()
+                .expect("no other metrics recorder is installed")
+        })
+        .clone()
+}
+
+impl AppState {
+    /// Opens the store (running migrations) and prepares shared state.
+    pub async fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let store = threads_store::open(config.database_url(), &config.data_dir)
+            .await
+            .context("opening the database")?;
+        let server_id = store.server_id().await.context("reading the server ID")?;
+        let limit = |n: u64| (n > 0).then_some(n);
+        let quotas = Quotas {
+            max_records_per_log: limit(config.quotas.max_records_per_log),
+            max_bytes_per_thread: limit(config.quotas.max_bytes_per_thread),
+        };
+        let limiter = std::num::NonZeroU32::new(config.rate_limit.per_second).map(|rate| {
+            let burst = std::num::NonZeroU32::new(config.rate_limit.burst).expect("validated");
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        let hub = hub::Hub::start(store.clone(), shutdown.clone());
+        Ok(Self(Arc::new(Inner {
+            ws_slots: Arc::new(Semaphore::new(config.websocket.max_connections)),
+            config,
+            store,
+            server_id,
+            hub,
+            metrics: metrics_handle(),
+            quotas,
+            limiter,
+            shutdown,
+        })))
+    }
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let config = &state.config;
+    let cors = {
+        let origins = &config.cors.allowed_origins;
+        let layer = CorsLayer::new()
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers(Any)
+            .expose_headers(Any);
+        if origins.iter().any(|o| o == "*") {
+            layer.allow_origin(Any)
+        } else {
+            let list = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok());
+            layer.allow_origin(AllowOrigin::list(list))
+        }
+    };
+    let trace = TraceLayer::new_for_http().make_span_with(|req: &Request| {
+        // The matched route, not the raw path: paths carry IDs, routes do not.
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str)
+            .unwrap_or("unmatched");
+        tracing::info_span!("request", method = %req.method(), route)
+    });
+    Router::new()
+        .merge(v1::router())
+        .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
+        .merge(ops::router())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(config.limits.request_timeout_secs),
+        ))
+        .layer(RequestBodyLimitLayer::new(config.limits.max_body_bytes))
+        .layer(cors)
+        .layer(trace)
+        .fallback(|| async { ApiError::not_found("route") })
+        .with_state(state)
+}
+
+/// Per-client token bucket; answers 429 with `Retry-After` when a client is too fast.
+async fn rate_limit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(limiter) = &state.limiter {
+        if let Err(not_until) = limiter.check_key(&peer.ip()) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests from this address",
+            );
+            error.retry_after = Some(wait.as_secs().max(1));
+            return error.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Serves until `shutdown` is cancelled, then lets in-flight requests finish (bounded by the
+/// configured grace period). The listener is passed in so tests can bind port 0.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let grace = Duration::from_secs(config.limits.shutdown_grace_secs);
+    let state = AppState::new(config, shutdown.clone()).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, server_id = %state.server_id, "threads follower serving");
+    // One machine-readable line on stdout, so scripts and tests can start on port 0.
+    println!("listening on http://{addr}");
+    let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+    tokio::select! {
+        result = &mut server => result?,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("shutdown grace period over; closing remaining connections");
+        }
+    }
+    Ok(())
+}

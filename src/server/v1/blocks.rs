@@ -1,0 +1,87 @@
+//! Raw blocks by CID, in the style of the IPFS trustless gateway: immutable, cacheable forever.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+use threads_core::Cid;
+
+use super::wire::{CAR, RAW};
+use super::{check_access, presented_token};
+use crate::server::error::{ApiError, ApiResult};
+use crate::server::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/blocks/{cid}", get(block))
+}
+
+#[derive(Deserialize)]
+struct BlockQuery {
+    format: Option<String>,
+    token: Option<String>,
+}
+
+async fn block(
+    State(state): State<AppState>,
+    Path(cid): Path<String>,
+    Query(q): Query<BlockQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let cid: Cid = cid
+        .parse()
+        .map_err(|_| ApiError::bad_request("bad_cid", "not a CID"))?;
+    let (thread, bytes) = state
+        .store
+        .block(&cid)
+        .await?
+        .ok_or_else(|| ApiError::not_found("block"))?;
+    let info = state
+        .store
+        .thread(&thread)
+        .await?
+        .ok_or_else(|| ApiError::not_found("block"))?;
+    check_access(&info, presented_token(&headers, q.token.as_deref()))?;
+
+    let etag = format!("\"{cid}\"");
+    let cache = if info.public {
+        "public, max-age=31536000, immutable"
+    } else {
+        "private, max-age=31536000, immutable"
+    };
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let wants_car = q.format.as_deref() == Some("car")
+        || headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains(CAR));
+    let mut response = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else if wants_car {
+        let mut out = Vec::new();
+        let mut writer = iroh_car::CarWriter::new(iroh_car::CarHeader::new_v1(vec![cid]), &mut out);
+        writer
+            .write(cid, &bytes)
+            .await
+            .map_err(ApiError::internal)?;
+        writer.finish().await.map_err(ApiError::internal)?;
+        ([(header::CONTENT_TYPE, CAR)], out).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, RAW)], bytes).into_response()
+    };
+    let h = response.headers_mut();
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).expect("CIDs are ASCII"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    Ok(response)
+}

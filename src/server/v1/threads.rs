@@ -1,0 +1,141 @@
+//! Listings: public threads, one thread with its logs, one log, and a log's fork evidence.
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use threads_store::{LogInfo, ThreadInfo};
+
+use super::{encode_cursor, parse_log, parse_thread, presented_token, readable_thread};
+use crate::server::error::{ApiError, ApiResult};
+use crate::server::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/threads", get(list))
+        .route("/v1/threads/{thread}", get(one))
+        .route("/v1/threads/{thread}/logs/{log}", get(log))
+        .route("/v1/threads/{thread}/logs/{log}/forks", get(forks))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    pub token: Option<String>,
+}
+
+fn thread_json(info: &ThreadInfo) -> Value {
+    json!({
+        "id": info.id,
+        "public": info.public,
+        "records": info.records,
+        "bytes": info.bytes,
+        "cursor": encode_cursor(info, info.seq),
+        "created_ms": info.created_ms,
+    })
+}
+
+pub fn log_json(log: &LogInfo) -> Value {
+    json!({
+        "log": log.log,
+        "head": log.head.map(|h| json!({"cid": h.cid.to_string(), "counter": h.counter})),
+        "bytes": log.bytes,
+        "addrs": log.addrs,
+        "registered_ms": log.registered_ms,
+    })
+}
+
+/// Public threads only: private ones are not announced.
+async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+    let after = q.after.as_deref().map(parse_thread).transpose()?;
+    let limit = q
+        .limit
+        .unwrap_or(100)
+        .clamp(1, state.config.limits.max_page_records);
+    let threads = state.store.public_threads(after.as_ref(), limit).await?;
+    let next = (threads.len() == limit as usize).then(|| threads.last().map(|t| t.id.to_string()));
+    Ok(Json(json!({
+        "threads": threads.iter().map(thread_json).collect::<Vec<_>>(),
+        "next": next.flatten(),
+    })))
+}
+
+async fn one(
+    State(state): State<AppState>,
+    Path(thread): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let thread = parse_thread(&thread)?;
+    let info = readable_thread(
+        &state,
+        &thread,
+        presented_token(&headers, q.token.as_deref()),
+    )
+    .await?;
+    let logs = state.store.logs(&thread).await?;
+    let mut body = thread_json(&info);
+    body["logs"] = logs.iter().map(log_json).collect();
+    Ok(Json(body))
+}
+
+async fn log(
+    State(state): State<AppState>,
+    Path((thread, log)): Path<(String, String)>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let (thread, log) = (parse_thread(&thread)?, parse_log(&log)?);
+    readable_thread(
+        &state,
+        &thread,
+        presented_token(&headers, q.token.as_deref()),
+    )
+    .await?;
+    let info = state
+        .store
+        .log(&thread, &log)
+        .await?
+        .ok_or_else(|| ApiError::not_found("log"))?;
+    Ok(Json(log_json(&info)))
+}
+
+async fn forks(
+    State(state): State<AppState>,
+    Path((thread, log)): Path<(String, String)>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let (thread, log) = (parse_thread(&thread)?, parse_log(&log)?);
+    readable_thread(
+        &state,
+        &thread,
+        presented_token(&headers, q.token.as_deref()),
+    )
+    .await?;
+    let forks = state.store.forks(&thread, &log).await?;
+    let forks: Vec<Value> = forks
+        .iter()
+        .map(|f| {
+            json!({
+                "cid": f.cid.to_string(),
+                "prev": f.prev.map(|p| p.to_string()),
+                "arrived_ms": f.arrived_ms,
+                "record": B64.encode(&f.blocks.record),
+                "event": B64.encode(&f.blocks.event),
+                "header": B64.encode(&f.blocks.header),
+                "body": B64.encode(&f.blocks.body),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"forks": forks})))
+}

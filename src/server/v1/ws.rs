@@ -1,0 +1,249 @@
+//! WebSocket push: subscribe to threads, optionally from a cursor; the server replays what was
+//! missed from storage, then streams live records, with no gap and no duplicate at the seam.
+//!
+//! Client → server (text, JSON): `{"type": "subscribe", "thread": "...", "cursor": "...",
+//! "token": "..."}` and `{"type": "unsubscribe", "thread": "..."}`. A first subscription can
+//! also be given as query parameters: `/v1/ws?thread=...&cursor=...&token=...`.
+//! Server → client: `subscribed`, `record` (the JSON record plus the `cursor` after it),
+//! `unsubscribed` and `error` messages.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use threads_core::ThreadId;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
+
+use super::wire::RecordJson;
+use super::{decode_cursor, encode_cursor, readable_thread};
+use crate::server::error::ApiError;
+use crate::server::hub::Follower;
+use crate::server::AppState;
+
+/// Largest message a client may send; subscriptions are small.
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/ws", get(upgrade))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMessage {
+    Subscribe {
+        thread: String,
+        #[serde(default)]
+        cursor: Option<String>,
+        #[serde(default)]
+        token: Option<String>,
+    },
+    Unsubscribe {
+        thread: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+struct FirstSubscription {
+    thread: Option<String>,
+    cursor: Option<String>,
+    token: Option<String>,
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    Query(first): Query<FirstSubscription>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Ok(permit) = state.ws_slots.clone().try_acquire_owned() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "the server has reached its WebSocket connection limit",
+        )
+        .into_response();
+    };
+    let first = first.thread.map(|thread| ClientMessage::Subscribe {
+        thread,
+        cursor: first.cursor,
+        token: first.token,
+    });
+    ws.max_message_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| Connection::new(state, permit).run(socket, first))
+}
+
+struct Connection {
+    state: AppState,
+    outgoing: mpsc::Sender<Message>,
+    queue: mpsc::Receiver<Message>,
+    feeds: HashMap<ThreadId, JoinHandle<()>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+fn text(value: Value) -> Message {
+    Message::Text(Utf8Bytes::from(value.to_string()))
+}
+
+fn error(code: &str, detail: impl Into<String>) -> Message {
+    text(json!({"type": "error", "code": code, "detail": detail.into()}))
+}
+
+impl Connection {
+    fn new(state: AppState, permit: OwnedSemaphorePermit) -> Self {
+        let (outgoing, queue) = mpsc::channel(state.config.websocket.buffer_messages);
+        Self {
+            state,
+            outgoing,
+            queue,
+            feeds: HashMap::new(),
+            _permit: permit,
+        }
+    }
+
+    async fn run(mut self, socket: WebSocket, first: Option<ClientMessage>) {
+        metrics::gauge!("threads_ws_connections").increment(1.0);
+        let (mut sink, mut stream) = socket.split();
+        if let Some(first) = first {
+            self.handle(first).await;
+        }
+        let ws = &self.state.config.websocket;
+        let idle = Duration::from_secs(ws.idle_timeout_secs);
+        let mut ping = tokio::time::interval(Duration::from_secs(ws.ping_interval_secs));
+        let mut heard = Instant::now();
+        let shutdown = self.state.shutdown.clone();
+        let close = loop {
+            tokio::select! {
+                message = stream.next() => {
+                    heard = Instant::now();
+                    match message {
+                        Some(Ok(Message::Text(t))) => match serde_json::from_str::<ClientMessage>(&t) {
+                            Ok(m) => self.handle(m).await,
+                            Err(e) => { let _ = self.outgoing.try_send(error("bad_message", e.to_string())); }
+                        },
+                        Some(Ok(Message::Binary(_))) => {
+                            let _ = self.outgoing.try_send(error("bad_message", "send JSON text messages"));
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break None,
+                    }
+                }
+                Some(message) = self.queue.recv() => {
+                    if sink.send(message).await.is_err() {
+                        break None;
+                    }
+                }
+                _ = ping.tick() => {
+                    if heard.elapsed() > idle {
+                        break Some((4000, "idle timeout: no pong received"));
+                    }
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        break None;
+                    }
+                }
+                _ = shutdown.cancelled() => break Some((1001, "server shutting down")),
+            }
+        };
+        if let Some((code, reason)) = close {
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
+            let _ = sink.send(Message::Close(Some(frame))).await;
+        }
+        for (_, feed) in self.feeds.drain() {
+            feed.abort();
+        }
+        metrics::gauge!("threads_ws_connections").decrement(1.0);
+    }
+
+    async fn handle(&mut self, message: ClientMessage) {
+        match message {
+            ClientMessage::Subscribe {
+                thread,
+                cursor,
+                token,
+            } => {
+                match self
+                    .subscribe(&thread, cursor.as_deref(), token.as_deref())
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) => {
+                        let msg = json!({"type": "error", "code": e.code, "detail": e.detail, "thread": thread});
+                        let _ = self.outgoing.send(text(msg)).await;
+                    }
+                }
+            }
+            ClientMessage::Unsubscribe { thread } => {
+                if let Some(feed) = thread
+                    .parse()
+                    .ok()
+                    .and_then(|t: ThreadId| self.feeds.remove(&t))
+                {
+                    feed.abort();
+                }
+                let _ = self
+                    .outgoing
+                    .send(text(json!({"type": "unsubscribed", "thread": thread})))
+                    .await;
+            }
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        thread: &str,
+        cursor: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let thread = super::parse_thread(thread)?;
+        let info = readable_thread(&self.state, &thread, token).await?;
+        let after = decode_cursor(&info, cursor)?;
+        let follower = Follower::new(&self.state.hub, thread.clone(), after).await;
+        let start =
+            json!({"type": "subscribed", "thread": thread, "cursor": encode_cursor(&info, after)});
+        let _ = self.outgoing.send(text(start)).await;
+        let feed = tokio::spawn(feed(follower, info, self.outgoing.clone()));
+        if let Some(old) = self.feeds.insert(thread, feed) {
+            old.abort();
+        }
+        Ok(())
+    }
+}
+
+/// Sends one thread's records to the connection's queue. When the queue is full this waits,
+/// and the follower catches up from storage afterwards: a slow client never slows ingestion.
+async fn feed(mut follower: Follower, info: threads_store::ThreadInfo, out: mpsc::Sender<Message>) {
+    loop {
+        let record = match follower.next().await {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(error = %e, "subscription storage read failed");
+                let _ = out
+                    .send(error(
+                        "internal",
+                        "storage unavailable; resubscribe with your cursor",
+                    ))
+                    .await;
+                return;
+            }
+        };
+        let lag_ms = super::registrations::now_ms() - record.arrived_ms;
+        metrics::histogram!("threads_push_lag_seconds").record(lag_ms.max(0) as f64 / 1000.0);
+        let mut message = serde_json::to_value(RecordJson::from_stored(&record)).expect("JSON");
+        message["type"] = json!("record");
+        message["cursor"] = json!(encode_cursor(&info, record.seq));
+        if out.send(text(message)).await.is_err() {
+            return;
+        }
+        let _ = follower.thread();
+    }
+}

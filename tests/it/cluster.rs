@@ -1,0 +1,177 @@
+//! Several server processes on one Postgres, and crashes in the middle of batches.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use reqwest::StatusCode;
+use serde_json::json;
+use threads_store::testing::TestLog;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::*;
+use crate::websocket::{connect, next, records};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_on_one_instance_see_pushes_to_another() {
+    let a = Server::start(Backend::Postgres).await;
+    let b = Server::launch(a.database_url.clone(), &a.data_dir, &[]).await;
+    assert_eq!(
+        a.server_id().await,
+        b.server_id().await,
+        "one database, one server ID"
+    );
+
+    let mut log = TestLog::new();
+    a.register(&log, true).await;
+    let mut ws = connect(&b, "").await;
+    let sub = json!({"type": "subscribe", "thread": log.thread.to_string()});
+    ws.send(Message::Text(sub.to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+    let r1 = log.next(100);
+    assert_eq!(a.push(&[(&log, &r1)]).await.0, StatusCode::OK);
+    assert_eq!(records(&mut ws, 1).await, [r1.cid().to_string()]);
+}
+
+/// Writers on two instances push concurrently into one thread while a reader follows the cursor
+/// through both instances: it must see every record exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_readers_miss_nothing_under_concurrent_writers() {
+    let a = Arc::new(Server::start(Backend::Postgres).await);
+    let b = Arc::new(Server::launch(a.database_url.clone(), &a.data_dir, &[]).await);
+    let first = TestLog::new();
+    const WRITERS: usize = 4;
+    const BATCHES: usize = 15;
+    const PER_BATCH: usize = 10;
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let mut log = first.sibling();
+        let server = if w % 2 == 0 { a.clone() } else { b.clone() };
+        server.register(&log, true).await;
+        writers.push(tokio::spawn(async move {
+            let mut cids = Vec::new();
+            for _ in 0..BATCHES {
+                let batch: Vec<_> = (0..PER_BATCH).map(|_| log.next(64)).collect();
+                let pairs: Vec<_> = batch.iter().map(|r| (&log, r)).collect();
+                assert_eq!(server.push(&pairs).await.0, StatusCode::OK);
+                cids.extend(batch.iter().map(|r| r.cid().to_string()));
+            }
+            cids
+        }));
+    }
+
+    let reader = {
+        let (a, b, log) = (a.clone(), b.clone(), first.sibling());
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut cursor = String::new();
+            let mut idle_rounds = 0;
+            for round in 0.. {
+                let server = if round % 2 == 0 { &a } else { &b };
+                let path = format!("/v1/threads/{}/records?limit=7&after={cursor}", log.thread);
+                let (status, page) = server.get(&path).await;
+                assert_eq!(status, StatusCode::OK);
+                let got = page["records"].as_array().unwrap();
+                seen.extend(got.iter().map(|r| r["cid"].as_str().unwrap().to_owned()));
+                cursor = page["cursor"].as_str().unwrap().to_owned();
+                idle_rounds = if got.is_empty() { idle_rounds + 1 } else { 0 };
+                if seen.len() >= WRITERS * BATCHES * PER_BATCH || idle_rounds > 400 {
+                    break;
+                }
+                if got.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            seen
+        })
+    };
+
+    let mut written = HashSet::new();
+    for w in writers {
+        written.extend(w.await.unwrap());
+    }
+    let seen = reader.await.unwrap();
+    let unique: HashSet<_> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "no record twice");
+    assert_eq!(unique, written, "every record once");
+}
+
+/// A server killed with SIGKILL in the middle of batches: every acknowledged record survives,
+/// and no batch is half stored.
+async fn crash_mid_batch(backend: Backend) {
+    let mut server = Server::start(backend).await;
+    let mut log = TestLog::new();
+    server.register(&log, true).await;
+    const PER_BATCH: usize = 50;
+    let batches: Vec<Vec<_>> = (0..60)
+        .map(|_| (0..PER_BATCH).map(|_| log.next(256)).collect())
+        .collect();
+
+    let url = server.url.clone();
+    let pusher = {
+        let batches = batches.clone();
+        let log_json: Vec<Vec<_>> = batches
+            .iter()
+            .map(|b| b.iter().map(|r| record_json(&log, r)).collect())
+            .collect();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut acknowledged = 0;
+            for batch in log_json {
+                let sent = http
+                    .post(format!("{url}/v1/records"))
+                    .json(&json!({"records": batch}))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == StatusCode::OK => acknowledged += 1,
+                    _ => break,
+                }
+            }
+            acknowledged
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.kill9().await;
+    let acknowledged = pusher.await.unwrap();
+    assert!(
+        acknowledged > 0,
+        "some batches were acknowledged before the crash"
+    );
+
+    let restarted = Server::launch(server.database_url.clone(), &server.data_dir, &[]).await;
+    let stored: HashSet<String> = pull_all(&restarted, &log, None)
+        .await
+        .iter()
+        .map(|r| r["cid"].as_str().unwrap().to_owned())
+        .collect();
+    for (i, batch) in batches.iter().enumerate() {
+        let present = batch
+            .iter()
+            .filter(|r| stored.contains(&r.cid().to_string()))
+            .count();
+        if i < acknowledged {
+            assert_eq!(present, PER_BATCH, "acknowledged batch {i} lost records");
+        } else {
+            assert!(
+                present == 0 || present == PER_BATCH,
+                "batch {i} half stored: {present}"
+            );
+        }
+    }
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_mid_batch_sqlite() {
+    crash_mid_batch(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_mid_batch_postgres() {
+    crash_mid_batch(Backend::Postgres).await
+}

@@ -1,0 +1,203 @@
+//! Starting servers and talking to them as a client would.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rand_core::OsRng;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use threads_core::auth::{Action, SignedRequest};
+use threads_core::VerifiedRecord;
+use threads_store::testing::{fresh_postgres_database, TestLog};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A running `threads serve` process. Killed when dropped.
+pub struct Server {
+    pub url: String,
+    pub http: reqwest::Client,
+    pub database_url: Option<String>,
+    pub data_dir: PathBuf,
+    child: Child,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A server with a fresh database of the given backend.
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, &[]).await
+    }
+
+    pub async fn start_with(backend: Backend, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let database_url = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(fresh_postgres_database().await),
+        };
+        let mut server = Self::launch(database_url, dir.path(), env).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    /// A server on an existing database and data directory (a second instance, or a restart).
+    pub async fn launch(
+        database_url: Option<String>,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_threads"));
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env_remove("RUST_LOG")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+        if let Some(url) = &database_url {
+            cmd.arg("--database-url").arg(url);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("threads binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("server printed its address");
+            if let Some(url) = line.strip_prefix("listening on ") {
+                break url.to_owned();
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            url,
+            http: reqwest::Client::new(),
+            database_url,
+            data_dir: data_dir.to_owned(),
+            child,
+            _dir: None,
+        }
+    }
+
+    /// Ends the process abruptly, as a crash would.
+    pub async fn kill9(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    pub async fn server_id(&self) -> String {
+        let info: Value = self.get("/v1/server").await.1;
+        info["server_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: impl serde::Serialize) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends a request signed by `log`'s key.
+    pub async fn signed(&self, log: &TestLog, action: Action) -> (StatusCode, Value) {
+        let request = SignedRequest::sign(
+            &self.server_id().await,
+            &log.thread,
+            &log.pair,
+            action,
+            now_ms(),
+            &mut OsRng,
+        );
+        self.post("/v1/registrations", request).await
+    }
+
+    pub async fn register(&self, log: &TestLog, public: bool) -> (StatusCode, Value) {
+        self.signed(log, register_action(log, public)).await
+    }
+
+    pub async fn push(&self, records: &[(&TestLog, &VerifiedRecord)]) -> (StatusCode, Value) {
+        let records: Vec<Value> = records.iter().map(|(log, r)| record_json(log, r)).collect();
+        self.post("/v1/records", json!({"records": records})).await
+    }
+}
+
+pub fn register_action(log: &TestLog, public: bool) -> Action {
+    Action::Register {
+        follow_key: log.keys.follow_only().to_multibase().to_string(),
+        addrs: vec!["/ip4/127.0.0.1/tcp/4006".into()],
+        public,
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+pub fn record_json(log: &TestLog, r: &VerifiedRecord) -> Value {
+    let b = r.blocks();
+    json!({
+        "thread": log.thread.to_string(),
+        "log": log.id.to_string(),
+        "record": B64.encode(&b.record),
+        "event": B64.encode(&b.event),
+        "header": B64.encode(&b.header),
+        "body": B64.encode(&b.body),
+    })
+}
+
+/// Every record of a thread, following cursors to the end.
+pub async fn pull_all(server: &Server, log: &TestLog, token: Option<&str>) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let mut path = format!(
+            "/v1/threads/{}/records?limit=100&after={cursor}",
+            log.thread
+        );
+        if let Some(t) = token {
+            path.push_str(&format!("&token={t}"));
+        }
+        let (status, page) = server.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        out.extend(page["records"].as_array().unwrap().iter().cloned());
+        cursor = page["cursor"].as_str().unwrap().to_owned();
+        if !page["more"].as_bool().unwrap() {
+            return out;
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: real `threads serve` processes on real sockets, driven by real HTTP and
+//! WebSocket clients, on both storage backends.
+
+mod harness;
+
+mod cluster;
+mod push_pull;
+mod registration;
+mod websocket;

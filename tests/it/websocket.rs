@@ -1,0 +1,131 @@
+//! WebSocket push: replay from a cursor, then live, with no gap and no duplicate at the seam.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use threads_store::testing::TestLog;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::*;
+use crate::push_pull::on_both_backends;
+
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn connect(server: &Server, query: &str) -> Socket {
+    let url = format!("{}/v1/ws{query}", server.url.replace("http://", "ws://"));
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("WebSocket connects")
+        .0
+}
+
+/// The next JSON message, skipping pings; panics after 10 s of silence.
+pub async fn next(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("socket open")
+            .expect("no socket error");
+        if let Message::Text(text) = message {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+/// The next `n` records' CIDs, in order.
+pub async fn records(socket: &mut Socket, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = next(socket).await;
+        assert_eq!(m["type"], "record", "{m}");
+        out.push(m["cid"].as_str().unwrap().to_owned());
+    }
+    out
+}
+
+on_both_backends!(replay_then_live_then_resume);
+async fn replay_then_live_then_resume(backend: Backend) {
+    let server = Server::start(backend).await;
+    let mut log = TestLog::new();
+    server.register(&log, true).await;
+    let (r1, r2) = (log.next(100), log.next(100));
+    server.push(&[(&log, &r1), (&log, &r2)]).await;
+    let (_, page) = server
+        .get(&format!("/v1/threads/{}/records?limit=1", log.thread))
+        .await;
+    let after_r1 = page["cursor"].as_str().unwrap().to_owned();
+
+    // Subscribe from after r1: r2 is replayed from storage.
+    let mut ws = connect(&server, "").await;
+    let subscribe =
+        json!({"type": "subscribe", "thread": log.thread.to_string(), "cursor": after_r1});
+    ws.send(Message::Text(subscribe.to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+    assert_eq!(records(&mut ws, 1).await, [r2.cid().to_string()]);
+
+    // Live records follow.
+    let (r3, r4) = (log.next(100), log.next(100));
+    server.push(&[(&log, &r3)]).await;
+    server.push(&[(&log, &r4)]).await;
+    let live = records(&mut ws, 2).await;
+    assert_eq!(live, [r3.cid().to_string(), r4.cid().to_string()]);
+
+    // Disconnect, miss a record, resume from the last cursor given.
+    let (_, thread) = server.get(&format!("/v1/threads/{}", log.thread)).await;
+    let cursor = thread["cursor"].as_str().unwrap().to_owned();
+    drop(ws);
+    let r5 = log.next(100);
+    server.push(&[(&log, &r5)]).await;
+    let mut ws = connect(&server, &format!("?thread={}&cursor={cursor}", log.thread)).await;
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+    assert_eq!(records(&mut ws, 1).await, [r5.cid().to_string()]);
+
+    // Many records pushed while subscribed arrive exactly once, in order.
+    let batch: Vec<_> = (0..200).map(|_| log.next(64)).collect();
+    let expected: Vec<String> = batch.iter().map(|r| r.cid().to_string()).collect();
+    let pushes = async {
+        for chunk in batch.chunks(20) {
+            let pairs: Vec<_> = chunk.iter().map(|r| (&log, r)).collect();
+            assert_eq!(server.push(&pairs).await.0, StatusCode::OK);
+        }
+    };
+    let (_, got) = tokio::join!(pushes, records(&mut ws, 200));
+    assert_eq!(got, expected);
+
+    // Errors are messages, and the connection stays usable.
+    ws.send(Message::Text(
+        json!({"type": "subscribe", "thread": "nope"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let err = next(&mut ws).await;
+    assert_eq!(
+        (err["type"].as_str(), err["code"].as_str()),
+        (Some("error"), Some("bad_thread_id"))
+    );
+    ws.send(Message::Text("{".into())).await.unwrap();
+    assert_eq!(next(&mut ws).await["code"], "bad_message");
+}
+
+on_both_backends!(private_subscriptions_need_the_token);
+async fn private_subscriptions_need_the_token(backend: Backend) {
+    let server = Server::start(backend).await;
+    let mut log = TestLog::new();
+    server.register(&log, false).await;
+    let r1 = log.next(10);
+    server.push(&[(&log, &r1)]).await;
+    let mut ws = connect(&server, &format!("?thread={}", log.thread)).await;
+    assert_eq!(next(&mut ws).await["code"], "pull_token_required");
+    let token = threads_core::auth::pull_token(log.keys.service(), &log.thread);
+    let mut ws = connect(&server, &format!("?thread={}&token={token}", log.thread)).await;
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+    assert_eq!(records(&mut ws, 1).await, [r1.cid().to_string()]);
+}
