@@ -42,7 +42,6 @@ CREATE TABLE records (
     FOREIGN KEY (thread_id, log_id) REFERENCES logs (thread_id, log_id) ON DELETE CASCADE
 );
 CREATE UNIQUE INDEX records_log_counter ON records (thread_id, log_id, counter);
-CREATE UNIQUE INDEX records_thread_cid ON records (thread_id, cid);
 CREATE INDEX records_cid ON records (cid);
 CREATE INDEX records_event_cid ON records (event_cid);
 CREATE INDEX records_header_cid ON records (header_cid);

@@ -59,7 +59,12 @@ async fn push_and_pull_in_every_format(backend: Backend) {
 
     // CAR push.
     let a3 = a.next(1024);
-    let car = threads::server::v1::wire::write_car([(&a.id, &a.thread, a3.blocks(), None)]).await;
+    let car = threads::server::v1::wire::write_car([threads::server::v1::wire::CarItem::new(
+        &a.id,
+        &a.thread,
+        a3.blocks(),
+    )])
+    .await;
     let response = server
         .http
         .post(format!("{}/v1/records", server.url))

@@ -96,6 +96,9 @@ pub(crate) struct RecordRow {
     log_id: Vec<u8>,
     counter: i64,
     cid: Vec<u8>,
+    event_cid: Vec<u8>,
+    header_cid: Vec<u8>,
+    body_cid: Vec<u8>,
     record: Vec<u8>,
     event: Vec<u8>,
     header: Vec<u8>,
@@ -103,23 +106,50 @@ pub(crate) struct RecordRow {
     arrived_at: i64,
 }
 
-impl RecordRow {
-    pub(crate) fn into_stored(self) -> Result<StoredRecord> {
-        Ok(StoredRecord {
-            thread: thread_id(&self.thread_id)?,
-            log: log_id(&self.log_id)?,
-            seq: self.seq as u64,
-            counter: self.counter as u64,
-            cid: cid(&self.cid)?,
-            arrived_ms: self.arrived_at,
-            blocks: UnverifiedRecord {
-                record: self.record,
-                event: self.event,
-                header: self.header,
-                body: self.body,
-            },
+/// Turns rows into stored records. IDs repeat across a page and a log ID parse decompresses a
+/// curve point, so each distinct ID is parsed once per result set.
+pub(crate) fn into_stored(rows: Vec<RecordRow>) -> Result<Vec<StoredRecord>> {
+    let mut threads: HashMap<Vec<u8>, ThreadId> = HashMap::new();
+    let mut logs: HashMap<Vec<u8>, LogId> = HashMap::new();
+    rows.into_iter()
+        .map(|row| {
+            let thread = match threads.get(&row.thread_id) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = thread_id(&row.thread_id)?;
+                    threads.insert(row.thread_id, t.clone());
+                    t
+                }
+            };
+            let log = match logs.get(&row.log_id) {
+                Some(l) => l.clone(),
+                None => {
+                    let l = log_id(&row.log_id)?;
+                    logs.insert(row.log_id, l.clone());
+                    l
+                }
+            };
+            Ok(StoredRecord {
+                thread,
+                log,
+                seq: row.seq as u64,
+                counter: row.counter as u64,
+                cid: cid(&row.cid)?,
+                node_cids: NodeCids {
+                    event: cid(&row.event_cid)?,
+                    header: cid(&row.header_cid)?,
+                    body: cid(&row.body_cid)?,
+                },
+                arrived_ms: row.arrived_at,
+                blocks: UnverifiedRecord {
+                    record: row.record,
+                    event: row.event,
+                    header: row.header,
+                    body: row.body,
+                },
+            })
         })
-    }
+        .collect()
 }
 
 #[derive(FromRow)]
@@ -222,7 +252,8 @@ pub(crate) fn record_len(item: &Ingest) -> usize {
 
 /// The columns every record query selects.
 pub(crate) const RECORD_COLUMNS: &str =
-    "thread_id, seq, log_id, counter, cid, record, event, header, body, arrived_at";
+    "thread_id, seq, log_id, counter, cid, event_cid, header_cid, \
+     body_cid, record, event, header, body, arrived_at";
 
 /// Implements [`Store`](crate::Store) for a backend struct with `write`/`read` pools of `$db`.
 macro_rules! impl_store {
@@ -478,7 +509,6 @@ macro_rules! impl_store {
                     sep.push_unseparated(")");
                     let rows: Vec<(Vec<u8>, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
                     known.extend(rows.into_iter().map(|(c, n)| (c, n as u64)));
-
                     let mut records = Vec::new();
                     let mut forks = Vec::new();
                     for &i in &indexes {
@@ -514,7 +544,6 @@ macro_rules! impl_store {
                             Decision::Final(outcome) => outcome,
                         });
                     }
-
                     // Bounded so a statement stays under both backends' bind-parameter limits.
                     for chunk in records.chunks(1000) {
                         let mut q = sqlx::QueryBuilder::<$db>::new(
@@ -561,19 +590,19 @@ macro_rules! impl_store {
                         .execute(&mut *tx)
                         .await?;
                     }
-                    for (log, state) in logs.iter().filter(|(_, s)| s.changed) {
-                        let head = state.head.expect("a changed log has a head");
-                        sqlx::query(
-                            "UPDATE logs SET head_cid = $3, head_counter = $4, byte_count = $5 \
-                             WHERE thread_id = $1 AND log_id = $2",
-                        )
-                        .bind(&thread)
-                        .bind(log)
-                        .bind(head.cid.to_bytes())
-                        .bind(head.counter as i64)
-                        .bind(state.bytes)
-                        .execute(&mut *tx)
-                        .await?;
+                    // All moved heads in one statement (UPDATE ... FROM VALUES works on both).
+                    let moved: Vec<_> = logs.iter().filter(|(_, s)| s.changed).collect();
+                    for chunk in moved.chunks(500) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new("UPDATE logs SET head_cid = v.column2, head_counter = v.column3, byte_count = v.column4 FROM (");
+                        q.push_values(chunk, |mut row, (log, state)| {
+                            let head = state.head.expect("a changed log has a head");
+                            row.push_bind(log.as_slice())
+                                .push_bind(head.cid.to_bytes())
+                                .push_bind(head.counter as i64)
+                                .push_bind(state.bytes);
+                        });
+                        q.push(") AS v WHERE logs.thread_id = ").push_bind(&thread).push(" AND logs.log_id = v.column1");
+                        q.build().execute(&mut *tx).await?;
                     }
                     if thread_seq > first_seq {
                         sqlx::query(
@@ -616,7 +645,7 @@ macro_rules! impl_store {
                     .bind(i64::from(limit))
                     .fetch_all(&self.read)
                     .await?;
-                rows.into_iter().map(|r| r.into_stored()).collect()
+                $crate::ingest::into_stored(rows)
             }
 
             async fn records_by_thread(
@@ -635,7 +664,7 @@ macro_rules! impl_store {
                     .bind(i64::from(limit))
                     .fetch_all(&self.read)
                     .await?;
-                rows.into_iter().map(|r| r.into_stored()).collect()
+                $crate::ingest::into_stored(rows)
             }
 
             async fn block(

@@ -106,8 +106,17 @@ pub struct StoredRecord {
     pub seq: u64,
     pub counter: u64,
     pub cid: Cid,
+    /// CIDs of the event, header and body nodes, as stored (no need to hash again).
+    pub node_cids: NodeCids,
     pub arrived_ms: i64,
     pub blocks: UnverifiedRecord,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeCids {
+    pub event: Cid,
+    pub header: Cid,
+    pub body: Cid,
 }
 
 impl StoredRecord {

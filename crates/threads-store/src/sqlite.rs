@@ -14,6 +14,8 @@ use crate::{Change, Result, CHANGE_CHANNEL};
 
 /// Readers run concurrently with the single writer thanks to WAL.
 const READ_CONNECTIONS: u32 = 4;
+/// Page cache of the writer connection (SQLite's default is 2 MiB); it grows only as used.
+const WRITER_CACHE_KIB: u32 = 64 * 1024;
 
 pub struct SqliteStore {
     write: SqlitePool,
@@ -43,9 +45,16 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        // The writer updates several indexes keyed by random CIDs: a page cache that holds them
+        // avoids re-reading index pages on every insert.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone())
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
+                    .pragma("wal_autocheckpoint", "16384"),
+            )
             .await?;
         sqlx::migrate!("../../migrations/sqlite")
             .run(&write)

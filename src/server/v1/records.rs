@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use threads_core::{cid_of, verify_batch, LogId, RecordError, SignaturePolicy, ThreadId};
 use threads_store::{Ingest, Outcome, Quota, StoredRecord, ThreadInfo};
 
-use super::wire::{read_car, write_car, PushItem, RecordJson, CAR, DAG_CBOR};
+use super::wire::{read_car, write_car, CarItem, PushItem, RecordJson, CAR, DAG_CBOR};
 use super::{
     decode_cursor, encode_cursor, parse_log, parse_thread, presented_token, readable_thread,
 };
@@ -297,7 +297,8 @@ fn format(q: &PullQuery, headers: &HeaderMap) -> ApiResult<Format> {
     })
 }
 
-/// One page of records in the chosen format. CAR pages carry cursor and `more` in headers.
+/// One page of records in the chosen format. Every page also carries its cursor and `more` in
+/// the `x-threads-cursor`, `x-threads-more` and `x-threads-count` headers.
 async fn page(format: Format, records: &[StoredRecord], cursor: String, more: bool) -> Response {
     let mut response = match format {
         Format::Json => Json(json!({
@@ -335,13 +336,10 @@ async fn page(format: Format, records: &[StoredRecord], cursor: String, more: bo
             let bytes = serde_ipld_dagcbor::to_vec(&doc).expect("IPLD encodes");
             ([(header::CONTENT_TYPE, DAG_CBOR)], bytes).into_response()
         }
+        // A CAR must name at least one root, so an empty page is "204 No Content".
+        Format::Car if records.is_empty() => StatusCode::NO_CONTENT.into_response(),
         Format::Car => {
-            let bytes = write_car(
-                records
-                    .iter()
-                    .map(|r| (&r.log, &r.thread, &r.blocks, Some(r))),
-            )
-            .await;
+            let bytes = write_car(records.iter().map(CarItem::stored)).await;
             ([(header::CONTENT_TYPE, CAR)], bytes).into_response()
         }
     };
@@ -354,6 +352,7 @@ async fn page(format: Format, records: &[StoredRecord], cursor: String, more: bo
         "x-threads-more",
         HeaderValue::from_static(if more { "true" } else { "false" }),
     );
+    h.insert("x-threads-count", HeaderValue::from(records.len()));
     response
 }
 

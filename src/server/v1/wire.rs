@@ -83,56 +83,93 @@ impl RecordJson {
     }
 }
 
-fn entry(
-    log: &LogId,
-    thread: &ThreadId,
-    blocks: &UnverifiedRecord,
-    stored: Option<&StoredRecord>,
-) -> Ipld {
-    let mut map = BTreeMap::from([
-        ("log".to_owned(), Ipld::Bytes(log.to_bytes())),
-        ("thread".to_owned(), Ipld::Bytes(thread.as_bytes().to_vec())),
-        ("record".to_owned(), Ipld::Link(cid_of(&blocks.record))),
-        ("event".to_owned(), Ipld::Link(cid_of(&blocks.event))),
-        ("header".to_owned(), Ipld::Link(cid_of(&blocks.header))),
-        ("body".to_owned(), Ipld::Link(cid_of(&blocks.body))),
-    ]);
-    if let Some(r) = stored {
-        map.insert("seq".into(), Ipld::Integer(r.seq.into()));
-        map.insert("counter".into(), Ipld::Integer(r.counter.into()));
-    }
-    Ipld::Map(map)
+/// A record on its way into a CAR, with its nodes' CIDs.
+pub struct CarItem<'a> {
+    pub log: &'a LogId,
+    pub thread: &'a ThreadId,
+    pub blocks: &'a UnverifiedRecord,
+    /// Record, event, header and body CIDs.
+    pub cids: [Cid; 4],
+    /// Sequence number and counter, for pulled records.
+    pub position: Option<(u64, u64)>,
 }
 
-/// Writes records as a CAR: entries as roots, then entries and node blocks.
-pub async fn write_car<'a>(
-    records: impl IntoIterator<
-        Item = (
-            &'a LogId,
-            &'a ThreadId,
-            &'a UnverifiedRecord,
-            Option<&'a StoredRecord>,
-        ),
-    >,
-) -> Vec<u8> {
-    let mut entries = Vec::new();
-    let mut blocks = Vec::new();
-    for (log, thread, b, stored) in records {
-        let bytes =
-            serde_ipld_dagcbor::to_vec(&entry(log, thread, b, stored)).expect("IPLD encodes");
-        entries.push(cid_of(&bytes));
-        blocks.push(bytes);
-        for node in [&b.record, &b.event, &b.header, &b.body] {
-            blocks.push(node.clone());
+impl<'a> CarItem<'a> {
+    /// A record to push: CIDs are computed from the bytes.
+    pub fn new(log: &'a LogId, thread: &'a ThreadId, blocks: &'a UnverifiedRecord) -> Self {
+        let cids = [&blocks.record, &blocks.event, &blocks.header, &blocks.body].map(|b| cid_of(b));
+        Self {
+            log,
+            thread,
+            blocks,
+            cids,
+            position: None,
         }
     }
-    let mut out = Vec::new();
-    let mut writer = CarWriter::new(CarHeader::new_v1(entries), &mut out);
-    for block in &blocks {
+
+    /// A stored record: CIDs come from storage.
+    pub fn stored(r: &'a StoredRecord) -> Self {
+        let n = r.node_cids;
+        Self {
+            log: &r.log,
+            thread: &r.thread,
+            blocks: &r.blocks,
+            cids: [r.cid, n.event, n.header, n.body],
+            position: Some((r.seq, r.counter)),
+        }
+    }
+
+    fn entry(&self) -> Ipld {
+        let [record, event, header, body] = self.cids;
+        let mut map = BTreeMap::from([
+            ("log".to_owned(), Ipld::Bytes(self.log.to_bytes())),
+            (
+                "thread".to_owned(),
+                Ipld::Bytes(self.thread.as_bytes().to_vec()),
+            ),
+            ("record".to_owned(), Ipld::Link(record)),
+            ("event".to_owned(), Ipld::Link(event)),
+            ("header".to_owned(), Ipld::Link(header)),
+            ("body".to_owned(), Ipld::Link(body)),
+        ]);
+        if let Some((seq, counter)) = self.position {
+            map.insert("seq".into(), Ipld::Integer(seq.into()));
+            map.insert("counter".into(), Ipld::Integer(counter.into()));
+        }
+        Ipld::Map(map)
+    }
+}
+
+/// Writes records as a CAR: entries as roots, then entries and node blocks. At least one record.
+pub async fn write_car(items: impl IntoIterator<Item = CarItem<'_>>) -> Vec<u8> {
+    let items: Vec<CarItem> = items.into_iter().collect();
+    let entries: Vec<(Cid, Vec<u8>)> = items
+        .iter()
+        .map(|item| {
+            let bytes = serde_ipld_dagcbor::to_vec(&item.entry()).expect("IPLD encodes");
+            (cid_of(&bytes), bytes)
+        })
+        .collect();
+    let size: usize = items
+        .iter()
+        .map(|i| i.blocks.record.len() + i.blocks.body.len() + 512)
+        .sum();
+    let mut out = Vec::with_capacity(size);
+    let roots = entries.iter().map(|(cid, _)| *cid).collect();
+    let mut writer = CarWriter::new(CarHeader::new_v1(roots), &mut out);
+    for (item, (entry_cid, entry)) in items.iter().zip(&entries) {
         writer
-            .write(cid_of(block), block)
+            .write(*entry_cid, entry)
             .await
             .expect("writing to memory");
+        let b = item.blocks;
+        for (cid, node) in item
+            .cids
+            .iter()
+            .zip([&b.record, &b.event, &b.header, &b.body])
+        {
+            writer.write(*cid, node).await.expect("writing to memory");
+        }
     }
     writer.finish().await.expect("writing to memory");
     out

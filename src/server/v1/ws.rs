@@ -31,6 +31,12 @@ use crate::server::AppState;
 
 /// Largest message a client may send; subscriptions are small.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+/// Per-connection socket buffers. tungstenite's defaults (128 KiB each, the read buffer
+/// allocated up front) would cost over 1 GiB for 10,000 idle connections.
+const READ_BUFFER: usize = 4 * 1024;
+/// Bytes that may wait in a connection's write buffer before sending fails: bounds the memory a
+/// client that stops reading can hold (its feed then waits, and later resumes from storage).
+const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/ws", get(upgrade))
@@ -77,6 +83,9 @@ async fn upgrade(
         token: first.token,
     });
     ws.max_message_size(MAX_CLIENT_MESSAGE)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| Connection::new(state, permit).run(socket, first))
 }
 

@@ -1,0 +1,494 @@
+//! Load generator for the follower server: prints ingest, catch-up, push-latency and memory
+//! figures. The server runs as its own process (release build), the load generator in this one,
+//! and Postgres in a third, all on this machine.
+//!
+//! ```text
+//! scripts/bench                                   # both backends (starts Postgres itself)
+//! cargo bench --bench follower -- sqlite          # one backend; Postgres needs THREADS_TEST_PG
+//! ```
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use futures_util::StreamExt;
+use rand_core::OsRng;
+use serde_json::{json, Value};
+use threads_core::auth::{Action, SignedRequest};
+use threads_core::{Keypair, LogId, ThreadId, ThreadKey, Variant, VerifiedRecord};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+/// As the targets are stated: 1,000 logs, 1 KiB bodies.
+const LOGS: usize = 1000;
+const BODY: usize = 1024;
+/// 100 records per log: 100,000 records, enough for several seconds of ingest.
+const RECORDS_PER_LOG: usize = 100;
+/// 10 threads of 100 logs: batches span many logs, as a busy follower sees them.
+const THREADS: usize = 10;
+/// Records per pushed batch, and concurrent pushers (two cores: a few in flight hide latency).
+const BATCH: usize = 500;
+const PUSHERS: usize = 4;
+/// Catch-up page size: the server's default maximum.
+const PAGE: usize = 1000;
+/// Push-latency test: subscribers on one thread, and records pushed one at a time.
+const SUBSCRIBERS: usize = 1000;
+const LATENCY_SAMPLES: usize = 200;
+/// Idle-connection memory test.
+const IDLE_CONNECTIONS: usize = 10_000;
+/// Connections opened at once (stays under the listen backlog).
+const CONNECT_WAVE: usize = 200;
+
+struct Server {
+    url: String,
+    child: Child,
+}
+
+impl Server {
+    async fn start(database_url: Option<&str>, data_dir: &std::path::Path) -> (Self, Duration) {
+        let started = Instant::now();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_threads"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .env("THREADS_WEBSOCKET__MAX_CONNECTIONS", "20000")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(url) = database_url {
+            cmd.arg("--database-url").arg(url);
+        }
+        let mut child = cmd.spawn().expect("server starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = loop {
+            let line = lines.next_line().await.unwrap().expect("address line");
+            if let Some(url) = line.strip_prefix("listening on ") {
+                break url.to_owned();
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let http = reqwest::Client::new();
+        while !http
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        (Self { url, child }, started.elapsed())
+    }
+
+    /// Resident memory of the server process, in MiB.
+    fn rss_mib(&self) -> f64 {
+        let pid = self.child.id().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kb / 1024.0
+    }
+}
+
+struct Log {
+    thread: ThreadId,
+    keys: ThreadKey,
+    pair: Keypair,
+    id: LogId,
+}
+
+fn record_json(log: &Log, r: &VerifiedRecord) -> Value {
+    let b = r.blocks();
+    json!({
+        "thread": log.thread.to_string(), "log": log.id.to_string(),
+        "record": B64.encode(&b.record), "event": B64.encode(&b.event),
+        "header": B64.encode(&b.header), "body": B64.encode(&b.body),
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn register(http: &reqwest::Client, url: &str, server_id: &str, log: &Log) {
+    let action = Action::Register {
+        follow_key: log.keys.follow_only().to_multibase().to_string(),
+        addrs: vec![],
+        public: true,
+    };
+    let request = SignedRequest::sign(
+        server_id,
+        &log.thread,
+        &log.pair,
+        action,
+        now_ms(),
+        &mut OsRng,
+    );
+    let status = http
+        .post(format!("{url}/v1/registrations"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "registration: {status}");
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+async fn run(backend: &str, database_url: Option<String>) {
+    println!("\n## backend: {backend}");
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+
+    // Start-up and idle memory, on an empty database.
+    let (server, ready_in) = Server::start(database_url.as_deref(), dir.path()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!(
+        "start to ready: {:.0} ms; idle memory: {:.1} MiB",
+        ready_in.as_secs_f64() * 1e3,
+        server.rss_mib()
+    );
+    let server_id: Value = http
+        .get(format!("{}/v1/server", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let server_id = server_id["server_id"].as_str().unwrap().to_owned();
+
+    // Records are built and signed before any clock starts.
+    let threads: Vec<(ThreadId, ThreadKey)> = (0..THREADS)
+        .map(|_| {
+            (
+                ThreadId::random(Variant::Raw, &mut OsRng),
+                ThreadKey::random(&mut OsRng),
+            )
+        })
+        .collect();
+    let logs: Vec<Log> = (0..LOGS)
+        .map(|i| {
+            let (thread, keys) = threads[i % THREADS].clone();
+            let pair = Keypair::generate(&mut OsRng);
+            Log {
+                thread,
+                keys,
+                id: LogId::from(pair.public()),
+                pair,
+            }
+        })
+        .collect();
+    let author = Keypair::generate(&mut OsRng).public();
+    let body = serde_ipld_dagcbor::to_vec(&ipld_core::ipld::Ipld::Bytes(vec![7u8; BODY])).unwrap();
+    let mut per_log: Vec<Vec<VerifiedRecord>> = logs
+        .iter()
+        .map(|log| {
+            let mut prev = None;
+            (0..RECORDS_PER_LOG)
+                .map(|_| {
+                    let r = VerifiedRecord::create(
+                        &body, &log.keys, &log.pair, &author, prev, &mut OsRng,
+                    )
+                    .unwrap();
+                    prev = Some(r.cid());
+                    r
+                })
+                .collect()
+        })
+        .collect();
+    for log in &logs {
+        register(&http, &server.url, &server_id, log).await;
+    }
+    // Batches: per thread, records interleaved across its logs in chain order.
+    let mut batches: Vec<String> = Vec::new();
+    for t in 0..THREADS {
+        let mut items = Vec::new();
+        // Round-robin across the thread's logs, each log's records in chain order.
+        #[allow(clippy::needless_range_loop)]
+        for round in 0..RECORDS_PER_LOG {
+            for (i, log) in logs.iter().enumerate().filter(|(i, _)| i % THREADS == t) {
+                items.push(record_json(log, &per_log[i][round]));
+            }
+        }
+        for chunk in items.chunks(BATCH) {
+            batches.push(json!({"records": chunk}).to_string());
+        }
+    }
+    let total = LOGS * RECORDS_PER_LOG;
+
+    // Ingest: concurrent pushers, each thread's batches in order on one pusher.
+    let batches = Arc::new(batches);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..PUSHERS {
+        let (http, url, batches) = (http.clone(), server.url.clone(), batches.clone());
+        tasks.push(tokio::spawn(async move {
+            let per_thread = batches.len() / THREADS;
+            for t in (0..THREADS).filter(|t| t % PUSHERS == p) {
+                for batch in &batches[t * per_thread..(t + 1) * per_thread] {
+                    let r = http
+                        .post(format!("{url}/v1/records"))
+                        .header("content-type", "application/json")
+                        .body(batch.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success(), "push: {}", r.text().await.unwrap());
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "ingest: {total} records in {secs:.2} s = {:.0} records/s (verified, durable)",
+        total as f64 / secs
+    );
+
+    // Catch-up: one reader pulls a whole thread, page after page, as CAR.
+    let thread = &threads[0].0;
+    let started = Instant::now();
+    let (mut cursor, mut pulled) = (String::new(), 0);
+    loop {
+        let r = http
+            .get(format!(
+                "{}/v1/threads/{thread}/records?limit={PAGE}&after={cursor}",
+                server.url
+            ))
+            .header("accept", "application/vnd.ipld.car")
+            .send()
+            .await
+            .unwrap();
+        cursor = r.headers()["x-threads-cursor"].to_str().unwrap().to_owned();
+        let more = r.headers()["x-threads-more"] == "true";
+        if r.status() == reqwest::StatusCode::NO_CONTENT {
+            break;
+        }
+        let bytes = r.bytes().await.unwrap();
+        pulled += threads::server::v1::wire::read_car(&bytes)
+            .await
+            .unwrap()
+            .len();
+        if !more {
+            break;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "catch-up pull (CAR pages of {PAGE}): {pulled} records in {secs:.2} s = {:.0} records/s",
+        pulled as f64 / secs
+    );
+    let started = Instant::now();
+    let (mut cursor, mut pulled) = (String::new(), 0);
+    loop {
+        let page: Value = http
+            .get(format!(
+                "{}/v1/threads/{thread}/records?limit={PAGE}&after={cursor}",
+                server.url
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        pulled += page["records"].as_array().unwrap().len();
+        cursor = page["cursor"].as_str().unwrap().to_owned();
+        if page["more"] == false {
+            break;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "catch-up pull (JSON pages of {PAGE}): {pulled} records in {secs:.2} s = {:.0} records/s",
+        pulled as f64 / secs
+    );
+
+    // The same, as a reader that stores pages as they come: cursor and count from headers.
+    for (label, accept) in [
+        ("CAR", "application/vnd.ipld.car"),
+        ("JSON", "application/json"),
+    ] {
+        let started = Instant::now();
+        let (mut cursor, mut pulled) = (String::new(), 0);
+        loop {
+            let r = http
+                .get(format!(
+                    "{}/v1/threads/{thread}/records?limit={PAGE}&after={cursor}",
+                    server.url
+                ))
+                .header("accept", accept)
+                .send()
+                .await
+                .unwrap();
+            cursor = r.headers()["x-threads-cursor"].to_str().unwrap().to_owned();
+            pulled += r.headers()["x-threads-count"]
+                .to_str()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap();
+            let more = r.headers()["x-threads-more"] == "true";
+            std::hint::black_box(r.bytes().await.unwrap());
+            if !more {
+                break;
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!("catch-up pull ({label} pages, not parsed): {pulled} records in {secs:.2} s = {:.0} records/s", pulled as f64 / secs);
+    }
+
+    // Push latency: 1,000 subscribers on one thread; one record at a time.
+    let log_index = 0;
+    let log = &logs[log_index];
+    let info: Value = http
+        .get(format!("{}/v1/threads/{}", server.url, log.thread))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cursor = info["cursor"].as_str().unwrap().to_owned();
+    let ws_url = format!(
+        "{}/v1/ws?thread={}&cursor={cursor}",
+        server.url.replace("http://", "ws://"),
+        log.thread
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let gate = Arc::new(Semaphore::new(CONNECT_WAVE));
+    let mut ready = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        let (url, tx, gate) = (ws_url.clone(), tx.clone(), gate.clone());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        ready.push(ready_rx);
+        tokio::spawn(async move {
+            let permit = gate.acquire_owned().await.unwrap();
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            let _ = ws.next().await; // subscribed
+            drop(permit);
+            let _ = ready_tx.send(());
+            let mut n = 0;
+            while let Some(Ok(m)) = ws.next().await {
+                if let Message::Text(_) = m {
+                    let _ = tx.send((n, Instant::now()));
+                    n += 1;
+                }
+            }
+        });
+    }
+    for r in ready {
+        r.await.unwrap();
+    }
+    let extra: Vec<VerifiedRecord> = {
+        let mut prev = per_log[log_index].last().map(|r| r.cid());
+        (0..LATENCY_SAMPLES)
+            .map(|_| {
+                let r =
+                    VerifiedRecord::create(&body, &log.keys, &log.pair, &author, prev, &mut OsRng)
+                        .unwrap();
+                prev = Some(r.cid());
+                r
+            })
+            .collect()
+    };
+    per_log[log_index].extend(extra.iter().cloned());
+    let mut latencies = Vec::with_capacity(SUBSCRIBERS * LATENCY_SAMPLES);
+    let mut sent_at = BTreeMap::new();
+    for (i, record) in extra.iter().enumerate() {
+        let batch = json!({"records": [record_json(log, record)]}).to_string();
+        let at = Instant::now();
+        sent_at.insert(i, at);
+        let r = http
+            .post(format!("{}/v1/records", server.url))
+            .header("content-type", "application/json")
+            .body(batch)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        let mut got = 0;
+        while got < SUBSCRIBERS {
+            let (n, when) = rx.recv().await.unwrap();
+            latencies.push(when.duration_since(sent_at[&n]).as_secs_f64() * 1e3);
+            got += 1;
+        }
+    }
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "push to {SUBSCRIBERS} WebSocket subscribers ({LATENCY_SAMPLES} records, push request to receipt): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().unwrap()
+    );
+    drop(server);
+
+    // Idle connections: a fresh server, 10,000 WebSockets doing nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = Server::start(database_url.as_deref(), dir.path()).await;
+    let before = server.rss_mib();
+    let ws_url = format!("{}/v1/ws", server.url.replace("http://", "ws://"));
+    let mut sockets = Vec::with_capacity(IDLE_CONNECTIONS);
+    for wave in 0..IDLE_CONNECTIONS / CONNECT_WAVE {
+        let mut joins = Vec::new();
+        for _ in 0..CONNECT_WAVE {
+            let url = ws_url.clone();
+            joins.push(tokio::spawn(async move {
+                tokio_tungstenite::connect_async(url)
+                    .await
+                    .map(|(ws, _)| ws)
+            }));
+        }
+        for j in joins {
+            sockets.push(
+                j.await
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("wave {wave}: {e}")),
+            );
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = server.rss_mib();
+    println!(
+        "{IDLE_CONNECTIONS} idle WebSocket connections: server memory {after:.1} MiB ({:.1} MiB over the {before:.1} MiB before)",
+        after - before
+    );
+    for mut s in sockets {
+        let _ = s.close(None).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let pick = |name: &str| args.is_empty() || args.iter().any(|a| a == name);
+    println!("follower benchmark: {LOGS} logs in {THREADS} threads, {BODY} B bodies, batches of {BATCH}, {PUSHERS} pushers");
+    if pick("sqlite") {
+        run("sqlite (embedded default)", None).await;
+    }
+    if pick("postgres") {
+        if std::env::var_os(threads_store::testing::POSTGRES_ENV).is_some() {
+            let url = threads_store::testing::fresh_postgres_database().await;
+            run("postgres", Some(url)).await;
+        } else {
+            println!("\n(postgres skipped: set THREADS_TEST_PG, or run scripts/bench)");
+        }
+    }
+}
