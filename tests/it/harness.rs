@@ -97,6 +97,18 @@ impl Server {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Waits for the process to exit on its own.
+    pub async fn wait(mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(std::time::Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("the server exits within 15 s")
+            .unwrap()
+    }
+
     /// Ends the process abruptly, as a crash would.
     pub async fn kill9(&mut self) {
         self.child.kill().await.unwrap();

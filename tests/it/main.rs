@@ -4,6 +4,7 @@
 mod harness;
 
 mod cluster;
+mod operations;
 mod push_pull;
 mod registration;
 mod websocket;

@@ -129,3 +129,27 @@ async fn private_subscriptions_need_the_token(backend: Backend) {
     assert_eq!(next(&mut ws).await["type"], "subscribed");
     assert_eq!(records(&mut ws, 1).await, [r1.cid().to_string()]);
 }
+
+/// A subscriber that stops reading does not slow writers; when it reads again it gets every
+/// record, in order, fed from storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_never_stalls_ingestion() {
+    let server = Server::start_with(Backend::Sqlite, &[("THREADS_WEBSOCKET__BUFFER_MESSAGES", "4")]).await;
+    let mut log = TestLog::new();
+    server.register(&log, true).await;
+    let mut ws = connect(&server, &format!("?thread={}", log.thread)).await;
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+
+    // 1,500 records of 1 KiB (about 3 MiB of JSON) while the subscriber reads nothing.
+    let batch: Vec<_> = (0..1500).map(|_| log.next(1024)).collect();
+    let started = std::time::Instant::now();
+    for chunk in batch.chunks(500) {
+        let pairs: Vec<_> = chunk.iter().map(|r| (&log, r)).collect();
+        assert_eq!(server.push(&pairs).await.0, StatusCode::OK);
+    }
+    let pushing = started.elapsed();
+    assert!(pushing < Duration::from_secs(60), "ingestion stalled: {pushing:?}");
+
+    let expected: Vec<String> = batch.iter().map(|r| r.cid().to_string()).collect();
+    assert_eq!(records(&mut ws, 1500).await, expected);
+}
