@@ -150,10 +150,6 @@ impl Follower {
         }
     }
 
-    pub fn thread(&self) -> &ThreadId {
-        &self.thread
-    }
-
     /// The next record after the cursor. Errors only when storage fails.
     pub async fn next(&mut self) -> Result<Arc<StoredRecord>, threads_store::StoreError> {
         loop {

@@ -18,22 +18,51 @@ async fn openapi_and_metrics_are_served() {
     server.register(&log, true).await;
     let r1 = log.next(10);
     server.push(&[(&log, &r1)]).await;
-    server.push(&[(&log, &log.after(Some(threads_core::cid_of(b"x")), 10))]).await;
-    let metrics = server.http.get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("threads_records_ingested_total 1"), "{metrics}");
-    assert!(metrics.contains("threads_records_rejected_total{reason=\"gap\"} 1"), "{metrics}");
-    assert!(metrics.contains("threads_ingested_bytes_total"), "{metrics}");
+    server
+        .push(&[(&log, &log.after(Some(threads_core::cid_of(b"x")), 10))])
+        .await;
+    let metrics = server
+        .http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("threads_records_ingested_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("threads_records_rejected_total{reason=\"gap\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("threads_ingested_bytes_total"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotas_answer_413() {
-    let server = Server::start_with(Backend::Sqlite, &[("THREADS_QUOTAS__MAX_RECORDS_PER_LOG", "2")]).await;
+    let server = Server::start_with(
+        Backend::Sqlite,
+        &[("THREADS_QUOTAS__MAX_RECORDS_PER_LOG", "2")],
+    )
+    .await;
     let mut log = TestLog::new();
     server.register(&log, true).await;
     let (r1, r2, r3) = (log.next(10), log.next(10), log.next(10));
-    assert_eq!(server.push(&[(&log, &r1), (&log, &r2)]).await.0, StatusCode::OK);
+    assert_eq!(
+        server.push(&[(&log, &r1), (&log, &r2)]).await.0,
+        StatusCode::OK
+    );
     let (status, body) = server.push(&[(&log, &r3)]).await;
-    assert_eq!((status, body["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("quota_exceeded")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("quota_exceeded"))
+    );
     assert_eq!(body["results"][0]["quota"], "records_per_log");
     assert_eq!(pull_all(&server, &log, None).await.len(), 2);
 }
@@ -42,15 +71,26 @@ async fn quotas_answer_413() {
 async fn rate_limits_answer_429_with_retry_after() {
     let server = Server::start_with(
         Backend::Sqlite,
-        &[("THREADS_RATE_LIMIT__PER_SECOND", "1"), ("THREADS_RATE_LIMIT__BURST", "3")],
+        &[
+            ("THREADS_RATE_LIMIT__PER_SECOND", "1"),
+            ("THREADS_RATE_LIMIT__BURST", "3"),
+        ],
     )
     .await;
     let mut statuses = Vec::new();
     let mut retry_after = None;
     for _ in 0..6 {
-        let r = server.http.get(format!("{}/v1/server", server.url)).send().await.unwrap();
+        let r = server
+            .http
+            .get(format!("{}/v1/server", server.url))
+            .send()
+            .await
+            .unwrap();
         if r.status() == StatusCode::TOO_MANY_REQUESTS {
-            retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            retry_after = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
             let body: Value = r.json().await.unwrap();
             assert_eq!(body["code"], "rate_limited");
             statuses.push(429);
@@ -62,12 +102,25 @@ async fn rate_limits_answer_429_with_retry_after() {
     assert!(statuses[3..].contains(&429), "{statuses:?}");
     assert_eq!(retry_after.as_deref(), Some("1"));
     // Operations endpoints are never rate limited.
-    assert_eq!(server.http.get(format!("{}/healthz", server.url)).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        server
+            .http
+            .get(format!("{}/healthz", server.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_connections_are_capped() {
-    let server = Server::start_with(Backend::Sqlite, &[("THREADS_WEBSOCKET__MAX_CONNECTIONS", "1")]).await;
+    let server = Server::start_with(
+        Backend::Sqlite,
+        &[("THREADS_WEBSOCKET__MAX_CONNECTIONS", "1")],
+    )
+    .await;
     let _first = crate::websocket::connect(&server, "").await;
     let url = format!("{}/v1/ws", server.url.replace("http://", "ws://"));
     match tokio_tungstenite::connect_async(url).await {
@@ -81,7 +134,13 @@ async fn websocket_connections_are_capped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_configuration_fails_fast_naming_the_field() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_threads"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", "mysql://nope"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "mysql://nope",
+        ])
         .output()
         .await
         .unwrap();
@@ -94,7 +153,11 @@ async fn bad_configuration_fails_fast_naming_the_field() {
 async fn sigterm_shuts_down_gracefully() {
     let server = Server::start(Backend::Sqlite).await;
     let pid = server.pid();
-    let status = tokio::process::Command::new("kill").arg(pid.to_string()).status().await.unwrap();
+    let status = tokio::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status()
+        .await
+        .unwrap();
     assert!(status.success());
     let exit = server.wait().await;
     assert!(exit.success(), "{exit:?}");

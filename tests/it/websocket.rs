@@ -134,7 +134,11 @@ async fn private_subscriptions_need_the_token(backend: Backend) {
 /// record, in order, fed from storage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_never_stalls_ingestion() {
-    let server = Server::start_with(Backend::Sqlite, &[("THREADS_WEBSOCKET__BUFFER_MESSAGES", "4")]).await;
+    let server = Server::start_with(
+        Backend::Sqlite,
+        &[("THREADS_WEBSOCKET__BUFFER_MESSAGES", "4")],
+    )
+    .await;
     let mut log = TestLog::new();
     server.register(&log, true).await;
     let mut ws = connect(&server, &format!("?thread={}", log.thread)).await;
@@ -148,7 +152,10 @@ async fn a_stalled_subscriber_never_stalls_ingestion() {
         assert_eq!(server.push(&pairs).await.0, StatusCode::OK);
     }
     let pushing = started.elapsed();
-    assert!(pushing < Duration::from_secs(60), "ingestion stalled: {pushing:?}");
+    assert!(
+        pushing < Duration::from_secs(60),
+        "ingestion stalled: {pushing:?}"
+    );
 
     let expected: Vec<String> = batch.iter().map(|r| r.cid().to_string()).collect();
     assert_eq!(records(&mut ws, 1500).await, expected);

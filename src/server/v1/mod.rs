@@ -88,6 +88,22 @@ pub async fn readable_thread(
     Ok(info)
 }
 
+/// The log, if its thread is readable by the caller and the log is registered in it.
+pub async fn readable_log(
+    state: &AppState,
+    thread: &str,
+    log: &str,
+    token: Option<&str>,
+) -> ApiResult<threads_store::LogInfo> {
+    let (thread, log) = (parse_thread(thread)?, parse_log(log)?);
+    readable_thread(state, &thread, token).await?;
+    state
+        .store
+        .log(&thread, &log)
+        .await?
+        .ok_or_else(|| ApiError::not_found("log"))
+}
+
 pub fn check_access(info: &ThreadInfo, token: Option<&str>) -> ApiResult<()> {
     if info.public {
         return Ok(());

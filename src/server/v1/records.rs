@@ -14,11 +14,11 @@ use ipld_core::ipld::Ipld;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use threads_core::{cid_of, verify_batch, LogId, RecordError, SignaturePolicy, ThreadId};
-use threads_store::{Ingest, Outcome, Quota, StoredRecord, ThreadInfo};
+use threads_store::{Ingest, LogInfo, Outcome, Quota, StoredRecord, ThreadInfo};
 
 use super::wire::{read_car, write_car, CarItem, PushItem, RecordJson, CAR, DAG_CBOR};
 use super::{
-    decode_cursor, encode_cursor, parse_log, parse_thread, presented_token, readable_thread,
+    decode_cursor, encode_cursor, parse_thread, presented_token, readable_log, readable_thread,
 };
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::AppState;
@@ -388,17 +388,9 @@ async fn pull_log(
     Query(q): Query<PullQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let (thread, log) = (parse_thread(&thread)?, parse_log(&log)?);
     let format = format(&q, &headers)?;
-    readable_thread(
-        &state,
-        &thread,
-        presented_token(&headers, q.token.as_deref()),
-    )
-    .await?;
-    if state.store.log(&thread, &log).await?.is_none() {
-        return Err(ApiError::not_found("log"));
-    }
+    let token = presented_token(&headers, q.token.as_deref());
+    let LogInfo { thread, log, .. } = readable_log(&state, &thread, &log, token).await?;
     let after = match q.after.as_deref().filter(|a| !a.is_empty()) {
         None => 0,
         Some(a) => a

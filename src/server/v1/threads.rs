@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use threads_store::{LogInfo, ThreadInfo};
 
-use super::{encode_cursor, parse_log, parse_thread, presented_token, readable_thread};
-use crate::server::error::{ApiError, ApiResult};
+use super::{encode_cursor, parse_thread, presented_token, readable_log, readable_thread};
+use crate::server::error::ApiResult;
 use crate::server::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -94,19 +94,10 @@ async fn log(
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    let (thread, log) = (parse_thread(&thread)?, parse_log(&log)?);
-    readable_thread(
-        &state,
-        &thread,
-        presented_token(&headers, q.token.as_deref()),
-    )
-    .await?;
-    let info = state
-        .store
-        .log(&thread, &log)
-        .await?
-        .ok_or_else(|| ApiError::not_found("log"))?;
-    Ok(Json(log_json(&info)))
+    let token = presented_token(&headers, q.token.as_deref());
+    Ok(Json(log_json(
+        &readable_log(&state, &thread, &log, token).await?,
+    )))
 }
 
 async fn forks(
@@ -115,14 +106,9 @@ async fn forks(
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    let (thread, log) = (parse_thread(&thread)?, parse_log(&log)?);
-    readable_thread(
-        &state,
-        &thread,
-        presented_token(&headers, q.token.as_deref()),
-    )
-    .await?;
-    let forks = state.store.forks(&thread, &log).await?;
+    let token = presented_token(&headers, q.token.as_deref());
+    let info = readable_log(&state, &thread, &log, token).await?;
+    let forks = state.store.forks(&info.thread, &info.log).await?;
     let forks: Vec<Value> = forks
         .iter()
         .map(|f| {

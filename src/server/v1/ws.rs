@@ -253,6 +253,5 @@ async fn feed(mut follower: Follower, info: threads_store::ThreadInfo, out: mpsc
         if out.send(text(message)).await.is_err() {
             return;
         }
-        let _ = follower.thread();
     }
 }
