@@ -483,12 +483,20 @@ macro_rules! impl_store {
                     };
                     let (first_seq, mut thread_seq, mut thread_bytes) = (seq as u64, seq as u64, bytes as u64);
 
-                    let rows: Vec<(Vec<u8>, Option<Vec<u8>>, i64, i64)> = sqlx::query_as(
-                        "SELECT log_id, head_cid, head_counter, byte_count FROM logs WHERE thread_id = $1",
-                    )
-                    .bind(&thread)
-                    .fetch_all(&mut *tx)
-                    .await?;
+                    // Heads of the logs this batch touches (not every log of the thread).
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT log_id, head_cid, head_counter, byte_count FROM logs WHERE thread_id = ",
+                    );
+                    q.push_bind(&thread).push(" AND log_id IN (");
+                    let mut sep = q.separated(", ");
+                    let distinct: std::collections::BTreeSet<Vec<u8>> =
+                        indexes.iter().map(|&i| batch[i].log.to_bytes()).collect();
+                    for log in &distinct {
+                        sep.push_bind(log.as_slice());
+                    }
+                    sep.push_unseparated(")");
+                    let rows: Vec<(Vec<u8>, Option<Vec<u8>>, i64, i64)> =
+                        q.build_query_as().fetch_all(&mut *tx).await?;
                     let mut logs: HashMap<Vec<u8>, LogState> = HashMap::new();
                     for (log, head_cid, counter, bytes) in rows {
                         let head = match head_cid {

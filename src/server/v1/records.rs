@@ -1,7 +1,7 @@
 //! Pushing records (JSON or CAR, one or many logs per batch) and pulling them (by log counter,
 //! or by thread in arrival order with an opaque cursor).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use ipld_core::ipld::Ipld;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use threads_core::{cid_of, verify_batch, LogId, RecordError, SignaturePolicy, ThreadId};
+use threads_core::{cid_of, verify_batch, RecordError, SignaturePolicy, ThreadId};
 use threads_store::{Ingest, LogInfo, Outcome, Quota, StoredRecord, ThreadInfo};
 
 use super::wire::{read_car, write_car, CarItem, PushItem, RecordJson, CAR, DAG_CBOR};
@@ -129,30 +129,23 @@ async fn push(
         ));
     }
 
-    // Each thread's follow key and registered logs: records of unknown logs are refused before
-    // any signature work is spent on them.
-    let mut threads: HashMap<ThreadId, Option<(ThreadInfo, HashSet<LogId>)>> = HashMap::new();
+    let mut threads: HashMap<ThreadId, Option<ThreadInfo>> = HashMap::new();
     for item in &items {
         if !threads.contains_key(&item.thread) {
-            let known = match state.store.thread(&item.thread).await? {
-                Some(info) => {
-                    let logs = state.store.logs(&item.thread).await?;
-                    Some((info, logs.into_iter().map(|l| l.log).collect()))
-                }
-                None => None,
-            };
-            threads.insert(item.thread.clone(), known);
+            let info = state.store.thread(&item.thread).await?;
+            threads.insert(item.thread.clone(), info);
         }
     }
     let cids: Vec<_> = items.iter().map(|i| cid_of(&i.blocks.record)).collect();
     let mut verdicts: Vec<Option<Verdict>> = (0..items.len()).map(|_| None).collect();
-    let mut to_verify = Vec::new();
+    let (mut meta, mut blocks) = (Vec::new(), Vec::new());
     for (i, item) in items.into_iter().enumerate() {
         match threads.get(&item.thread).and_then(Option::as_ref) {
-            Some((info, logs)) if logs.contains(&item.log) => {
-                to_verify.push((i, item, info.follow_key.clone()))
+            Some(info) => {
+                meta.push((i, item.thread, item.log, info.follow_key.clone()));
+                blocks.push(item.blocks);
             }
-            _ => verdicts[i] = Some(Verdict::Refused(Outcome::UnknownLog)),
+            None => verdicts[i] = Some(Verdict::Refused(Outcome::UnknownLog)),
         }
     }
 
@@ -162,31 +155,36 @@ async fn push(
         SignaturePolicy::CurrentOnly
     };
     // Signature checks are CPU work: keep them off the async workers.
-    let (to_verify, checked) = tokio::task::spawn_blocking(move || {
-        let checked = verify_batch(
-            to_verify
-                .iter()
-                .map(|(_, item, key)| (item.blocks.clone(), key, &item.log)),
-            policy,
-        );
-        (to_verify, checked)
+    let (meta, checked) = tokio::task::spawn_blocking(move || {
+        let items = blocks
+            .into_iter()
+            .zip(&meta)
+            .map(|(b, (_, _, log, key))| (b, key, log));
+        let checked = verify_batch(items, policy);
+        (meta, checked)
     })
     .await
     .map_err(ApiError::internal)?;
 
     let mut batch = Vec::new();
     let mut positions = Vec::new();
-    for ((i, item, _), result) in to_verify.into_iter().zip(checked) {
+    for ((i, thread, log, _), result) in meta.into_iter().zip(checked) {
         match result {
             Ok(record) => {
                 positions.push(i);
                 batch.push(Ingest {
-                    thread: item.thread,
-                    log: item.log,
+                    thread,
+                    log,
                     record,
                 });
             }
-            Err(e) => verdicts[i] = Some(Verdict::Invalid(e)),
+            // A record of a log this server does not follow says so, whatever else is wrong.
+            Err(e) => {
+                verdicts[i] = Some(match state.store.log(&thread, &log).await? {
+                    None => Verdict::Refused(Outcome::UnknownLog),
+                    Some(_) => Verdict::Invalid(e),
+                })
+            }
         }
     }
     let sizes: Vec<usize> = batch
