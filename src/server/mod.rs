@@ -37,6 +37,14 @@ use tower_http::trace::TraceLayer;
 use crate::config::Config;
 use error::ApiError;
 
+/// Milliseconds since the Unix epoch: the server's clock for arrival times and request windows.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);

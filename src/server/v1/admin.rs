@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::presented_token;
-use super::registrations::now_ms;
 use crate::server::error::{ApiError, ApiResult};
+use crate::server::now_ms;
 use crate::server::AppState;
 
 pub fn router() -> Router<AppState> {

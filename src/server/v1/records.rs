@@ -196,7 +196,7 @@ async fn push(
     } else {
         state
             .store
-            .ingest(batch, &state.quotas, super::registrations::now_ms())
+            .ingest(batch, &state.quotas, crate::server::now_ms())
             .await?
     };
     let mut accepted_bytes = 0;

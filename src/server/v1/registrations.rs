@@ -14,17 +14,10 @@ use threads_store::{Registered, Registration};
 use super::presented_token;
 use crate::config::RegistrationMode;
 use crate::server::error::{ApiError, ApiResult};
-use crate::server::AppState;
+use crate::server::{now_ms, AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/registrations", post(handle))
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
 }
 
 fn request_error(error: RequestError) -> ApiError {

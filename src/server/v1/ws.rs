@@ -245,7 +245,7 @@ async fn feed(mut follower: Follower, info: threads_store::ThreadInfo, out: mpsc
                 return;
             }
         };
-        let lag_ms = super::registrations::now_ms() - record.arrived_ms;
+        let lag_ms = crate::server::now_ms() - record.arrived_ms;
         metrics::histogram!("threads_push_lag_seconds").record(lag_ms.max(0) as f64 / 1000.0);
         let mut message = serde_json::to_value(RecordJson::from_stored(&record)).expect("JSON");
         message["type"] = json!("record");
