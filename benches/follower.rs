@@ -143,6 +143,54 @@ async fn register(http: &reqwest::Client, url: &str, server_id: &str, log: &Log)
     assert!(status.is_success(), "registration: {status}");
 }
 
+async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// Pulls a whole thread by cursor; returns how many records came. Cursor, count and `more`
+/// come from the page headers, so `parse` decides only whether the reader decodes the pages.
+async fn catch_up(
+    http: &reqwest::Client,
+    url: &str,
+    thread: &ThreadId,
+    format: &str,
+    parse: bool,
+) -> usize {
+    let (mut cursor, mut pulled) = (String::new(), 0);
+    loop {
+        let r = http
+            .get(format!(
+                "{url}/v1/threads/{thread}/records?limit={PAGE}&format={format}&after={cursor}"
+            ))
+            .send()
+            .await
+            .unwrap();
+        cursor = r.headers()["x-threads-cursor"].to_str().unwrap().to_owned();
+        let count: usize = r.headers()["x-threads-count"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let more = r.headers()["x-threads-more"] == "true";
+        let bytes = r.bytes().await.unwrap();
+        pulled += if !parse || count == 0 {
+            std::hint::black_box(bytes.len());
+            count
+        } else if format == "car" {
+            threads::server::v1::wire::read_car(&bytes)
+                .await
+                .unwrap()
+                .len()
+        } else {
+            let page: Value = serde_json::from_slice(&bytes).unwrap();
+            page["records"].as_array().unwrap().len()
+        };
+        if !more {
+            return pulled;
+        }
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
@@ -160,15 +208,10 @@ async fn run(backend: &str, database_url: Option<String>) {
         ready_in.as_secs_f64() * 1e3,
         server.rss_mib()
     );
-    let server_id: Value = http
-        .get(format!("{}/v1/server", server.url))
-        .send()
-        .await
+    let server_id = get_json(&http, &format!("{}/v1/server", server.url)).await["server_id"]
+        .as_str()
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let server_id = server_id["server_id"].as_str().unwrap().to_owned();
+        .to_owned();
 
     // Records are built and signed before any clock starts.
     let threads: Vec<(ThreadId, ThreadKey)> = (0..THREADS)
@@ -260,109 +303,29 @@ async fn run(backend: &str, database_url: Option<String>) {
         total as f64 / secs
     );
 
-    // Catch-up: one reader pulls a whole thread, page after page, as CAR.
+    // Catch-up: one reader pulls a whole thread, page after page; with parsing (as a reader
+    // that uses the records) and without (as one that stores the pages as they come).
     let thread = &threads[0].0;
-    let started = Instant::now();
-    let (mut cursor, mut pulled) = (String::new(), 0);
-    loop {
-        let r = http
-            .get(format!(
-                "{}/v1/threads/{thread}/records?limit={PAGE}&after={cursor}",
-                server.url
-            ))
-            .header("accept", "application/vnd.ipld.car")
-            .send()
-            .await
-            .unwrap();
-        cursor = r.headers()["x-threads-cursor"].to_str().unwrap().to_owned();
-        let more = r.headers()["x-threads-more"] == "true";
-        if r.status() == reqwest::StatusCode::NO_CONTENT {
-            break;
-        }
-        let bytes = r.bytes().await.unwrap();
-        pulled += threads::server::v1::wire::read_car(&bytes)
-            .await
-            .unwrap()
-            .len();
-        if !more {
-            break;
-        }
-    }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "catch-up pull (CAR pages of {PAGE}): {pulled} records in {secs:.2} s = {:.0} records/s",
-        pulled as f64 / secs
-    );
-    let started = Instant::now();
-    let (mut cursor, mut pulled) = (String::new(), 0);
-    loop {
-        let page: Value = http
-            .get(format!(
-                "{}/v1/threads/{thread}/records?limit={PAGE}&after={cursor}",
-                server.url
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        pulled += page["records"].as_array().unwrap().len();
-        cursor = page["cursor"].as_str().unwrap().to_owned();
-        if page["more"] == false {
-            break;
-        }
-    }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "catch-up pull (JSON pages of {PAGE}): {pulled} records in {secs:.2} s = {:.0} records/s",
-        pulled as f64 / secs
-    );
-
-    // The same, as a reader that stores pages as they come: cursor and count from headers.
-    for (label, accept) in [
-        ("CAR", "application/vnd.ipld.car"),
-        ("JSON", "application/json"),
+    for (format, parse) in [
+        ("car", true),
+        ("json", true),
+        ("car", false),
+        ("json", false),
     ] {
         let started = Instant::now();
-        let (mut cursor, mut pulled) = (String::new(), 0);
-        loop {
-            let r = http
-                .get(format!(
-                    "{}/v1/threads/{thread}/records?limit={PAGE}&after={cursor}",
-                    server.url
-                ))
-                .header("accept", accept)
-                .send()
-                .await
-                .unwrap();
-            cursor = r.headers()["x-threads-cursor"].to_str().unwrap().to_owned();
-            pulled += r.headers()["x-threads-count"]
-                .to_str()
-                .unwrap()
-                .parse::<usize>()
-                .unwrap();
-            let more = r.headers()["x-threads-more"] == "true";
-            std::hint::black_box(r.bytes().await.unwrap());
-            if !more {
-                break;
-            }
-        }
+        let pulled = catch_up(&http, &server.url, thread, format, parse).await;
         let secs = started.elapsed().as_secs_f64();
-        println!("catch-up pull ({label} pages, not parsed): {pulled} records in {secs:.2} s = {:.0} records/s", pulled as f64 / secs);
+        let how = if parse { "parsed" } else { "bytes only" };
+        println!(
+            "catch-up pull ({format} pages of {PAGE}, {how}): {pulled} records in {secs:.2} s = {:.0} records/s",
+            pulled as f64 / secs
+        );
     }
 
     // Push latency: 1,000 subscribers on one thread; one record at a time.
     let log_index = 0;
     let log = &logs[log_index];
-    let info: Value = http
-        .get(format!("{}/v1/threads/{}", server.url, log.thread))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = get_json(&http, &format!("{}/v1/threads/{}", server.url, log.thread)).await;
     let cursor = info["cursor"].as_str().unwrap().to_owned();
     let ws_url = format!(
         "{}/v1/ws?thread={}&cursor={cursor}",
