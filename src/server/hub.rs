@@ -80,13 +80,32 @@ impl Hub {
         }
     }
 
+    /// Drops unwatched tails, then reads storage only for threads that moved past their tail:
+    /// one query for all watched threads, however many there are.
     async fn advance_all(&self) {
-        let threads: Vec<ThreadId> = {
+        let watched: Vec<ThreadId> = {
             let mut tails = self.0.tails.lock().unwrap();
             tails.retain(|_, tail| tail.sender.receiver_count() > 0);
             tails.keys().cloned().collect()
         };
-        for thread in threads {
+        if watched.is_empty() {
+            return;
+        }
+        let seqs = match self.0.store.thread_seqs(&watched).await {
+            Ok(seqs) => seqs,
+            Err(error) => {
+                tracing::warn!(%error, "checking watched threads failed");
+                return;
+            }
+        };
+        let behind: Vec<ThreadId> = {
+            let tails = self.0.tails.lock().unwrap();
+            seqs.into_iter()
+                .filter(|(thread, seq)| tails.get(thread).is_some_and(|t| *seq > t.last))
+                .map(|(thread, _)| thread)
+                .collect()
+        };
+        for thread in behind {
             self.advance(&thread).await;
         }
     }

@@ -419,6 +419,26 @@ macro_rules! impl_store {
                 rows.into_iter().map(|r| r.into_info()).collect()
             }
 
+            async fn thread_seqs(
+                &self,
+                threads: &[threads_core::ThreadId],
+            ) -> $crate::Result<Vec<(threads_core::ThreadId, u64)>> {
+                let mut out = Vec::with_capacity(threads.len());
+                for chunk in threads.chunks(500) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new("SELECT id, seq FROM threads WHERE id IN (");
+                    let mut sep = q.separated(", ");
+                    for thread in chunk {
+                        sep.push_bind(thread.as_bytes());
+                    }
+                    sep.push_unseparated(")");
+                    let rows: Vec<(Vec<u8>, i64)> = q.build_query_as().fetch_all(&self.read).await?;
+                    for (id, seq) in rows {
+                        out.push(($crate::ingest::thread_id(&id)?, seq as u64));
+                    }
+                }
+                Ok(out)
+            }
+
             async fn logs(
                 &self,
                 thread: &threads_core::ThreadId,

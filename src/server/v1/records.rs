@@ -262,6 +262,13 @@ struct PullQuery {
     token: Option<String>,
 }
 
+#[derive(serde::Serialize)]
+struct PageJson<'a> {
+    records: Vec<RecordJson>,
+    cursor: &'a str,
+    more: bool,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Format {
     Json,
@@ -299,11 +306,12 @@ fn format(q: &PullQuery, headers: &HeaderMap) -> ApiResult<Format> {
 /// the `x-threads-cursor`, `x-threads-more` and `x-threads-count` headers.
 async fn page(format: Format, records: &[StoredRecord], cursor: String, more: bool) -> Response {
     let mut response = match format {
-        Format::Json => Json(json!({
-            "records": records.iter().map(RecordJson::from_stored).collect::<Vec<_>>(),
-            "cursor": cursor,
-            "more": more,
-        }))
+        // Serialized straight from typed records: no intermediate JSON tree.
+        Format::Json => Json(PageJson {
+            records: records.iter().map(RecordJson::from_stored).collect(),
+            cursor: &cursor,
+            more,
+        })
         .into_response(),
         Format::DagCbor => {
             let list = records

@@ -195,6 +195,11 @@ async fn story(store: Arc<dyn Store>) {
     // Listings.
     let info = store.thread(&a.thread).await.unwrap().unwrap();
     assert_eq!((info.seq, info.records), (5, 5));
+    let seqs = store
+        .thread_seqs(&[a.thread.clone(), TestLog::new().thread])
+        .await
+        .unwrap();
+    assert_eq!(seqs, [(a.thread.clone(), 5)]);
     let stored_bytes: u64 = by_thread.iter().map(|r| r.byte_len() as u64).sum();
     assert_eq!(info.bytes, stored_bytes);
     let logs = store.logs(&a.thread).await.unwrap();
