@@ -147,10 +147,53 @@ pub fn app(state: AppState) -> Router {
             Duration::from_secs(config.limits.request_timeout_secs),
         ))
         .layer(RequestBodyLimitLayer::new(config.limits.max_body_bytes))
+        .layer(middleware::map_response(json_errors))
         .layer(cors)
         .layer(trace)
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
+}
+
+/// Errors produced by the framework's layers (a query that does not parse, a wrong method, a body
+/// over the limit, a timeout, a plain GET on the WebSocket route) get the same JSON body as the
+/// API's own errors: every error a client sees has a stable `code`.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UPGRADE_REQUIRED => "upgrade_required",
+        s if s.is_server_error() => "internal",
+        _ => "error",
+    };
+    let detail = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        text if status.is_server_error() => {
+            tracing::error!(%status, detail = text, "internal error from a layer");
+            "internal error".to_owned()
+        }
+        text => text.to_owned(),
+    };
+    let mut error = ApiError::new(status, code, detail).into_response();
+    // Keep headers such as Allow (405) and Retry-After.
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            error.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    error
 }
 
 /// Per-client token bucket; answers 429 with `Retry-After` when a client is too fast.

@@ -349,11 +349,43 @@ async fn every_refusal_is_clear_and_stores_nothing(backend: Backend) {
     tokio::io::AsyncWriteExt::write_all(&mut tcp, head.as_bytes())
         .await
         .unwrap();
-    let mut reply = vec![0u8; 12];
-    tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut reply)
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&reply).contains('}') {
+        let n = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf)
+            .await
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&reply));
+        reply.extend_from_slice(&buf[..n]);
+    }
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains(r#""code":"too_large""#), "{reply}");
+
+    // Rejections from the framework's own layers have JSON codes too.
+    let (status, err) = server
+        .get(&format!("/v1/threads/{}/records?limit=abc", a.thread))
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_request"))
+    );
+    assert!(err["detail"].as_str().unwrap().contains("limit"), "{err}");
+    let (status, err) = server.get("/v1/ws").await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_request"))
+    );
+    let response = server
+        .http
+        .delete(format!("{}/v1/records", server.url))
+        .send()
         .await
         .unwrap();
-    assert_eq!(&reply, b"HTTP/1.1 413");
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(response.headers().contains_key("allow"));
+    let err: Value = response.json().await.unwrap();
+    assert_eq!(err["code"], "method_not_allowed");
 
     // None of it changed what is stored.
     assert_eq!(pull_all(&server, &a, None).await, before);
