@@ -63,6 +63,30 @@ async fn signed_requests_cannot_be_forged_or_replayed(backend: Backend) {
         code(send(&with_read_key).await),
         (StatusCode::BAD_REQUEST, Some("read_key_refused".into()))
     );
+    let bad_addrs = |addrs: Vec<String>| Action::Register {
+        follow_key: log.keys.follow_only().to_multibase().to_string(),
+        addrs,
+        public: true,
+    };
+    let not_multiaddr = sign(&id, now_ms(), bad_addrs(vec!["http://example.com".into()]));
+    assert_eq!(
+        code(send(&not_multiaddr).await),
+        (StatusCode::BAD_REQUEST, Some("bad_addrs".into()))
+    );
+    let too_many = sign(
+        &id,
+        now_ms(),
+        bad_addrs(vec!["/ip4/1.2.3.4/tcp/1".into(); 33]),
+    );
+    assert_eq!(
+        code(send(&too_many).await),
+        (StatusCode::BAD_REQUEST, Some("bad_addrs".into()))
+    );
+    // A refused request spends no nonce: the same request, sent again, gets the same answer.
+    assert_eq!(
+        code(send(&too_many).await),
+        (StatusCode::BAD_REQUEST, Some("bad_addrs".into()))
+    );
     let mut other_key = log.sibling();
     other_key.keys = threads_core::ThreadKey::random(&mut OsRng);
     assert_eq!(

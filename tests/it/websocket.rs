@@ -160,3 +160,23 @@ async fn a_stalled_subscriber_never_stalls_ingestion() {
     let expected: Vec<String> = batch.iter().map(|r| r.cid().to_string()).collect();
     assert_eq!(records(&mut ws, 1500).await, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_follows_at_most_256_threads() {
+    let server = Server::start(Backend::Sqlite).await;
+    let mut ws = connect(&server, "").await;
+    for i in 0..257 {
+        let log = TestLog::new();
+        server.register(&log, true).await;
+        let sub = json!({"type": "subscribe", "thread": log.thread.to_string()});
+        ws.send(Message::Text(sub.to_string().into()))
+            .await
+            .unwrap();
+        let reply = next(&mut ws).await;
+        if i < 256 {
+            assert_eq!(reply["type"], "subscribed", "{reply}");
+        } else {
+            assert_eq!(reply["code"], "too_many_subscriptions", "{reply}");
+        }
+    }
+}

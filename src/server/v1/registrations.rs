@@ -20,6 +20,43 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/registrations", post(handle))
 }
 
+/// Addresses a writer may give for one log.
+const MAX_ADDRS: usize = 32;
+
+/// The follow key of a registration; a key that carries the read half is refused.
+fn follow_only_key(text: &str) -> ApiResult<threads_core::ServiceKey> {
+    let key: ThreadKey = text
+        .parse()
+        .map_err(|e| ApiError::bad_request("bad_follow_key", format!("bad follow key: {e}")))?;
+    if key.read().is_some() {
+        return Err(ApiError::bad_request(
+            "read_key_refused",
+            "send the follow key only: a follower must never hold the read key",
+        ));
+    }
+    Ok(key.service().clone())
+}
+
+/// A writer's addresses: multiaddrs, at most [`MAX_ADDRS`], kept in their canonical text.
+fn checked_addrs(addrs: &[String]) -> ApiResult<Vec<String>> {
+    if addrs.len() > MAX_ADDRS {
+        return Err(ApiError::bad_request(
+            "bad_addrs",
+            format!("{} addresses; at most {MAX_ADDRS} are kept", addrs.len()),
+        ));
+    }
+    addrs
+        .iter()
+        .map(|a| {
+            a.parse::<threads_core::addr::Multiaddr>()
+                .map(|m| m.to_string())
+                .map_err(|e| {
+                    ApiError::bad_request("bad_addrs", format!("{a:?} is not a multiaddr: {e}"))
+                })
+        })
+        .collect()
+}
+
 fn request_error(error: RequestError) -> ApiError {
     let status = match error {
         RequestError::Payload(_) | RequestError::SignatureEncoding => StatusCode::BAD_REQUEST,
@@ -67,6 +104,21 @@ async fn handle(
             ));
         }
     }
+    // Everything about the request is checked before its nonce is spent.
+    let registration = match &payload.action {
+        Action::Register {
+            follow_key,
+            addrs,
+            public,
+        } => Some(Registration {
+            thread: thread.clone(),
+            log: log.clone(),
+            follow_key: follow_only_key(follow_key)?,
+            addrs: checked_addrs(addrs)?,
+            public: *public,
+        }),
+        _ => None,
+    };
     let expires = payload.timestamp_ms + REQUEST_WINDOW_MS;
     if !state
         .store
@@ -81,27 +133,8 @@ async fn handle(
     }
 
     match payload.action {
-        Action::Register {
-            follow_key,
-            addrs,
-            public,
-        } => {
-            let key: ThreadKey = follow_key.parse().map_err(|e| {
-                ApiError::bad_request("bad_follow_key", format!("bad follow key: {e}"))
-            })?;
-            if key.read().is_some() {
-                return Err(ApiError::bad_request(
-                    "read_key_refused",
-                    "send the follow key only: a follower must never hold the read key",
-                ));
-            }
-            let registration = Registration {
-                thread: thread.clone(),
-                log: log.clone(),
-                follow_key: key.service().clone(),
-                addrs,
-                public,
-            };
+        Action::Register { .. } => {
+            let registration = registration.expect("prepared for a register action");
             let created = state.store.register(&registration, now).await? == Registered::Created;
             tracing::info!(%thread, %log, created, "log registered");
             let status = if created {

@@ -29,6 +29,8 @@ use crate::server::error::ApiError;
 use crate::server::hub::Follower;
 use crate::server::AppState;
 
+/// Threads one connection may follow at once (each costs a task and a storage cursor).
+const MAX_SUBSCRIPTIONS: usize = 256;
 /// Largest message a client may send; subscriptions are small.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 /// Per-connection socket buffers. tungstenite's defaults (128 KiB each, the read buffer
@@ -214,6 +216,13 @@ impl Connection {
         token: Option<&str>,
     ) -> Result<(), ApiError> {
         let thread = super::parse_thread(thread)?;
+        if self.feeds.len() >= MAX_SUBSCRIPTIONS && !self.feeds.contains_key(&thread) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_subscriptions",
+                format!("a connection follows at most {MAX_SUBSCRIPTIONS} threads"),
+            ));
+        }
         let info = readable_thread(&self.state, &thread, token).await?;
         let after = decode_cursor(&info, cursor)?;
         let follower = Follower::new(&self.state.hub, thread.clone(), after).await;
