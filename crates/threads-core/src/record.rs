@@ -387,6 +387,8 @@ struct Opened {
     blocks: UnverifiedRecord,
     cid: Cid,
     envelope: Envelope,
+    /// The event's header and body links, checked against the nodes' bytes.
+    content: (Cid, Cid),
 }
 
 impl UnverifiedRecord {
@@ -430,6 +432,7 @@ impl UnverifiedRecord {
             cid: cid_of(&self.record),
             blocks: self,
             envelope,
+            content: (header_link, body_link),
         })
     }
 }
@@ -468,6 +471,7 @@ impl Opened {
             block: self.envelope.block,
             author: self.envelope.author,
             rule,
+            content: self.content,
             blocks: self.blocks,
         }
     }
@@ -524,6 +528,8 @@ pub struct VerifiedRecord {
     block: Cid,
     author: Vec<u8>,
     rule: SignatureRule,
+    /// Header and body CIDs, known from verification (or creation): no need to hash again.
+    content: (Cid, Cid),
     blocks: UnverifiedRecord,
 }
 
@@ -554,7 +560,7 @@ impl VerifiedRecord {
 
     /// CIDs of the header and body nodes, in that order (from the verified event node).
     pub fn content_cids(&self) -> (Cid, Cid) {
-        (cid_of(&self.blocks.header), cid_of(&self.blocks.body))
+        self.content
     }
 
     /// The marshalled public key of the author identity, as signed.
@@ -622,7 +628,8 @@ impl VerifiedRecord {
         let body = encode_bytes_node(&crypto::seal(content.as_bytes(), body, rng));
         let header_plain = encode_header_plaintext(&content);
         let header = encode_bytes_node(&crypto::seal(read.as_bytes(), &header_plain, rng));
-        let event = encode_event(&cid_of(&header), &cid_of(&body));
+        let content = (cid_of(&header), cid_of(&body));
+        let event = encode_event(&content.0, &content.1);
         let block = cid_of(&event);
         let author = author.marshal().to_vec();
         let sig = log
@@ -653,6 +660,7 @@ impl VerifiedRecord {
             block,
             author: envelope.author,
             rule: SignatureRule::Current,
+            content,
             blocks: UnverifiedRecord {
                 record,
                 event,
