@@ -124,6 +124,11 @@ impl Config {
         {
             bail!("database_url: expected empty, postgres://... or sqlite:..., got {url:?}");
         }
+        // The writer and the read pool are separate connections: each would get its own
+        // empty in-memory database.
+        if url.starts_with("sqlite:") && (url.contains(":memory:") || url.contains("mode=memory")) {
+            bail!("database_url: an in-memory SQLite database is not supported; leave it empty for the embedded file");
+        }
         if self.limits.max_batch_records == 0 {
             bail!("limits.max_batch_records must be at least 1");
         }
@@ -226,6 +231,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("database_url"), "{err}");
+    }
+
+    #[test]
+    fn in_memory_sqlite_is_refused() {
+        let err = Config::load(
+            None,
+            Overrides {
+                database_url: Some("sqlite::memory:".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("in-memory"), "{err}");
     }
 
     #[test]
