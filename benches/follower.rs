@@ -5,6 +5,7 @@
 //! ```text
 //! scripts/bench                                   # both backends (starts Postgres itself)
 //! cargo bench --bench follower -- sqlite          # one backend; Postgres needs THREADS_TEST_PG
+//! cargo bench --bench follower -- postgres ingest # the ingest figure only (or: catch-up)
 //! ```
 
 use std::collections::BTreeMap;
@@ -195,7 +196,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-async fn run(backend: &str, database_url: Option<String>) {
+async fn run(backend: &str, database_url: Option<String>, part: impl Fn(&str) -> bool) {
     println!("\n## backend: {backend}");
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
@@ -272,15 +273,22 @@ async fn run(backend: &str, database_url: Option<String>) {
     }
     let total = LOGS * RECORDS_PER_LOG;
 
-    // Ingest: concurrent pushers, each thread's batches in order on one pusher.
+    // Ingest: concurrent pushers; each takes the next thread not yet pushed and pushes its
+    // batches in order (a log's records must arrive in chain order).
     let batches = Arc::new(batches);
+    let next_thread = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for p in 0..PUSHERS {
+    for _ in 0..PUSHERS {
         let (http, url, batches) = (http.clone(), server.url.clone(), batches.clone());
+        let next_thread = next_thread.clone();
         tasks.push(tokio::spawn(async move {
             let per_thread = batches.len() / THREADS;
-            for t in (0..THREADS).filter(|t| t % PUSHERS == p) {
+            loop {
+                let t = next_thread.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if t >= THREADS {
+                    break;
+                }
                 for batch in &batches[t * per_thread..(t + 1) * per_thread] {
                     let r = http
                         .post(format!("{url}/v1/records"))
@@ -303,9 +311,12 @@ async fn run(backend: &str, database_url: Option<String>) {
         total as f64 / secs
     );
 
-    // Catch-up: one reader pulls a whole thread, page after page; with parsing (as a reader
+    if !part("reads") {
+        return;
+    }
+    // Catch-up: one reader pulls whole threads, page after page; with parsing (as a reader
     // that uses the records) and without (as one that stores the pages as they come).
-    let thread = &threads[0].0;
+    // Every thread in turn: 100,000 records per figure.
     for (format, parse) in [
         ("car", true),
         ("json", true),
@@ -313,7 +324,10 @@ async fn run(backend: &str, database_url: Option<String>) {
         ("json", false),
     ] {
         let started = Instant::now();
-        let pulled = catch_up(&http, &server.url, thread, format, parse).await;
+        let mut pulled = 0;
+        for (thread, _) in &threads {
+            pulled += catch_up(&http, &server.url, thread, format, parse).await;
+        }
         let secs = started.elapsed().as_secs_f64();
         let how = if parse { "parsed" } else { "bytes only" };
         println!(
@@ -322,6 +336,9 @@ async fn run(backend: &str, database_url: Option<String>) {
         );
     }
 
+    if !part("connections") {
+        return;
+    }
     // Push latency: 1,000 subscribers on one thread; one record at a time.
     let log_index = 0;
     let log = &logs[log_index];
@@ -441,15 +458,25 @@ async fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let pick = |name: &str| args.is_empty() || args.iter().any(|a| a == name);
+    let backends = ["sqlite", "postgres"];
+    let pick = |name: &str| {
+        !args.iter().any(|a| backends.contains(&a.as_str())) || args.contains(&name.to_owned())
+    };
+    // `ingest` stops each run after the ingest figure, `catch-up` after the catch-up figures
+    // (for quick comparisons).
+    let stop = |a: &str| args.iter().any(|x| x == a);
+    let part = |name: &str| match name {
+        "reads" => !stop("ingest"),
+        _ => !stop("ingest") && !stop("catch-up"),
+    };
     println!("follower benchmark: {LOGS} logs in {THREADS} threads, {BODY} B bodies, batches of {BATCH}, {PUSHERS} pushers");
     if pick("sqlite") {
-        run("sqlite (embedded default)", None).await;
+        run("sqlite (embedded default)", None, part).await;
     }
     if pick("postgres") {
         if std::env::var_os(threads_store::testing::POSTGRES_ENV).is_some() {
             let url = threads_store::testing::fresh_postgres_database().await;
-            run("postgres", Some(url)).await;
+            run("postgres", Some(url), part).await;
         } else {
             println!("\n(postgres skipped: set THREADS_TEST_PG, or run scripts/bench)");
         }

@@ -245,6 +245,37 @@ pub(crate) fn decide(
     }
 }
 
+/// CIDs worth looking up before a thread's part of a batch is decided: each record that does
+/// not extend its log's head (as the batch would move it), and its predecessor. A record that
+/// extends the head cannot be stored already: its counter is past every stored one.
+pub(crate) fn suspects(
+    thread: &[u8],
+    indexes: &[usize],
+    batch: &[Ingest],
+    logs: &HashMap<Vec<u8>, LogState>,
+) -> Vec<Vec<u8>> {
+    let mut heads: HashMap<Vec<u8>, Option<Head>> =
+        logs.iter().map(|(log, s)| (log.clone(), s.head)).collect();
+    let mut out = Vec::new();
+    for &i in indexes {
+        let item = &batch[i];
+        debug_assert_eq!(item.thread.as_bytes(), thread);
+        let Some(head) = heads.get_mut(&item.log.to_bytes()) else {
+            continue;
+        };
+        match Head::advance(head.as_ref(), &item.record) {
+            Ok(next) => *head = Some(next),
+            Err(_) => {
+                out.push(item.record.cid().to_bytes());
+                out.extend(item.record.prev().map(|p| p.to_bytes()));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 pub(crate) fn record_len(item: &Ingest) -> usize {
     let b = item.record.blocks();
     b.record.len() + b.event.len() + b.header.len() + b.body.len()
@@ -526,17 +557,25 @@ macro_rules! impl_store {
                         logs.insert(log, LogState { head, bytes, changed: false });
                     }
 
-                    // Records of this batch already stored: duplicates.
+                    // Only a record that does not extend its log's head can already be stored
+                    // (a duplicate) or name a stored predecessor (a fork): look those up, by
+                    // CID, in one query. The common batch (every record chains) reads nothing.
+                    let suspects = $crate::ingest::suspects(&thread, &indexes, &batch, &logs);
                     let mut known: HashMap<Vec<u8>, u64> = HashMap::new();
-                    let mut q = sqlx::QueryBuilder::<$db>::new("SELECT cid, counter FROM records WHERE thread_id = ");
-                    q.push_bind(&thread).push(" AND cid IN (");
-                    let mut sep = q.separated(", ");
-                    for &i in &indexes {
-                        sep.push_bind(batch[i].record.cid().to_bytes());
+                    let mut stored_in_log: std::collections::HashSet<(Vec<u8>, Vec<u8>)> = Default::default();
+                    for chunk in suspects.chunks(500) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new("SELECT thread_id, log_id, cid, counter FROM records WHERE cid IN (");
+                        let mut sep = q.separated(", ");
+                        for cid in chunk {
+                            sep.push_bind(cid.as_slice());
+                        }
+                        sep.push_unseparated(")");
+                        let rows: Vec<(Vec<u8>, Vec<u8>, Vec<u8>, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
+                        for (_, log, cid, counter) in rows.into_iter().filter(|r| r.0 == thread) {
+                            stored_in_log.insert((log, cid.clone()));
+                            known.insert(cid, counter as u64);
+                        }
                     }
-                    sep.push_unseparated(")");
-                    let rows: Vec<(Vec<u8>, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
-                    known.extend(rows.into_iter().map(|(c, n)| (c, n as u64)));
                     let mut records = Vec::new();
                     let mut forks = Vec::new();
                     for &i in &indexes {
@@ -544,20 +583,10 @@ macro_rules! impl_store {
                         let log_key = item.log.to_bytes();
                         let state = logs.get_mut(&log_key);
                         // A prev that is not the head but is stored in this log makes a fork.
-                        let prev_stored = match (&state, item.record.prev()) {
-                            (Some(s), Some(prev)) if s.head.map(|h| h.cid) != Some(prev) => {
-                                let found: Option<(i64,)> = sqlx::query_as(
-                                    "SELECT counter FROM records WHERE thread_id = $1 AND log_id = $2 AND cid = $3",
-                                )
-                                .bind(&thread)
-                                .bind(&log_key)
-                                .bind(prev.to_bytes())
-                                .fetch_optional(&mut *tx)
-                                .await?;
-                                found.is_some()
-                            }
-                            _ => false,
-                        };
+                        let prev_stored = item
+                            .record
+                            .prev()
+                            .is_some_and(|prev| stored_in_log.contains(&(log_key.clone(), prev.to_bytes())));
                         let decision = decide(item, state, &known, prev_stored, &mut thread_seq, &mut thread_bytes, quotas);
                         outcomes[i] = Some(match decision {
                             Decision::Store { seq, counter } => {
