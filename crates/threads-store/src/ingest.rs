@@ -91,7 +91,6 @@ impl LogRow {
 
 #[derive(FromRow)]
 pub(crate) struct RecordRow {
-    thread_id: Vec<u8>,
     seq: i64,
     log_id: Vec<u8>,
     counter: i64,
@@ -106,21 +105,13 @@ pub(crate) struct RecordRow {
     arrived_at: i64,
 }
 
-/// Turns rows into stored records. IDs repeat across a page and a log ID parse decompresses a
-/// curve point, so each distinct ID is parsed once per result set.
-pub(crate) fn into_stored(rows: Vec<RecordRow>) -> Result<Vec<StoredRecord>> {
-    let mut threads: HashMap<Vec<u8>, ThreadId> = HashMap::new();
+/// Turns rows of one thread into stored records. Log IDs repeat across a page and parsing one
+/// decompresses a curve point, so each distinct ID is parsed once per result set.
+pub(crate) fn into_stored(thread: &ThreadId, rows: Vec<RecordRow>) -> Result<Vec<StoredRecord>> {
     let mut logs: HashMap<Vec<u8>, LogId> = HashMap::new();
     rows.into_iter()
         .map(|row| {
-            let thread = match threads.get(&row.thread_id) {
-                Some(t) => t.clone(),
-                None => {
-                    let t = thread_id(&row.thread_id)?;
-                    threads.insert(row.thread_id, t.clone());
-                    t
-                }
-            };
+            let thread = thread.clone();
             let log = match logs.get(&row.log_id) {
                 Some(l) => l.clone(),
                 None => {
@@ -282,8 +273,7 @@ pub(crate) fn record_len(item: &Ingest) -> usize {
 }
 
 /// The columns every record query selects.
-pub(crate) const RECORD_COLUMNS: &str =
-    "thread_id, seq, log_id, counter, cid, event_cid, header_cid, \
+pub(crate) const RECORD_COLUMNS: &str = "seq, log_id, counter, cid, event_cid, header_cid, \
      body_cid, record, event, header, body, arrived_at";
 
 /// Implements [`Store`](crate::Store) for a backend struct with `write`/`read` pools of `$db`.
@@ -702,7 +692,7 @@ macro_rules! impl_store {
                     .bind(i64::from(limit))
                     .fetch_all(&self.read)
                     .await?;
-                $crate::ingest::into_stored(rows)
+                $crate::ingest::into_stored(thread, rows)
             }
 
             async fn records_by_thread(
@@ -721,7 +711,7 @@ macro_rules! impl_store {
                     .bind(i64::from(limit))
                     .fetch_all(&self.read)
                     .await?;
-                $crate::ingest::into_stored(rows)
+                $crate::ingest::into_stored(thread, rows)
             }
 
             async fn block(

@@ -16,7 +16,9 @@ use serde_json::{json, Value};
 use threads_core::{cid_of, verify_batch, RecordError, SignaturePolicy, ThreadId};
 use threads_store::{Ingest, LogInfo, Outcome, Quota, StoredRecord, ThreadInfo};
 
-use super::wire::{read_car, write_car, CarItem, PushItem, RecordJson, CAR, DAG_CBOR};
+use super::wire::{
+    read_car, stored_json, write_car, CarItem, PushItem, RecordJson, StoredJson, CAR, DAG_CBOR,
+};
 use super::{
     decode_cursor, encode_cursor, parse_thread, presented_token, readable_log, readable_thread,
 };
@@ -264,7 +266,7 @@ struct PullQuery {
 
 #[derive(serde::Serialize)]
 struct PageJson<'a> {
-    records: Vec<RecordJson>,
+    records: Vec<StoredJson<'a>>,
     cursor: &'a str,
     more: bool,
 }
@@ -308,7 +310,7 @@ async fn page(format: Format, records: &[StoredRecord], cursor: String, more: bo
     let mut response = match format {
         // Serialized straight from typed records: no intermediate JSON tree.
         Format::Json => Json(PageJson {
-            records: records.iter().map(RecordJson::from_stored).collect(),
+            records: stored_json(records, &mut HashMap::new()),
             cursor: &cursor,
             more,
         })

@@ -40,6 +40,56 @@ pub struct RecordJson {
     pub body: String,
 }
 
+/// A stored record as JSON, the same shape as [`RecordJson`]; ID strings are borrowed so that a
+/// page renders each distinct thread and log ID once (a log ID renders in base58, which is slow).
+#[derive(Serialize)]
+pub struct StoredJson<'a> {
+    thread: &'a str,
+    log: &'a str,
+    cid: String,
+    seq: u64,
+    counter: u64,
+    arrived_ms: i64,
+    record: String,
+    event: String,
+    header: String,
+    body: String,
+}
+
+/// Renders a page of stored records as [`StoredJson`].
+pub fn stored_json<'a>(
+    records: &[StoredRecord],
+    names: &'a mut HashMap<Vec<u8>, String>,
+) -> Vec<StoredJson<'a>> {
+    for r in records {
+        names
+            .entry(r.thread.as_bytes().to_vec())
+            .or_insert_with(|| r.thread.to_string());
+        names
+            .entry(r.log.to_bytes())
+            .or_insert_with(|| r.log.to_string());
+    }
+    let names = &*names;
+    records
+        .iter()
+        .map(|r| {
+            let b = &r.blocks;
+            StoredJson {
+                thread: &names[r.thread.as_bytes()],
+                log: &names[&r.log.to_bytes()],
+                cid: r.cid.to_string(),
+                seq: r.seq,
+                counter: r.counter,
+                arrived_ms: r.arrived_ms,
+                record: B64.encode(&b.record),
+                event: B64.encode(&b.event),
+                header: B64.encode(&b.header),
+                body: B64.encode(&b.body),
+            }
+        })
+        .collect()
+}
+
 /// A record as pushed: where it goes and its four nodes, unverified.
 pub struct PushItem {
     pub thread: ThreadId,
