@@ -1,6 +1,7 @@
 //! Command-line entry points. Each subcommand is a module.
 
 mod inspect;
+mod peer;
 mod serve;
 
 use std::process::ExitCode;
@@ -11,6 +12,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "threads", version, about)]
 pub struct Cli {
+    #[command(flatten)]
+    peer: peer::Peer,
     #[command(subcommand)]
     command: Command,
 }
@@ -19,6 +22,8 @@ pub struct Cli {
 enum Command {
     Serve(serve::Args),
     Inspect(inspect::Args),
+    #[command(flatten)]
+    Peer(peer::Command),
 }
 
 impl Cli {
@@ -26,6 +31,7 @@ impl Cli {
         match self.command {
             Command::Serve(args) => serve::run(args),
             Command::Inspect(args) => inspect::run(args),
+            Command::Peer(command) => self.peer.run(command),
         }
     }
 }

@@ -1,0 +1,163 @@
+//! Keys on disk: one identity, and per thread its key set, this peer's own log key, and the
+//! followers it pushes to. Files and the directory are readable by the owner only; secrets are
+//! written as multibase text and never printed unless the user asks (`share`).
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rand_core::OsRng;
+use serde::{Deserialize, Serialize};
+use threads_core::{Keypair, LogId, ThreadId, ThreadKey};
+
+use crate::{Error, Result};
+
+/// What this peer knows of one thread.
+#[derive(Debug, Clone)]
+pub struct ThreadEntry {
+    pub thread: ThreadId,
+    /// The key set: service (follow) key always, read key unless this peer only follows.
+    pub key: ThreadKey,
+    /// This peer's own log in the thread, if it writes.
+    pub log: Option<Keypair>,
+    pub public: bool,
+    pub followers: Vec<Follower>,
+}
+
+/// A follower server this peer pushes to and pulls from, and how far it has pulled.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Follower {
+    pub url: String,
+    /// The thread cursor of the last page pulled from it (opaque, the server's).
+    #[serde(default)]
+    pub cursor: String,
+}
+
+impl ThreadEntry {
+    pub fn log_id(&self) -> Option<LogId> {
+        self.log.as_ref().map(|pair| LogId::from(pair.public()))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ThreadFile {
+    thread: String,
+    key: String,
+    #[serde(default)]
+    log: Option<String>,
+    #[serde(default)]
+    public: bool,
+    #[serde(default)]
+    followers: Vec<Follower>,
+}
+
+/// A keystore directory.
+#[derive(Debug, Clone)]
+pub struct Keystore {
+    dir: PathBuf,
+}
+
+impl Keystore {
+    /// Opens (creating if needed, owner-only) the keystore in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir.join("threads"))
+            .map_err(|e| Error::io(dir, e))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// This peer's identity: made on first use.
+    pub fn identity(&self) -> Result<Keypair> {
+        let path = self.dir.join("identity.key");
+        match fs::read_to_string(&path) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .map_err(|e| Error::Keystore(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let pair = Keypair::generate(&mut OsRng);
+                write_private(&path, pair.to_multibase().as_bytes())?;
+                Ok(pair)
+            }
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
+    fn thread_path(&self, thread: &ThreadId) -> PathBuf {
+        self.dir.join("threads").join(format!("{thread}.json"))
+    }
+
+    pub fn thread(&self, thread: &ThreadId) -> Result<ThreadEntry> {
+        let path = self.thread_path(thread);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::UnknownThread(thread.to_string()))
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let bad = |what: &str| Error::Keystore(format!("{}: bad {what}", path.display()));
+        let file: ThreadFile = serde_json::from_str(&text).map_err(|_| bad("file"))?;
+        Ok(ThreadEntry {
+            thread: file.thread.parse().map_err(|_| bad("thread ID"))?,
+            key: file.key.parse().map_err(|_| bad("thread key"))?,
+            log: file
+                .log
+                .map(|l| l.parse().map_err(|_| bad("log key")))
+                .transpose()?,
+            public: file.public,
+            followers: file.followers,
+        })
+    }
+
+    pub fn save(&self, entry: &ThreadEntry) -> Result<()> {
+        let file = ThreadFile {
+            thread: entry.thread.to_string(),
+            key: entry.key.to_multibase().to_string(),
+            log: entry.log.as_ref().map(|l| l.to_multibase().to_string()),
+            public: entry.public,
+            followers: entry.followers.clone(),
+        };
+        let text = serde_json::to_string_pretty(&file).expect("strings serialize");
+        let path = self.thread_path(&entry.thread);
+        // Write then rename, so a crash never leaves half a key file.
+        let tmp = path.with_extension("json.tmp");
+        write_private(&tmp, text.as_bytes())?;
+        fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+    }
+
+    /// Every thread this peer knows, in ID order.
+    pub fn threads(&self) -> Result<Vec<ThreadEntry>> {
+        let dir = self.dir.join("threads");
+        let mut out = Vec::new();
+        for item in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let name = item.map_err(|e| Error::io(&dir, e))?.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if let Ok(thread) = id.parse() {
+                out.push(self.thread(&thread)?);
+            }
+        }
+        out.sort_by(|a, b| a.thread.as_bytes().cmp(b.thread.as_bytes()));
+        Ok(out)
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,549 @@
+//! The writer's and reader's side of Threads: keys in a local keystore, every record in a local
+//! embedded store (so writing works offline), and followers to push to and pull from.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`keystore`] | the identity and each thread's keys, in owner-only files |
+//! | [`follower`] | an HTTP client of one follower server |
+//! | [`invite`] | sharing a thread: links carrying keys, and invites sealed to an identity |
+//! | this module | [`Client`]: create, join, write, read, push, pull |
+//!
+//! The local store is a [`threads_store::SqliteStore`]: the same verified-ingest rules as a
+//! follower's, so a record that breaks a chain is refused locally too.
+//!
+//! ```no_run
+//! # async fn demo() -> threads_client::Result<()> {
+//! let client = threads_client::Client::open(std::path::Path::new("/tmp/alice")).await?;
+//! let thread = client.create_thread(true).await?;
+//! client.write(&thread.thread, &serde_json::json!({"hello": "world"})).await?;
+//! client.add_follower(&thread.thread, "http://127.0.0.1:8006", None).await?;
+//! client.push(&thread.thread, |_, _| {}).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod follower;
+pub mod invite;
+pub mod keystore;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rand_core::OsRng;
+use serde_json::Value;
+use threads_core::auth::Action;
+use threads_core::{
+    cid_of, verify_batch, Cid, Keypair, LogId, PublicKey, RecordError, SignaturePolicy, ThreadId,
+    ThreadKey, Variant, VerifiedRecord,
+};
+use threads_store::{Ingest, Outcome, Quotas, Registration, SqliteStore, Store, StoreError};
+
+pub use follower::FollowerClient;
+pub use invite::{Invite, Role};
+pub use keystore::{Follower, Keystore, ThreadEntry};
+
+/// Records pushed per request, and pulled per page.
+const PUSH_BATCH: usize = 500;
+const PULL_PAGE: u32 = 1000;
+/// Network attempts before giving up, and the first pause between them (doubling).
+const ATTEMPTS: u32 = 4;
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("keystore: {0}")]
+    Keystore(String),
+    #[error("unknown thread {0}: create or join it first")]
+    UnknownThread(String),
+    #[error("this peer has no log in the thread: it joined as a reader or follower")]
+    NotAWriter,
+    #[error("this peer holds no read key for the thread: it can follow but not read")]
+    NoReadKey,
+    #[error("bad URL {0}")]
+    BadUrl(String),
+    #[error("cannot reach the follower: {0}")]
+    Network(String),
+    #[error("the follower refused ({status} {code}): {detail}")]
+    Server {
+        status: u16,
+        code: String,
+        detail: String,
+    },
+    #[error("unexpected answer: {0}")]
+    Protocol(String),
+    #[error(
+        "record {cid} from {source_url} is not authentic ({error}); nothing of its page was stored"
+    )]
+    Rejected {
+        /// The record's CID, as text.
+        cid: String,
+        source_url: String,
+        error: RecordError,
+    },
+    #[error("the local store refused a record of log {log}: {outcome}")]
+    LocalRefused { log: String, outcome: String },
+    #[error("bad invite: {0}")]
+    BadInvite(String),
+    #[error("the event body: {0}")]
+    Body(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, e: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_owned(),
+            message: e.to_string(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// An event read back: where it sits and its decrypted body.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Event {
+    pub log: LogId,
+    pub counter: u64,
+    pub seq: u64,
+    pub cid: String,
+    pub body: Value,
+}
+
+/// A peer: its keystore, its local store and its identity.
+pub struct Client {
+    keys: Keystore,
+    store: SqliteStore,
+    identity: Keypair,
+}
+
+impl Client {
+    /// Opens the peer kept in `home` (created on first use).
+    pub async fn open(home: &Path) -> Result<Self> {
+        let keys = Keystore::open(home)?;
+        let identity = keys.identity()?;
+        let store = SqliteStore::open_file(&home.join("local.db")).await?;
+        Ok(Self {
+            keys,
+            store,
+            identity,
+        })
+    }
+
+    pub fn identity(&self) -> PublicKey {
+        self.identity.public()
+    }
+
+    pub fn keystore(&self) -> &Keystore {
+        &self.keys
+    }
+
+    pub fn thread(&self, thread: &ThreadId) -> Result<ThreadEntry> {
+        self.keys.thread(thread)
+    }
+
+    /// A new thread with fresh keys and this peer's own log in it.
+    pub async fn create_thread(&self, public: bool) -> Result<ThreadEntry> {
+        let entry = ThreadEntry {
+            thread: ThreadId::random(Variant::Raw, &mut OsRng),
+            key: ThreadKey::random(&mut OsRng),
+            log: Some(Keypair::generate(&mut OsRng)),
+            public,
+            followers: Vec::new(),
+        };
+        self.adopt(&entry).await?;
+        Ok(entry)
+    }
+
+    /// Saves a thread's keys and registers this peer's log in the local store.
+    async fn adopt(&self, entry: &ThreadEntry) -> Result<()> {
+        self.keys.save(entry)?;
+        if let Some(log) = entry.log_id() {
+            self.register_locally(entry, &log).await?;
+        }
+        Ok(())
+    }
+
+    async fn register_locally(&self, entry: &ThreadEntry, log: &LogId) -> Result<()> {
+        let registration = Registration {
+            thread: entry.thread.clone(),
+            log: log.clone(),
+            follow_key: entry.key.service().clone(),
+            addrs: Vec::new(),
+            public: entry.public,
+        };
+        self.store.register(&registration, now_ms()).await?;
+        Ok(())
+    }
+
+    /// Appends an event to this peer's own log, locally: no network needed.
+    pub async fn write(&self, thread: &ThreadId, body: &Value) -> Result<(Cid, u64)> {
+        let entry = self.keys.thread(thread)?;
+        let pair = entry.log.as_ref().ok_or(Error::NotAWriter)?;
+        if entry.key.read().is_none() {
+            return Err(Error::NoReadKey);
+        }
+        let log = LogId::from(pair.public());
+        let head = self.store.log(thread, &log).await?.and_then(|l| l.head);
+        let bytes = serde_ipld_dagcbor::to_vec(body).map_err(|e| Error::Body(e.to_string()))?;
+        let record = VerifiedRecord::create(
+            &bytes,
+            &entry.key,
+            pair,
+            &self.identity.public(),
+            head.map(|h| h.cid),
+            &mut OsRng,
+        )
+        .map_err(|e| Error::Body(e.to_string()))?;
+        let cid = record.cid();
+        let ingest = Ingest {
+            thread: thread.clone(),
+            log: log.clone(),
+            record,
+        };
+        match self
+            .store
+            .ingest(vec![ingest], &Quotas::default(), now_ms())
+            .await?
+            .remove(0)
+        {
+            Outcome::Accepted { counter, .. } => Ok((cid, counter)),
+            other => Err(Error::LocalRefused {
+                log: log.to_string(),
+                outcome: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Events of a thread held locally, in arrival order after `after` (a local sequence
+    /// number), each verified again and decrypted.
+    pub async fn read(&self, thread: &ThreadId, after: u64, limit: u32) -> Result<Vec<Event>> {
+        let entry = self.keys.thread(thread)?;
+        let read = entry.key.read().ok_or(Error::NoReadKey)?;
+        let stored = self.store.records_by_thread(thread, after, limit).await?;
+        let positions: Vec<_> = stored
+            .iter()
+            .map(|r| (r.log.clone(), r.counter, r.seq, r.cid))
+            .collect();
+        let service = entry.key.service();
+        let checked = verify_batch(
+            stored
+                .into_iter()
+                .zip(&positions)
+                .map(|(r, (log, _, _, _))| (r.blocks, service, log)),
+            SignaturePolicy::CurrentOnly,
+        );
+        let mut events = Vec::with_capacity(checked.len());
+        for (result, (log, counter, seq, cid)) in checked.into_iter().zip(positions) {
+            let record = result.map_err(|error| Error::Rejected {
+                cid: cid.to_string(),
+                source_url: "the local store".into(),
+                error,
+            })?;
+            let body = record.read(read).map_err(|e| Error::Body(e.to_string()))?;
+            events.push(Event {
+                log,
+                counter,
+                seq,
+                cid: record.cid().to_string(),
+                body: decode_body(&body),
+            });
+        }
+        Ok(events)
+    }
+
+    /// Registers this peer's log at a follower (the follow key only) and remembers it.
+    pub async fn add_follower(
+        &self,
+        thread: &ThreadId,
+        url: &str,
+        token: Option<&str>,
+    ) -> Result<()> {
+        let mut entry = self.keys.thread(thread)?;
+        let server = FollowerClient::new(url)?;
+        if let Some(pair) = &entry.log {
+            register(&server, &entry, pair, token).await?;
+        }
+        if !entry.followers.iter().any(|f| f.url == server.url()) {
+            entry.followers.push(Follower {
+                url: server.url().to_owned(),
+                cursor: String::new(),
+            });
+            self.keys.save(&entry)?;
+        }
+        Ok(())
+    }
+
+    /// Asks a follower to delete this peer's log, and forgets the follower.
+    pub async fn remove_follower(&self, thread: &ThreadId, url: &str) -> Result<()> {
+        let mut entry = self.keys.thread(thread)?;
+        let server = FollowerClient::new(url)?;
+        if let Some(pair) = &entry.log {
+            match retry(|| server.signed(thread, pair, Action::Unregister, None)).await {
+                // Already gone is what was asked for.
+                Err(Error::Server { status: 404, .. }) | Ok(()) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        entry.followers.retain(|f| f.url != server.url());
+        self.keys.save(&entry)?;
+        Ok(())
+    }
+
+    /// Pushes this peer's log to every follower, from where each one's head is; resumes after
+    /// an interruption because the follower's head says what it has. `progress(done, total)`.
+    pub async fn push(&self, thread: &ThreadId, mut progress: impl FnMut(u64, u64)) -> Result<u64> {
+        let entry = self.keys.thread(thread)?;
+        let pair = entry.log.as_ref().ok_or(Error::NotAWriter)?;
+        let log = LogId::from(pair.public());
+        let local_head = self
+            .store
+            .log(thread, &log)
+            .await?
+            .and_then(|l| l.head)
+            .map_or(0, |h| h.counter);
+        let mut pushed = 0;
+        for follower in &entry.followers {
+            let server = FollowerClient::new(&follower.url)?;
+            let follow = entry.key.service();
+            let mut after = match retry(|| server.head(thread, &log, follow)).await {
+                Ok(head) => head.map_or(0, |h| h.counter),
+                Err(Error::Server { status: 404, .. }) => {
+                    register(&server, &entry, pair, None).await?;
+                    0
+                }
+                Err(e) => return Err(e),
+            };
+            progress(after, local_head);
+            while after < local_head {
+                let records = self
+                    .store
+                    .records_by_log(thread, &log, after, PUSH_BATCH as u32)
+                    .await?;
+                let Some(last) = records.last().map(|r| r.counter) else {
+                    break;
+                };
+                let wire: Vec<_> = records
+                    .iter()
+                    .map(|r| follower::WireRecord::new(thread, &log, &r.blocks))
+                    .collect();
+                let results = retry(|| server.push(&wire)).await?;
+                for result in &results {
+                    match result.outcome.as_str() {
+                        "accepted" => pushed += 1,
+                        "duplicate" => {}
+                        // The follower lacks earlier records: go back to where it is.
+                        "gap" => {
+                            after = result.head.as_ref().map_or(0, |h| h.counter);
+                            break;
+                        }
+                        other => {
+                            return Err(Error::Server {
+                                status: 409,
+                                code: result.code.clone().unwrap_or_else(|| other.to_owned()),
+                                detail: result.detail.clone().unwrap_or_default(),
+                            })
+                        }
+                    }
+                }
+                if results.iter().all(|r| r.outcome != "gap") {
+                    after = last;
+                }
+                progress(after, local_head);
+            }
+        }
+        Ok(pushed)
+    }
+
+    /// Pulls what every follower has of the thread that is new since the last pull: verifies
+    /// each record with the follow key before anything is stored. Returns how many were new.
+    pub async fn pull(&self, thread: &ThreadId, mut progress: impl FnMut(u64)) -> Result<u64> {
+        let mut entry = self.keys.thread(thread)?;
+        let mut fresh = 0;
+        let mut known: HashMap<LogId, ()> = self
+            .store
+            .logs(thread)
+            .await?
+            .into_iter()
+            .map(|l| (l.log, ()))
+            .collect();
+        for i in 0..entry.followers.len() {
+            let server = FollowerClient::new(&entry.followers[i].url)?;
+            loop {
+                let cursor = entry.followers[i].cursor.clone();
+                let page =
+                    retry(|| server.page(thread, entry.key.service(), &cursor, PULL_PAGE)).await?;
+                let mut batch = Vec::with_capacity(page.records.len());
+                for wire in &page.records {
+                    let (t, log, blocks) = wire.parse()?;
+                    if &t != thread {
+                        return Err(Error::Protocol(format!(
+                            "{} answered with a record of another thread",
+                            server.url()
+                        )));
+                    }
+                    batch.push((log, blocks));
+                }
+                let cids: Vec<Cid> = batch.iter().map(|(_, b)| cid_of(&b.record)).collect();
+                let service = entry.key.service();
+                let checked = verify_batch(
+                    batch.iter().map(|(log, b)| (b.clone(), service, log)),
+                    SignaturePolicy::CurrentOnly,
+                );
+                let mut ingest = Vec::with_capacity(checked.len());
+                for ((result, (log, _)), cid) in checked.into_iter().zip(batch).zip(cids) {
+                    let record = result.map_err(|error| Error::Rejected {
+                        cid: cid.to_string(),
+                        source_url: server.url().to_owned(),
+                        error,
+                    })?;
+                    if known.insert(log.clone(), ()).is_none() {
+                        self.register_locally(&entry, &log).await?;
+                    }
+                    ingest.push(Ingest {
+                        thread: thread.clone(),
+                        log,
+                        record,
+                    });
+                }
+                if !ingest.is_empty() {
+                    let logs: Vec<LogId> = ingest.iter().map(|i| i.log.clone()).collect();
+                    let outcomes = self
+                        .store
+                        .ingest(ingest, &Quotas::default(), now_ms())
+                        .await?;
+                    for (outcome, log) in outcomes.into_iter().zip(logs) {
+                        match outcome {
+                            Outcome::Accepted { .. } => fresh += 1,
+                            Outcome::Duplicate { .. } => {}
+                            other => {
+                                return Err(Error::LocalRefused {
+                                    log: log.to_string(),
+                                    outcome: format!("{other:?}"),
+                                })
+                            }
+                        }
+                    }
+                }
+                // The cursor moves only once the page is stored: an interrupted pull resumes.
+                entry.followers[i].cursor = page.cursor.clone();
+                self.keys.save(&entry)?;
+                progress(fresh);
+                if !page.more {
+                    break;
+                }
+            }
+            entry = self.keys.thread(thread)?;
+        }
+        Ok(fresh)
+    }
+
+    /// Joins a thread from a link or an invite sealed to this peer's identity. A writer gets
+    /// its own log.
+    pub async fn join(&self, text: &str) -> Result<ThreadEntry> {
+        let invite = Invite::decode(text, &self.identity)?;
+        let mut entry = match self.keys.thread(&invite.thread) {
+            Ok(existing) => existing,
+            Err(Error::UnknownThread(_)) => ThreadEntry {
+                thread: invite.thread.clone(),
+                key: invite.key.clone(),
+                log: None,
+                public: invite.public,
+                followers: Vec::new(),
+            },
+            Err(e) => return Err(e),
+        };
+        if invite.key.read().is_some() {
+            entry.key = invite.key.clone();
+        }
+        if invite.role == Role::Writer && entry.log.is_none() {
+            entry.log = Some(Keypair::generate(&mut OsRng));
+        }
+        for url in &invite.followers {
+            if !entry.followers.iter().any(|f| &f.url == url) {
+                entry.followers.push(Follower {
+                    url: url.clone(),
+                    cursor: String::new(),
+                });
+            }
+        }
+        self.adopt(&entry).await?;
+        Ok(entry)
+    }
+
+    /// A link (or, with `to`, an invite sealed to that identity) that lets its holder join
+    /// the thread in `role`. Carries keys: share it privately.
+    pub fn share(&self, thread: &ThreadId, role: Role, to: Option<&PublicKey>) -> Result<String> {
+        let entry = self.keys.thread(thread)?;
+        if role != Role::Follower && entry.key.read().is_none() {
+            return Err(Error::NoReadKey);
+        }
+        let invite = Invite {
+            thread: entry.thread.clone(),
+            key: match role {
+                Role::Follower => entry.key.follow_only(),
+                _ => entry.key.clone(),
+            },
+            role,
+            public: entry.public,
+            followers: entry.followers.iter().map(|f| f.url.clone()).collect(),
+        };
+        invite.encode(to)
+    }
+}
+
+async fn register(
+    server: &FollowerClient,
+    entry: &ThreadEntry,
+    pair: &Keypair,
+    token: Option<&str>,
+) -> Result<()> {
+    let action = Action::Register {
+        follow_key: entry.key.follow_only().to_multibase().to_string(),
+        addrs: Vec::new(),
+        public: entry.public,
+    };
+    retry(|| server.signed(&entry.thread, pair, action.clone(), token)).await
+}
+
+/// Retries what failed to reach the server, with doubling pauses; refusals are final.
+async fn retry<T, F, Fut>(mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut pause = FIRST_BACKOFF;
+    for attempt in 1.. {
+        match call().await {
+            Err(Error::Network(_)) if attempt < ATTEMPTS => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(Error::Server { status, .. }) if status >= 500 && attempt < ATTEMPTS => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// A body written as JSON comes back as JSON; other DAG-CBOR is shown as its IPLD debug text.
+fn decode_body(bytes: &[u8]) -> Value {
+    serde_ipld_dagcbor::from_slice::<Value>(bytes).unwrap_or_else(|_| {
+        match serde_ipld_dagcbor::from_slice::<ipld_core::ipld::Ipld>(bytes) {
+            Ok(ipld) => Value::String(format!("{ipld:?}")),
+            Err(_) => Value::Null,
+        }
+    })
+}
