@@ -31,7 +31,8 @@ pub enum Command {
     /// Create or list threads.
     #[command(subcommand)]
     Thread(ThreadCommand),
-    /// Append an event (JSON from the argument, `--file`, or standard input) to your log.
+    /// Append events (JSON from the argument, `--file`, or standard input; several values are
+    /// written in order, in one transaction) to your log.
     Write {
         thread: ThreadId,
         /// The event as JSON; omit it (or give `-`) to read standard input.
@@ -184,10 +185,24 @@ impl Peer {
                         text
                     }
                 };
-                let event: Value = serde_json::from_str(&text)
+                // One JSON value, or many (a JSON stream, e.g. one per line): one transaction.
+                let events = serde_json::Deserializer::from_str(&text)
+                    .into_iter::<Value>()
+                    .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| BadInput(format!("the event is not JSON: {e}")))?;
-                let (cid, counter) = client.write(&thread, &event).await?;
-                json!({"cid": cid.to_string(), "counter": counter})
+                if events.is_empty() {
+                    return Err(BadInput("no event given".into()).into());
+                }
+                let written: Vec<Value> = client
+                    .write_many(&thread, &events)
+                    .await?
+                    .into_iter()
+                    .map(|(cid, counter)| json!({"cid": cid.to_string(), "counter": counter}))
+                    .collect();
+                match <[Value; 1]>::try_from(written) {
+                    Ok([one]) => one,
+                    Err(many) => json!({"written": many}),
+                }
             }
             Command::Read { thread, after } => {
                 let mut events = Vec::new();

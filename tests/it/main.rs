@@ -5,6 +5,7 @@ mod harness;
 
 mod cluster;
 mod operations;
+mod peers;
 mod push_pull;
 mod registration;
 mod websocket;

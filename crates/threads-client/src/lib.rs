@@ -187,41 +187,59 @@ impl Client {
 
     /// Appends an event to this peer's own log, locally: no network needed.
     pub async fn write(&self, thread: &ThreadId, body: &Value) -> Result<(Cid, u64)> {
+        let mut written = self.write_many(thread, std::slice::from_ref(body)).await?;
+        Ok(written.remove(0))
+    }
+
+    /// Appends events in order, in one local transaction: all or none.
+    pub async fn write_many(&self, thread: &ThreadId, bodies: &[Value]) -> Result<Vec<(Cid, u64)>> {
         let entry = self.keys.thread(thread)?;
         let pair = entry.log.as_ref().ok_or(Error::NotAWriter)?;
         if entry.key.read().is_none() {
             return Err(Error::NoReadKey);
         }
         let log = LogId::from(pair.public());
-        let head = self.store.log(thread, &log).await?.and_then(|l| l.head);
-        let bytes = serde_ipld_dagcbor::to_vec(body).map_err(|e| Error::Body(e.to_string()))?;
-        let record = VerifiedRecord::create(
-            &bytes,
-            &entry.key,
-            pair,
-            &self.identity.public(),
-            head.map(|h| h.cid),
-            &mut OsRng,
-        )
-        .map_err(|e| Error::Body(e.to_string()))?;
-        let cid = record.cid();
-        let ingest = Ingest {
-            thread: thread.clone(),
-            log: log.clone(),
-            record,
-        };
-        match self
+        let mut prev = self
             .store
-            .ingest(vec![ingest], &Quotas::default(), now_ms())
+            .log(thread, &log)
             .await?
-            .remove(0)
-        {
-            Outcome::Accepted { counter, .. } => Ok((cid, counter)),
-            other => Err(Error::LocalRefused {
-                log: log.to_string(),
-                outcome: format!("{other:?}"),
-            }),
+            .and_then(|l| l.head)
+            .map(|h| h.cid);
+        let mut batch = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            let bytes = serde_ipld_dagcbor::to_vec(body).map_err(|e| Error::Body(e.to_string()))?;
+            let record = VerifiedRecord::create(
+                &bytes,
+                &entry.key,
+                pair,
+                &self.identity.public(),
+                prev,
+                &mut OsRng,
+            )
+            .map_err(|e| Error::Body(e.to_string()))?;
+            prev = Some(record.cid());
+            batch.push(Ingest {
+                thread: thread.clone(),
+                log: log.clone(),
+                record,
+            });
         }
+        let cids: Vec<Cid> = batch.iter().map(|i| i.record.cid()).collect();
+        let outcomes = self
+            .store
+            .ingest(batch, &Quotas::default(), now_ms())
+            .await?;
+        cids.into_iter()
+            .zip(outcomes)
+            .map(|(cid, outcome)| match outcome {
+                Outcome::Accepted { counter, .. } => Ok((cid, counter)),
+                // Another process appended meanwhile; nothing of this batch counts.
+                other => Err(Error::LocalRefused {
+                    log: log.to_string(),
+                    outcome: format!("{other:?}"),
+                }),
+            })
+            .collect()
     }
 
     /// Events of a thread held locally, in arrival order after `after` (a local sequence
