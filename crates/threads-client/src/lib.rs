@@ -25,16 +25,17 @@ pub mod follower;
 pub mod invite;
 pub mod keystore;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand_core::OsRng;
 use serde_json::Value;
 use threads_core::auth::Action;
 use threads_core::{
-    cid_of, verify_batch, Cid, Keypair, LogId, PublicKey, RecordError, SignaturePolicy, ThreadId,
-    ThreadKey, Variant, VerifiedRecord,
+    cid_of, verify_batch, Cid, Keypair, LogId, PublicKey, RecordError, ServiceKey, SignaturePolicy,
+    ThreadId, ThreadKey, Variant, VerifiedRecord,
 };
 use threads_store::{Ingest, Outcome, Quotas, Registration, SqliteStore, Store, StoreError};
 
@@ -45,6 +46,9 @@ pub use keystore::{Follower, Keystore, ThreadEntry};
 /// Records pushed per request, and pulled per page.
 const PUSH_BATCH: usize = 500;
 const PULL_PAGE: u32 = 1000;
+/// Pulled records stored per local transaction: each commit rewrites the store's hot index
+/// pages, so fewer, larger commits write far less.
+const STORE_BATCH: usize = 10_000;
 /// Network attempts before giving up, and the first pause between them (doubling).
 const ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -122,7 +126,7 @@ pub struct Event {
 /// A peer: its keystore, its local store and its identity.
 pub struct Client {
     keys: Keystore,
-    store: SqliteStore,
+    store: Arc<SqliteStore>,
     identity: Keypair,
 }
 
@@ -131,7 +135,7 @@ impl Client {
     pub async fn open(home: &Path) -> Result<Self> {
         let keys = Keystore::open(home)?;
         let identity = keys.identity()?;
-        let store = SqliteStore::open_file(&home.join("local.db")).await?;
+        let store = Arc::new(SqliteStore::open_file(&home.join("local.db")).await?);
         Ok(Self {
             keys,
             store,
@@ -243,40 +247,31 @@ impl Client {
     }
 
     /// Events of a thread held locally, in arrival order after `after` (a local sequence
-    /// number), each verified again and decrypted.
+    /// number), decrypted. Every record was verified before the local store took it.
     pub async fn read(&self, thread: &ThreadId, after: u64, limit: u32) -> Result<Vec<Event>> {
         let entry = self.keys.thread(thread)?;
         let read = entry.key.read().ok_or(Error::NoReadKey)?;
         let stored = self.store.records_by_thread(thread, after, limit).await?;
-        let positions: Vec<_> = stored
-            .iter()
-            .map(|r| (r.log.clone(), r.counter, r.seq, r.cid))
-            .collect();
-        let service = entry.key.service();
-        let checked = verify_batch(
-            stored
-                .into_iter()
-                .zip(&positions)
-                .map(|(r, (log, _, _, _))| (r.blocks, service, log)),
-            SignaturePolicy::CurrentOnly,
-        );
-        let mut events = Vec::with_capacity(checked.len());
-        for (result, (log, counter, seq, cid)) in checked.into_iter().zip(positions) {
-            let record = result.map_err(|error| Error::Rejected {
-                cid: cid.to_string(),
-                source_url: "the local store".into(),
-                error,
-            })?;
-            let body = record.read(read).map_err(|e| Error::Body(e.to_string()))?;
-            events.push(Event {
-                log,
-                counter,
-                seq,
-                cid: record.cid().to_string(),
-                body: decode_body(&body),
-            });
-        }
-        Ok(events)
+        stored
+            .into_iter()
+            .map(|r| {
+                let body = r
+                    .blocks
+                    .read_content(read)
+                    .map_err(|error| Error::Rejected {
+                        cid: r.cid.to_string(),
+                        source_url: "the local store".into(),
+                        error,
+                    })?;
+                Ok(Event {
+                    log: r.log,
+                    counter: r.counter,
+                    seq: r.seq,
+                    cid: r.cid.to_string(),
+                    body: decode_body(&body),
+                })
+            })
+            .collect()
     }
 
     /// Registers this peer's log at a follower (the follow key only) and remembers it.
@@ -384,84 +379,83 @@ impl Client {
 
     /// Pulls what every follower has of the thread that is new since the last pull: verifies
     /// each record with the follow key before anything is stored. Returns how many were new.
+    ///
+    /// The next page is fetched while the last one is verified and stored; pages are stored
+    /// several at a time (one transaction, then the cursor is saved), so an interrupted pull
+    /// resumes from the last stored page.
     pub async fn pull(&self, thread: &ThreadId, mut progress: impl FnMut(u64)) -> Result<u64> {
         let mut entry = self.keys.thread(thread)?;
         let mut fresh = 0;
-        let mut known: HashMap<LogId, ()> = self
+        let mut known: HashSet<LogId> = self
             .store
             .logs(thread)
             .await?
             .into_iter()
-            .map(|l| (l.log, ()))
+            .map(|l| l.log)
             .collect();
         for i in 0..entry.followers.len() {
             let server = FollowerClient::new(&entry.followers[i].url)?;
-            loop {
-                let cursor = entry.followers[i].cursor.clone();
-                let page =
-                    retry(|| server.page(thread, entry.key.service(), &cursor, PULL_PAGE)).await?;
-                let mut batch = Vec::with_capacity(page.records.len());
-                for wire in &page.records {
-                    let (t, log, blocks) = wire.parse()?;
-                    if &t != thread {
-                        return Err(Error::Protocol(format!(
-                            "{} answered with a record of another thread",
-                            server.url()
-                        )));
-                    }
-                    batch.push((log, blocks));
+            let service = entry.key.service().clone();
+            let start = entry.followers[i].cursor.clone();
+            let mut next = Some(fetch_page(&server, thread, &service, start));
+            let mut pending: Vec<Ingest> = Vec::new();
+            // At most one batch is being stored while the next pages are verified.
+            let mut storing: Option<(tokio::task::JoinHandle<Result<u64>>, String)> = None;
+            while let Some(fetching) = next.take() {
+                let page = fetching
+                    .await
+                    .map_err(|e| Error::Protocol(format!("fetching stopped: {e}")))??;
+                if page.more {
+                    next = Some(fetch_page(&server, thread, &service, page.cursor.clone()));
                 }
-                let cids: Vec<Cid> = batch.iter().map(|(_, b)| cid_of(&b.record)).collect();
-                let service = entry.key.service();
-                let checked = verify_batch(
-                    batch.iter().map(|(log, b)| (b.clone(), service, log)),
-                    SignaturePolicy::CurrentOnly,
-                );
-                let mut ingest = Vec::with_capacity(checked.len());
-                for ((result, (log, _)), cid) in checked.into_iter().zip(batch).zip(cids) {
-                    let record = result.map_err(|error| Error::Rejected {
-                        cid: cid.to_string(),
-                        source_url: server.url().to_owned(),
-                        error,
-                    })?;
-                    if known.insert(log.clone(), ()).is_none() {
-                        self.register_locally(&entry, &log).await?;
-                    }
-                    ingest.push(Ingest {
-                        thread: thread.clone(),
-                        log,
-                        record,
-                    });
-                }
-                if !ingest.is_empty() {
-                    let logs: Vec<LogId> = ingest.iter().map(|i| i.log.clone()).collect();
-                    let outcomes = self
-                        .store
-                        .ingest(ingest, &Quotas::default(), now_ms())
-                        .await?;
-                    for (outcome, log) in outcomes.into_iter().zip(logs) {
-                        match outcome {
-                            Outcome::Accepted { .. } => fresh += 1,
-                            Outcome::Duplicate { .. } => {}
-                            other => {
-                                return Err(Error::LocalRefused {
-                                    log: log.to_string(),
-                                    outcome: format!("{other:?}"),
-                                })
-                            }
-                        }
+                let service = service.clone();
+                let url = server.url().to_owned();
+                let expected = thread.clone();
+                let records = page.records;
+                let verified = tokio::task::spawn_blocking(move || {
+                    verify_page(&expected, &service, &url, &records)
+                })
+                .await
+                .map_err(|e| Error::Protocol(format!("verification stopped: {e}")))??;
+                for item in &verified {
+                    if known.insert(item.log.clone()) {
+                        self.register_locally(&entry, &item.log).await?;
                     }
                 }
-                // The cursor moves only once the page is stored: an interrupted pull resumes.
-                entry.followers[i].cursor = page.cursor.clone();
-                self.keys.save(&entry)?;
+                pending.extend(verified);
+                if pending.len() >= STORE_BATCH || next.is_none() {
+                    if let Some((task, cursor)) = storing.take() {
+                        fresh += self.stored(task, &mut entry, i, cursor).await?;
+                        progress(fresh);
+                    }
+                    let store = self.store.clone();
+                    let batch = std::mem::take(&mut pending);
+                    storing = Some((tokio::spawn(store_pulled(store, batch)), page.cursor));
+                }
+            }
+            if let Some((task, cursor)) = storing.take() {
+                fresh += self.stored(task, &mut entry, i, cursor).await?;
                 progress(fresh);
-                if !page.more {
-                    break;
-                }
             }
             entry = self.keys.thread(thread)?;
         }
+        Ok(fresh)
+    }
+
+    /// Waits for a batch to be stored, then saves the cursor after it: the cursor moves only
+    /// once its records are stored.
+    async fn stored(
+        &self,
+        task: tokio::task::JoinHandle<Result<u64>>,
+        entry: &mut ThreadEntry,
+        follower: usize,
+        cursor: String,
+    ) -> Result<u64> {
+        let fresh = task
+            .await
+            .map_err(|e| Error::Protocol(format!("storing stopped: {e}")))??;
+        entry.followers[follower].cursor = cursor;
+        self.keys.save(entry)?;
         Ok(fresh)
     }
 
@@ -517,6 +511,95 @@ impl Client {
         };
         invite.encode(to)
     }
+}
+
+/// Stores verified records in one transaction; returns how many were new.
+async fn store_pulled(store: Arc<SqliteStore>, batch: Vec<Ingest>) -> Result<u64> {
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let logs: Vec<LogId> = batch.iter().map(|i| i.log.clone()).collect();
+    let outcomes = store.ingest(batch, &Quotas::default(), now_ms()).await?;
+    let mut fresh = 0;
+    for (outcome, log) in outcomes.into_iter().zip(logs) {
+        match outcome {
+            Outcome::Accepted { .. } => fresh += 1,
+            Outcome::Duplicate { .. } => {}
+            other => {
+                return Err(Error::LocalRefused {
+                    log: log.to_string(),
+                    outcome: format!("{other:?}"),
+                })
+            }
+        }
+    }
+    Ok(fresh)
+}
+
+/// Starts fetching a page (with retries) in the background.
+fn fetch_page(
+    server: &FollowerClient,
+    thread: &ThreadId,
+    service: &ServiceKey,
+    cursor: String,
+) -> tokio::task::JoinHandle<Result<follower::Page>> {
+    let (server, thread, service) = (server.clone(), thread.clone(), service.clone());
+    tokio::spawn(async move { retry(|| server.page(&thread, &service, &cursor, PULL_PAGE)).await })
+}
+
+/// Checks a page: every record of `thread`, each verified with the follow key. One record that
+/// fails refuses the whole page.
+fn verify_page(
+    thread: &ThreadId,
+    service: &ServiceKey,
+    url: &str,
+    records: &[follower::WireRecord],
+) -> Result<Vec<Ingest>> {
+    let mut batch = Vec::with_capacity(records.len());
+    // Parsing a log ID decompresses a curve point: once per distinct log in the page.
+    let mut logs: HashMap<&str, LogId> = HashMap::new();
+    let expected = thread.to_string();
+    for wire in records {
+        if wire.thread != expected {
+            return Err(Error::Protocol(format!(
+                "{url} answered with a record of another thread"
+            )));
+        }
+        let log = match logs.get(wire.log.as_str()) {
+            Some(log) => log.clone(),
+            None => {
+                let log: LogId = wire
+                    .log
+                    .parse()
+                    .map_err(|_| Error::Protocol(format!("{url} sent a bad log ID")))?;
+                logs.insert(&wire.log, log.clone());
+                log
+            }
+        };
+        batch.push((log, wire.blocks()?));
+    }
+    let cids: Vec<Cid> = batch.iter().map(|(_, b)| cid_of(&b.record)).collect();
+    let checked = verify_batch(
+        batch.iter().map(|(log, b)| (b.clone(), service, log)),
+        SignaturePolicy::CurrentOnly,
+    );
+    checked
+        .into_iter()
+        .zip(batch)
+        .zip(cids)
+        .map(|((result, (log, _)), cid)| {
+            let record = result.map_err(|error| Error::Rejected {
+                cid: cid.to_string(),
+                source_url: url.to_owned(),
+                error,
+            })?;
+            Ok(Ingest {
+                thread: thread.clone(),
+                log,
+                record,
+            })
+        })
+        .collect()
 }
 
 async fn register(
