@@ -236,6 +236,11 @@ pub(crate) fn decide(
     }
 }
 
+/// The indexed part of a CID: 8 bytes of its digest (bytes 5-12, 1-based, as SQL's `substr`).
+pub(crate) fn cid_prefix(cid: &[u8]) -> Vec<u8> {
+    cid.iter().skip(4).take(8).copied().collect()
+}
+
 /// CIDs worth looking up before a thread's part of a batch is decided: each record that does
 /// not extend its log's head (as the batch would move it), and its predecessor. A record that
 /// extends the head cannot be stored already: its counter is past every stored one.
@@ -554,14 +559,15 @@ macro_rules! impl_store {
                     let mut known: HashMap<Vec<u8>, u64> = HashMap::new();
                     let mut stored_in_log: std::collections::HashSet<(Vec<u8>, Vec<u8>)> = Default::default();
                     for chunk in suspects.chunks(500) {
-                        let mut q = sqlx::QueryBuilder::<$db>::new("SELECT thread_id, log_id, cid, counter FROM records WHERE cid IN (");
+                        let mut q = sqlx::QueryBuilder::<$db>::new("SELECT thread_id, log_id, cid, counter FROM records WHERE substr(cid, 5, 8) IN (");
                         let mut sep = q.separated(", ");
                         for cid in chunk {
-                            sep.push_bind(cid.as_slice());
+                            sep.push_bind($crate::ingest::cid_prefix(cid));
                         }
                         sep.push_unseparated(")");
                         let rows: Vec<(Vec<u8>, Vec<u8>, Vec<u8>, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
-                        for (_, log, cid, counter) in rows.into_iter().filter(|r| r.0 == thread) {
+                        // The prefix narrows; the whole CID decides.
+                        for (_, log, cid, counter) in rows.into_iter().filter(|r| r.0 == thread && chunk.contains(&r.2)) {
                             stored_in_log.insert((log, cid.clone()));
                             known.insert(cid, counter as u64);
                         }
@@ -721,9 +727,12 @@ macro_rules! impl_store {
                 let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
                     "SELECT thread_id, CASE WHEN cid = $1 THEN record WHEN event_cid = $1 THEN event \
                      WHEN header_cid = $1 THEN header ELSE body END FROM records \
-                     WHERE cid = $1 OR event_cid = $1 OR header_cid = $1 OR body_cid = $1 LIMIT 1",
+                     WHERE (substr(cid, 5, 8) = $2 OR substr(event_cid, 5, 8) = $2 \
+                     OR substr(header_cid, 5, 8) = $2 OR substr(body_cid, 5, 8) = $2) \
+                     AND (cid = $1 OR event_cid = $1 OR header_cid = $1 OR body_cid = $1) LIMIT 1",
                 )
                 .bind(cid.to_bytes())
+                .bind($crate::ingest::cid_prefix(&cid.to_bytes()))
                 .fetch_optional(&self.read)
                 .await?;
                 row.map(|(thread, bytes)| Ok(($crate::ingest::thread_id(&thread)?, bytes)))
