@@ -12,7 +12,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use threads_client::{Client, Error, Role};
-use threads_core::{PublicKey, ThreadId};
+use threads_core::{LogId, PublicKey, ThreadId};
 
 #[derive(Debug, clap::Args)]
 pub struct Peer {
@@ -65,6 +65,17 @@ pub enum Command {
     },
     /// Join a thread from a link or an invite.
     Join { invite: String },
+    /// Write the thread's records held here (or one log's) to a CAR file.
+    Export {
+        thread: ThreadId,
+        #[arg(long)]
+        log: Option<LogId>,
+        /// The CAR file to write.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Verify and keep the records of a CAR file (of threads this peer knows).
+    Import { file: PathBuf },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -251,6 +262,24 @@ impl Peer {
             Command::Share { thread, role, to } => {
                 json!({"invite": client.share(&thread, role, to.as_ref())?})
             }
+            Command::Export { thread, log, out } => {
+                let car = client.export(&thread, log.as_ref()).await?;
+                std::fs::write(&out, &car).with_context(|| format!("writing {}", out.display()))?;
+                json!({"exported": out, "bytes": car.len()})
+            }
+            Command::Import { file } => {
+                let bytes =
+                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                let bar = self.progress("import");
+                let imported = client
+                    .import(&bytes, |done, total| {
+                        bar.set_length(total);
+                        bar.set_position(done);
+                    })
+                    .await?;
+                bar.finish_and_clear();
+                json!({"imported": imported})
+            }
             Command::Join { invite } => {
                 let entry = client.join(&invite).await?;
                 json!({"thread": entry.thread.to_string(), "log": entry.log_id().map(|l| l.to_string())})
@@ -275,6 +304,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
         Some(
             Error::UnknownThread(_)
             | Error::BadInvite(_)
+            | Error::BadCar(_)
             | Error::BadUrl(_)
             | Error::NotAWriter
             | Error::NoReadKey

@@ -4,6 +4,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`keystore`] | the identity and each thread's keys, in owner-only files |
+//! | [`car`] | records as CAR files, for pages, pushes and exports |
 //! | [`follower`] | an HTTP client of one follower server |
 //! | [`invite`] | sharing a thread: links carrying keys, and invites sealed to an identity |
 //! | this module | [`Client`]: create, join, write, read, push, pull |
@@ -21,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod car;
 pub mod follower;
 pub mod invite;
 pub mod keystore;
@@ -88,6 +90,10 @@ pub enum Error {
     },
     #[error("the local store refused a record of log {log}: {outcome}")]
     LocalRefused { log: String, outcome: String },
+    #[error("not a CAR of records: {0}")]
+    BadCar(String),
+    #[error("nothing to export: no record of it is held here")]
+    NothingHeld,
     #[error("bad invite: {0}")]
     BadInvite(String),
     #[error("the event body: {0}")]
@@ -456,6 +462,87 @@ impl Client {
             .map_err(|e| Error::Protocol(format!("storing stopped: {e}")))??;
         entry.followers[follower].cursor = cursor;
         self.keys.save(entry)?;
+        Ok(fresh)
+    }
+
+    /// The thread's records held locally (or only one log's), as a CAR, in arrival order.
+    pub async fn export(&self, thread: &ThreadId, log: Option<&LogId>) -> Result<Vec<u8>> {
+        self.keys.thread(thread)?;
+        let mut records = Vec::new();
+        loop {
+            let after = records
+                .last()
+                .map_or(0, |r: &threads_store::StoredRecord| match log {
+                    Some(_) => r.counter,
+                    None => r.seq,
+                });
+            let page = match log {
+                Some(log) => self.store.records_by_log(thread, log, after, 1000).await?,
+                None => self.store.records_by_thread(thread, after, 1000).await?,
+            };
+            if page.is_empty() {
+                break;
+            }
+            records.extend(page);
+        }
+        if records.is_empty() {
+            return Err(Error::NothingHeld);
+        }
+        Ok(car::write_car(records.iter().map(car::CarItem::stored)).await)
+    }
+
+    /// Imports records from a CAR into the local store, each verified with its thread's follow
+    /// key first (the thread must be known here). Returns how many were new.
+    pub async fn import(&self, bytes: &[u8], mut progress: impl FnMut(u64, u64)) -> Result<u64> {
+        let records = car::read_car(bytes).await.map_err(|e| Error::BadCar(e.0))?;
+        let total = records.len() as u64;
+        let mut fresh = 0;
+        let mut done = 0;
+        for chunk in records.chunks(STORE_BATCH) {
+            let mut by_thread: Vec<(ThreadEntry, Vec<&car::CarRecord>)> = Vec::new();
+            for record in chunk {
+                match by_thread
+                    .iter_mut()
+                    .find(|(e, _)| e.thread == record.thread)
+                {
+                    Some((_, list)) => list.push(record),
+                    None => by_thread.push((self.keys.thread(&record.thread)?, vec![record])),
+                }
+            }
+            for (entry, list) in by_thread {
+                let mut known: HashSet<LogId> = self
+                    .store
+                    .logs(&entry.thread)
+                    .await?
+                    .into_iter()
+                    .map(|l| l.log)
+                    .collect();
+                let service = entry.key.service();
+                let checked = verify_batch(
+                    list.iter().map(|r| (r.blocks.clone(), service, &r.log)),
+                    SignaturePolicy::CurrentOnly,
+                );
+                let mut batch = Vec::with_capacity(list.len());
+                for (result, r) in checked.into_iter().zip(&list) {
+                    let record = result.map_err(|error| Error::Rejected {
+                        cid: cid_of(&r.blocks.record).to_string(),
+                        source_url: "the CAR file".into(),
+                        error,
+                    })?;
+                    if known.insert(r.log.clone()) {
+                        self.register_locally(&entry, &r.log).await?;
+                    }
+                    batch.push(Ingest {
+                        thread: entry.thread.clone(),
+                        log: r.log.clone(),
+                        record,
+                    });
+                }
+                fresh += store_pulled(self.store.clone(), batch).await?;
+            }
+            done += chunk.len() as u64;
+            progress(done, total);
+        }
         Ok(fresh)
     }
 
