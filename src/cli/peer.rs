@@ -47,6 +47,17 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         after: u64,
     },
+    /// Follow a thread live: print each new event as a follower pushes it (catching up first,
+    /// reconnecting by itself). Runs until interrupted.
+    Tail {
+        thread: ThreadId,
+        /// Which follower (default: the thread's first).
+        #[arg(long)]
+        follower: Option<String>,
+        /// Show held events after this local sequence number first (0: all of them).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
     /// Add or remove a follower server.
     #[command(subcommand)]
     Follower(FollowerCommand),
@@ -225,6 +236,24 @@ impl Peer {
                     events.extend(page);
                 }
                 json!({"events": events})
+            }
+            Command::Tail {
+                thread,
+                follower,
+                after,
+            } => {
+                let json = self.json;
+                client
+                    .tail(&thread, follower.as_deref(), after, |event| {
+                        let event = serde_json::to_value(event).expect("events serialize");
+                        if json {
+                            println!("{event}");
+                        } else if let Some(line) = human(&json!({"events": [event]})) {
+                            println!("{line}");
+                        }
+                    })
+                    .await?;
+                Value::Null
             }
             Command::Follower(FollowerCommand::Add { thread, url, token }) => {
                 client.add_follower(&thread, &url, token.as_deref()).await?;

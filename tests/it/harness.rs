@@ -53,11 +53,31 @@ impl Server {
         data_dir: &Path,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::launch_at("127.0.0.1:0", database_url, data_dir, env).await
+    }
+
+    /// Crashes the server (kill -9) and starts it again on the same address and data.
+    pub async fn restart(mut self) -> Self {
+        self.kill9().await;
+        let _ = self.child.wait().await;
+        let listen = self.url.trim_start_matches("http://").to_owned();
+        let mut next =
+            Self::launch_at(&listen, self.database_url.clone(), &self.data_dir, &[]).await;
+        next._dir = self._dir.take();
+        next
+    }
+
+    async fn launch_at(
+        listen: &str,
+        database_url: Option<String>,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_threads"));
         cmd.args([
             "serve",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--log-format",
             "json",
             "--data-dir",

@@ -335,3 +335,53 @@ async fn a_thread_travels_as_a_car_file() {
         vec![json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]
     );
 }
+
+/// `threads tail` prints what was there, then each record as it is pushed; when the follower
+/// crashes and comes back, it reconnects and resumes with nothing missed or repeated.
+#[tokio::test]
+async fn tail_follows_live_and_survives_a_follower_restart() {
+    use tokio::io::AsyncBufReadExt;
+
+    let server = Server::start(Backend::Sqlite).await;
+    let (alice, carol) = (Peer::new(), Peer::new());
+    let t = alice.ok(&["thread", "create"]).await["thread"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice.ok(&["follower", "add", &t, &server.url]).await;
+    alice.ok(&["write", &t, r#"{"n": 1}"#]).await;
+    alice.ok(&["push", &t]).await;
+    let link = alice.ok(&["share", &t, "--role", "reader"]).await["invite"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    carol.ok(&["join", &link]).await;
+
+    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_threads"))
+        .args(["tail", &t, "--json"])
+        .env("THREADS_HOME", carol.home.path())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    async fn next(lines: &mut tokio::io::Lines<impl tokio::io::AsyncBufRead + Unpin>) -> Value {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("an event within 20 s")
+            .unwrap()
+            .expect("tail is running");
+        serde_json::from_str::<Value>(&line).unwrap()["body"].clone()
+    }
+    assert_eq!(next(&mut lines).await, json!({"n": 1}));
+    alice.ok(&["write", &t, r#"{"n": 2}"#]).await;
+    alice.ok(&["push", &t]).await;
+    assert_eq!(next(&mut lines).await, json!({"n": 2}));
+
+    let server = server.restart().await;
+    alice.ok(&["write", &t, r#"{"n": 3} {"n": 4}"#]).await;
+    alice.ok(&["push", &t]).await;
+    assert_eq!(next(&mut lines).await, json!({"n": 3}));
+    assert_eq!(next(&mut lines).await, json!({"n": 4}));
+    drop(server);
+}

@@ -58,6 +58,26 @@ impl WireRecord {
     }
 }
 
+/// A message a follower pushes over WebSocket.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PushedMessage {
+    Subscribed {},
+    Record {
+        #[serde(flatten)]
+        record: Box<WireRecord>,
+        /// The thread cursor just after this record.
+        cursor: String,
+    },
+    Error {
+        code: String,
+        #[serde(default)]
+        detail: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
 /// One page of a thread, in arrival order.
 #[derive(Debug, Deserialize)]
 pub struct Page {
