@@ -7,7 +7,7 @@
 //! | [`car`] | records as CAR files, for pages, pushes and exports |
 //! | [`follower`] | an HTTP client of one follower server |
 //! | [`invite`] | sharing a thread: links carrying keys, and invites sealed to an identity |
-//! | this module | [`Client`]: create, join, write, read, push, pull |
+//! | this module | [`Client`]: create, join, share, write, read, push, pull, tail, export, import |
 //!
 //! The local store is a [`threads_store::SqliteStore`]: the same verified-ingest rules as a
 //! follower's, so a record that breaks a chain is refused locally too.
@@ -364,7 +364,14 @@ impl Client {
                         "duplicate" => {}
                         // The follower lacks earlier records: go back to where it is.
                         "gap" => {
-                            after = result.head.as_ref().map_or(0, |h| h.counter);
+                            let head = result.head.as_ref().map_or(0, |h| h.counter);
+                            if head >= after {
+                                return Err(Error::Protocol(format!(
+                                    "{} reports a gap at its head {head}, past what was sent",
+                                    server.url()
+                                )));
+                            }
+                            after = head;
                             break;
                         }
                         other => {
