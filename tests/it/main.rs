@@ -4,6 +4,7 @@
 mod harness;
 
 mod cluster;
+mod feeds;
 mod operations;
 mod peers;
 mod push_pull;

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod blocks;
+pub mod feeds;
 pub mod records;
 pub mod registrations;
 pub mod threads;
@@ -30,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .merge(records::router())
         .merge(threads::router())
         .merge(blocks::router())
+        .merge(feeds::router())
         .merge(ws::router())
         .merge(admin::router())
 }
