@@ -5,7 +5,7 @@
 //! ```text
 //! scripts/bench                                   # both backends (starts Postgres itself)
 //! cargo bench --bench follower -- sqlite          # one backend; Postgres needs THREADS_TEST_PG
-//! cargo bench --bench follower -- postgres ingest # the ingest figure only (or: catch-up)
+//! cargo bench --bench follower -- postgres ingest # the ingest figure only (or: catch-up, feeds)
 //! ```
 
 use std::collections::BTreeMap;
@@ -37,6 +37,9 @@ const BATCH: usize = 500;
 const PUSHERS: usize = 4;
 /// Catch-up page size: the server's default maximum.
 const PAGE: usize = 1000;
+/// Feed test: readers fetching at once (a few keep both cores busy), and fetches in all.
+const FEED_READERS: usize = 8;
+const FEED_FETCHES: usize = 4000;
 /// Push-latency test: subscribers on one thread, and records pushed one at a time.
 const SUBSCRIBERS: usize = 1000;
 const LATENCY_SAMPLES: usize = 200;
@@ -336,6 +339,35 @@ async fn run(backend: &str, database_url: Option<String>, part: impl Fn(&str) ->
         );
     }
 
+    if !part("feeds") {
+        return;
+    }
+    // Feeds: the current Atom and RSS feeds of a thread (100 entries), fetched whole (no
+    // conditional GET) by concurrent readers.
+    for format in ["atom", "rss"] {
+        let url = format!("{}/v1/threads/{}/feed.{format}", server.url, threads[0].0);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..FEED_READERS {
+            let (http, url) = (http.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..FEED_FETCHES / FEED_READERS {
+                    let r = http.get(&url).send().await.unwrap();
+                    assert!(r.status().is_success());
+                    std::hint::black_box(r.bytes().await.unwrap().len());
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{format} feed of 100 entries: {FEED_FETCHES} fetches in {secs:.2} s = {:.0} feeds/s ({FEED_READERS} readers)",
+            FEED_FETCHES as f64 / secs
+        );
+    }
+
     if !part("connections") {
         return;
     }
@@ -462,12 +494,13 @@ async fn main() {
     let pick = |name: &str| {
         !args.iter().any(|a| backends.contains(&a.as_str())) || args.contains(&name.to_owned())
     };
-    // `ingest` stops each run after the ingest figure, `catch-up` after the catch-up figures
-    // (for quick comparisons).
+    // `ingest` stops each run after the ingest figure, `catch-up` after the catch-up figures,
+    // `feeds` after the feed figures (for quick comparisons).
     let stop = |a: &str| args.iter().any(|x| x == a);
     let part = |name: &str| match name {
         "reads" => !stop("ingest"),
-        _ => !stop("ingest") && !stop("catch-up"),
+        "feeds" => !stop("ingest") && !stop("catch-up"),
+        _ => !stop("ingest") && !stop("catch-up") && !stop("feeds"),
     };
     println!("follower benchmark: {LOGS} logs in {THREADS} threads, {BODY} B bodies, batches of {BATCH}, {PUSHERS} pushers");
     if pick("sqlite") {

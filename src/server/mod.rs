@@ -61,6 +61,8 @@ pub struct Inner {
     pub ws_slots: Arc<Semaphore>,
     pub limiter: Option<DefaultKeyedRateLimiter<std::net::IpAddr>>,
     pub shutdown: CancellationToken,
+    /// Rendered feeds, until their records change.
+    pub feeds: v1::feeds::FeedCache,
 }
 
 impl std::ops::Deref for AppState {
@@ -109,6 +111,7 @@ impl AppState {
             quotas,
             limiter,
             shutdown,
+            feeds: Default::default(),
         })))
     }
 }

@@ -11,9 +11,11 @@
 //! could not read either. Private threads take the pull token as `?token=` too, since feed
 //! readers cannot set headers; links in the feed carry it on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use atom_syndication as atom;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -83,6 +85,40 @@ struct Feed {
     base: String,
     /// `?token=…` to carry on in links, when one was given in the query.
     token: Option<String>,
+    /// Changes whenever the feed's records do (arrivals and deletions): keys the cache.
+    version: String,
+}
+
+/// Rendered feed documents, reused until their records change: a feed reader polling a busy
+/// feed costs one small query, not a hundred records read and encoded. Bounded in bytes; when
+/// full it starts afresh.
+#[derive(Default)]
+pub struct FeedCache {
+    docs: std::sync::Mutex<(usize, HashMap<String, Arc<Rendered>>)>,
+}
+
+/// Bytes of rendered documents the cache may hold.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+struct Rendered {
+    body: Bytes,
+    etag: String,
+    updated_ms: i64,
+}
+
+impl FeedCache {
+    fn get(&self, key: &str) -> Option<Arc<Rendered>> {
+        self.docs.lock().expect("not poisoned").1.get(key).cloned()
+    }
+
+    fn put(&self, key: String, doc: Arc<Rendered>) {
+        let mut docs = self.docs.lock().expect("not poisoned");
+        if docs.0 + doc.body.len() > CACHE_BYTES {
+            *docs = Default::default();
+        }
+        docs.0 += doc.body.len();
+        docs.1.insert(key, doc);
+    }
 }
 
 async fn thread_feed(
@@ -107,6 +143,7 @@ async fn thread_feed(
         created_ms: info.created_ms,
         base: origin(&headers),
         token: q.token.clone(),
+        version: format!("{}:{}:{}", info.seq, info.records, info.bytes),
     };
     respond(&state, feed, q.page, &headers, format).await
 }
@@ -133,6 +170,12 @@ async fn log_feed(
         created_ms: info.registered_ms,
         base: origin(&headers),
         token: q.token.clone(),
+        version: format!(
+            "{}:{}:{}",
+            info.head.map_or(0, |h| h.counter),
+            info.bytes,
+            info.registered_ms
+        ),
     };
     respond(&state, feed, q.page, &headers, format).await
 }
@@ -226,6 +269,61 @@ async fn respond(
             ))
         }
     };
+    let key = format!("{}|{}", feed.feed_url(format, page), feed.version);
+    let doc = match state.feeds.get(&key) {
+        Some(doc) => doc,
+        None => {
+            let doc = Arc::new(render(state, &feed, page, format, first, last).await?);
+            state.feeds.put(key, doc.clone());
+            doc
+        }
+    };
+    let cache = match (page.is_some(), feed.public) {
+        (true, true) => "public, max-age=31536000, immutable",
+        (true, false) => "private, max-age=31536000, immutable",
+        (false, true) => "public, no-cache",
+        (false, false) => "private, no-cache",
+    };
+    let mut response = if not_modified(headers, &doc.etag, doc.updated_ms) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let content_type = match format {
+            Format::Atom => ATOM_TYPE,
+            Format::Rss => RSS_TYPE,
+        };
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(&format!("{content_type}; charset=utf-8"))
+                    .expect("a valid header"),
+            )],
+            doc.body.clone(),
+        )
+            .into_response()
+    };
+    let h = response.headers_mut();
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&doc.etag).expect("hex is ASCII"),
+    );
+    h.insert(
+        header::LAST_MODIFIED,
+        HeaderValue::from_str(&httpdate::fmt_http_date(to_system_time(doc.updated_ms)))
+            .expect("HTTP dates are ASCII"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    Ok(response)
+}
+
+/// Reads a feed document's records (positions `first..=last`) and renders it.
+async fn render(
+    state: &AppState,
+    feed: &Feed,
+    page: Option<u64>,
+    format: Format,
+    first: u64,
+    last: u64,
+) -> ApiResult<Rendered> {
     let mut records = match &feed.log {
         None => {
             state
@@ -256,45 +354,15 @@ async fn respond(
     for r in &records {
         tag.update(r.cid.to_bytes());
     }
-    let etag = format!("\"{}\"", hex::encode(&tag.finalize()[..16]));
-    let last_modified = httpdate::fmt_http_date(to_system_time(updated_ms));
-    let cache = match (page.is_some(), feed.public) {
-        (true, true) => "public, max-age=31536000, immutable",
-        (true, false) => "private, max-age=31536000, immutable",
-        (false, true) => "public, no-cache",
-        (false, false) => "private, no-cache",
+    let body = match format {
+        Format::Atom => atom_feed(feed, page, &records, updated_ms).await,
+        Format::Rss => rss_feed(feed, page, &records, updated_ms).await,
     };
-    let mut response = if not_modified(headers, &etag, updated_ms) {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else {
-        let (content_type, body) = match format {
-            Format::Atom => (
-                ATOM_TYPE,
-                atom_feed(&feed, page, &records, updated_ms).await,
-            ),
-            Format::Rss => (RSS_TYPE, rss_feed(&feed, page, &records, updated_ms).await),
-        };
-        (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_str(&format!("{content_type}; charset=utf-8"))
-                    .expect("a valid header"),
-            )],
-            body,
-        )
-            .into_response()
-    };
-    let h = response.headers_mut();
-    h.insert(
-        header::ETAG,
-        HeaderValue::from_str(&etag).expect("hex is ASCII"),
-    );
-    h.insert(
-        header::LAST_MODIFIED,
-        HeaderValue::from_str(&last_modified).expect("HTTP dates are ASCII"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-    Ok(response)
+    Ok(Rendered {
+        body: Bytes::from(body),
+        etag: format!("\"{}\"", hex::encode(&tag.finalize()[..16])),
+        updated_ms,
+    })
 }
 
 /// Whether a conditional GET already has this version: `If-None-Match` decides when present
