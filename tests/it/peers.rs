@@ -142,6 +142,23 @@ async fn two_writers_and_a_reader(backend: Backend) {
     let write = carol.run(&["write", t, "{}"]).await;
     assert_eq!(write.code, 2, "{}", write.stderr);
 
+    // Bob removes the follower: it deletes his log and its records; Alice's stay.
+    let bob_log = bob.ok(&["thread", "list"]).await["threads"][0]["log"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = server.get(&format!("/v1/threads/{t}/logs/{bob_log}")).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    bob.ok(&["follower", "remove", t, &server.url]).await;
+    let (status, _) = server.get(&format!("/v1/threads/{t}/logs/{bob_log}")).await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND);
+    let (_, info) = server.get(&format!("/v1/threads/{t}")).await;
+    assert_eq!(info["records"], 3, "{info}");
+    assert_eq!(
+        bob.ok(&["thread", "list"]).await["threads"][0]["followers"],
+        json!([])
+    );
+
     // What the follower stores is opaque: no body text, no read key in any form.
     if backend == Backend::Sqlite {
         let stored = all_bytes(&server.data_dir);
