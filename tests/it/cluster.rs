@@ -112,15 +112,18 @@ async fn crash_mid_batch(backend: Backend) {
         .collect();
 
     let url = server.url.clone();
+    // Counts acknowledged batches as they come, so the crash lands after the first one
+    // whatever the machine's speed.
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let pusher = {
         let batches = batches.clone();
+        let acked = acked.clone();
         let log_json: Vec<Vec<_>> = batches
             .iter()
             .map(|b| b.iter().map(|r| record_json(&log, r)).collect())
             .collect();
         tokio::spawn(async move {
             let http = reqwest::Client::new();
-            let mut acknowledged = 0;
             for batch in log_json {
                 let sent = http
                     .post(format!("{url}/v1/records"))
@@ -128,19 +131,28 @@ async fn crash_mid_batch(backend: Backend) {
                     .send()
                     .await;
                 match sent {
-                    Ok(r) if r.status() == StatusCode::OK => acknowledged += 1,
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     _ => break,
                 }
             }
-            acknowledged
+            acked.load(std::sync::atomic::Ordering::SeqCst)
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no batch acknowledged in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     server.kill9().await;
     let acknowledged = pusher.await.unwrap();
     assert!(
-        acknowledged > 0,
-        "some batches were acknowledged before the crash"
+        acknowledged < batches.len(),
+        "the crash came after every batch"
     );
 
     let restarted = Server::launch(server.database_url.clone(), &server.data_dir, &[]).await;
