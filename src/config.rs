@@ -28,6 +28,19 @@ pub struct Config {
     pub rate_limit: RateLimit,
     pub websocket: WebSocket,
     pub cors: Cors,
+    pub webhooks: Webhooks,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Webhooks {
+    pub allow_private_addresses: bool,
+    pub concurrency: usize,
+    pub timeout_secs: u64,
+    pub max_attempts: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    pub disable_after_failures: u64,
+    pub inline_max_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -146,6 +159,13 @@ impl Config {
         }
         if self.rate_limit.per_second > 0 && self.rate_limit.burst == 0 {
             bail!("rate_limit.burst must be at least 1 when rate_limit.per_second is set");
+        }
+        let w = &self.webhooks;
+        if w.concurrency == 0 || w.max_attempts == 0 || w.timeout_secs == 0 {
+            bail!("webhooks.concurrency, webhooks.max_attempts and webhooks.timeout_secs must be at least 1");
+        }
+        if w.retry_base_ms == 0 || w.retry_max_ms < w.retry_base_ms {
+            bail!("webhooks.retry_base_ms must be at least 1 and at most webhooks.retry_max_ms");
         }
         Ok(self)
     }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod hub;
 pub mod ops;
 pub mod v1;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -122,7 +123,7 @@ pub fn app(state: AppState) -> Router {
     let cors = {
         let origins = &config.cors.allowed_origins;
         let layer = CorsLayer::new()
-            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
             .allow_headers(Any)
             .expose_headers(Any);
         if origins.iter().any(|o| o == "*") {
@@ -236,6 +237,7 @@ pub async fn serve(
     tracing::info!(%addr, server_id = %state.server_id, "threads follower serving");
     // One machine-readable line on stdout, so scripts and tests can start on port 0.
     println!("listening on http://{addr}");
+    let _deliveries = webhooks::spawn(state.clone());
     let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
     let server =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());

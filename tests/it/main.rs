@@ -9,4 +9,5 @@ mod operations;
 mod peers;
 mod push_pull;
 mod registration;
+mod webhooks;
 mod websocket;

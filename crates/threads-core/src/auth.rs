@@ -40,6 +40,13 @@ pub enum Action {
     Unregister,
     /// Delete the whole thread. Any registered log of the thread may ask.
     DeleteThread,
+    /// Post the thread's new records (or only those of `log`, a log ID) to `url`, as webhook
+    /// deliveries. Any registered log of the thread may ask.
+    Subscribe {
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        log: Option<String>,
+    },
 }
 
 /// The signed part of a request.

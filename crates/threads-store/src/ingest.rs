@@ -170,6 +170,83 @@ impl ForkRow {
     }
 }
 
+pub(crate) const WEBHOOK_COLUMNS: &str =
+    "id, thread_id, log_id, url, secret, created_at, failures, disabled_at, disabled_reason";
+
+#[derive(FromRow)]
+pub(crate) struct WebhookRow {
+    id: String,
+    thread_id: Vec<u8>,
+    log_id: Option<Vec<u8>>,
+    url: String,
+    secret: String,
+    created_at: i64,
+    failures: i64,
+    disabled_at: Option<i64>,
+    disabled_reason: Option<String>,
+}
+
+impl WebhookRow {
+    pub(crate) fn into_webhook(self) -> Result<Webhook> {
+        Ok(Webhook {
+            id: self.id,
+            thread: thread_id(&self.thread_id)?,
+            log: self.log_id.as_deref().map(log_id).transpose()?,
+            url: self.url,
+            secret: self.secret,
+            created_ms: self.created_at,
+            failures: self.failures as u64,
+            disabled_ms: self.disabled_at,
+            disabled_reason: self.disabled_reason,
+        })
+    }
+}
+
+pub(crate) const DELIVERY_COLUMNS: &str =
+    "id, webhook_id, event, thread_id, log_id, seq, counter, cid, created_at, state, attempts, \
+     next_at, last_status, last_error, delivered_at";
+
+#[derive(FromRow)]
+pub(crate) struct DeliveryRow {
+    id: i64,
+    webhook_id: String,
+    event: String,
+    thread_id: Vec<u8>,
+    log_id: Option<Vec<u8>>,
+    seq: i64,
+    counter: i64,
+    cid: Option<Vec<u8>>,
+    created_at: i64,
+    state: String,
+    attempts: i32,
+    next_at: i64,
+    last_status: Option<i32>,
+    last_error: Option<String>,
+    delivered_at: Option<i64>,
+}
+
+impl DeliveryRow {
+    pub(crate) fn into_delivery(self) -> Result<Delivery> {
+        Ok(Delivery {
+            id: self.id,
+            webhook: self.webhook_id,
+            event: self.event,
+            thread: thread_id(&self.thread_id)?,
+            log: self.log_id.as_deref().map(log_id).transpose()?,
+            seq: self.seq as u64,
+            counter: self.counter as u64,
+            cid: self.cid.as_deref().map(cid).transpose()?,
+            created_ms: self.created_at,
+            state: self.state,
+            attempts: self.attempts as u32,
+            next_ms: self.next_at,
+            last_status: self.last_status.map(|s| s as u16),
+            last_error: self.last_error,
+            delivered_ms: self.delivered_at,
+        })
+    }
+}
+
 /// A log's state while a batch is decided.
 pub(crate) struct LogState {
     pub head: Option<Head>,
@@ -624,6 +701,41 @@ macro_rules! impl_store {
                         });
                         q.build().execute(&mut *tx).await?;
                     }
+                    // Deliveries are queued in the transaction that stores their records.
+                    if !records.is_empty() {
+                        let hooks: Vec<(String, Option<Vec<u8>>)> = sqlx::query_as(
+                            "SELECT id, log_id FROM webhooks WHERE thread_id = $1 AND disabled_at IS NULL",
+                        )
+                        .bind(&thread)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        let mut rows = Vec::new();
+                        for &(i, seq, counter) in &records {
+                            let log = batch[i].log.to_bytes();
+                            for (hook, only) in &hooks {
+                                if only.as_ref().is_none_or(|l| *l == log) {
+                                    rows.push((hook, i, seq, counter));
+                                }
+                            }
+                        }
+                        for chunk in rows.chunks(500) {
+                            let mut q = sqlx::QueryBuilder::<$db>::new(
+                                "INSERT INTO deliveries (webhook_id, event, thread_id, log_id, seq, counter, cid, created_at, next_at) ",
+                            );
+                            q.push_values(chunk, |mut row, &(hook, i, seq, counter)| {
+                                row.push_bind(hook.as_str())
+                                    .push_bind("record.created")
+                                    .push_bind(&thread)
+                                    .push_bind(batch[i].log.to_bytes())
+                                    .push_bind(seq as i64)
+                                    .push_bind(counter as i64)
+                                    .push_bind(batch[i].record.cid().to_bytes())
+                                    .push_bind(now_ms)
+                                    .push_bind(now_ms);
+                            });
+                            q.build().execute(&mut *tx).await?;
+                        }
+                    }
                     for &i in &forks {
                         let r = &batch[i].record;
                         let b = r.blocks();
@@ -808,6 +920,288 @@ macro_rules! impl_store {
                     .fetch_one(&self.write)
                     .await?;
                 Ok(id)
+            }
+
+            async fn create_webhook(&self, hook: &$crate::model::Webhook) -> $crate::Result<()> {
+                let created = sqlx::query(
+                    "INSERT INTO webhooks (id, thread_id, log_id, url, secret, created_at) \
+                     SELECT $1, id, $3, $4, $5, $6 FROM threads WHERE id = $2",
+                )
+                .bind(&hook.id)
+                .bind(hook.thread.as_bytes())
+                .bind(hook.log.as_ref().map(|l| l.to_bytes()))
+                .bind(&hook.url)
+                .bind(&hook.secret)
+                .bind(hook.created_ms)
+                .execute(&self.write)
+                .await?
+                .rows_affected();
+                if created == 0 {
+                    return Err($crate::StoreError::NotFound);
+                }
+                Ok(())
+            }
+
+            async fn webhook(&self, id: &str) -> $crate::Result<Option<$crate::model::Webhook>> {
+                let row: Option<$crate::ingest::WebhookRow> = sqlx::query_as(&format!(
+                    "SELECT {} FROM webhooks WHERE id = $1",
+                    $crate::ingest::WEBHOOK_COLUMNS
+                ))
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await?;
+                row.map(|r| r.into_webhook()).transpose()
+            }
+
+            async fn delete_webhook(&self, id: &str) -> $crate::Result<()> {
+                let mut tx = self.write.begin().await?;
+                // Attempts and deliveries first: SQLite runs without cascading deletes here.
+                sqlx::query(
+                    "DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE webhook_id = $1)",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM deliveries WHERE webhook_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                let gone = sqlx::query("DELETE FROM webhooks WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if gone == 0 {
+                    return Err($crate::StoreError::NotFound);
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn set_webhook_secret(&self, id: &str, secret: &str) -> $crate::Result<()> {
+                let updated = sqlx::query("UPDATE webhooks SET secret = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(secret)
+                    .execute(&self.write)
+                    .await?
+                    .rows_affected();
+                if updated == 0 {
+                    return Err($crate::StoreError::NotFound);
+                }
+                Ok(())
+            }
+
+            async fn enable_webhook(&self, id: &str) -> $crate::Result<()> {
+                let updated = sqlx::query(
+                    "UPDATE webhooks SET disabled_at = NULL, disabled_reason = NULL, failures = 0 WHERE id = $1",
+                )
+                .bind(id)
+                .execute(&self.write)
+                .await?
+                .rows_affected();
+                if updated == 0 {
+                    return Err($crate::StoreError::NotFound);
+                }
+                Ok(())
+            }
+
+            async fn deliveries(
+                &self,
+                webhook: &str,
+                after: i64,
+                limit: u32,
+            ) -> $crate::Result<Vec<($crate::model::Delivery, Vec<$crate::model::Attempt>)>> {
+                let rows: Vec<$crate::ingest::DeliveryRow> = sqlx::query_as(&format!(
+                    "SELECT {} FROM deliveries WHERE webhook_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                    $crate::ingest::DELIVERY_COLUMNS
+                ))
+                .bind(webhook)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let delivery = row.into_delivery()?;
+                    let attempts: Vec<(i64, Option<i32>, Option<String>, i64)> = sqlx::query_as(
+                        "SELECT at, status, error, duration_ms FROM delivery_attempts WHERE delivery_id = $1 ORDER BY at",
+                    )
+                    .bind(delivery.id)
+                    .fetch_all(&self.read)
+                    .await?;
+                    let attempts = attempts
+                        .into_iter()
+                        .map(|(at_ms, status, error, duration_ms)| $crate::model::Attempt {
+                            at_ms,
+                            status: status.map(|s| s as u16),
+                            error,
+                            duration_ms,
+                        })
+                        .collect();
+                    out.push((delivery, attempts));
+                }
+                Ok(out)
+            }
+
+            async fn queue_deliveries(
+                &self,
+                webhook: &str,
+                after: u64,
+                test: bool,
+                now_ms: i64,
+            ) -> $crate::Result<u64> {
+                let Some(hook) = self.webhook(webhook).await? else {
+                    return Err($crate::StoreError::NotFound);
+                };
+                let queued = if test {
+                    sqlx::query(
+                        "INSERT INTO deliveries (webhook_id, event, thread_id, created_at, next_at) \
+                         VALUES ($1, 'webhook.test', $2, $3, $3)",
+                    )
+                    .bind(webhook)
+                    .bind(hook.thread.as_bytes())
+                    .bind(now_ms)
+                    .execute(&self.write)
+                    .await?
+                } else {
+                    let filter = if hook.log.is_some() { "AND log_id = $5" } else { "" };
+                    let sql = format!(
+                        "INSERT INTO deliveries (webhook_id, event, thread_id, log_id, seq, counter, cid, created_at, next_at) \
+                         SELECT $1, 'record.created', thread_id, log_id, seq, counter, cid, $3, $3 FROM records \
+                         WHERE thread_id = $2 AND seq > $4 {filter} ORDER BY seq"
+                    );
+                    let mut query = sqlx::query(&sql)
+                        .bind(webhook)
+                        .bind(hook.thread.as_bytes())
+                        .bind(now_ms)
+                        .bind(after as i64);
+                    if let Some(log) = &hook.log {
+                        query = query.bind(log.to_bytes());
+                    }
+                    query.execute(&self.write).await?
+                };
+                Ok(queued.rows_affected())
+            }
+
+            async fn claim_deliveries(
+                &self,
+                now_ms: i64,
+                lease_ms: i64,
+                limit: u32,
+            ) -> $crate::Result<Vec<($crate::model::Delivery, $crate::model::Webhook)>> {
+                let mut tx = self.write.begin().await?;
+                let ids: Vec<(i64,)> = sqlx::query_as(<$store>::CLAIM_DELIVERIES)
+                    .bind(now_ms)
+                    .bind(now_ms + lease_ms)
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                let mut out = Vec::with_capacity(ids.len());
+                let mut hooks: std::collections::HashMap<String, $crate::model::Webhook> = Default::default();
+                for (id,) in ids {
+                    let row: $crate::ingest::DeliveryRow = sqlx::query_as(&format!(
+                        "SELECT {} FROM deliveries WHERE id = $1",
+                        $crate::ingest::DELIVERY_COLUMNS
+                    ))
+                    .bind(id)
+                    .fetch_one(&self.write)
+                    .await?;
+                    let delivery = row.into_delivery()?;
+                    let hook = match hooks.get(&delivery.webhook) {
+                        Some(h) => h.clone(),
+                        None => {
+                            let row: $crate::ingest::WebhookRow = sqlx::query_as(&format!(
+                                "SELECT {} FROM webhooks WHERE id = $1",
+                                $crate::ingest::WEBHOOK_COLUMNS
+                            ))
+                            .bind(&delivery.webhook)
+                            .fetch_one(&self.write)
+                            .await?;
+                            let h = row.into_webhook()?;
+                            hooks.insert(h.id.clone(), h.clone());
+                            h
+                        }
+                    };
+                    out.push((delivery, hook));
+                }
+                Ok(out)
+            }
+
+            async fn finish_delivery(
+                &self,
+                id: i64,
+                attempt: &$crate::model::Attempt,
+                result: &$crate::model::AttemptResult,
+            ) -> $crate::Result<()> {
+                use $crate::model::AttemptResult;
+                let mut tx = self.write.begin().await?;
+                sqlx::query(
+                    "INSERT INTO delivery_attempts (delivery_id, at, status, error, duration_ms) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(id)
+                .bind(attempt.at_ms)
+                .bind(attempt.status.map(i32::from))
+                .bind(&attempt.error)
+                .bind(attempt.duration_ms)
+                .execute(&mut *tx)
+                .await?;
+                let (state, next) = match result {
+                    AttemptResult::Delivered => ("delivered", attempt.at_ms),
+                    AttemptResult::Failed { retry_ms: Some(at), .. } => ("pending", *at),
+                    AttemptResult::Failed { retry_ms: None, .. } => ("failed", attempt.at_ms),
+                };
+                let hook: Option<(String,)> = sqlx::query_as(
+                    "UPDATE deliveries SET state = $2, next_at = $3, leased_until = 0, last_status = $4, \
+                     last_error = $5, delivered_at = CASE WHEN $2 = 'delivered' THEN $6 ELSE delivered_at END \
+                     WHERE id = $1 RETURNING webhook_id",
+                )
+                .bind(id)
+                .bind(state)
+                .bind(next)
+                .bind(attempt.status.map(i32::from))
+                .bind(&attempt.error)
+                .bind(attempt.at_ms)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((hook,)) = hook else {
+                    // Deleted meanwhile, with its webhook.
+                    return Ok(());
+                };
+                match result {
+                    AttemptResult::Delivered => {
+                        sqlx::query("UPDATE webhooks SET failures = 0 WHERE id = $1")
+                            .bind(&hook)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    AttemptResult::Failed { disable_after, .. } => {
+                        sqlx::query("UPDATE webhooks SET failures = failures + 1 WHERE id = $1")
+                            .bind(&hook)
+                            .execute(&mut *tx)
+                            .await?;
+                        let reason = format!(
+                            "disabled after {disable_after} failed attempts in a row; the last: {}",
+                            attempt
+                                .error
+                                .clone()
+                                .or(attempt.status.map(|s| format!("HTTP {s}")))
+                                .unwrap_or_default()
+                        );
+                        sqlx::query(
+                            "UPDATE webhooks SET disabled_at = $2, disabled_reason = $3 \
+                             WHERE id = $1 AND failures >= $4 AND disabled_at IS NULL",
+                        )
+                        .bind(&hook)
+                        .bind(attempt.at_ms)
+                        .bind(reason)
+                        .bind(*disable_after as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
             }
 
             fn changes(&self) -> tokio::sync::broadcast::Receiver<$crate::Change> {

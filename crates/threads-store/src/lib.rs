@@ -122,6 +122,47 @@ pub trait Store: Send + Sync + 'static {
     /// process using the database.
     async fn server_id(&self) -> Result<String>;
 
+    /// Subscribes a webhook. Its thread must exist.
+    async fn create_webhook(&self, hook: &Webhook) -> Result<()>;
+    async fn webhook(&self, id: &str) -> Result<Option<Webhook>>;
+    async fn delete_webhook(&self, id: &str) -> Result<()>;
+    /// Replaces a webhook's secret.
+    async fn set_webhook_secret(&self, id: &str, secret: &str) -> Result<()>;
+    /// Re-enables a disabled webhook (failures start again from zero).
+    async fn enable_webhook(&self, id: &str) -> Result<()>;
+    /// Deliveries of a webhook with `id > after`, oldest first, with their attempts.
+    async fn deliveries(
+        &self,
+        webhook: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(Delivery, Vec<Attempt>)>>;
+    /// Queues deliveries of the thread's records with `seq > after` (a replay), or of one test
+    /// event when `test`; returns how many were queued.
+    async fn queue_deliveries(
+        &self,
+        webhook: &str,
+        after: u64,
+        test: bool,
+        now_ms: i64,
+    ) -> Result<u64>;
+    /// Takes up to `limit` due deliveries of enabled webhooks for `lease_ms`: no other worker,
+    /// in this process or another, takes them meanwhile.
+    async fn claim_deliveries(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(Delivery, Webhook)>>;
+    /// Records an attempt's outcome: delivered, to retry, or failed for good; counts the
+    /// webhook's failures in a row and disables it past the limit.
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        attempt: &Attempt,
+        result: &AttemptResult,
+    ) -> Result<()>;
+
     /// Record changes from every process sharing this database.
     fn changes(&self) -> broadcast::Receiver<Change>;
     /// Cheap round trip to the database, for readiness checks.

@@ -134,3 +134,63 @@ pub struct ForkEvidence {
     pub arrived_ms: i64,
     pub blocks: UnverifiedRecord,
 }
+
+/// A webhook subscription: records arriving in a thread (or one log of it) are posted to `url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub id: String,
+    pub thread: ThreadId,
+    /// `None`: every log of the thread.
+    pub log: Option<LogId>,
+    pub url: String,
+    /// Standard Webhooks secret (`whsec_…`): signs every delivery.
+    pub secret: String,
+    pub created_ms: i64,
+    /// Failed attempts in a row; a success resets it.
+    pub failures: u64,
+    pub disabled_ms: Option<i64>,
+    pub disabled_reason: Option<String>,
+}
+
+/// One event to deliver to one webhook, and how far its delivery got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: i64,
+    pub webhook: String,
+    /// `record.created` or `webhook.test`.
+    pub event: String,
+    pub thread: ThreadId,
+    pub log: Option<LogId>,
+    pub seq: u64,
+    pub counter: u64,
+    pub cid: Option<Cid>,
+    pub created_ms: i64,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    pub attempts: u32,
+    pub next_ms: i64,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub delivered_ms: Option<i64>,
+}
+
+/// One try at sending a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub at_ms: i64,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// What a worker reports after trying a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    Delivered,
+    /// Try again at `retry_ms`, or give up (`None`: attempts exhausted).
+    Failed {
+        retry_ms: Option<i64>,
+        /// Disable the webhook after this many failures in a row.
+        disable_after: u64,
+    },
+}

@@ -6,6 +6,7 @@ pub mod feeds;
 pub mod records;
 pub mod registrations;
 pub mod threads;
+pub mod webhooks;
 pub mod wire;
 pub mod ws;
 
@@ -32,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .merge(threads::router())
         .merge(blocks::router())
         .merge(feeds::router())
+        .merge(webhooks::router())
         .merge(ws::router())
         .merge(admin::router())
 }

@@ -57,7 +57,7 @@ fn checked_addrs(addrs: &[String]) -> ApiResult<Vec<String>> {
         .collect()
 }
 
-fn request_error(error: RequestError) -> ApiError {
+pub(super) fn request_error(error: RequestError) -> ApiError {
     let status = match error {
         RequestError::Payload(_) | RequestError::SignatureEncoding => StatusCode::BAD_REQUEST,
         RequestError::BadSignature | RequestError::Expired => StatusCode::UNAUTHORIZED,
@@ -79,6 +79,12 @@ async fn handle(
         .verify(&state.server_id, now)
         .map_err(request_error)?;
     let (thread, log) = (payload.thread.clone(), payload.log.clone());
+    if matches!(payload.action, Action::Subscribe { .. }) {
+        return Err(ApiError::bad_request(
+            "bad_action",
+            "send subscribe requests to /v1/webhooks",
+        ));
+    }
 
     // Registration tokens are checked before the nonce is spent, so a refused request can be
     // retried with the token.
@@ -162,6 +168,7 @@ async fn handle(
                 Json(json!({"thread": thread, "log": log, "deleted": true})),
             ))
         }
+        Action::Subscribe { .. } => unreachable!("refused before the nonce was spent"),
         Action::DeleteThread => {
             if state.store.log(&thread, &log).await?.is_none() {
                 return Err(ApiError::new(

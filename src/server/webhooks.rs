@@ -1,0 +1,429 @@
+//! Webhook deliveries, as the Standard Webhooks specification describes them.
+//!
+//! Deliveries are queued in the database by the transaction that stores their record, so none
+//! is lost. Each server process runs one worker: it claims due deliveries (a lease that no
+//! other worker, in any process, takes meanwhile), sends them with bounded concurrency, and
+//! records every attempt. A failure is retried after a doubling, jittered pause (or the
+//! receiver's longer `Retry-After`); a webhook failing too often in a row is disabled.
+//!
+//! Every request carries `webhook-id` (stable across retries), `webhook-timestamp` and
+//! `webhook-signature: v1,<base64 HMAC-SHA256(secret, id.timestamp.body)>`, so receivers verify
+//! it with the Standard Webhooks libraries. Addresses on loopback, private and link-local
+//! networks are refused unless the operator allows them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use rand_core::{OsRng, RngCore};
+use serde_json::json;
+use sha2::Sha256;
+use threads_store::{Attempt, AttemptResult, Delivery, Webhook};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use super::{now_ms, AppState};
+
+/// How often the worker looks for due deliveries when nothing wakes it sooner.
+const POLL: Duration = Duration::from_millis(250);
+/// Most deliveries claimed at once.
+const CLAIM_BATCH: usize = 256;
+
+/// A new webhook secret: `whsec_` and 32 random bytes in base64.
+pub fn new_secret() -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    format!("whsec_{}", B64.encode(bytes))
+}
+
+/// `v1,<signature>` of a message, as Standard Webhooks defines it.
+pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
+    let key = B64
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap_or_else(|_| secret.as_bytes().to_vec());
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
+}
+
+/// The pause before the next attempt after `attempts` failed ones: `base · 2^(attempts-1)`
+/// capped at `max`, times `jitter` (0.8–1.2, so retries of many deliveries spread out); a
+/// receiver's longer `Retry-After` wins, within `max`.
+pub fn retry_delay_ms(
+    attempts: u32,
+    base_ms: u64,
+    max_ms: u64,
+    retry_after_ms: Option<u64>,
+    jitter: f64,
+) -> u64 {
+    let doubled = base_ms.saturating_mul(1u64 << attempts.saturating_sub(1).min(32));
+    let delay = (doubled.min(max_ms) as f64 * jitter) as u64;
+    delay.max(retry_after_ms.unwrap_or(0).min(max_ms))
+}
+
+/// Whether a webhook may be sent to this address (any, when the operator allows private ones).
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_unique_local()
+                    || v6.is_unicast_link_local())
+            }
+        },
+    }
+}
+
+/// Checks a webhook URL as given: http(s), with a host; an address literal must be public
+/// (names are checked when resolved, at every delivery).
+pub fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "{url:?}: only http and https URLs receive webhooks"
+        ));
+    }
+    let ip = match parsed.host() {
+        None => return Err(format!("{url:?} has no host")),
+        Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+        Some(url::Host::Domain(_)) => None,
+    };
+    if let Some(ip) = ip.filter(|ip| !allow_private && !is_public(*ip)) {
+        return Err(format!(
+            "{ip} is a loopback, private or link-local address; this server does not deliver there"
+        ));
+    }
+    Ok(parsed)
+}
+
+/// Resolves names for deliveries, keeping only public addresses: a name cannot point a
+/// delivery at this server's own network (checked at connection time, so rebinding the name
+/// after the subscription was made does not help).
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await?
+                .filter(|a| is_public(a.ip()))
+                .collect();
+            if found.is_empty() {
+                return Err(format!(
+                    "{} has no public address; this server does not deliver to private networks",
+                    name.as_str()
+                )
+                .into());
+            }
+            Ok(Box::new(found.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Starts this process's delivery worker; it stops at shutdown.
+pub fn spawn(state: AppState) -> JoinHandle<()> {
+    tokio::spawn(run(state))
+}
+
+async fn run(state: AppState) {
+    let config = &state.config.webhooks;
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(config.timeout_secs))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("threads/", env!("CARGO_PKG_VERSION")));
+    if !config.allow_private_addresses {
+        builder = builder.dns_resolver(Arc::new(PublicOnly));
+    }
+    let http = builder.build().expect("an HTTP client builds");
+    let slots = Arc::new(Semaphore::new(config.concurrency));
+    // Long enough for a send (bounded by the timeout) and its bookkeeping; a crashed worker's
+    // deliveries are taken up again once it runs out.
+    let lease_ms = (config.timeout_secs as i64 + 5) * 1000;
+    let mut changes = state.store.changes();
+    loop {
+        let free = slots.available_permits().min(CLAIM_BATCH);
+        let claimed = if free == 0 {
+            Vec::new()
+        } else {
+            match state
+                .store
+                .claim_deliveries(now_ms(), lease_ms, free as u32)
+                .await
+            {
+                Ok(claimed) => claimed,
+                Err(error) => {
+                    tracing::warn!(%error, "claiming webhook deliveries failed");
+                    Vec::new()
+                }
+            }
+        };
+        let full = free > 0 && claimed.len() == free;
+        for (delivery, hook) in claimed {
+            let permit = slots.clone().acquire_owned().await.expect("never closed");
+            let (state, http) = (state.clone(), http.clone());
+            tokio::spawn(async move {
+                deliver(&state, &http, delivery, hook).await;
+                drop(permit);
+            });
+        }
+        if full {
+            continue;
+        }
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = changes.recv() => {}
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// Sends one delivery and records the attempt.
+async fn deliver(state: &AppState, http: &reqwest::Client, delivery: Delivery, hook: Webhook) {
+    let config = &state.config.webhooks;
+    let started = Instant::now();
+    let at_ms = now_ms();
+    let outcome = match payload(state, &delivery).await {
+        Ok(body) => {
+            send(
+                http,
+                &hook,
+                &delivery,
+                &body,
+                config.allow_private_addresses,
+            )
+            .await
+        }
+        Err(error) => Err((None, error, None)),
+    };
+    let duration_ms = started.elapsed().as_millis() as i64;
+    let (attempt, result) = match outcome {
+        Ok(status) => {
+            metrics::counter!("threads_webhook_deliveries_total", "outcome" => "delivered")
+                .increment(1);
+            (
+                Attempt {
+                    at_ms,
+                    status: Some(status),
+                    error: None,
+                    duration_ms,
+                },
+                AttemptResult::Delivered,
+            )
+        }
+        Err((status, error, retry_after_ms)) => {
+            metrics::counter!("threads_webhook_deliveries_total", "outcome" => "failed")
+                .increment(1);
+            let jitter = 0.8 + (OsRng.next_u32() as f64 / u32::MAX as f64) * 0.4;
+            let retry_ms = (delivery.attempts < config.max_attempts).then(|| {
+                at_ms
+                    + retry_delay_ms(
+                        delivery.attempts,
+                        config.retry_base_ms,
+                        config.retry_max_ms,
+                        retry_after_ms,
+                        jitter,
+                    ) as i64
+            });
+            tracing::info!(webhook = %hook.id, delivery = delivery.id, ?status, %error, "webhook delivery failed");
+            (
+                Attempt {
+                    at_ms,
+                    status,
+                    error: Some(error),
+                    duration_ms,
+                },
+                AttemptResult::Failed {
+                    retry_ms,
+                    disable_after: config.disable_after_failures,
+                },
+            )
+        }
+    };
+    if let Err(error) = state
+        .store
+        .finish_delivery(delivery.id, &attempt, &result)
+        .await
+    {
+        // The lease runs out and the delivery is sent again: at least once, never lost.
+        tracing::warn!(%error, delivery = delivery.id, "recording a webhook attempt failed");
+    }
+}
+
+/// The JSON body of a delivery: `{type, timestamp, data}`.
+async fn payload(state: &AppState, d: &Delivery) -> Result<Vec<u8>, String> {
+    let rfc3339 = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let body = if d.event == "webhook.test" {
+        json!({
+            "type": "webhook.test",
+            "timestamp": rfc3339(d.created_ms),
+            "data": {"webhook": d.webhook, "thread": d.thread.to_string()},
+        })
+    } else {
+        let record = state
+            .store
+            .records_by_thread(&d.thread, d.seq.saturating_sub(1), 1)
+            .await
+            .map_err(|e| format!("reading the record: {e}"))?
+            .into_iter()
+            .find(|r| r.seq == d.seq)
+            .ok_or("the record was deleted by its owner")?;
+        let mut data = json!({
+            "thread": record.thread.to_string(),
+            "log": record.log.to_string(),
+            "seq": record.seq,
+            "counter": record.counter,
+            "cid": record.cid.to_string(),
+            "arrived_ms": record.arrived_ms,
+            "href": format!(
+                "/v1/threads/{}/logs/{}/records?after={}&limit=1",
+                record.thread,
+                record.log,
+                record.counter - 1
+            ),
+        });
+        if record.byte_len() <= state.config.webhooks.inline_max_bytes {
+            let b = &record.blocks;
+            data["record"] = json!({
+                "record": B64.encode(&b.record),
+                "event": B64.encode(&b.event),
+                "header": B64.encode(&b.header),
+                "body": B64.encode(&b.body),
+            });
+        }
+        json!({"type": "record.created", "timestamp": rfc3339(record.arrived_ms), "data": data})
+    };
+    Ok(serde_json::to_vec(&body).expect("JSON serializes"))
+}
+
+type SendError = (Option<u16>, String, Option<u64>);
+
+/// Posts a signed delivery: the receiver's status on success (2xx), or why not, with its
+/// `Retry-After` in milliseconds.
+async fn send(
+    http: &reqwest::Client,
+    hook: &Webhook,
+    d: &Delivery,
+    body: &[u8],
+    allow_private: bool,
+) -> Result<u16, SendError> {
+    check_url(&hook.url, allow_private).map_err(|e| (None, e, None))?;
+    let id = format!("msg_{}", d.id);
+    let timestamp = now_ms() / 1000;
+    let response = http
+        .post(&hook.url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header(
+            "webhook-signature",
+            sign(&hook.secret, &id, timestamp, body),
+        )
+        .body(body.to_vec())
+        .send()
+        .await
+        .map_err(|e| (None, describe(&e), None))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(status.as_u16());
+    }
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|secs| secs * 1000);
+    Err((
+        Some(status.as_u16()),
+        format!("the receiver answered {status}"),
+        retry_after,
+    ))
+}
+
+/// A transport error with its causes, on one line.
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_double_up_to_the_cap_and_honour_retry_after() {
+        let delay = |n, ra| retry_delay_ms(n, 5_000, 3_600_000, ra, 1.0);
+        assert_eq!(delay(1, None), 5_000);
+        assert_eq!(delay(2, None), 10_000);
+        assert_eq!(delay(5, None), 80_000);
+        assert_eq!(delay(40, None), 3_600_000);
+        assert_eq!(delay(1, Some(60_000)), 60_000);
+        assert_eq!(delay(1, Some(10_000_000)), 3_600_000);
+        assert_eq!(retry_delay_ms(1, 5_000, 3_600_000, None, 0.8), 4_000);
+        assert_eq!(retry_delay_ms(1, 5_000, 3_600_000, None, 1.2), 6_000);
+    }
+
+    #[test]
+    fn private_networks_are_refused() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(check_url("http://127.0.0.1:9/hook", false).is_err());
+        assert!(check_url("http://127.0.0.1:9/hook", true).is_ok());
+        assert!(check_url("ftp://example.com/", true).is_err());
+        assert!(check_url("https://example.com/hook", false).is_ok());
+    }
+
+    /// The signature of the Standard Webhooks specification's own example.
+    #[test]
+    fn signatures_match_the_specification() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+}

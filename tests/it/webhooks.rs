@@ -1,0 +1,504 @@
+//! Webhooks against a real receiving HTTP server: Standard Webhooks signatures checked by the
+//! reference Python library, retries and Retry-After, disabling, replay, test events, secret
+//! rotation, the private-network guard, deliveries surviving a crash, and two servers on one
+//! Postgres never sending a delivery twice at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use rand_core::OsRng;
+use serde_json::{json, Value};
+use threads_core::auth::{Action, SignedRequest};
+use threads_store::testing::TestLog;
+
+use crate::harness::{now_ms, Backend, Server};
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+struct Received {
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+/// A scripted answer: a status and an optional `Retry-After`.
+type Answer = (u16, Option<&'static str>);
+
+/// A webhook receiver on 127.0.0.1: answers with the scripted statuses first (status,
+/// Retry-After), then 200, and keeps every request.
+#[derive(Clone)]
+struct Receiver {
+    url: String,
+    got: Arc<Mutex<Vec<Received>>>,
+    script: Arc<Mutex<Vec<Answer>>>,
+}
+
+impl Receiver {
+    async fn start(script: Vec<Answer>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let receiver = Receiver {
+            url,
+            got: Default::default(),
+            script: Arc::new(Mutex::new(script.into_iter().rev().collect())),
+        };
+        let state = receiver.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let state = state.clone();
+                async move {
+                    state.got.lock().unwrap().push(Received {
+                        headers: headers
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+                            .collect(),
+                        body: body.to_vec(),
+                    });
+                    match state.script.lock().unwrap().pop() {
+                        Some((status, retry_after)) => {
+                            let mut r = StatusCode::from_u16(status).unwrap().into_response();
+                            if let Some(secs) = retry_after {
+                                r.headers_mut().insert("retry-after", secs.parse().unwrap());
+                            }
+                            r
+                        }
+                        None => StatusCode::OK.into_response(),
+                    }
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        receiver
+    }
+
+    fn got(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits until `check` holds for what was received (up to 30 s).
+    async fn until(&self, what: &str, check: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        for _ in 0..3000 {
+            let got = self.got();
+            if check(&got) {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("waited 30 s for {what}; received {}", self.got().len());
+    }
+}
+
+fn body(r: &Received) -> Value {
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+/// Verifies a delivery with the Standard Webhooks reference library (Python).
+async fn verified_by_reference_library(secret: &str, r: &Received) -> bool {
+    let headers = json!({
+        "webhook-id": r.headers["webhook-id"],
+        "webhook-timestamp": r.headers["webhook-timestamp"],
+        "webhook-signature": r.headers["webhook-signature"],
+    });
+    let script = "import sys, json\n\
+        from standardwebhooks.webhooks import Webhook\n\
+        secret, headers, body = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]\n\
+        Webhook(secret).verify(body, headers)\n\
+        print('verified')";
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script, secret, &headers.to_string()])
+        .arg(String::from_utf8(r.body.clone()).unwrap())
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(
+        out.status.success() || !out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim() == "verified"
+}
+
+const FAST_RETRIES: [(&str, &str); 3] = [
+    ("THREADS_WEBHOOKS__ALLOW_PRIVATE_ADDRESSES", "true"),
+    ("THREADS_WEBHOOKS__RETRY_BASE_MS", "50"),
+    ("THREADS_WEBHOOKS__RETRY_MAX_MS", "200"),
+];
+
+/// A writer subscribes with a request signed by its log key.
+async fn subscribe(server: &Server, log: &TestLog, url: &str) -> Value {
+    let request = SignedRequest::sign(
+        &server.server_id().await,
+        &log.thread,
+        &log.pair,
+        Action::Subscribe {
+            url: url.to_owned(),
+            log: None,
+        },
+        now_ms(),
+        &mut OsRng,
+    );
+    let (status, created) = server.post("/v1/webhooks", &request).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    created
+}
+
+async fn with_secret(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    secret: &str,
+) -> (StatusCode, Value) {
+    let r = server
+        .http
+        .request(method, format!("{}{path}", server.url))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn deliveries_are_signed_retried_and_listed() {
+    let server = Server::start_with(Backend::Sqlite, &FAST_RETRIES).await;
+    // The first attempt fails with 500, the second with 503 and Retry-After, then 200.
+    let receiver = Receiver::start(vec![(500, None), (503, Some("1"))]).await;
+    let mut log = TestLog::new();
+    server.register(&log, true).await;
+    let hook = subscribe(&server, &log, &receiver.url).await;
+    let (id, secret) = (
+        hook["id"].as_str().unwrap(),
+        hook["secret"].as_str().unwrap(),
+    );
+    assert!(secret.starts_with("whsec_"));
+
+    let records: Vec<_> = (0..3).map(|_| log.next(100)).collect();
+    let batch: Vec<_> = records.iter().map(|r| (&log, r)).collect();
+    assert_eq!(server.push(&batch).await.0, StatusCode::OK);
+
+    // Two failures, then every record delivered.
+    let got = receiver
+        .until("3 records delivered after 2 failures", |g| g.len() >= 5)
+        .await;
+    let mut by_id: HashMap<String, Value> = HashMap::new();
+    for r in &got {
+        assert!(verified_by_reference_library(secret, r).await, "{r:?}");
+        by_id.insert(r.headers["webhook-id"].clone(), body(r));
+    }
+    assert_eq!(
+        by_id.len(),
+        3,
+        "one webhook-id per delivery, stable across retries"
+    );
+    for record in &records {
+        let payload = by_id
+            .values()
+            .find(|b| b["data"]["cid"] == record.cid().to_string())
+            .expect("each record delivered");
+        assert_eq!(payload["type"], "record.created");
+        assert_eq!(payload["data"]["log"], log.id.to_string());
+        let inline = &payload["data"]["record"]["body"];
+        let b64 = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            &record.blocks().body,
+        );
+        assert_eq!(inline.as_str().unwrap(), b64);
+    }
+    let (status, list) = with_secret(
+        &server,
+        reqwest::Method::GET,
+        &format!("/v1/webhooks/{id}/deliveries"),
+        secret,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let deliveries = list["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 3);
+    // Deliveries go out concurrently, so the two failures may fall on one or two of them:
+    // five attempts in all, each delivery ending with a 200.
+    let mut statuses: Vec<i64> = deliveries
+        .iter()
+        .flat_map(|d| d["attempts"].as_array().unwrap().clone())
+        .map(|a| a["status"].as_i64().unwrap())
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, vec![200, 200, 200, 500, 503]);
+    for d in deliveries {
+        assert_eq!(
+            d["attempts"].as_array().unwrap().last().unwrap()["status"],
+            200
+        );
+    }
+    assert!(deliveries.iter().all(|d| d["state"] == "delivered"));
+
+    // Wrong or missing credentials look like an unknown webhook.
+    let (status, _) = with_secret(
+        &server,
+        reqwest::Method::GET,
+        &format!("/v1/webhooks/{id}"),
+        "whsec_wrong",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A test event, signed with the rotated secret; the old secret no longer manages it.
+    let (status, rotated) = with_secret(
+        &server,
+        reqwest::Method::POST,
+        &format!("/v1/webhooks/{id}/rotate-secret"),
+        secret,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let new_secret = rotated["secret"].as_str().unwrap();
+    let (status, _) = with_secret(
+        &server,
+        reqwest::Method::POST,
+        &format!("/v1/webhooks/{id}/test"),
+        secret,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = with_secret(
+        &server,
+        reqwest::Method::POST,
+        &format!("/v1/webhooks/{id}/test"),
+        new_secret,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let got = receiver
+        .until("the test event", |g| {
+            g.iter().any(|r| body(r)["type"] == "webhook.test")
+        })
+        .await;
+    let test = got
+        .iter()
+        .find(|r| body(r)["type"] == "webhook.test")
+        .unwrap();
+    assert!(verified_by_reference_library(new_secret, test).await);
+    assert!(!verified_by_reference_library(secret, test).await);
+
+    // Replay from the start: every record again, with new delivery IDs.
+    let (status, replayed) = with_secret(
+        &server,
+        reqwest::Method::POST,
+        &format!("/v1/webhooks/{id}/replay"),
+        new_secret,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{replayed}");
+    assert_eq!(replayed["queued"], 3);
+    receiver
+        .until("the replay", |g| {
+            g.iter()
+                .filter(|r| body(r)["type"] == "record.created")
+                .map(|r| r.headers["webhook-id"].clone())
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                == 6
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn failing_endpoints_are_disabled_and_can_come_back() {
+    let mut env = FAST_RETRIES.to_vec();
+    env.push(("THREADS_WEBHOOKS__DISABLE_AFTER_FAILURES", "4"));
+    env.push(("THREADS_WEBHOOKS__MAX_ATTEMPTS", "3"));
+    let server = Server::start_with(Backend::Sqlite, &env).await;
+    let receiver = Receiver::start(vec![(500, None); 4]).await;
+    let mut log = TestLog::new();
+    server.register(&log, true).await;
+    let hook = subscribe(&server, &log, &receiver.url).await;
+    let (id, secret) = (
+        hook["id"].as_str().unwrap(),
+        hook["secret"].as_str().unwrap(),
+    );
+    let records: Vec<_> = (0..2).map(|_| log.next(10)).collect();
+    let batch: Vec<_> = records.iter().map(|r| (&log, r)).collect();
+    server.push(&batch).await;
+
+    // Four failures in a row: disabled, and it says why.
+    let mut shown = Value::Null;
+    for _ in 0..3000 {
+        shown = with_secret(
+            &server,
+            reqwest::Method::GET,
+            &format!("/v1/webhooks/{id}"),
+            secret,
+        )
+        .await
+        .1;
+        if !shown["disabled_ms"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let reason = shown["disabled_reason"].as_str().expect("disabled");
+    assert!(reason.contains("4 failed attempts in a row"), "{reason}");
+    let attempts_when_disabled = receiver.got().len();
+    assert_eq!(attempts_when_disabled, 4);
+    // Records arriving now are not queued for it, and nothing more is sent.
+    let more = log.next(10);
+    server.push(&[(&log, &more)]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.got().len(), attempts_when_disabled);
+
+    // Re-enabled (the receiver now answers 200): pending retries go out, and a replay brings
+    // what arrived while it was disabled.
+    let (status, _) = with_secret(
+        &server,
+        reqwest::Method::POST,
+        &format!("/v1/webhooks/{id}/enable"),
+        secret,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    with_secret(
+        &server,
+        reqwest::Method::POST,
+        &format!("/v1/webhooks/{id}/replay"),
+        secret,
+    )
+    .await;
+    let got = receiver
+        .until("all three records after re-enabling", |g| {
+            let cids: std::collections::HashSet<_> = g[4..]
+                .iter()
+                .map(|r| body(r)["data"]["cid"].as_str().unwrap().to_owned())
+                .collect();
+            cids.len() == 3
+        })
+        .await;
+    assert!(got.len() > 4);
+}
+
+#[tokio::test]
+async fn private_addresses_are_refused_unless_allowed() {
+    let server = Server::start(Backend::Sqlite).await;
+    let log = TestLog::new();
+    server.register(&log, true).await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://[::1]/hook",
+        "http://169.254.169.254/latest",
+        "http://10.0.0.1/hook",
+        "ftp://example.com/",
+        "not a url",
+    ] {
+        let request = SignedRequest::sign(
+            &server.server_id().await,
+            &log.thread,
+            &log.pair,
+            Action::Subscribe {
+                url: url.into(),
+                log: None,
+            },
+            now_ms(),
+            &mut OsRng,
+        );
+        let (status, body) = server.post("/v1/webhooks", &request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {body}");
+        assert_eq!(body["code"], "bad_webhook_url");
+    }
+    // A name is checked when it resolves, at each delivery: `localhost` is loopback.
+    let mut log = log;
+    let hook = subscribe(&server, &log, "http://localhost:9/hook").await;
+    let (id, secret) = (
+        hook["id"].as_str().unwrap(),
+        hook["secret"].as_str().unwrap(),
+    );
+    let record = log.next(10);
+    server.push(&[(&log, &record)]).await;
+    let mut error = Value::Null;
+    for _ in 0..3000 {
+        let list = with_secret(
+            &server,
+            reqwest::Method::GET,
+            &format!("/v1/webhooks/{id}/deliveries"),
+            secret,
+        )
+        .await
+        .1;
+        error = list["deliveries"][0]["attempts"][0]["error"].clone();
+        if !error.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        error.as_str().unwrap().contains("no public address"),
+        "{error}"
+    );
+}
+
+/// Deliveries queued before a crash are sent after the restart: none is lost.
+#[tokio::test]
+async fn no_delivery_is_lost_in_a_crash() {
+    let mut env = FAST_RETRIES.to_vec();
+    // Long retries: the failed ones wait past the crash.
+    env[1] = ("THREADS_WEBHOOKS__RETRY_BASE_MS", "1000");
+    env[2] = ("THREADS_WEBHOOKS__RETRY_MAX_MS", "1000");
+    // Deliveries claimed by the crashed process come back when their lease (timeout + 5 s)
+    // runs out.
+    env.push(("THREADS_WEBHOOKS__TIMEOUT_SECS", "1"));
+    let server = Server::start_with(Backend::Postgres, &env).await;
+    let receiver = Receiver::start(vec![(503, None); 20]).await;
+    let mut log = TestLog::new();
+    server.register(&log, true).await;
+    subscribe(&server, &log, &receiver.url).await;
+    let records: Vec<_> = (0..20).map(|_| log.next(10)).collect();
+    let batch: Vec<_> = records.iter().map(|r| (&log, r)).collect();
+    assert_eq!(server.push(&batch).await.0, StatusCode::OK);
+    receiver
+        .until("the first attempts", |g| g.len() >= 20)
+        .await;
+
+    let mut server = server;
+    server.kill9().await;
+    let restarted = Server::launch(server.database_url.clone(), &server.data_dir, &env).await;
+    let got = receiver
+        .until("every record delivered after the restart", |g| {
+            g[20..]
+                .iter()
+                .map(|r| body(r)["data"]["cid"].as_str().unwrap().to_owned())
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                == 20
+        })
+        .await;
+    assert!(got.len() >= 40);
+    drop(restarted);
+}
+
+/// Two servers on one Postgres share the queue: every delivery is sent, and none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_share_deliveries_without_sending_twice() {
+    let a = Server::start_with(Backend::Postgres, &FAST_RETRIES).await;
+    let b = Server::launch(a.database_url.clone(), &a.data_dir, &FAST_RETRIES).await;
+    let receiver = Receiver::start(vec![]).await;
+    let mut log = TestLog::new();
+    a.register(&log, true).await;
+    subscribe(&a, &log, &receiver.url).await;
+    const N: usize = 300;
+    let records: Vec<_> = (0..N).map(|_| log.next(10)).collect();
+    for (i, chunk) in records.chunks(50).enumerate() {
+        let batch: Vec<_> = chunk.iter().map(|r| (&log, r)).collect();
+        let server = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(server.push(&batch).await.0, StatusCode::OK);
+    }
+    let got = receiver.until("every delivery", |g| g.len() >= N).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = receiver.got().len().max(got.len());
+    let ids: std::collections::HashSet<String> = receiver
+        .got()
+        .iter()
+        .map(|r| r.headers["webhook-id"].clone())
+        .collect();
+    assert_eq!(ids.len(), N);
+    assert_eq!(got, N, "a delivery was sent twice");
+}
