@@ -11,6 +11,7 @@
 //! it with the Standard Webhooks libraries. Addresses on loopback, private and link-local
 //! networks are refused unless the operator allows them.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,16 +22,21 @@ use hmac::{Hmac, Mac};
 use rand_core::{OsRng, RngCore};
 use serde_json::json;
 use sha2::Sha256;
-use threads_store::{Attempt, AttemptResult, Delivery, Webhook};
-use tokio::sync::Semaphore;
+use threads_core::ThreadId;
+use threads_store::{Attempt, AttemptResult, Delivery, StoredRecord, Webhook};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::{now_ms, AppState};
 
-/// How often the worker looks for due deliveries when nothing wakes it sooner.
-const POLL: Duration = Duration::from_millis(250);
+/// How often the worker looks for due deliveries when nothing wakes it sooner: soon while
+/// there is work, rarely when idle.
+const POLL_BUSY: Duration = Duration::from_millis(10);
+const POLL_IDLE: Duration = Duration::from_millis(250);
 /// Most deliveries claimed at once.
 const CLAIM_BATCH: usize = 256;
+/// Most delivery outcomes written in one transaction.
+const RECORD_BATCH: usize = 500;
 
 /// A new webhook secret: `whsec_` and 32 random bytes in base64.
 pub fn new_secret() -> String {
@@ -157,60 +163,137 @@ async fn run(state: AppState) {
     // Long enough for a send (bounded by the timeout) and its bookkeeping; a crashed worker's
     // deliveries are taken up again once it runs out.
     let lease_ms = (config.timeout_secs as i64 + 5) * 1000;
+    // Outcomes are written in batches: one transaction for many deliveries.
+    let (done, outcomes) = mpsc::channel(config.concurrency.max(CLAIM_BATCH));
+    let recorder = tokio::spawn(record(state.clone(), outcomes));
     let mut changes = state.store.changes();
     loop {
-        let free = slots.available_permits().min(CLAIM_BATCH);
-        let claimed = if free == 0 {
-            Vec::new()
-        } else {
-            match state
-                .store
-                .claim_deliveries(now_ms(), lease_ms, free as u32)
-                .await
-            {
-                Ok(claimed) => claimed,
-                Err(error) => {
-                    tracing::warn!(%error, "claiming webhook deliveries failed");
-                    Vec::new()
-                }
+        // Claim only what can be sent now: wait for a free slot first.
+        let first = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            permit = slots.clone().acquire_owned() => permit.expect("never closed"),
+        };
+        let free = (slots.available_permits() + 1).min(CLAIM_BATCH);
+        let claimed = match state
+            .store
+            .claim_deliveries(now_ms(), lease_ms, free as u32)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::warn!(%error, "claiming webhook deliveries failed");
+                Vec::new()
             }
         };
-        let full = free > 0 && claimed.len() == free;
+        let full = claimed.len() == free;
+        let poll = if claimed.is_empty() {
+            POLL_IDLE
+        } else {
+            POLL_BUSY
+        };
+        let mut bodies = payloads(&state, &claimed).await;
+        let mut first = Some(first);
         for (delivery, hook) in claimed {
-            let permit = slots.clone().acquire_owned().await.expect("never closed");
-            let (state, http) = (state.clone(), http.clone());
+            let body = bodies
+                .remove(&delivery.id)
+                .unwrap_or_else(|| Err("no payload".into()));
+            let permit = match first.take() {
+                Some(permit) => permit,
+                None => slots.clone().acquire_owned().await.expect("never closed"),
+            };
+            let (state, http, done) = (state.clone(), http.clone(), done.clone());
             tokio::spawn(async move {
-                deliver(&state, &http, delivery, hook).await;
+                let outcome = deliver(&state, &http, &delivery, &hook, body).await;
                 drop(permit);
+                let _ = done.send(outcome).await;
             });
         }
+        drop(first);
         if full {
             continue;
         }
         tokio::select! {
-            _ = state.shutdown.cancelled() => return,
+            _ = state.shutdown.cancelled() => break,
             _ = changes.recv() => {}
-            _ = tokio::time::sleep(POLL) => {}
+            _ = tokio::time::sleep(poll) => {}
         }
+    }
+    drop(done);
+    let _ = recorder.await;
+}
+
+/// Writes delivery outcomes as they come, many per transaction. What is not written (the
+/// process dies first) is sent again when its lease runs out: at least once, never lost.
+async fn record(state: AppState, mut outcomes: mpsc::Receiver<Outcome>) {
+    let mut batch = Vec::new();
+    while let Some(first) = outcomes.recv().await {
+        batch.push(first);
+        while batch.len() < RECORD_BATCH {
+            match outcomes.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = state.store.finish_deliveries(&batch).await {
+            tracing::warn!(%error, deliveries = batch.len(), "recording webhook attempts failed");
+        }
+        batch.clear();
     }
 }
 
-/// Sends one delivery and records the attempt.
-async fn deliver(state: &AppState, http: &reqwest::Client, delivery: Delivery, hook: Webhook) {
+type Outcome = (i64, Attempt, AttemptResult);
+
+/// The JSON bodies of claimed deliveries, by delivery ID; records are read one query per
+/// thread.
+async fn payloads(
+    state: &AppState,
+    claimed: &[(Delivery, Webhook)],
+) -> HashMap<i64, Result<Vec<u8>, String>> {
+    let mut by_thread: HashMap<&ThreadId, Vec<u64>> = HashMap::new();
+    for (d, _) in claimed.iter().filter(|(d, _)| d.event == "record.created") {
+        by_thread.entry(&d.thread).or_default().push(d.seq);
+    }
+    let mut records: HashMap<(&ThreadId, u64), StoredRecord> = HashMap::new();
+    let mut failed: HashMap<&ThreadId, String> = HashMap::new();
+    for (thread, seqs) in by_thread {
+        match state.store.records_at(thread, &seqs).await {
+            Ok(found) => records.extend(found.into_iter().map(|r| ((thread, r.seq), r))),
+            Err(e) => {
+                failed.insert(thread, format!("reading the record: {e}"));
+            }
+        }
+    }
+    claimed
+        .iter()
+        .map(|(d, _)| {
+            let body = if d.event == "webhook.test" {
+                Ok(test_payload(d))
+            } else if let Some(error) = failed.get(&d.thread) {
+                Err(error.clone())
+            } else {
+                records
+                    .get(&(&d.thread, d.seq))
+                    .map(|r| record_payload(r, state.config.webhooks.inline_max_bytes))
+                    .ok_or_else(|| "the record was deleted by its owner".to_owned())
+            };
+            (d.id, body)
+        })
+        .collect()
+}
+
+/// Sends one delivery; says what to record of the attempt.
+async fn deliver(
+    state: &AppState,
+    http: &reqwest::Client,
+    delivery: &Delivery,
+    hook: &Webhook,
+    body: Result<Vec<u8>, String>,
+) -> Outcome {
     let config = &state.config.webhooks;
     let started = Instant::now();
     let at_ms = now_ms();
-    let outcome = match payload(state, &delivery).await {
-        Ok(body) => {
-            send(
-                http,
-                &hook,
-                &delivery,
-                &body,
-                config.allow_private_addresses,
-            )
-            .await
-        }
+    let outcome = match body {
+        Ok(body) => send(http, hook, delivery, &body, config.allow_private_addresses).await,
         Err(error) => Err((None, error, None)),
     };
     let duration_ms = started.elapsed().as_millis() as i64;
@@ -257,64 +340,53 @@ async fn deliver(state: &AppState, http: &reqwest::Client, delivery: Delivery, h
             )
         }
     };
-    if let Err(error) = state
-        .store
-        .finish_delivery(delivery.id, &attempt, &result)
-        .await
-    {
-        // The lease runs out and the delivery is sent again: at least once, never lost.
-        tracing::warn!(%error, delivery = delivery.id, "recording a webhook attempt failed");
-    }
+    (delivery.id, attempt, result)
 }
 
-/// The JSON body of a delivery: `{type, timestamp, data}`.
-async fn payload(state: &AppState, d: &Delivery) -> Result<Vec<u8>, String> {
-    let rfc3339 = |ms: i64| {
-        chrono::DateTime::from_timestamp_millis(ms)
-            .unwrap_or_default()
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-    };
-    let body = if d.event == "webhook.test" {
-        json!({
-            "type": "webhook.test",
-            "timestamp": rfc3339(d.created_ms),
-            "data": {"webhook": d.webhook, "thread": d.thread.to_string()},
-        })
-    } else {
-        let record = state
-            .store
-            .records_by_thread(&d.thread, d.seq.saturating_sub(1), 1)
-            .await
-            .map_err(|e| format!("reading the record: {e}"))?
-            .into_iter()
-            .find(|r| r.seq == d.seq)
-            .ok_or("the record was deleted by its owner")?;
-        let mut data = json!({
-            "thread": record.thread.to_string(),
-            "log": record.log.to_string(),
-            "seq": record.seq,
-            "counter": record.counter,
-            "cid": record.cid.to_string(),
-            "arrived_ms": record.arrived_ms,
-            "href": format!(
-                "/v1/threads/{}/logs/{}/records?after={}&limit=1",
-                record.thread,
-                record.log,
-                record.counter - 1
-            ),
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn test_payload(d: &Delivery) -> Vec<u8> {
+    let body = json!({
+        "type": "webhook.test",
+        "timestamp": rfc3339(d.created_ms),
+        "data": {"webhook": d.webhook, "thread": d.thread.to_string()},
+    });
+    serde_json::to_vec(&body).expect("JSON serializes")
+}
+
+/// `{type, timestamp, data}` for a stored record: where it is, how to pull it, and (up to
+/// `inline_max` bytes) its four encrypted nodes.
+fn record_payload(record: &StoredRecord, inline_max: usize) -> Vec<u8> {
+    let mut data = json!({
+        "thread": record.thread.to_string(),
+        "log": record.log.to_string(),
+        "seq": record.seq,
+        "counter": record.counter,
+        "cid": record.cid.to_string(),
+        "arrived_ms": record.arrived_ms,
+        "href": format!(
+            "/v1/threads/{}/logs/{}/records?after={}&limit=1",
+            record.thread,
+            record.log,
+            record.counter - 1
+        ),
+    });
+    if record.byte_len() <= inline_max {
+        let b = &record.blocks;
+        data["record"] = json!({
+            "record": B64.encode(&b.record),
+            "event": B64.encode(&b.event),
+            "header": B64.encode(&b.header),
+            "body": B64.encode(&b.body),
         });
-        if record.byte_len() <= state.config.webhooks.inline_max_bytes {
-            let b = &record.blocks;
-            data["record"] = json!({
-                "record": B64.encode(&b.record),
-                "event": B64.encode(&b.event),
-                "header": B64.encode(&b.header),
-                "body": B64.encode(&b.body),
-            });
-        }
-        json!({"type": "record.created", "timestamp": rfc3339(record.arrived_ms), "data": data})
-    };
-    Ok(serde_json::to_vec(&body).expect("JSON serializes"))
+    }
+    let body =
+        json!({"type": "record.created", "timestamp": rfc3339(record.arrived_ms), "data": data});
+    serde_json::to_vec(&body).expect("JSON serializes")
 }
 
 type SendError = (Option<u16>, String, Option<u64>);

@@ -1089,24 +1089,16 @@ macro_rules! impl_store {
                 lease_ms: i64,
                 limit: u32,
             ) -> $crate::Result<Vec<($crate::model::Delivery, $crate::model::Webhook)>> {
-                let mut tx = self.write.begin().await?;
-                let ids: Vec<(i64,)> = sqlx::query_as(<$store>::CLAIM_DELIVERIES)
+                let sql = format!("{} RETURNING {}", <$store>::CLAIM_DELIVERIES, $crate::ingest::DELIVERY_COLUMNS);
+                let rows: Vec<$crate::ingest::DeliveryRow> = sqlx::query_as(&sql)
                     .bind(now_ms)
                     .bind(now_ms + lease_ms)
                     .bind(i64::from(limit))
-                    .fetch_all(&mut *tx)
+                    .fetch_all(&self.write)
                     .await?;
-                tx.commit().await?;
-                let mut out = Vec::with_capacity(ids.len());
+                let mut out = Vec::with_capacity(rows.len());
                 let mut hooks: std::collections::HashMap<String, $crate::model::Webhook> = Default::default();
-                for (id,) in ids {
-                    let row: $crate::ingest::DeliveryRow = sqlx::query_as(&format!(
-                        "SELECT {} FROM deliveries WHERE id = $1",
-                        $crate::ingest::DELIVERY_COLUMNS
-                    ))
-                    .bind(id)
-                    .fetch_one(&self.write)
-                    .await?;
+                for row in rows {
                     let delivery = row.into_delivery()?;
                     let hook = match hooks.get(&delivery.webhook) {
                         Some(h) => h.clone(),
@@ -1128,80 +1120,106 @@ macro_rules! impl_store {
                 Ok(out)
             }
 
-            async fn finish_delivery(
+            async fn finish_deliveries(
                 &self,
-                id: i64,
-                attempt: &$crate::model::Attempt,
-                result: &$crate::model::AttemptResult,
+                results: &[(i64, $crate::model::Attempt, $crate::model::AttemptResult)],
             ) -> $crate::Result<()> {
                 use $crate::model::AttemptResult;
                 let mut tx = self.write.begin().await?;
-                sqlx::query(
-                    "INSERT INTO delivery_attempts (delivery_id, at, status, error, duration_ms) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(id)
-                .bind(attempt.at_ms)
-                .bind(attempt.status.map(i32::from))
-                .bind(&attempt.error)
-                .bind(attempt.duration_ms)
-                .execute(&mut *tx)
-                .await?;
-                let (state, next) = match result {
-                    AttemptResult::Delivered => ("delivered", attempt.at_ms),
-                    AttemptResult::Failed { retry_ms: Some(at), .. } => ("pending", *at),
-                    AttemptResult::Failed { retry_ms: None, .. } => ("failed", attempt.at_ms),
-                };
-                let hook: Option<(String,)> = sqlx::query_as(
-                    "UPDATE deliveries SET state = $2, next_at = $3, leased_until = 0, last_status = $4, \
-                     last_error = $5, delivered_at = CASE WHEN $2 = 'delivered' THEN $6 ELSE delivered_at END \
-                     WHERE id = $1 RETURNING webhook_id",
-                )
-                .bind(id)
-                .bind(state)
-                .bind(next)
-                .bind(attempt.status.map(i32::from))
-                .bind(&attempt.error)
-                .bind(attempt.at_ms)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((hook,)) = hook else {
-                    // Deleted meanwhile, with its webhook.
-                    return Ok(());
-                };
-                match result {
-                    AttemptResult::Delivered => {
-                        sqlx::query("UPDATE webhooks SET failures = 0 WHERE id = $1")
+                for (id, attempt, result) in results {
+                    let id = *id;
+                    sqlx::query(
+                        "INSERT INTO delivery_attempts (delivery_id, at, status, error, duration_ms) VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(id)
+                    .bind(attempt.at_ms)
+                    .bind(attempt.status.map(i32::from))
+                    .bind(&attempt.error)
+                    .bind(attempt.duration_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                    let (state, next) = match result {
+                        AttemptResult::Delivered => ("delivered", attempt.at_ms),
+                        AttemptResult::Failed { retry_ms: Some(at), .. } => ("pending", *at),
+                        AttemptResult::Failed { retry_ms: None, .. } => ("failed", attempt.at_ms),
+                    };
+                    let hook: Option<(String,)> = sqlx::query_as(
+                        "UPDATE deliveries SET state = $2, next_at = $3, leased_until = 0, last_status = $4, \
+                         last_error = $5, delivered_at = CASE WHEN $2 = 'delivered' THEN $6 ELSE delivered_at END \
+                         WHERE id = $1 RETURNING webhook_id",
+                    )
+                    .bind(id)
+                    .bind(state)
+                    .bind(next)
+                    .bind(attempt.status.map(i32::from))
+                    .bind(&attempt.error)
+                    .bind(attempt.at_ms)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some((hook,)) = hook else {
+                        // Deleted meanwhile, with its webhook.
+                        continue;
+                    };
+                    match result {
+                        AttemptResult::Delivered => {
+                            // Only when there is something to reset: a webhook's row is not
+                            // written by every one of its successful deliveries.
+                            sqlx::query("UPDATE webhooks SET failures = 0 WHERE id = $1 AND failures > 0")
+                                .bind(&hook)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        AttemptResult::Failed { disable_after, .. } => {
+                            sqlx::query("UPDATE webhooks SET failures = failures + 1 WHERE id = $1")
+                                .bind(&hook)
+                                .execute(&mut *tx)
+                                .await?;
+                            let reason = format!(
+                                "disabled after {disable_after} failed attempts in a row; the last: {}",
+                                attempt
+                                    .error
+                                    .clone()
+                                    .or(attempt.status.map(|s| format!("HTTP {s}")))
+                                    .unwrap_or_default()
+                            );
+                            sqlx::query(
+                                "UPDATE webhooks SET disabled_at = $2, disabled_reason = $3 \
+                                 WHERE id = $1 AND failures >= $4 AND disabled_at IS NULL",
+                            )
                             .bind(&hook)
+                            .bind(attempt.at_ms)
+                            .bind(reason)
+                            .bind(*disable_after as i64)
                             .execute(&mut *tx)
                             .await?;
-                    }
-                    AttemptResult::Failed { disable_after, .. } => {
-                        sqlx::query("UPDATE webhooks SET failures = failures + 1 WHERE id = $1")
-                            .bind(&hook)
-                            .execute(&mut *tx)
-                            .await?;
-                        let reason = format!(
-                            "disabled after {disable_after} failed attempts in a row; the last: {}",
-                            attempt
-                                .error
-                                .clone()
-                                .or(attempt.status.map(|s| format!("HTTP {s}")))
-                                .unwrap_or_default()
-                        );
-                        sqlx::query(
-                            "UPDATE webhooks SET disabled_at = $2, disabled_reason = $3 \
-                             WHERE id = $1 AND failures >= $4 AND disabled_at IS NULL",
-                        )
-                        .bind(&hook)
-                        .bind(attempt.at_ms)
-                        .bind(reason)
-                        .bind(*disable_after as i64)
-                        .execute(&mut *tx)
-                        .await?;
+                        }
                     }
                 }
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn records_at(
+                &self,
+                thread: &threads_core::ThreadId,
+                seqs: &[u64],
+            ) -> $crate::Result<Vec<$crate::model::StoredRecord>> {
+                let mut out = Vec::with_capacity(seqs.len());
+                for chunk in seqs.chunks(500) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(format!(
+                        "SELECT {} FROM records WHERE thread_id = ",
+                        $crate::ingest::RECORD_COLUMNS
+                    ));
+                    q.push_bind(thread.as_bytes()).push(" AND seq IN (");
+                    let mut sep = q.separated(", ");
+                    for seq in chunk {
+                        sep.push_bind(*seq as i64);
+                    }
+                    sep.push_unseparated(")");
+                    let rows: Vec<$crate::ingest::RecordRow> = q.build_query_as().fetch_all(&self.read).await?;
+                    out.extend($crate::ingest::into_stored(thread, rows)?);
+                }
+                Ok(out)
             }
 
             fn changes(&self) -> tokio::sync::broadcast::Receiver<$crate::Change> {

@@ -154,14 +154,11 @@ pub trait Store: Send + Sync + 'static {
         lease_ms: i64,
         limit: u32,
     ) -> Result<Vec<(Delivery, Webhook)>>;
-    /// Records an attempt's outcome: delivered, to retry, or failed for good; counts the
-    /// webhook's failures in a row and disables it past the limit.
-    async fn finish_delivery(
-        &self,
-        id: i64,
-        attempt: &Attempt,
-        result: &AttemptResult,
-    ) -> Result<()>;
+    /// Records attempts' outcomes, in one transaction: delivered, to retry, or failed for
+    /// good; counts each webhook's failures in a row and disables it past the limit.
+    async fn finish_deliveries(&self, results: &[(i64, Attempt, AttemptResult)]) -> Result<()>;
+    /// The records of a thread at these sequence numbers (those that still exist).
+    async fn records_at(&self, thread: &ThreadId, seqs: &[u64]) -> Result<Vec<StoredRecord>>;
 
     /// Record changes from every process sharing this database.
     fn changes(&self) -> broadcast::Receiver<Change>;

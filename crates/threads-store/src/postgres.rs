@@ -88,10 +88,12 @@ async fn listen(mut listener: PgListener, changes: broadcast::Sender<Change>) {
 impl PgStore {
     /// Claims due deliveries; `SKIP LOCKED` lets processes sharing the database claim at once
     /// without waiting on, or taking, each other's rows.
+    /// (The caller appends `RETURNING` and the delivery columns.)
     const CLAIM_DELIVERIES: &'static str = "UPDATE deliveries SET leased_until = $2, attempts = attempts + 1 \
-        WHERE id IN (SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+        WHERE id IN (SELECT d.id FROM deliveries d \
         WHERE d.state = 'pending' AND d.next_at <= $1 AND d.leased_until <= $1 \
-        AND w.disabled_at IS NULL ORDER BY d.next_at LIMIT $3 FOR UPDATE OF d SKIP LOCKED) RETURNING id";
+        AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.disabled_at IS NOT NULL) \
+        ORDER BY d.next_at LIMIT $3 FOR UPDATE SKIP LOCKED)";
 }
 
 crate::ingest::impl_store!(PgStore, sqlx::Postgres);

@@ -97,11 +97,12 @@ impl SqliteStore {
 
 impl SqliteStore {
     /// Claims due deliveries (one writer connection: no two claims run at once).
-    const CLAIM_DELIVERIES: &'static str =
-        "UPDATE deliveries SET leased_until = $2, attempts = attempts + 1 \
-        WHERE id IN (SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+    /// (The caller appends `RETURNING` and the delivery columns.)
+    const CLAIM_DELIVERIES: &'static str = "UPDATE deliveries SET leased_until = $2, attempts = attempts + 1 \
+        WHERE id IN (SELECT d.id FROM deliveries d \
         WHERE d.state = 'pending' AND d.next_at <= $1 AND d.leased_until <= $1 \
-        AND w.disabled_at IS NULL ORDER BY d.next_at LIMIT $3) RETURNING id";
+        AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.disabled_at IS NOT NULL) \
+        ORDER BY d.next_at LIMIT $3)";
 }
 
 crate::ingest::impl_store!(SqliteStore, sqlx::Sqlite);

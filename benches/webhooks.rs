@@ -1,0 +1,213 @@
+//! Webhook benchmark: prints how many deliveries per second reach a local receiver across 50
+//! endpoints, and the ingest rate while they flow.
+//!
+//! ```text
+//! cargo bench --bench webhooks                # Postgres (THREADS_TEST_PG) if set, else SQLite
+//! ```
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rand_core::OsRng;
+use serde_json::{json, Value};
+use threads_core::auth::{Action, SignedRequest};
+use threads_core::{Keypair, LogId, ThreadId, ThreadKey, Variant, VerifiedRecord};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+/// As the target is stated: 50 endpoints. One thread per endpoint, 20 logs per thread
+/// (1,000 logs), 1 KiB bodies.
+const ENDPOINTS: usize = 50;
+const LOGS_PER_THREAD: usize = 20;
+const BODY: usize = 1024;
+/// 20 records per log: 20,000 records, each delivered once.
+const RECORDS_PER_LOG: usize = 20;
+/// Pushed as in the follower benchmark: batches of 500 by 4 pushers.
+const BATCH: usize = 500;
+const PUSHERS: usize = 4;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = match std::env::var_os(threads_store::testing::POSTGRES_ENV) {
+        Some(_) => Some(threads_store::testing::fresh_postgres_database().await),
+        None => None,
+    };
+    let backend = if database_url.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+
+    // The receiver: counts deliveries per endpoint path.
+    let received = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = format!("http://{}", listener.local_addr().unwrap());
+    let counter = received.clone();
+    let app = axum::Router::new().route(
+        "/hook/{n}",
+        axum::routing::post(move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::Relaxed);
+                "ok"
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_threads"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .env("THREADS_WEBHOOKS__ALLOW_PRIVATE_ADDRESSES", "true")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(url) = &database_url {
+        cmd.arg("--database-url").arg(url);
+    }
+    let mut server = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next_line().await.unwrap().unwrap();
+        if let Some(url) = line.strip_prefix("listening on ") {
+            break url.to_owned();
+        }
+    };
+    let http = reqwest::Client::new();
+    let server_id: Value = http
+        .get(format!("{url}/v1/server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let server_id = server_id["server_id"].as_str().unwrap().to_owned();
+
+    // Threads, logs and records, built and signed before any clock starts.
+    let author = Keypair::generate(&mut OsRng).public();
+    let body = serde_ipld_dagcbor::to_vec(&ipld_core::ipld::Ipld::Bytes(vec![7u8; BODY])).unwrap();
+    let mut batches: Vec<Vec<Value>> = Vec::new();
+    for n in 0..ENDPOINTS {
+        let thread = ThreadId::random(Variant::Raw, &mut OsRng);
+        let keys = ThreadKey::random(&mut OsRng);
+        let mut items = Vec::new();
+        let mut logs = Vec::new();
+        for l in 0..LOGS_PER_THREAD {
+            let pair = Keypair::generate(&mut OsRng);
+            let sign = |action| {
+                SignedRequest::sign(&server_id, &thread, &pair, action, now_ms(), &mut OsRng)
+            };
+            let r = http
+                .post(format!("{url}/v1/registrations"))
+                .json(&sign(Action::Register {
+                    follow_key: keys.follow_only().to_multibase().to_string(),
+                    addrs: vec![],
+                    public: true,
+                }))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+            if l == 0 {
+                let r = http
+                    .post(format!("{url}/v1/webhooks"))
+                    .json(&sign(Action::Subscribe {
+                        url: format!("{receiver}/hook/{n}"),
+                        log: None,
+                    }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+            }
+            logs.push(pair);
+        }
+        let mut heads = vec![None; LOGS_PER_THREAD];
+        for _ in 0..RECORDS_PER_LOG {
+            for (l, pair) in logs.iter().enumerate() {
+                let r = VerifiedRecord::create(&body, &keys, pair, &author, heads[l], &mut OsRng)
+                    .unwrap();
+                heads[l] = Some(r.cid());
+                let b = r.blocks();
+                items.push(json!({
+                    "thread": thread.to_string(), "log": LogId::from(pair.public()).to_string(),
+                    "record": B64.encode(&b.record), "event": B64.encode(&b.event),
+                    "header": B64.encode(&b.header), "body": B64.encode(&b.body),
+                }));
+            }
+        }
+        for chunk in items.chunks(BATCH) {
+            batches.push(chunk.to_vec());
+        }
+    }
+    let total = ENDPOINTS * LOGS_PER_THREAD * RECORDS_PER_LOG;
+    let per_thread = batches.len() / ENDPOINTS;
+    let batches: Arc<Vec<String>> = Arc::new(
+        batches
+            .into_iter()
+            .map(|b| json!({ "records": b }).to_string())
+            .collect(),
+    );
+
+    println!(
+        "webhook benchmark ({backend}): {ENDPOINTS} endpoints, {total} records of {BODY} B, one delivery each"
+    );
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..PUSHERS {
+        let (http, url, batches, next) = (http.clone(), url.clone(), batches.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let t = next.fetch_add(1, Ordering::Relaxed);
+                if t >= ENDPOINTS {
+                    break;
+                }
+                for batch in &batches[t * per_thread..(t + 1) * per_thread] {
+                    let r = http
+                        .post(format!("{url}/v1/records"))
+                        .header("content-type", "application/json")
+                        .body(batch.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success());
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let ingest = started.elapsed().as_secs_f64();
+    let at_ingest_end = received.load(Ordering::Relaxed);
+    while received.load(Ordering::Relaxed) < total {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "deliveries stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let all = started.elapsed().as_secs_f64();
+    println!(
+        "ingest while delivering: {total} records in {ingest:.2} s = {:.0} records/s ({at_ingest_end} delivered by then)",
+        total as f64 / ingest
+    );
+    println!(
+        "deliveries: {total} in {all:.2} s from the first push = {:.0} deliveries/s",
+        total as f64 / all
+    );
+}
