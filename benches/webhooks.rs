@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench webhooks                # Postgres (THREADS_TEST_PG) if set, else SQLite
+//! cargo bench --bench webhooks -- baseline    # the same ingest without webhooks
 //! ```
 
 use std::process::Stdio;
@@ -39,6 +40,8 @@ fn now_ms() -> i64 {
 
 #[tokio::main]
 async fn main() {
+    // `baseline`: the same ingest with no webhook, for comparison.
+    let baseline = std::env::args().any(|a| a == "baseline");
     let dir = tempfile::tempdir().unwrap();
     let database_url = match std::env::var_os(threads_store::testing::POSTGRES_ENV) {
         Some(_) => Some(threads_store::testing::fresh_postgres_database().await),
@@ -121,7 +124,7 @@ async fn main() {
                 .await
                 .unwrap();
             assert!(r.status().is_success());
-            if l == 0 {
+            if l == 0 && !baseline {
                 let r = http
                     .post(format!("{url}/v1/webhooks"))
                     .json(&sign(Action::Subscribe {
@@ -194,6 +197,13 @@ async fn main() {
     }
     let ingest = started.elapsed().as_secs_f64();
     let at_ingest_end = received.load(Ordering::Relaxed);
+    if baseline {
+        println!(
+            "ingest without webhooks: {total} records in {ingest:.2} s = {:.0} records/s",
+            total as f64 / ingest
+        );
+        return;
+    }
     while received.load(Ordering::Relaxed) < total {
         assert!(
             started.elapsed() < Duration::from_secs(300),
