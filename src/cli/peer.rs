@@ -164,6 +164,19 @@ impl Peer {
         bar
     }
 
+    /// Pushes the thread to its followers, with a progress bar.
+    async fn push(&self, client: &Client, thread: &ThreadId) -> anyhow::Result<u64> {
+        let bar = self.progress("push");
+        let pushed = client
+            .push(thread, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await?;
+        bar.finish_and_clear();
+        Ok(pushed)
+    }
+
     async fn execute(&self, command: Command) -> anyhow::Result<Value> {
         let home = self.home()?;
         let client = Client::open(&home)
@@ -257,31 +270,13 @@ impl Peer {
             }
             Command::Follower(FollowerCommand::Add { thread, url, token }) => {
                 client.add_follower(&thread, &url, token.as_deref()).await?;
-                let bar = self.progress("push");
-                let pushed = client
-                    .push(&thread, |done, total| {
-                        bar.set_length(total);
-                        bar.set_position(done);
-                    })
-                    .await?;
-                bar.finish_and_clear();
-                json!({"follower": url, "pushed": pushed})
+                json!({"follower": url, "pushed": self.push(&client, &thread).await?})
             }
             Command::Follower(FollowerCommand::Remove { thread, url }) => {
                 client.remove_follower(&thread, &url).await?;
                 json!({"removed": url})
             }
-            Command::Push { thread } => {
-                let bar = self.progress("push");
-                let pushed = client
-                    .push(&thread, |done, total| {
-                        bar.set_length(total);
-                        bar.set_position(done);
-                    })
-                    .await?;
-                bar.finish_and_clear();
-                json!({"pushed": pushed})
-            }
+            Command::Push { thread } => json!({"pushed": self.push(&client, &thread).await?}),
             Command::Pull { thread } => {
                 let bar = self.progress("pull");
                 let pulled = client.pull(&thread, |n| bar.set_position(n)).await?;

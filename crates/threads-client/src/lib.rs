@@ -185,6 +185,17 @@ impl Client {
         Ok(())
     }
 
+    /// The logs of a thread the local store holds.
+    async fn known_logs(&self, thread: &ThreadId) -> Result<HashSet<LogId>> {
+        Ok(self
+            .store
+            .logs(thread)
+            .await?
+            .into_iter()
+            .map(|l| l.log)
+            .collect())
+    }
+
     async fn register_locally(&self, entry: &ThreadEntry, log: &LogId) -> Result<()> {
         let registration = Registration {
             thread: entry.thread.clone(),
@@ -401,13 +412,7 @@ impl Client {
     pub async fn pull(&self, thread: &ThreadId, mut progress: impl FnMut(u64)) -> Result<u64> {
         let mut entry = self.keys.thread(thread)?;
         let mut fresh = 0;
-        let mut known: HashSet<LogId> = self
-            .store
-            .logs(thread)
-            .await?
-            .into_iter()
-            .map(|l| l.log)
-            .collect();
+        let mut known = self.known_logs(thread).await?;
         for i in 0..entry.followers.len() {
             let server = FollowerClient::new(&entry.followers[i].url)?;
             let service = entry.key.service().clone();
@@ -504,13 +509,7 @@ impl Client {
             });
             self.keys.save(&entry)?;
         }
-        let mut known: HashSet<LogId> = self
-            .store
-            .logs(thread)
-            .await?
-            .into_iter()
-            .map(|l| l.log)
-            .collect();
+        let mut known = self.known_logs(thread).await?;
         let mut pause = FIRST_BACKOFF;
         loop {
             self.pull(thread, |_| {}).await.or_else(|e| match e {
@@ -678,13 +677,7 @@ impl Client {
                 }
             }
             for (entry, list) in by_thread {
-                let mut known: HashSet<LogId> = self
-                    .store
-                    .logs(&entry.thread)
-                    .await?
-                    .into_iter()
-                    .map(|l| l.log)
-                    .collect();
+                let mut known = self.known_logs(&entry.thread).await?;
                 let service = entry.key.service();
                 let checked = verify_batch(
                     list.iter().map(|r| (r.blocks.clone(), service, &r.log)),

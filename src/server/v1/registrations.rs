@@ -57,6 +57,28 @@ fn checked_addrs(addrs: &[String]) -> ApiResult<Vec<String>> {
         .collect()
 }
 
+/// Spends a signed request's nonce: a request is honoured once. Call it last, once every other
+/// check has passed, so that a refused request can be corrected and sent again.
+pub(super) async fn spend_nonce(
+    state: &AppState,
+    payload: &threads_core::auth::RequestPayload,
+    now: i64,
+) -> ApiResult<()> {
+    let expires = payload.timestamp_ms + REQUEST_WINDOW_MS;
+    if !state
+        .store
+        .use_nonce(payload.nonce.as_bytes(), expires, now)
+        .await?
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "replayed",
+            "this request was already used",
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn request_error(error: RequestError) -> ApiError {
     let status = match error {
         RequestError::Payload(_) | RequestError::SignatureEncoding => StatusCode::BAD_REQUEST,
@@ -125,18 +147,7 @@ async fn handle(
         }),
         _ => None,
     };
-    let expires = payload.timestamp_ms + REQUEST_WINDOW_MS;
-    if !state
-        .store
-        .use_nonce(payload.nonce.as_bytes(), expires, now)
-        .await?
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "replayed",
-            "this request was already used",
-        ));
-    }
+    spend_nonce(&state, &payload, now).await?;
 
     match payload.action {
         Action::Register { .. } => {

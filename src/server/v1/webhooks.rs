@@ -13,7 +13,7 @@ use rand_core::{OsRng, RngCore};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use threads_core::auth::{Action, SignedRequest, REQUEST_WINDOW_MS};
+use threads_core::auth::{Action, SignedRequest};
 use threads_core::{LogId, ThreadId};
 use threads_store::{StoreError, Webhook};
 
@@ -88,7 +88,7 @@ async fn create(
         let payload = request
             .verify(&state.server_id, now)
             .map_err(super::registrations::request_error)?;
-        let Action::Subscribe { url, log } = payload.action else {
+        let Action::Subscribe { url, log } = payload.action.clone() else {
             return Err(ApiError::bad_request(
                 "bad_action",
                 "this endpoint takes subscribe requests",
@@ -107,18 +107,7 @@ async fn create(
             ));
         }
         check(&state, &url, log.as_deref())?;
-        let expires = payload.timestamp_ms + REQUEST_WINDOW_MS;
-        if !state
-            .store
-            .use_nonce(payload.nonce.as_bytes(), expires, now)
-            .await?
-        {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "replayed",
-                "this request was already used",
-            ));
-        }
+        super::registrations::spend_nonce(&state, &payload, now).await?;
         (payload.thread, log, url)
     };
     let log = check(&state, &url, log.as_deref())?;
