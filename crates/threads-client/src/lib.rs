@@ -530,7 +530,9 @@ impl Client {
                 .followers
                 .iter()
                 .position(|f| f.url == url)
-                .expect("the follower was saved");
+                .ok_or_else(|| {
+                    Error::BadUrl(format!("{url} was removed from the thread's followers"))
+                })?;
             let mut emit = |event: Event| {
                 after = after.max(event.seq);
                 on_event(event)

@@ -70,14 +70,14 @@ async fn create(
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let now = now_ms();
-    let (thread, log, url) = if is_admin(&state, &headers) {
+    let (thread, log, url, signed) = if is_admin(&state, &headers) {
         let r: OperatorRequest = serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_request(
                 "bad_request",
                 format!("expected {{thread, log?, url}}: {e}"),
             )
         })?;
-        (parse_thread(&r.thread)?, r.log, r.url)
+        (parse_thread(&r.thread)?, r.log, r.url, None)
     } else {
         let request: SignedRequest = serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_request(
@@ -106,11 +106,13 @@ async fn create(
                 "only a log registered in the thread may subscribe to it",
             ));
         }
-        check(&state, &url, log.as_deref())?;
-        super::registrations::spend_nonce(&state, &payload, now).await?;
-        (payload.thread, log, url)
+        (payload.thread.clone(), log, url, Some(payload))
     };
     let log = check(&state, &url, log.as_deref())?;
+    // Last, once everything else is known to be right: a refused request can be sent again.
+    if let Some(payload) = &signed {
+        super::registrations::spend_nonce(&state, payload, now).await?;
+    }
     let mut id = [0u8; 12];
     OsRng.fill_bytes(&mut id);
     let hook = Webhook {
