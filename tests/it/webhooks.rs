@@ -127,9 +127,9 @@ const FAST_RETRIES: [(&str, &str); 3] = [
     ("THREADS_WEBHOOKS__RETRY_MAX_MS", "200"),
 ];
 
-/// A writer subscribes with a request signed by its log key.
-async fn subscribe(server: &Server, log: &TestLog, url: &str) -> Value {
-    let request = SignedRequest::sign(
+/// A `subscribe` request signed by the log's key.
+async fn subscribe_request(server: &Server, log: &TestLog, url: &str) -> SignedRequest {
+    SignedRequest::sign(
         &server.server_id().await,
         &log.thread,
         &log.pair,
@@ -139,7 +139,12 @@ async fn subscribe(server: &Server, log: &TestLog, url: &str) -> Value {
         },
         now_ms(),
         &mut OsRng,
-    );
+    )
+}
+
+/// A writer subscribes with a request signed by its log key.
+async fn subscribe(server: &Server, log: &TestLog, url: &str) -> Value {
+    let request = subscribe_request(server, log, url).await;
     let (status, created) = server.post("/v1/webhooks", &request).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     created
@@ -302,6 +307,61 @@ async fn deliveries_are_signed_retried_and_listed() {
                 == 6
         })
         .await;
+
+    // Deleted: gone for its secret too.
+    let path = format!("/v1/webhooks/{id}");
+    let (status, _) = with_secret(&server, reqwest::Method::DELETE, &path, new_secret).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = with_secret(&server, reqwest::Method::GET, &path, new_secret).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// A writer who deletes its log takes that log's deliveries with it: none is left to fail
+/// (and count toward disabling the webhook) for a record that no longer exists.
+#[tokio::test]
+async fn unregistering_a_log_drops_its_deliveries() {
+    let env = [
+        FAST_RETRIES[0],
+        ("THREADS_WEBHOOKS__RETRY_BASE_MS", "60000"),
+        ("THREADS_WEBHOOKS__RETRY_MAX_MS", "60000"),
+    ];
+    let server = Server::start_with(Backend::Sqlite, &env).await;
+    let receiver = Receiver::start(vec![(503, None); 3]).await;
+    let mut writer = TestLog::new();
+    let mut other = writer.sibling();
+    server.register(&writer, true).await;
+    server.register(&other, true).await;
+    let hook = subscribe(&server, &other, &receiver.url).await;
+    let (id, secret) = (
+        hook["id"].as_str().unwrap(),
+        hook["secret"].as_str().unwrap(),
+    );
+    let records: Vec<_> = (0..3).map(|_| writer.next(10)).collect();
+    let batch: Vec<_> = records.iter().map(|r| (&writer, r)).collect();
+    server.push(&batch).await;
+    receiver.until("the first attempts", |g| g.len() >= 3).await;
+    let kept = other.next(10);
+    server.push(&[(&other, &kept)]).await;
+
+    let (status, _) = server.signed(&writer, Action::Unregister).await;
+    assert_eq!(status, StatusCode::OK);
+    let path = format!("/v1/webhooks/{id}/deliveries");
+    let (_, list) = with_secret(&server, reqwest::Method::GET, &path, secret).await;
+    let cids: Vec<_> = list["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["cid"].clone())
+        .collect();
+    assert_eq!(cids, vec![json!(kept.cid().to_string())]);
+    let (_, shown) = with_secret(
+        &server,
+        reqwest::Method::GET,
+        &format!("/v1/webhooks/{id}"),
+        secret,
+    )
+    .await;
+    assert!(shown["disabled_ms"].is_null());
 }
 
 #[tokio::test]
@@ -390,17 +450,7 @@ async fn private_addresses_are_refused_unless_allowed() {
         "ftp://example.com/",
         "not a url",
     ] {
-        let request = SignedRequest::sign(
-            &server.server_id().await,
-            &log.thread,
-            &log.pair,
-            Action::Subscribe {
-                url: url.into(),
-                log: None,
-            },
-            now_ms(),
-            &mut OsRng,
-        );
+        let request = subscribe_request(&server, &log, url).await;
         let (status, body) = server.post("/v1/webhooks", &request).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {body}");
         assert_eq!(body["code"], "bad_webhook_url");

@@ -446,7 +446,9 @@ macro_rules! impl_store {
                 let Some((count, bytes)) = removed else {
                     return Err($crate::StoreError::NotFound);
                 };
-                for table in ["records", "forks", "logs"] {
+                // Its webhook deliveries go too (their attempts by cascade): they point at
+                // records that no longer exist.
+                for table in ["records", "forks", "deliveries", "logs"] {
                     sqlx::query(&format!("DELETE FROM {table} WHERE thread_id = $1 AND log_id = $2"))
                         .bind(t)
                         .bind(&l)
@@ -954,27 +956,16 @@ macro_rules! impl_store {
             }
 
             async fn delete_webhook(&self, id: &str) -> $crate::Result<()> {
-                let mut tx = self.write.begin().await?;
-                // Attempts and deliveries first: SQLite runs without cascading deletes here.
-                sqlx::query(
-                    "DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE webhook_id = $1)",
-                )
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("DELETE FROM deliveries WHERE webhook_id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                // Its deliveries and their attempts go by cascade (both backends enforce
+                // foreign keys).
                 let gone = sqlx::query("DELETE FROM webhooks WHERE id = $1")
                     .bind(id)
-                    .execute(&mut *tx)
+                    .execute(&self.write)
                     .await?
                     .rows_affected();
                 if gone == 0 {
                     return Err($crate::StoreError::NotFound);
                 }
-                tx.commit().await?;
                 Ok(())
             }
 
@@ -1128,16 +1119,6 @@ macro_rules! impl_store {
                 let mut tx = self.write.begin().await?;
                 for (id, attempt, result) in results {
                     let id = *id;
-                    sqlx::query(
-                        "INSERT INTO delivery_attempts (delivery_id, at, status, error, duration_ms) VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(id)
-                    .bind(attempt.at_ms)
-                    .bind(attempt.status.map(i32::from))
-                    .bind(&attempt.error)
-                    .bind(attempt.duration_ms)
-                    .execute(&mut *tx)
-                    .await?;
                     let (state, next) = match result {
                         AttemptResult::Delivered => ("delivered", attempt.at_ms),
                         AttemptResult::Failed { retry_ms: Some(at), .. } => ("pending", *at),
@@ -1156,10 +1137,21 @@ macro_rules! impl_store {
                     .bind(attempt.at_ms)
                     .fetch_optional(&mut *tx)
                     .await?;
+                    // Deleted while it was being sent (its webhook or its log went): nothing
+                    // to record, and the rest of the batch is recorded as usual.
                     let Some((hook,)) = hook else {
-                        // Deleted meanwhile, with its webhook.
                         continue;
                     };
+                    sqlx::query(
+                        "INSERT INTO delivery_attempts (delivery_id, at, status, error, duration_ms) VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(id)
+                    .bind(attempt.at_ms)
+                    .bind(attempt.status.map(i32::from))
+                    .bind(&attempt.error)
+                    .bind(attempt.duration_ms)
+                    .execute(&mut *tx)
+                    .await?;
                     match result {
                         AttemptResult::Delivered => {
                             // Only when there is something to reset: a webhook's row is not
