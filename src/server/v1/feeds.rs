@@ -30,7 +30,7 @@ use threads_core::{LogId, ThreadId};
 use threads_store::StoredRecord;
 
 use super::wire::{write_car, CarItem, CAR, RAW};
-use super::{parse_thread, presented_token, readable_log, readable_thread};
+use super::{parse_thread, presented_token, readable_thread, readable_thread_and_log};
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::AppState;
 
@@ -156,17 +156,12 @@ async fn log_feed(
     format: Format,
 ) -> ApiResult<Response> {
     let token = presented_token(&headers, q.token.as_deref());
-    let info = readable_log(&state, &thread, &log, token).await?;
-    let public = state
-        .store
-        .thread(&info.thread)
-        .await?
-        .is_some_and(|t| t.public);
+    let (thread_info, info) = readable_thread_and_log(&state, &thread, &log, token).await?;
     let feed = Feed {
         thread: info.thread,
         log: Some(info.log),
         newest: info.head.map_or(0, |h| h.counter),
-        public,
+        public: thread_info.public,
         created_ms: info.registered_ms,
         base: origin(&headers),
         token: q.token.clone(),

@@ -99,13 +99,24 @@ pub async fn readable_log(
     log: &str,
     token: Option<&str>,
 ) -> ApiResult<threads_store::LogInfo> {
+    Ok(readable_thread_and_log(state, thread, log, token).await?.1)
+}
+
+/// [`readable_log`], with the thread it belongs to.
+pub async fn readable_thread_and_log(
+    state: &AppState,
+    thread: &str,
+    log: &str,
+    token: Option<&str>,
+) -> ApiResult<(ThreadInfo, threads_store::LogInfo)> {
     let (thread, log) = (parse_thread(thread)?, parse_log(log)?);
-    readable_thread(state, &thread, token).await?;
-    state
+    let info = readable_thread(state, &thread, token).await?;
+    let log = state
         .store
         .log(&thread, &log)
         .await?
-        .ok_or_else(|| ApiError::not_found("log"))
+        .ok_or_else(|| ApiError::not_found("log"))?;
+    Ok((info, log))
 }
 
 pub fn check_access(info: &ThreadInfo, token: Option<&str>) -> ApiResult<()> {
