@@ -129,7 +129,7 @@ async fn main() {
                     .post(format!("{url}/v1/webhooks"))
                     .json(&sign(Action::Subscribe {
                         url: format!("{receiver}/hook/{n}"),
-                        log: None,
+                        only_log: None,
                     }))
                     .send()
                     .await

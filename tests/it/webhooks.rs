@@ -135,7 +135,7 @@ async fn subscribe_request(server: &Server, log: &TestLog, url: &str) -> SignedR
         &log.pair,
         Action::Subscribe {
             url: url.to_owned(),
-            log: None,
+            only_log: None,
         },
         now_ms(),
         &mut OsRng,
@@ -455,6 +455,22 @@ async fn private_addresses_are_refused_unless_allowed() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {body}");
         assert_eq!(body["code"], "bad_webhook_url");
     }
+    // A log filter must name a log of the thread.
+    let stranger = TestLog::new();
+    let request = SignedRequest::sign(
+        &server.server_id().await,
+        &log.thread,
+        &log.pair,
+        Action::Subscribe {
+            url: "https://example.com/hook".into(),
+            only_log: Some(stranger.id.to_string()),
+        },
+        now_ms(),
+        &mut OsRng,
+    );
+    let (status, body) = server.post("/v1/webhooks", &request).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["code"], "unknown_log");
     // A name is checked when it resolves, at each delivery: `localhost` is loopback.
     let mut log = log;
     let hook = subscribe(&server, &log, "http://localhost:9/hook").await;
@@ -551,4 +567,53 @@ async fn two_servers_share_deliveries_without_sending_twice() {
         .collect();
     assert_eq!(ids.len(), N);
     assert_eq!(got, N, "a delivery was sent twice");
+}
+
+/// A subscription narrowed to one log gets that log's records only, live and on replay.
+#[tokio::test]
+async fn a_log_filter_narrows_deliveries() {
+    let server = Server::start_with(Backend::Sqlite, &FAST_RETRIES).await;
+    let receiver = Receiver::start(vec![]).await;
+    let mut watched = TestLog::new();
+    let mut other = watched.sibling();
+    server.register(&watched, true).await;
+    server.register(&other, true).await;
+    let request = SignedRequest::sign(
+        &server.server_id().await,
+        &other.thread,
+        &other.pair,
+        Action::Subscribe {
+            url: receiver.url.clone(),
+            only_log: Some(watched.id.to_string()),
+        },
+        now_ms(),
+        &mut OsRng,
+    );
+    let (status, hook) = server.post("/v1/webhooks", &request).await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
+    assert_eq!(hook["log"], watched.id.to_string());
+    let (a, b) = (watched.next(10), other.next(10));
+    server.push(&[(&watched, &a), (&other, &b)]).await;
+    receiver
+        .until("the watched log's record", |g| !g.is_empty())
+        .await;
+    let path = format!("/v1/webhooks/{}/replay", hook["id"].as_str().unwrap());
+    let (status, replayed) = with_secret(
+        &server,
+        reqwest::Method::POST,
+        &path,
+        hook["secret"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(replayed["queued"], 1);
+    let got = receiver.until("the replay", |g| g.len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cids: Vec<_> = receiver
+        .got()
+        .iter()
+        .map(|r| body(r)["data"]["cid"].clone())
+        .collect();
+    assert_eq!(got.len(), 2);
+    assert_eq!(cids, vec![json!(a.cid().to_string()); 2]);
 }

@@ -40,12 +40,13 @@ pub enum Action {
     Unregister,
     /// Delete the whole thread. Any registered log of the thread may ask.
     DeleteThread,
-    /// Post the thread's new records (or only those of `log`, a log ID) to `url`, as webhook
-    /// deliveries. Any registered log of the thread may ask.
+    /// Post the thread's new records (or only those of `only_log`, a log ID) to `url`, as
+    /// webhook deliveries. Any registered log of the thread may ask. (Not `log`: the payload
+    /// already names the signing log under that key.)
     Subscribe {
         url: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        log: Option<String>,
+        only_log: Option<String>,
     },
 }
 

@@ -88,7 +88,7 @@ async fn create(
         let payload = request
             .verify(&state.server_id, now)
             .map_err(super::registrations::request_error)?;
-        let Action::Subscribe { url, log } = payload.action.clone() else {
+        let Action::Subscribe { url, only_log } = payload.action.clone() else {
             return Err(ApiError::bad_request(
                 "bad_action",
                 "this endpoint takes subscribe requests",
@@ -106,9 +106,18 @@ async fn create(
                 "only a log registered in the thread may subscribe to it",
             ));
         }
-        (payload.thread.clone(), log, url, Some(payload))
+        (payload.thread.clone(), only_log, url, Some(payload))
     };
     let log = check(&state, &url, log.as_deref())?;
+    if let Some(log) = &log {
+        if state.store.log(&thread, log).await?.is_none() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_log",
+                format!("{log} is not a log of this thread here"),
+            ));
+        }
+    }
     // Last, once everything else is known to be right: a refused request can be sent again.
     if let Some(payload) = &signed {
         super::registrations::spend_nonce(&state, payload, now).await?;
