@@ -25,8 +25,9 @@ use tokio::process::Command;
 const ENDPOINTS: usize = 50;
 const LOGS_PER_THREAD: usize = 20;
 const BODY: usize = 1024;
-/// 20 records per log: 20,000 records, each delivered once.
-const RECORDS_PER_LOG: usize = 20;
+/// 100 records per log: 100,000 records, each delivered once; ingest lasts seconds, long
+/// enough to be measured steadily.
+const RECORDS_PER_LOG: usize = 100;
 /// Pushed as in the follower benchmark: batches of 500 by 4 pushers.
 const BATCH: usize = 500;
 const PUSHERS: usize = 4;

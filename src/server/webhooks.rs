@@ -33,6 +33,12 @@ use super::{now_ms, AppState};
 /// there is work, rarely when idle.
 const POLL_BUSY: Duration = Duration::from_millis(10);
 const POLL_IDLE: Duration = Duration::from_millis(250);
+/// A claim from the start of the due deliveries, and how often one is made.
+const START: (i64, i64) = (i64::MIN, i64::MIN);
+const RESCAN: Duration = Duration::from_secs(1);
+/// How far before the last claimed delivery the next claim looks, for deliveries written by
+/// transactions that began earlier but committed later.
+const LATE_MS: i64 = 250;
 /// Most deliveries claimed at once.
 const CLAIM_BATCH: usize = 256;
 /// Most delivery outcomes written in one transaction.
@@ -167,6 +173,12 @@ async fn run(state: AppState) {
     let (done, outcomes) = mpsc::channel(config.concurrency.max(CLAIM_BATCH));
     let recorder = tokio::spawn(record(state.clone(), outcomes));
     let mut changes = state.store.changes();
+    // Where the next claim starts: shortly before the last delivery claimed. New deliveries
+    // and retries come due after it; what it skips (a delivery from a transaction that took
+    // longer, a crashed worker's expired leases) is found by a search from the start now and
+    // then.
+    let mut after = START;
+    let mut rescan = Instant::now() + RESCAN;
     loop {
         // Claim only what can be sent now: wait for a free slot first.
         let first = tokio::select! {
@@ -174,9 +186,12 @@ async fn run(state: AppState) {
             permit = slots.clone().acquire_owned() => permit.expect("never closed"),
         };
         let free = (slots.available_permits() + 1).min(CLAIM_BATCH);
+        if Instant::now() >= rescan {
+            (after, rescan) = (START, Instant::now() + RESCAN);
+        }
         let claimed = match state
             .store
-            .claim_deliveries(now_ms(), lease_ms, free as u32)
+            .claim_deliveries(now_ms(), lease_ms, free as u32, after)
             .await
         {
             Ok(claimed) => claimed,
@@ -185,6 +200,9 @@ async fn run(state: AppState) {
                 Vec::new()
             }
         };
+        if let Some(last) = claimed.iter().map(|(d, _)| d.next_ms).max() {
+            after = (last - LATE_MS, i64::MIN);
+        }
         let full = claimed.len() == free;
         let poll = if claimed.is_empty() {
             POLL_IDLE

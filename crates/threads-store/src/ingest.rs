@@ -982,17 +982,24 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn enable_webhook(&self, id: &str) -> $crate::Result<()> {
+            async fn enable_webhook(&self, id: &str, now_ms: i64) -> $crate::Result<()> {
+                let mut tx = self.write.begin().await?;
                 let updated = sqlx::query(
                     "UPDATE webhooks SET disabled_at = NULL, disabled_reason = NULL, failures = 0 WHERE id = $1",
                 )
                 .bind(id)
-                .execute(&self.write)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected();
                 if updated == 0 {
                     return Err($crate::StoreError::NotFound);
                 }
+                sqlx::query("UPDATE deliveries SET state = 'pending', next_at = $2 WHERE webhook_id = $1 AND state = 'paused'")
+                    .bind(id)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -1044,11 +1051,13 @@ macro_rules! impl_store {
                 let Some(hook) = self.webhook(webhook).await? else {
                     return Err($crate::StoreError::NotFound);
                 };
+                // A disabled webhook's deliveries wait for it to be enabled again.
+                let state = if hook.disabled_ms.is_some() { "paused" } else { "pending" };
                 let queued = if test {
-                    sqlx::query(
-                        "INSERT INTO deliveries (webhook_id, event, thread_id, created_at, next_at) \
-                         VALUES ($1, 'webhook.test', $2, $3, $3)",
-                    )
+                    sqlx::query(&format!(
+                        "INSERT INTO deliveries (webhook_id, event, thread_id, created_at, next_at, state) \
+                         VALUES ($1, 'webhook.test', $2, $3, $3, '{state}')"
+                    ))
                     .bind(webhook)
                     .bind(hook.thread.as_bytes())
                     .bind(now_ms)
@@ -1057,8 +1066,8 @@ macro_rules! impl_store {
                 } else {
                     let filter = if hook.log.is_some() { "AND log_id = $5" } else { "" };
                     let sql = format!(
-                        "INSERT INTO deliveries (webhook_id, event, thread_id, log_id, seq, counter, cid, created_at, next_at) \
-                         SELECT $1, 'record.created', thread_id, log_id, seq, counter, cid, $3, $3 FROM records \
+                        "INSERT INTO deliveries (webhook_id, event, thread_id, log_id, seq, counter, cid, created_at, next_at, state) \
+                         SELECT $1, 'record.created', thread_id, log_id, seq, counter, cid, $3, $3, '{state}' FROM records \
                          WHERE thread_id = $2 AND seq > $4 {filter} ORDER BY seq"
                     );
                     let mut query = sqlx::query(&sql)
@@ -1079,16 +1088,24 @@ macro_rules! impl_store {
                 now_ms: i64,
                 lease_ms: i64,
                 limit: u32,
+                after: (i64, i64),
             ) -> $crate::Result<Vec<($crate::model::Delivery, $crate::model::Webhook)>> {
                 let sql = format!("{} RETURNING {}", <$store>::CLAIM_DELIVERIES, $crate::ingest::DELIVERY_COLUMNS);
+                let mut tx = self.write.begin().await?;
+                if let Some(setup) = <$store>::CLAIM_SETUP {
+                    sqlx::query(setup).execute(&mut *tx).await?;
+                }
                 let rows: Vec<$crate::ingest::DeliveryRow> = sqlx::query_as(&sql)
                     .bind(now_ms)
                     .bind(now_ms + lease_ms)
                     .bind(i64::from(limit))
-                    .fetch_all(&self.write)
+                    .bind(after.0)
+                    .bind(after.1)
+                    .fetch_all(&mut *tx)
                     .await?;
                 let mut out = Vec::with_capacity(rows.len());
                 let mut hooks: std::collections::HashMap<String, $crate::model::Webhook> = Default::default();
+                let mut paused = Vec::new();
                 for row in rows {
                     let delivery = row.into_delivery()?;
                     let hook = match hooks.get(&delivery.webhook) {
@@ -1099,15 +1116,30 @@ macro_rules! impl_store {
                                 $crate::ingest::WEBHOOK_COLUMNS
                             ))
                             .bind(&delivery.webhook)
-                            .fetch_one(&self.write)
+                            .fetch_one(&mut *tx)
                             .await?;
                             let h = row.into_webhook()?;
                             hooks.insert(h.id.clone(), h.clone());
                             h
                         }
                     };
-                    out.push((delivery, hook));
+                    // Disabled meanwhile (its deliveries were paused while this one was in
+                    // flight, and it came back as a retry): paused too, not sent.
+                    if hook.disabled_ms.is_some() {
+                        paused.push(delivery.id);
+                    } else {
+                        out.push((delivery, hook));
+                    }
                 }
+                for id in paused {
+                    sqlx::query(
+                        "UPDATE deliveries SET state = 'paused', leased_until = 0, attempts = attempts - 1 WHERE id = $1",
+                    )
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
                 Ok(out)
             }
 
@@ -1117,74 +1149,109 @@ macro_rules! impl_store {
             ) -> $crate::Result<()> {
                 use $crate::model::AttemptResult;
                 let mut tx = self.write.begin().await?;
-                for (id, attempt, result) in results {
-                    let id = *id;
-                    let (state, next) = match result {
-                        AttemptResult::Delivered => ("delivered", attempt.at_ms),
-                        AttemptResult::Failed { retry_ms: Some(at), .. } => ("pending", *at),
-                        AttemptResult::Failed { retry_ms: None, .. } => ("failed", attempt.at_ms),
-                    };
-                    let hook: Option<(String,)> = sqlx::query_as(
-                        "UPDATE deliveries SET state = $2, next_at = $3, leased_until = 0, last_status = $4, \
-                         last_error = $5, delivered_at = CASE WHEN $2 = 'delivered' THEN $6 ELSE delivered_at END \
-                         WHERE id = $1 RETURNING webhook_id",
-                    )
-                    .bind(id)
-                    .bind(state)
-                    .bind(next)
-                    .bind(attempt.status.map(i32::from))
-                    .bind(&attempt.error)
-                    .bind(attempt.at_ms)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    // Deleted while it was being sent (its webhook or its log went): nothing
-                    // to record, and the rest of the batch is recorded as usual.
-                    let Some((hook,)) = hook else {
+                // Each webhook's outcomes in order, for its count of failures in a row.
+                let mut by_hook: std::collections::HashMap<String, Vec<usize>> = Default::default();
+                for chunk in (0..results.len()).collect::<Vec<_>>().chunks(500) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "UPDATE deliveries SET state = v.column2, next_at = v.column3, leased_until = 0, \
+                         last_status = v.column4, last_error = v.column5, \
+                         delivered_at = CASE WHEN v.column2 = 'delivered' THEN v.column6 ELSE deliveries.delivered_at END \
+                         FROM (",
+                    );
+                    q.push_values(chunk, |mut row, &i| {
+                        let (id, attempt, result) = &results[i];
+                        let (state, next) = match result {
+                            AttemptResult::Delivered => ("delivered", attempt.at_ms),
+                            AttemptResult::Failed { retry_ms: Some(at), .. } => ("pending", *at),
+                            AttemptResult::Failed { retry_ms: None, .. } => ("failed", attempt.at_ms),
+                        };
+                        row.push_bind(*id)
+                            .push_bind(state)
+                            .push_bind(next)
+                            .push_bind(attempt.status.map(i32::from))
+                            .push_bind(attempt.error.as_deref())
+                            .push_bind(attempt.at_ms);
+                    });
+                    q.push(") AS v WHERE deliveries.id = v.column1 RETURNING deliveries.id, deliveries.webhook_id");
+                    let found: Vec<(i64, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
+                    // Those deleted while they were being sent (their webhook or log went)
+                    // are not found: nothing to record of them.
+                    let found: std::collections::HashMap<i64, String> = found.into_iter().collect();
+                    let kept: Vec<usize> = chunk.iter().copied().filter(|&i| found.contains_key(&results[i].0)).collect();
+                    if kept.is_empty() {
                         continue;
-                    };
-                    sqlx::query(
-                        "INSERT INTO delivery_attempts (delivery_id, at, status, error, duration_ms) VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(id)
-                    .bind(attempt.at_ms)
-                    .bind(attempt.status.map(i32::from))
-                    .bind(&attempt.error)
-                    .bind(attempt.duration_ms)
-                    .execute(&mut *tx)
-                    .await?;
-                    match result {
-                        AttemptResult::Delivered => {
-                            // Only when there is something to reset: a webhook's row is not
-                            // written by every one of its successful deliveries.
-                            sqlx::query("UPDATE webhooks SET failures = 0 WHERE id = $1 AND failures > 0")
-                                .bind(&hook)
-                                .execute(&mut *tx)
-                                .await?;
-                        }
-                        AttemptResult::Failed { disable_after, .. } => {
-                            sqlx::query("UPDATE webhooks SET failures = failures + 1 WHERE id = $1")
-                                .bind(&hook)
-                                .execute(&mut *tx)
-                                .await?;
-                            let reason = format!(
-                                "disabled after {disable_after} failed attempts in a row; the last: {}",
-                                attempt
-                                    .error
-                                    .clone()
-                                    .or(attempt.status.map(|s| format!("HTTP {s}")))
-                                    .unwrap_or_default()
-                            );
-                            sqlx::query(
-                                "UPDATE webhooks SET disabled_at = $2, disabled_reason = $3 \
-                                 WHERE id = $1 AND failures >= $4 AND disabled_at IS NULL",
-                            )
+                    }
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO delivery_attempts (delivery_id, at, status, error, duration_ms) ",
+                    );
+                    q.push_values(&kept, |mut row, &i| {
+                        let (id, attempt, _) = &results[i];
+                        row.push_bind(*id)
+                            .push_bind(attempt.at_ms)
+                            .push_bind(attempt.status.map(i32::from))
+                            .push_bind(attempt.error.as_deref())
+                            .push_bind(attempt.duration_ms);
+                    });
+                    q.build().execute(&mut *tx).await?;
+                    for i in kept {
+                        by_hook.entry(found[&results[i].0].clone()).or_default().push(i);
+                    }
+                }
+                for (hook, outcomes) in by_hook {
+                    let last_success = outcomes
+                        .iter()
+                        .rposition(|&i| results[i].2 == AttemptResult::Delivered);
+                    let failed_after = &outcomes[last_success.map_or(0, |p| p + 1)..];
+                    let Some(&last_failure) = failed_after.last() else {
+                        // Only when there is something to reset: a webhook's row is not
+                        // written by every batch of successful deliveries.
+                        sqlx::query("UPDATE webhooks SET failures = 0 WHERE id = $1 AND failures > 0")
                             .bind(&hook)
-                            .bind(attempt.at_ms)
-                            .bind(reason)
-                            .bind(*disable_after as i64)
                             .execute(&mut *tx)
                             .await?;
-                        }
+                        continue;
+                    };
+                    // Failures in a row: those after the batch's last success, or all of
+                    // them added to the count so far.
+                    let count = failed_after.len() as i64;
+                    sqlx::query(if last_success.is_some() {
+                        "UPDATE webhooks SET failures = $2 WHERE id = $1"
+                    } else {
+                        "UPDATE webhooks SET failures = failures + $2 WHERE id = $1"
+                    })
+                    .bind(&hook)
+                    .bind(count)
+                    .execute(&mut *tx)
+                    .await?;
+                    let (_, attempt, result) = &results[last_failure];
+                    let AttemptResult::Failed { disable_after, .. } = result else {
+                        unreachable!("a failure")
+                    };
+                    let reason = format!(
+                        "disabled after {disable_after} failed attempts in a row; the last: {}",
+                        attempt
+                            .error
+                            .clone()
+                            .or(attempt.status.map(|s| format!("HTTP {s}")))
+                            .unwrap_or_default()
+                    );
+                    let disabled = sqlx::query(
+                        "UPDATE webhooks SET disabled_at = $2, disabled_reason = $3 \
+                         WHERE id = $1 AND failures >= $4 AND disabled_at IS NULL",
+                    )
+                    .bind(&hook)
+                    .bind(attempt.at_ms)
+                    .bind(reason)
+                    .bind(*disable_after as i64)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if disabled > 0 {
+                        // Its waiting deliveries wait for it to be enabled again.
+                        sqlx::query("UPDATE deliveries SET state = 'paused' WHERE webhook_id = $1 AND state = 'pending'")
+                            .bind(&hook)
+                            .execute(&mut *tx)
+                            .await?;
                     }
                 }
                 tx.commit().await?;

@@ -128,8 +128,9 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_webhook(&self, id: &str) -> Result<()>;
     /// Replaces a webhook's secret.
     async fn set_webhook_secret(&self, id: &str, secret: &str) -> Result<()>;
-    /// Re-enables a disabled webhook (failures start again from zero).
-    async fn enable_webhook(&self, id: &str) -> Result<()>;
+    /// Re-enables a disabled webhook (failures start again from zero); its paused deliveries
+    /// are due again.
+    async fn enable_webhook(&self, id: &str, now_ms: i64) -> Result<()>;
     /// Deliveries of a webhook with `id > after`, oldest first, with their attempts.
     async fn deliveries(
         &self,
@@ -146,16 +147,21 @@ pub trait Store: Send + Sync + 'static {
         test: bool,
         now_ms: i64,
     ) -> Result<u64>;
-    /// Takes up to `limit` due deliveries of enabled webhooks for `lease_ms`: no other worker,
-    /// in this process or another, takes them meanwhile.
+    /// Takes up to `limit` due deliveries, oldest due first, for `lease_ms`: no other worker,
+    /// in this process or another, takes them meanwhile. Those of a webhook disabled meanwhile
+    /// are paused instead. `after` (a `(next_ms, id)` position) starts the search past the
+    /// deliveries already claimed, and past the dead index entries they leave behind until
+    /// vacuum removes them; a search from the start finds what was skipped.
     async fn claim_deliveries(
         &self,
         now_ms: i64,
         lease_ms: i64,
         limit: u32,
+        after: (i64, i64),
     ) -> Result<Vec<(Delivery, Webhook)>>;
     /// Records attempts' outcomes, in one transaction: delivered, to retry, or failed for
-    /// good; counts each webhook's failures in a row and disables it past the limit.
+    /// good; counts each webhook's failures in a row and disables it past the limit, pausing
+    /// its waiting deliveries.
     async fn finish_deliveries(&self, results: &[(i64, Attempt, AttemptResult)]) -> Result<()>;
     /// The records of a thread at these sequence numbers (those that still exist).
     async fn records_at(&self, thread: &ThreadId, seqs: &[u64]) -> Result<Vec<StoredRecord>>;

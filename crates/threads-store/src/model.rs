@@ -165,7 +165,7 @@ pub struct Delivery {
     pub counter: u64,
     pub cid: Option<Cid>,
     pub created_ms: i64,
-    /// `pending`, `delivered` or `failed`.
+    /// `pending`, `delivered`, `failed`, or `paused` while its webhook is disabled.
     pub state: String,
     pub attempts: u32,
     pub next_ms: i64,

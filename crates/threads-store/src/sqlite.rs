@@ -98,11 +98,11 @@ impl SqliteStore {
 impl SqliteStore {
     /// Claims due deliveries (one writer connection: no two claims run at once).
     /// (The caller appends `RETURNING` and the delivery columns.)
+    const CLAIM_SETUP: Option<&'static str> = None;
     const CLAIM_DELIVERIES: &'static str = "UPDATE deliveries SET leased_until = $2, attempts = attempts + 1 \
-        WHERE id IN (SELECT d.id FROM deliveries d \
-        WHERE d.state = 'pending' AND d.next_at <= $1 AND d.leased_until <= $1 \
-        AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.disabled_at IS NOT NULL) \
-        ORDER BY d.next_at LIMIT $3)";
+        WHERE id IN (SELECT id FROM deliveries \
+        WHERE state = 'pending' AND next_at <= $1 AND (next_at, id) > ($4, $5) AND leased_until <= $1 \
+        ORDER BY next_at, id LIMIT $3)";
 }
 
 crate::ingest::impl_store!(SqliteStore, sqlx::Sqlite);

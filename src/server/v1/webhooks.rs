@@ -305,7 +305,7 @@ async fn enable(
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     authorized(&state, &headers, &id).await?;
-    state.store.enable_webhook(&id).await?;
+    state.store.enable_webhook(&id, now_ms()).await?;
     let hook = state
         .store
         .webhook(&id)
