@@ -4,7 +4,10 @@
 //! ```text
 //! cargo bench --bench webhooks                # Postgres (THREADS_TEST_PG) if set, else SQLite
 //! cargo bench --bench webhooks -- baseline    # the same ingest without webhooks
+//! THREADS_WEBHOOKS__MAX_PER_SECOND=3000 cargo bench --bench webhooks   # deliveries capped
 //! ```
+//!
+//! The server inherits the environment, so any `THREADS_WEBHOOKS__*` setting applies.
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -166,8 +169,14 @@ async fn main() {
             .collect(),
     );
 
+    let limit = std::env::var("THREADS_WEBHOOKS__MAX_PER_SECOND")
+        .ok()
+        .filter(|l| l != "0")
+        .map_or("no delivery limit".to_owned(), |l| {
+            format!("at most {l} deliveries/s")
+        });
     println!(
-        "webhook benchmark ({backend}): {ENDPOINTS} endpoints, {total} records of {BODY} B, one delivery each"
+        "webhook benchmark ({backend}): {ENDPOINTS} endpoints, {total} records of {BODY} B, one delivery each, {limit}"
     );
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));

@@ -41,6 +41,7 @@ pub struct Webhooks {
     pub retry_max_ms: u64,
     pub disable_after_failures: u64,
     pub inline_max_bytes: usize,
+    pub max_per_second: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

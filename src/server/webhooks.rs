@@ -23,8 +23,10 @@ use rand_core::{OsRng, RngCore};
 use serde_json::json;
 use sha2::Sha256;
 use threads_core::ThreadId;
-use threads_store::{Attempt, AttemptResult, Delivery, StoredRecord, Webhook};
-use tokio::sync::{mpsc, Semaphore};
+use threads_store::{
+    Attempt, AttemptResult, CursorOutcome, Delivery, StoredRecord, Webhook, WebhookLease,
+};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::{now_ms, AppState};
@@ -39,6 +41,11 @@ const RESCAN: Duration = Duration::from_secs(1);
 /// How far before the last claimed delivery the next claim looks, for deliveries written by
 /// transactions that began earlier but committed later.
 const LATE_MS: i64 = 250;
+/// Most webhook cursors claimed at once, most records sent from one cursor, and how many
+/// delivery leases a cursor's lease lasts (its records share the delivery slots).
+const CURSOR_CLAIM: u32 = 32;
+const CURSOR_BATCH: u32 = 128;
+const CURSOR_LEASES: i64 = 2;
 /// Most deliveries claimed at once.
 const CLAIM_BATCH: usize = 256;
 /// Most delivery outcomes written in one transaction.
@@ -164,14 +171,21 @@ async fn run(state: AppState) {
     if !config.allow_private_addresses {
         builder = builder.dns_resolver(Arc::new(PublicOnly));
     }
-    let http = builder.build().expect("an HTTP client builds");
-    let slots = Arc::new(Semaphore::new(config.concurrency));
+    let sender = Sender {
+        state: state.clone(),
+        http: builder.build().expect("an HTTP client builds"),
+        slots: Arc::new(Semaphore::new(config.concurrency)),
+        pace: Arc::new(Pace::new(config.max_per_second)),
+    };
     // Long enough for a send (bounded by the timeout) and its bookkeeping; a crashed worker's
-    // deliveries are taken up again once it runs out.
+    // deliveries are taken up again once it runs out. A cursor's records wait for slots too.
     let lease_ms = (config.timeout_secs as i64 + 5) * 1000;
+    let cursor_lease_ms = lease_ms * CURSOR_LEASES;
     // Outcomes are written in batches: one transaction for many deliveries.
     let (done, outcomes) = mpsc::channel(config.concurrency.max(CLAIM_BATCH));
-    let recorder = tokio::spawn(record(state.clone(), outcomes));
+    // A cursor is free again once its outcome is written: the recorder says so.
+    let released = Arc::new(Notify::new());
+    let recorder = tokio::spawn(record(state.clone(), outcomes, released.clone()));
     let mut changes = state.store.changes();
     // Where the next claim starts: shortly before the last delivery claimed. New deliveries
     // and retries come due after it; what it skips (a delivery from a transaction that took
@@ -183,15 +197,33 @@ async fn run(state: AppState) {
         // Claim only what can be sent now: wait for a free slot first.
         let first = tokio::select! {
             _ = state.shutdown.cancelled() => break,
-            permit = slots.clone().acquire_owned() => permit.expect("never closed"),
+            permit = sender.slots.clone().acquire_owned() => permit.expect("never closed"),
         };
-        let free = (slots.available_permits() + 1).min(CLAIM_BATCH);
+        let now = now_ms();
+        // New records: each webhook's cursor, sent by its own task.
+        let leases = match state
+            .store
+            .claim_webhooks(now, cursor_lease_ms, CURSOR_CLAIM)
+            .await
+        {
+            Ok(leases) => leases,
+            Err(error) => {
+                tracing::warn!(%error, "claiming webhook cursors failed");
+                Vec::new()
+            }
+        };
+        let more_cursors = leases.len() == CURSOR_CLAIM as usize;
+        for lease in leases {
+            tokio::spawn(sender.clone().send_cursor(lease, done.clone()));
+        }
+        // Retries, replays and test events: delivery rows.
+        let free = (sender.slots.available_permits() + 1).min(CLAIM_BATCH);
         if Instant::now() >= rescan {
             (after, rescan) = (START, Instant::now() + RESCAN);
         }
         let claimed = match state
             .store
-            .claim_deliveries(now_ms(), lease_ms, free as u32, after)
+            .claim_deliveries(now, lease_ms, free as u32, after)
             .await
         {
             Ok(claimed) => claimed,
@@ -203,7 +235,7 @@ async fn run(state: AppState) {
         if let Some(last) = claimed.iter().map(|(d, _)| d.next_ms).max() {
             after = (last - LATE_MS, i64::MIN);
         }
-        let full = claimed.len() == free;
+        let full = claimed.len() == free || more_cursors;
         let poll = if claimed.is_empty() {
             POLL_IDLE
         } else {
@@ -217,13 +249,18 @@ async fn run(state: AppState) {
                 .unwrap_or_else(|| Err("no payload".into()));
             let permit = match first.take() {
                 Some(permit) => permit,
-                None => slots.clone().acquire_owned().await.expect("never closed"),
+                None => sender
+                    .slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed"),
             };
-            let (state, http, done) = (state.clone(), http.clone(), done.clone());
+            let (sender, done) = (sender.clone(), done.clone());
             tokio::spawn(async move {
-                let outcome = deliver(&state, &http, &delivery, &hook, body).await;
+                let outcome = deliver(&sender, &delivery, &hook, body).await;
                 drop(permit);
-                let _ = done.send(outcome).await;
+                let _ = done.send(Done::Row(outcome)).await;
             });
         }
         drop(first);
@@ -233,6 +270,7 @@ async fn run(state: AppState) {
         tokio::select! {
             _ = state.shutdown.cancelled() => break,
             _ = changes.recv() => {}
+            _ = released.notified() => {}
             _ = tokio::time::sleep(poll) => {}
         }
     }
@@ -240,22 +278,163 @@ async fn run(state: AppState) {
     let _ = recorder.await;
 }
 
+/// What a worker's tasks send with.
+#[derive(Clone)]
+struct Sender {
+    state: AppState,
+    http: reqwest::Client,
+    /// Deliveries in flight at once.
+    slots: Arc<Semaphore>,
+    pace: Arc<Pace>,
+}
+
+/// Spaces sends evenly to stay under `[webhooks] max_per_second` (0: no limit).
+struct Pace {
+    gap: Duration,
+    next: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pace {
+    fn new(per_second: u32) -> Self {
+        let gap = match per_second {
+            0 => Duration::ZERO,
+            n => Duration::from_secs(1) / n,
+        };
+        Self {
+            gap,
+            next: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits for this send's turn.
+    async fn wait(&self) {
+        if self.gap.is_zero() {
+            return;
+        }
+        let turn = {
+            let mut next = self.next.lock().expect("never poisoned");
+            let turn = (*next).max(tokio::time::Instant::now());
+            *next = turn + self.gap;
+            turn
+        };
+        tokio::time::sleep_until(turn).await;
+    }
+}
+
+impl Sender {
+    /// Sends the records after a leased cursor, each in a slot of its own, and reports them
+    /// all at once, with where the cursor moves. If the records cannot be read, nothing is
+    /// reported: the lease runs out and the cursor is taken up again.
+    async fn send_cursor(self, lease: WebhookLease, done: mpsc::Sender<Done>) {
+        let hook = Arc::new(lease.webhook);
+        let records = match self
+            .state
+            .store
+            .records_by_thread(&hook.thread, hook.cursor, CURSOR_BATCH)
+            .await
+        {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::warn!(%error, webhook = %hook.id, "reading records for a webhook failed");
+                return;
+            }
+        };
+        // Past what was read; when that was everything, past what the claim saw too (records
+        // of a deleted log leave gaps).
+        let last = records.last().map_or(0, |r| r.seq);
+        let cursor = if records.len() == CURSOR_BATCH as usize {
+            last
+        } else {
+            last.max(lease.seq)
+        };
+        let inline_max = self.state.config.webhooks.inline_max_bytes;
+        let mut sends = Vec::new();
+        for record in records {
+            if hook.log.as_ref().is_some_and(|log| *log != record.log) {
+                continue;
+            }
+            let permit = self
+                .slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            let delivery = Delivery {
+                id: 0,
+                webhook: hook.id.clone(),
+                event: "record.created".into(),
+                thread: record.thread.clone(),
+                log: Some(record.log.clone()),
+                seq: record.seq,
+                counter: record.counter,
+                cid: Some(record.cid),
+                created_ms: now_ms(),
+                state: "pending".into(),
+                attempts: 1,
+                next_ms: now_ms(),
+                last_status: None,
+                last_error: None,
+                delivered_ms: None,
+                message_id: format!("msg_{}_{}", hook.id, record.seq),
+            };
+            let body = Ok(record_payload(&record, inline_max));
+            let (sender, hook) = (self.clone(), hook.clone());
+            sends.push(tokio::spawn(async move {
+                let (_, attempt, result) = deliver(&sender, &delivery, &hook, body).await;
+                drop(permit);
+                (delivery, attempt, result)
+            }));
+        }
+        let mut sent = Vec::with_capacity(sends.len());
+        for send in sends {
+            sent.push(send.await.expect("a send does not panic"));
+        }
+        let outcome = CursorOutcome {
+            webhook: hook.id.clone(),
+            leased_until: lease.leased_until,
+            cursor,
+            sent,
+        };
+        let _ = done.send(Done::Cursor(outcome)).await;
+    }
+}
+
+/// A finished send of a delivery row, or of a cursor's records.
+enum Done {
+    Row(Outcome),
+    Cursor(CursorOutcome),
+}
+
 /// Writes delivery outcomes as they come, many per transaction. What is not written (the
 /// process dies first) is sent again when its lease runs out: at least once, never lost.
-async fn record(state: AppState, mut outcomes: mpsc::Receiver<Outcome>) {
-    let mut batch = Vec::new();
+async fn record(state: AppState, mut outcomes: mpsc::Receiver<Done>, released: Arc<Notify>) {
+    let (mut rows, mut cursors) = (Vec::new(), Vec::new());
     while let Some(first) = outcomes.recv().await {
-        batch.push(first);
-        while batch.len() < RECORD_BATCH {
-            match outcomes.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+        let mut next = Some(first);
+        let mut size = 0;
+        while let Some(done) = next.take() {
+            match done {
+                Done::Row(outcome) => {
+                    size += 1;
+                    rows.push(outcome);
+                }
+                Done::Cursor(outcome) => {
+                    size += outcome.sent.len().max(1);
+                    cursors.push(outcome);
+                }
+            }
+            if size < RECORD_BATCH {
+                next = outcomes.try_recv().ok();
             }
         }
-        if let Err(error) = state.store.finish_deliveries(&batch).await {
-            tracing::warn!(%error, deliveries = batch.len(), "recording webhook attempts failed");
+        if let Err(error) = state.store.finish_deliveries(&rows, &cursors).await {
+            tracing::warn!(%error, deliveries = size, "recording webhook attempts failed");
         }
-        batch.clear();
+        if !cursors.is_empty() {
+            released.notify_one();
+        }
+        rows.clear();
+        cursors.clear();
     }
 }
 
@@ -301,13 +480,14 @@ async fn payloads(
 
 /// Sends one delivery; says what to record of the attempt.
 async fn deliver(
-    state: &AppState,
-    http: &reqwest::Client,
+    sender: &Sender,
     delivery: &Delivery,
     hook: &Webhook,
     body: Result<Vec<u8>, String>,
 ) -> Outcome {
+    let (state, http) = (&sender.state, &sender.http);
     let config = &state.config.webhooks;
+    sender.pace.wait().await;
     let started = Instant::now();
     let at_ms = now_ms();
     let outcome = match body {
@@ -419,17 +599,14 @@ async fn send(
     allow_private: bool,
 ) -> Result<u16, SendError> {
     check_url(&hook.url, allow_private).map_err(|e| (None, e, None))?;
-    let id = format!("msg_{}", d.id);
+    let id = &d.message_id;
     let timestamp = now_ms() / 1000;
     let response = http
         .post(&hook.url)
         .header("content-type", "application/json")
-        .header("webhook-id", &id)
+        .header("webhook-id", id)
         .header("webhook-timestamp", timestamp.to_string())
-        .header(
-            "webhook-signature",
-            sign(&hook.secret, &id, timestamp, body),
-        )
+        .header("webhook-signature", sign(&hook.secret, id, timestamp, body))
         .body(body.to_vec())
         .send()
         .await
@@ -478,6 +655,23 @@ mod tests {
         assert_eq!(delay(1, Some(10_000_000)), 3_600_000);
         assert_eq!(retry_delay_ms(1, 5_000, 3_600_000, None, 0.8), 4_000);
         assert_eq!(retry_delay_ms(1, 5_000, 3_600_000, None, 1.2), 6_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sends_are_spaced_to_the_limit() {
+        let pace = Pace::new(10);
+        let start = tokio::time::Instant::now();
+        for _ in 0..5 {
+            pace.wait().await;
+        }
+        // The first goes at once, each next one 100 ms later.
+        assert_eq!(start.elapsed(), Duration::from_millis(400));
+        let unlimited = Pace::new(0);
+        let start = tokio::time::Instant::now();
+        for _ in 0..1000 {
+            unlimited.wait().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
     #[test]

@@ -402,14 +402,28 @@ async fn failing_endpoints_are_disabled_and_can_come_back() {
     assert!(reason.contains("4 failed attempts in a row"), "{reason}");
     let attempts_when_disabled = receiver.got().len();
     assert_eq!(attempts_when_disabled, 4);
-    // Records arriving now are not queued for it, and nothing more is sent.
+    // Records arriving now wait, and nothing more is sent; the retries are paused.
     let more = log.next(10);
     server.push(&[(&log, &more)]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.got().len(), attempts_when_disabled);
+    let (_, listed) = with_secret(
+        &server,
+        reqwest::Method::GET,
+        &format!("/v1/webhooks/{id}/deliveries"),
+        secret,
+    )
+    .await;
+    let states: Vec<_> = listed["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["paused", "paused"], "{listed}");
 
-    // Re-enabled (the receiver now answers 200): pending retries go out, and a replay brings
-    // what arrived while it was disabled.
+    // Re-enabled (the receiver now answers 200): the paused retries go out, and so does what
+    // arrived while it was disabled.
     let (status, _) = with_secret(
         &server,
         reqwest::Method::POST,
@@ -418,13 +432,6 @@ async fn failing_endpoints_are_disabled_and_can_come_back() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    with_secret(
-        &server,
-        reqwest::Method::POST,
-        &format!("/v1/webhooks/{id}/replay"),
-        secret,
-    )
-    .await;
     let got = receiver
         .until("all three records after re-enabling", |g| {
             let cids: std::collections::HashSet<_> = g[4..]

@@ -171,7 +171,7 @@ impl ForkRow {
 }
 
 pub(crate) const WEBHOOK_COLUMNS: &str =
-    "id, thread_id, log_id, url, secret, created_at, failures, disabled_at, disabled_reason";
+    "id, thread_id, log_id, url, secret, created_at, failures, disabled_at, disabled_reason, cursor_seq";
 
 #[derive(FromRow)]
 pub(crate) struct WebhookRow {
@@ -184,6 +184,7 @@ pub(crate) struct WebhookRow {
     failures: i64,
     disabled_at: Option<i64>,
     disabled_reason: Option<String>,
+    cursor_seq: i64,
 }
 
 impl WebhookRow {
@@ -198,13 +199,14 @@ impl WebhookRow {
             failures: self.failures as u64,
             disabled_ms: self.disabled_at,
             disabled_reason: self.disabled_reason,
+            cursor: self.cursor_seq as u64,
         })
     }
 }
 
 pub(crate) const DELIVERY_COLUMNS: &str =
     "id, webhook_id, event, thread_id, log_id, seq, counter, cid, created_at, state, attempts, \
-     next_at, last_status, last_error, delivered_at";
+     next_at, last_status, last_error, delivered_at, message_id, duration_ms";
 
 #[derive(FromRow)]
 pub(crate) struct DeliveryRow {
@@ -223,9 +225,21 @@ pub(crate) struct DeliveryRow {
     last_status: Option<i32>,
     last_error: Option<String>,
     delivered_at: Option<i64>,
+    message_id: Option<String>,
+    duration_ms: Option<i64>,
 }
 
 impl DeliveryRow {
+    /// The successful attempt, kept in the delivery's own row.
+    pub(crate) fn success(&self) -> Option<crate::model::Attempt> {
+        Some(crate::model::Attempt {
+            at_ms: self.delivered_at?,
+            status: self.last_status.map(|s| s as u16),
+            error: None,
+            duration_ms: self.duration_ms.unwrap_or(0),
+        })
+    }
+
     pub(crate) fn into_delivery(self) -> Result<Delivery> {
         Ok(Delivery {
             id: self.id,
@@ -243,6 +257,9 @@ impl DeliveryRow {
             last_status: self.last_status.map(|s| s as u16),
             last_error: self.last_error,
             delivered_ms: self.delivered_at,
+            message_id: self
+                .message_id
+                .unwrap_or_else(|| format!("msg_{}", self.id)),
         })
     }
 }
@@ -703,41 +720,6 @@ macro_rules! impl_store {
                         });
                         q.build().execute(&mut *tx).await?;
                     }
-                    // Deliveries are queued in the transaction that stores their records.
-                    if !records.is_empty() {
-                        let hooks: Vec<(String, Option<Vec<u8>>)> = sqlx::query_as(
-                            "SELECT id, log_id FROM webhooks WHERE thread_id = $1 AND disabled_at IS NULL",
-                        )
-                        .bind(&thread)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                        let mut rows = Vec::new();
-                        for &(i, seq, counter) in &records {
-                            let log = batch[i].log.to_bytes();
-                            for (hook, only) in &hooks {
-                                if only.as_ref().is_none_or(|l| *l == log) {
-                                    rows.push((hook, i, seq, counter));
-                                }
-                            }
-                        }
-                        for chunk in rows.chunks(500) {
-                            let mut q = sqlx::QueryBuilder::<$db>::new(
-                                "INSERT INTO deliveries (webhook_id, event, thread_id, log_id, seq, counter, cid, created_at, next_at) ",
-                            );
-                            q.push_values(chunk, |mut row, &(hook, i, seq, counter)| {
-                                row.push_bind(hook.as_str())
-                                    .push_bind("record.created")
-                                    .push_bind(&thread)
-                                    .push_bind(batch[i].log.to_bytes())
-                                    .push_bind(seq as i64)
-                                    .push_bind(counter as i64)
-                                    .push_bind(batch[i].record.cid().to_bytes())
-                                    .push_bind(now_ms)
-                                    .push_bind(now_ms);
-                            });
-                            q.build().execute(&mut *tx).await?;
-                        }
-                    }
                     for &i in &forks {
                         let r = &batch[i].record;
                         let b = r.blocks();
@@ -926,8 +908,8 @@ macro_rules! impl_store {
 
             async fn create_webhook(&self, hook: &$crate::model::Webhook) -> $crate::Result<()> {
                 let created = sqlx::query(
-                    "INSERT INTO webhooks (id, thread_id, log_id, url, secret, created_at) \
-                     SELECT $1, id, $3, $4, $5, $6 FROM threads WHERE id = $2",
+                    "INSERT INTO webhooks (id, thread_id, log_id, url, secret, created_at, cursor_seq) \
+                     SELECT $1, id, $3, $4, $5, $6, seq FROM threads WHERE id = $2",
                 )
                 .bind(&hook.id)
                 .bind(hook.thread.as_bytes())
@@ -1020,14 +1002,15 @@ macro_rules! impl_store {
                 .await?;
                 let mut out = Vec::with_capacity(rows.len());
                 for row in rows {
+                    let success = row.success();
                     let delivery = row.into_delivery()?;
-                    let attempts: Vec<(i64, Option<i32>, Option<String>, i64)> = sqlx::query_as(
+                    let failures: Vec<(i64, Option<i32>, Option<String>, i64)> = sqlx::query_as(
                         "SELECT at, status, error, duration_ms FROM delivery_attempts WHERE delivery_id = $1 ORDER BY at",
                     )
                     .bind(delivery.id)
                     .fetch_all(&self.read)
                     .await?;
-                    let attempts = attempts
+                    let attempts = failures
                         .into_iter()
                         .map(|(at_ms, status, error, duration_ms)| $crate::model::Attempt {
                             at_ms,
@@ -1035,6 +1018,7 @@ macro_rules! impl_store {
                             error,
                             duration_ms,
                         })
+                        .chain(success)
                         .collect();
                     out.push((delivery, attempts));
                 }
@@ -1065,10 +1049,12 @@ macro_rules! impl_store {
                     .await?
                 } else {
                     let filter = if hook.log.is_some() { "AND log_id = $5" } else { "" };
+                    // Only what the cursor has passed: the records after it are on their way.
+                    let cursor = hook.cursor;
                     let sql = format!(
                         "INSERT INTO deliveries (webhook_id, event, thread_id, log_id, seq, counter, cid, created_at, next_at, state) \
                          SELECT $1, 'record.created', thread_id, log_id, seq, counter, cid, $3, $3, '{state}' FROM records \
-                         WHERE thread_id = $2 AND seq > $4 {filter} ORDER BY seq"
+                         WHERE thread_id = $2 AND seq > $4 AND seq <= {cursor} {filter} ORDER BY seq"
                     );
                     let mut query = sqlx::query(&sql)
                         .bind(webhook)
@@ -1143,49 +1129,145 @@ macro_rules! impl_store {
                 Ok(out)
             }
 
+            async fn claim_webhooks(
+                &self,
+                now_ms: i64,
+                lease_ms: i64,
+                limit: u32,
+            ) -> $crate::Result<Vec<$crate::model::WebhookLease>> {
+                let leased_until = now_ms + lease_ms;
+                let mut tx = self.write.begin().await?;
+                let rows: Vec<$crate::ingest::WebhookRow> = sqlx::query_as(&format!(
+                    "{} RETURNING {}",
+                    <$store>::CLAIM_WEBHOOKS,
+                    $crate::ingest::WEBHOOK_COLUMNS
+                ))
+                .bind(now_ms)
+                .bind(leased_until)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let webhook = row.into_webhook()?;
+                    let (seq,): (i64,) = sqlx::query_as("SELECT seq FROM threads WHERE id = $1")
+                        .bind(webhook.thread.as_bytes())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    out.push($crate::model::WebhookLease { webhook, seq: seq as u64, leased_until });
+                }
+                tx.commit().await?;
+                Ok(out)
+            }
+
             async fn finish_deliveries(
                 &self,
                 results: &[(i64, $crate::model::Attempt, $crate::model::AttemptResult)],
+                cursors: &[$crate::model::CursorOutcome],
             ) -> $crate::Result<()> {
-                use $crate::model::AttemptResult;
+                use $crate::model::{Attempt, AttemptResult};
+                fn row_state(attempt: &Attempt, result: &AttemptResult) -> (&'static str, i64) {
+                    match result {
+                        AttemptResult::Delivered => ("delivered", attempt.at_ms),
+                        AttemptResult::Failed { retry_ms: Some(at), .. } => ("pending", *at),
+                        AttemptResult::Failed { retry_ms: None, .. } => ("failed", attempt.at_ms),
+                    }
+                }
+                let delivered = |result: &AttemptResult| *result == AttemptResult::Delivered;
                 let mut tx = self.write.begin().await?;
                 // Each webhook's outcomes in order, for its count of failures in a row.
-                let mut by_hook: std::collections::HashMap<String, Vec<usize>> = Default::default();
-                for chunk in (0..results.len()).collect::<Vec<_>>().chunks(500) {
+                let mut by_hook: std::collections::HashMap<String, Vec<(&Attempt, &AttemptResult)>> = Default::default();
+                // Failed attempts are kept apart; a successful one lives in its delivery's row.
+                let mut failed: Vec<(i64, &Attempt)> = Vec::new();
+                for chunk in results.chunks(500) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "UPDATE deliveries SET state = v.column2, next_at = v.column3, leased_until = 0, \
                          last_status = v.column4, last_error = v.column5, \
-                         delivered_at = CASE WHEN v.column2 = 'delivered' THEN v.column6 ELSE deliveries.delivered_at END \
+                         delivered_at = CASE WHEN v.column2 = 'delivered' THEN v.column6 ELSE deliveries.delivered_at END, \
+                         duration_ms = CASE WHEN v.column2 = 'delivered' THEN v.column7 ELSE deliveries.duration_ms END \
                          FROM (",
                     );
-                    q.push_values(chunk, |mut row, &i| {
-                        let (id, attempt, result) = &results[i];
-                        let (state, next) = match result {
-                            AttemptResult::Delivered => ("delivered", attempt.at_ms),
-                            AttemptResult::Failed { retry_ms: Some(at), .. } => ("pending", *at),
-                            AttemptResult::Failed { retry_ms: None, .. } => ("failed", attempt.at_ms),
-                        };
+                    q.push_values(chunk, |mut row, (id, attempt, result)| {
+                        let (state, next) = row_state(attempt, result);
                         row.push_bind(*id)
                             .push_bind(state)
                             .push_bind(next)
                             .push_bind(attempt.status.map(i32::from))
                             .push_bind(attempt.error.as_deref())
-                            .push_bind(attempt.at_ms);
+                            .push_bind(attempt.at_ms)
+                            .push_bind(attempt.duration_ms);
                     });
                     q.push(") AS v WHERE deliveries.id = v.column1 RETURNING deliveries.id, deliveries.webhook_id");
                     let found: Vec<(i64, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
                     // Those deleted while they were being sent (their webhook or log went)
                     // are not found: nothing to record of them.
                     let found: std::collections::HashMap<i64, String> = found.into_iter().collect();
-                    let kept: Vec<usize> = chunk.iter().copied().filter(|&i| found.contains_key(&results[i].0)).collect();
-                    if kept.is_empty() {
+                    for (id, attempt, result) in chunk {
+                        let Some(hook) = found.get(id) else { continue };
+                        by_hook.entry(hook.clone()).or_default().push((attempt, result));
+                        if !delivered(result) {
+                            failed.push((*id, attempt));
+                        }
+                    }
+                }
+                for outcome in cursors {
+                    // Not moved when the webhook is gone, or when its lease ran out and another
+                    // worker took the cursor: that one sends these records again.
+                    let moved = sqlx::query(
+                        "UPDATE webhooks SET cursor_seq = $2, leased_until = 0 WHERE id = $1 AND leased_until = $3",
+                    )
+                    .bind(&outcome.webhook)
+                    .bind(outcome.cursor as i64)
+                    .bind(outcome.leased_until)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if moved == 0 {
                         continue;
                     }
+                    for chunk in outcome.sent.chunks(500) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO deliveries (webhook_id, event, thread_id, log_id, seq, counter, cid, created_at, \
+                             state, attempts, next_at, last_status, last_error, delivered_at, duration_ms, message_id) ",
+                        );
+                        q.push_values(chunk, |mut row, (d, attempt, result)| {
+                            let (state, next) = row_state(attempt, result);
+                            let done = delivered(result);
+                            row.push_bind(&outcome.webhook)
+                                .push_bind(&d.event)
+                                .push_bind(d.thread.as_bytes())
+                                .push_bind(d.log.as_ref().map(|l| l.to_bytes()))
+                                .push_bind(d.seq as i64)
+                                .push_bind(d.counter as i64)
+                                .push_bind(d.cid.as_ref().map(|c| c.to_bytes()))
+                                .push_bind(d.created_ms)
+                                .push_bind(state)
+                                .push_bind(1i32)
+                                .push_bind(next)
+                                .push_bind(attempt.status.map(i32::from))
+                                .push_bind(attempt.error.as_deref())
+                                .push_bind(done.then_some(attempt.at_ms))
+                                .push_bind(done.then_some(attempt.duration_ms))
+                                .push_bind(&d.message_id);
+                        });
+                        q.push(" RETURNING id, message_id");
+                        let ids: Vec<(i64, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
+                        let ids: std::collections::HashMap<String, i64> =
+                            ids.into_iter().map(|(id, message)| (message, id)).collect();
+                        for (d, attempt, result) in chunk {
+                            if !delivered(result) {
+                                failed.push((ids[&d.message_id], attempt));
+                            }
+                        }
+                    }
+                    let outcomes = by_hook.entry(outcome.webhook.clone()).or_default();
+                    outcomes.extend(outcome.sent.iter().map(|(_, a, r)| (a, r)));
+                }
+                for chunk in failed.chunks(500) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO delivery_attempts (delivery_id, at, status, error, duration_ms) ",
                     );
-                    q.push_values(&kept, |mut row, &i| {
-                        let (id, attempt, _) = &results[i];
+                    q.push_values(chunk, |mut row, (id, attempt)| {
                         row.push_bind(*id)
                             .push_bind(attempt.at_ms)
                             .push_bind(attempt.status.map(i32::from))
@@ -1193,16 +1275,11 @@ macro_rules! impl_store {
                             .push_bind(attempt.duration_ms);
                     });
                     q.build().execute(&mut *tx).await?;
-                    for i in kept {
-                        by_hook.entry(found[&results[i].0].clone()).or_default().push(i);
-                    }
                 }
                 for (hook, outcomes) in by_hook {
-                    let last_success = outcomes
-                        .iter()
-                        .rposition(|&i| results[i].2 == AttemptResult::Delivered);
+                    let last_success = outcomes.iter().rposition(|(_, r)| delivered(r));
                     let failed_after = &outcomes[last_success.map_or(0, |p| p + 1)..];
-                    let Some(&last_failure) = failed_after.last() else {
+                    let Some(&(attempt, result)) = failed_after.last() else {
                         // Only when there is something to reset: a webhook's row is not
                         // written by every batch of successful deliveries.
                         sqlx::query("UPDATE webhooks SET failures = 0 WHERE id = $1 AND failures > 0")
@@ -1213,17 +1290,15 @@ macro_rules! impl_store {
                     };
                     // Failures in a row: those after the batch's last success, or all of
                     // them added to the count so far.
-                    let count = failed_after.len() as i64;
                     sqlx::query(if last_success.is_some() {
                         "UPDATE webhooks SET failures = $2 WHERE id = $1"
                     } else {
                         "UPDATE webhooks SET failures = failures + $2 WHERE id = $1"
                     })
                     .bind(&hook)
-                    .bind(count)
+                    .bind(failed_after.len() as i64)
                     .execute(&mut *tx)
                     .await?;
-                    let (_, attempt, result) = &results[last_failure];
                     let AttemptResult::Failed { disable_after, .. } = result else {
                         unreachable!("a failure")
                     };

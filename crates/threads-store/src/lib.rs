@@ -122,7 +122,8 @@ pub trait Store: Send + Sync + 'static {
     /// process using the database.
     async fn server_id(&self) -> Result<String>;
 
-    /// Subscribes a webhook. Its thread must exist.
+    /// Subscribes a webhook. Its thread must exist; its cursor starts at the thread's newest
+    /// record, so that it receives the records that arrive after it.
     async fn create_webhook(&self, hook: &Webhook) -> Result<()>;
     async fn webhook(&self, id: &str) -> Result<Option<Webhook>>;
     async fn delete_webhook(&self, id: &str) -> Result<()>;
@@ -159,10 +160,24 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
         after: (i64, i64),
     ) -> Result<Vec<(Delivery, Webhook)>>;
-    /// Records attempts' outcomes, in one transaction: delivered, to retry, or failed for
-    /// good; counts each webhook's failures in a row and disables it past the limit, pausing
-    /// its waiting deliveries.
-    async fn finish_deliveries(&self, results: &[(i64, Attempt, AttemptResult)]) -> Result<()>;
+    /// Takes the cursors of up to `limit` enabled webhooks whose thread has records past them,
+    /// for `lease_ms`: no other worker, in this process or another, takes them meanwhile.
+    async fn claim_webhooks(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<WebhookLease>>;
+    /// Records attempts' outcomes, in one transaction: those of claimed deliveries
+    /// (`results`, by delivery ID) and those sent from leased cursors, which become delivery
+    /// rows as their cursors move (unless the lease was lost meanwhile). Delivered, to retry,
+    /// or failed for good; counts each webhook's failures in a row and disables it past the
+    /// limit, pausing its waiting deliveries.
+    async fn finish_deliveries(
+        &self,
+        results: &[(i64, Attempt, AttemptResult)],
+        cursors: &[CursorOutcome],
+    ) -> Result<()>;
     /// The records of a thread at these sequence numbers (those that still exist).
     async fn records_at(&self, thread: &ThreadId, seqs: &[u64]) -> Result<Vec<StoredRecord>>;
 

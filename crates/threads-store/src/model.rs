@@ -150,6 +150,27 @@ pub struct Webhook {
     pub failures: u64,
     pub disabled_ms: Option<i64>,
     pub disabled_reason: Option<String>,
+    /// The thread's records up to this sequence number have been sent to it (or given a
+    /// delivery row to retry); the later ones are its pending work.
+    pub cursor: u64,
+}
+
+/// A webhook's cursor taken by a worker: the records after `webhook.cursor`, up to the
+/// thread's `seq` when claimed, are this worker's to send until `leased_until`.
+#[derive(Debug, Clone)]
+pub struct WebhookLease {
+    pub webhook: Webhook,
+    pub seq: u64,
+    pub leased_until: i64,
+}
+
+/// What a worker did with a leased cursor: what it sent, and where the cursor moves.
+#[derive(Debug, Clone)]
+pub struct CursorOutcome {
+    pub webhook: String,
+    pub leased_until: i64,
+    pub cursor: u64,
+    pub sent: Vec<(Delivery, Attempt, AttemptResult)>,
 }
 
 /// One event to deliver to one webhook, and how far its delivery got.
@@ -172,6 +193,8 @@ pub struct Delivery {
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
     pub delivered_ms: Option<i64>,
+    /// The `webhook-id` header: the same for every attempt.
+    pub message_id: String,
 }
 
 /// One try at sending a delivery.

@@ -44,6 +44,7 @@ fn webhook_json(hook: &Webhook) -> Value {
         "failures_in_a_row": hook.failures,
         "disabled_ms": hook.disabled_ms,
         "disabled_reason": hook.disabled_reason,
+        "cursor_seq": hook.cursor,
     })
 }
 
@@ -134,6 +135,8 @@ async fn create(
         failures: 0,
         disabled_ms: None,
         disabled_reason: None,
+        // The store starts it at the thread's newest record: later ones are delivered.
+        cursor: 0,
     };
     state
         .store
@@ -220,7 +223,7 @@ async fn deliveries(
         .map(|(d, attempts)| {
             json!({
                 "id": d.id,
-                "webhook_id": format!("msg_{}", d.id),
+                "webhook_id": d.message_id,
                 "event": d.event,
                 "thread": d.thread,
                 "log": d.log,
