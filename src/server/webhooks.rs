@@ -1,10 +1,13 @@
 //! Webhook deliveries, as the Standard Webhooks specification describes them.
 //!
-//! Deliveries are queued in the database by the transaction that stores their record, so none
-//! is lost. Each server process runs one worker: it claims due deliveries (a lease that no
-//! other worker, in any process, takes meanwhile), sends them with bounded concurrency, and
-//! records every attempt. A failure is retried after a doubling, jittered pause (or the
-//! receiver's longer `Retry-After`); a webhook failing too often in a row is disabled.
+//! Each webhook has a cursor in its thread's arrival order: the stored records past it are its
+//! pending work, so storing a record writes nothing more and loses nothing. Each server
+//! process runs one worker: it leases cursors (no other worker, in any process, takes them
+//! meanwhile), sends the records after them with bounded concurrency, and moves each cursor in
+//! the transaction that writes what was sent as delivery rows. A failure is retried from its
+//! row after a doubling, jittered pause (or the receiver's longer `Retry-After`), leased the
+//! same way; replays and test events are rows too. A webhook failing too often in a row is
+//! disabled.
 //!
 //! Every request carries `webhook-id` (stable across retries), `webhook-timestamp` and
 //! `webhook-signature: v1,<base64 HMAC-SHA256(secret, id.timestamp.body)>`, so receivers verify
@@ -176,10 +179,13 @@ async fn run(state: AppState) {
         http: builder.build().expect("an HTTP client builds"),
         slots: Arc::new(Semaphore::new(config.concurrency)),
         pace: Arc::new(Pace::new(config.max_per_second)),
+        // Long enough for a send (bounded by the timeout) and its bookkeeping; a crashed
+        // worker's deliveries are taken up again once it runs out.
+        lease_ms: (config.timeout_secs as i64 + 5) * 1000,
     };
-    // Long enough for a send (bounded by the timeout) and its bookkeeping; a crashed worker's
-    // deliveries are taken up again once it runs out. A cursor's records wait for slots too.
-    let lease_ms = (config.timeout_secs as i64 + 5) * 1000;
+    let lease_ms = sender.lease_ms;
+    // A cursor's records wait for slots and for their turn too; those that would start too
+    // late to end within the lease are left for the next one.
     let cursor_lease_ms = lease_ms * CURSOR_LEASES;
     // Outcomes are written in batches: one transaction for many deliveries.
     let (done, outcomes) = mpsc::channel(config.concurrency.max(CLAIM_BATCH));
@@ -256,6 +262,7 @@ async fn run(state: AppState) {
                     .await
                     .expect("never closed"),
             };
+            sender.pace.wait().await;
             let (sender, done) = (sender.clone(), done.clone());
             tokio::spawn(async move {
                 let outcome = deliver(&sender, &delivery, &hook, body).await;
@@ -286,6 +293,8 @@ struct Sender {
     /// Deliveries in flight at once.
     slots: Arc<Semaphore>,
     pace: Arc<Pace>,
+    /// How long one delivery may hold its lease.
+    lease_ms: i64,
 }
 
 /// Spaces sends evenly to stay under `[webhooks] max_per_second` (0: no limit).
@@ -323,8 +332,9 @@ impl Pace {
 
 impl Sender {
     /// Sends the records after a leased cursor, each in a slot of its own, and reports them
-    /// all at once, with where the cursor moves. If the records cannot be read, nothing is
-    /// reported: the lease runs out and the cursor is taken up again.
+    /// all at once, with where the cursor moves: past the last one sent, so that a send that
+    /// could not end within the lease is left for later. If the records cannot be read,
+    /// nothing is reported: the lease runs out and the cursor is taken up again.
     async fn send_cursor(self, lease: WebhookLease, done: mpsc::Sender<Done>) {
         let hook = Arc::new(lease.webhook);
         let records = match self
@@ -342,7 +352,7 @@ impl Sender {
         // Past what was read; when that was everything, past what the claim saw too (records
         // of a deleted log leave gaps).
         let last = records.last().map_or(0, |r| r.seq);
-        let cursor = if records.len() == CURSOR_BATCH as usize {
+        let mut cursor = if records.len() == CURSOR_BATCH as usize {
             last
         } else {
             last.max(lease.seq)
@@ -359,6 +369,11 @@ impl Sender {
                 .acquire_owned()
                 .await
                 .expect("never closed");
+            self.pace.wait().await;
+            if now_ms() + self.lease_ms > lease.leased_until {
+                cursor = record.seq - 1;
+                break;
+            }
             let delivery = Delivery {
                 id: 0,
                 webhook: hook.id.clone(),
@@ -487,7 +502,6 @@ async fn deliver(
 ) -> Outcome {
     let (state, http) = (&sender.state, &sender.http);
     let config = &state.config.webhooks;
-    sender.pace.wait().await;
     let started = Instant::now();
     let at_ms = now_ms();
     let outcome = match body {
