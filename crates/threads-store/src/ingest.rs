@@ -230,13 +230,14 @@ pub(crate) struct DeliveryRow {
 }
 
 impl DeliveryRow {
-    /// The successful attempt, kept in the delivery's own row.
+    /// The successful attempt, kept in the delivery's own row (rows older than that keep it
+    /// with the failed ones, and have no duration here).
     pub(crate) fn success(&self) -> Option<crate::model::Attempt> {
         Some(crate::model::Attempt {
             at_ms: self.delivered_at?,
             status: self.last_status.map(|s| s as u16),
             error: None,
-            duration_ms: self.duration_ms.unwrap_or(0),
+            duration_ms: self.duration_ms?,
         })
     }
 
