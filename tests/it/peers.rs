@@ -48,6 +48,15 @@ impl Peer {
         run.out
     }
 
+    /// Runs a command that must succeed, and returns one string field of its JSON.
+    async fn text(&self, args: &[&str], field: &str) -> String {
+        let out = self.ok(args).await;
+        out[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("threads {args:?}: no {field} in {out}"))
+            .to_owned()
+    }
+
     async fn bodies(&self, thread: &str) -> Vec<Value> {
         let out = self.ok(&["read", thread]).await;
         out["events"]
@@ -83,10 +92,7 @@ async fn two_writers_and_a_reader(backend: Backend) {
     let server = Server::start(backend).await;
     let (alice, bob, carol) = (Peer::new(), Peer::new(), Peer::new());
 
-    let thread = alice.ok(&["thread", "create"]).await["thread"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let thread = alice.text(&["thread", "create"], "thread").await;
     let t = thread.as_str();
     alice.ok(&["follower", "add", t, &server.url]).await;
     // Written offline, pushed later.
@@ -99,14 +105,8 @@ async fn two_writers_and_a_reader(backend: Backend) {
     assert_eq!(alice.ok(&["push", t]).await["pushed"], 3);
 
     // Bob joins with an invite sealed to his identity: only he can open it.
-    let bob_id = bob.ok(&["id"]).await["identity"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let invite = alice.ok(&["share", t, "--to", &bob_id]).await["invite"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let bob_id = bob.text(&["id"], "identity").await;
+    let invite = alice.text(&["share", t, "--to", &bob_id], "invite").await;
     let refused = carol.run(&["join", &invite]).await;
     assert_eq!(refused.code, 2, "{}", refused.stderr);
     assert!(refused.out["error"]
@@ -124,10 +124,9 @@ async fn two_writers_and_a_reader(backend: Backend) {
     assert_eq!(bob.ok(&["push", t]).await["pushed"], 0);
 
     // Carol reads: a reader link, then a pull from the follower the link names.
-    let link = alice.ok(&["share", t, "--role", "reader"]).await["invite"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let link = alice
+        .text(&["share", t, "--role", "reader"], "invite")
+        .await;
     carol.ok(&["join", &link]).await;
     assert_eq!(carol.ok(&["pull", t]).await["pulled"], 5);
     let mut got = carol.bodies(t).await;
@@ -200,10 +199,7 @@ async fn two_writers_and_a_reader_postgres() {
 async fn a_tampering_follower_is_caught() {
     let server = Server::start(Backend::Sqlite).await;
     let (alice, carol) = (Peer::new(), Peer::new());
-    let t = alice.ok(&["thread", "create"]).await["thread"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let t = alice.text(&["thread", "create"], "thread").await;
     alice.ok(&["follower", "add", &t, &server.url]).await;
     alice.ok(&["write", &t, r#"{"n": 1} {"n": 2}"#]).await;
     alice.ok(&["push", &t]).await;
@@ -224,10 +220,9 @@ async fn a_tampering_follower_is_caught() {
         .await
         .unwrap();
 
-    let link = alice.ok(&["share", &t, "--role", "reader"]).await["invite"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let link = alice
+        .text(&["share", &t, "--role", "reader"], "invite")
+        .await;
     carol.ok(&["join", &link]).await;
     let pull = carol.run(&["pull", &t]).await;
     assert_eq!(pull.code, 3, "{} {}", pull.out, pull.stderr);
@@ -259,18 +254,16 @@ async fn a_tampering_follower_is_caught() {
 async fn a_follow_only_peer_verifies_but_cannot_read() {
     let server = Server::start(Backend::Sqlite).await;
     let (alice, relay) = (Peer::new(), Peer::new());
-    let t = alice.ok(&["thread", "create", "--private"]).await["thread"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let t = alice
+        .text(&["thread", "create", "--private"], "thread")
+        .await;
     alice.ok(&["follower", "add", &t, &server.url]).await;
     alice.ok(&["write", &t, r#"{"private": true}"#]).await;
     alice.ok(&["push", &t]).await;
 
-    let link = alice.ok(&["share", &t, "--role", "follower"]).await["invite"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let link = alice
+        .text(&["share", &t, "--role", "follower"], "invite")
+        .await;
     relay.ok(&["join", &link]).await;
     // Verified with the follow key (and the pull token it derives for the private thread).
     assert_eq!(relay.ok(&["pull", &t]).await["pulled"], 1);
@@ -294,10 +287,7 @@ async fn mistakes_are_explained() {
         .contains("unknown thread"));
     let run = peer.run(&["join", "threads:link:garbage"]).await;
     assert_eq!(run.code, 2);
-    let t = peer.ok(&["thread", "create"]).await["thread"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let t = peer.text(&["thread", "create"], "thread").await;
     let run = peer.run(&["write", &t, "not json"]).await;
     assert_eq!(run.code, 2);
     // Nothing listens there: the follower cannot be reached.
@@ -312,10 +302,7 @@ async fn mistakes_are_explained() {
 #[tokio::test]
 async fn a_thread_travels_as_a_car_file() {
     let (alice, carol, stranger) = (Peer::new(), Peer::new(), Peer::new());
-    let t = alice.ok(&["thread", "create"]).await["thread"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let t = alice.text(&["thread", "create"], "thread").await;
     alice
         .ok(&["write", &t, r#"{"n": 1} {"n": 2} {"n": 3}"#])
         .await;
@@ -330,10 +317,9 @@ async fn a_thread_travels_as_a_car_file() {
         .unwrap()
         .contains("unknown thread"));
 
-    let link = alice.ok(&["share", &t, "--role", "reader"]).await["invite"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let link = alice
+        .text(&["share", &t, "--role", "reader"], "invite")
+        .await;
     carol.ok(&["join", &link]).await;
     // A flipped byte inside a sealed node: the file still parses, the record does not verify.
     let mut damaged = std::fs::read(&car).unwrap();
@@ -361,17 +347,13 @@ async fn tail_follows_live_and_survives_a_follower_restart() {
 
     let server = Server::start(Backend::Sqlite).await;
     let (alice, carol) = (Peer::new(), Peer::new());
-    let t = alice.ok(&["thread", "create"]).await["thread"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let t = alice.text(&["thread", "create"], "thread").await;
     alice.ok(&["follower", "add", &t, &server.url]).await;
     alice.ok(&["write", &t, r#"{"n": 1}"#]).await;
     alice.ok(&["push", &t]).await;
-    let link = alice.ok(&["share", &t, "--role", "reader"]).await["invite"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let link = alice
+        .text(&["share", &t, "--role", "reader"], "invite")
+        .await;
     carol.ok(&["join", &link]).await;
 
     let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_threads"))

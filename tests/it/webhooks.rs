@@ -150,15 +150,18 @@ async fn subscribe(server: &Server, log: &TestLog, url: &str) -> Value {
     created
 }
 
-async fn with_secret(
+/// A call that manages a webhook (`action`: `""`, `"/deliveries"`, `"/test"`, ...) with its
+/// secret.
+async fn manage(
     server: &Server,
     method: reqwest::Method,
-    path: &str,
+    id: &str,
+    action: &str,
     secret: &str,
 ) -> (StatusCode, Value) {
     let r = server
         .http
-        .request(method, format!("{}{path}", server.url))
+        .request(method, format!("{}/v1/webhooks/{id}{action}", server.url))
         .bearer_auth(secret)
         .send()
         .await
@@ -212,13 +215,7 @@ async fn deliveries_are_signed_retried_and_listed() {
         );
         assert_eq!(inline.as_str().unwrap(), b64);
     }
-    let (status, list) = with_secret(
-        &server,
-        reqwest::Method::GET,
-        &format!("/v1/webhooks/{id}/deliveries"),
-        secret,
-    )
-    .await;
+    let (status, list) = manage(&server, reqwest::Method::GET, id, "/deliveries", secret).await;
     assert_eq!(status, StatusCode::OK, "{list}");
     let deliveries = list["deliveries"].as_array().unwrap();
     assert_eq!(deliveries.len(), 3);
@@ -240,40 +237,17 @@ async fn deliveries_are_signed_retried_and_listed() {
     assert!(deliveries.iter().all(|d| d["state"] == "delivered"));
 
     // Wrong or missing credentials look like an unknown webhook.
-    let (status, _) = with_secret(
-        &server,
-        reqwest::Method::GET,
-        &format!("/v1/webhooks/{id}"),
-        "whsec_wrong",
-    )
-    .await;
+    let (status, _) = manage(&server, reqwest::Method::GET, id, "", "whsec_wrong").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // A test event, signed with the rotated secret; the old secret no longer manages it.
-    let (status, rotated) = with_secret(
-        &server,
-        reqwest::Method::POST,
-        &format!("/v1/webhooks/{id}/rotate-secret"),
-        secret,
-    )
-    .await;
+    let (status, rotated) =
+        manage(&server, reqwest::Method::POST, id, "/rotate-secret", secret).await;
     assert_eq!(status, StatusCode::OK);
     let new_secret = rotated["secret"].as_str().unwrap();
-    let (status, _) = with_secret(
-        &server,
-        reqwest::Method::POST,
-        &format!("/v1/webhooks/{id}/test"),
-        secret,
-    )
-    .await;
+    let (status, _) = manage(&server, reqwest::Method::POST, id, "/test", secret).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = with_secret(
-        &server,
-        reqwest::Method::POST,
-        &format!("/v1/webhooks/{id}/test"),
-        new_secret,
-    )
-    .await;
+    let (status, _) = manage(&server, reqwest::Method::POST, id, "/test", new_secret).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let got = receiver
         .until("the test event", |g| {
@@ -288,13 +262,8 @@ async fn deliveries_are_signed_retried_and_listed() {
     assert!(!verified_by_reference_library(secret, test).await);
 
     // Replay from the start: every record again, with new delivery IDs.
-    let (status, replayed) = with_secret(
-        &server,
-        reqwest::Method::POST,
-        &format!("/v1/webhooks/{id}/replay"),
-        new_secret,
-    )
-    .await;
+    let (status, replayed) =
+        manage(&server, reqwest::Method::POST, id, "/replay", new_secret).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{replayed}");
     assert_eq!(replayed["queued"], 3);
     receiver
@@ -309,10 +278,9 @@ async fn deliveries_are_signed_retried_and_listed() {
         .await;
 
     // Deleted: gone for its secret too.
-    let path = format!("/v1/webhooks/{id}");
-    let (status, _) = with_secret(&server, reqwest::Method::DELETE, &path, new_secret).await;
+    let (status, _) = manage(&server, reqwest::Method::DELETE, id, "", new_secret).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = with_secret(&server, reqwest::Method::GET, &path, new_secret).await;
+    let (status, _) = manage(&server, reqwest::Method::GET, id, "", new_secret).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
@@ -345,8 +313,7 @@ async fn unregistering_a_log_drops_its_deliveries() {
 
     let (status, _) = server.signed(&writer, Action::Unregister).await;
     assert_eq!(status, StatusCode::OK);
-    let path = format!("/v1/webhooks/{id}/deliveries");
-    let (_, list) = with_secret(&server, reqwest::Method::GET, &path, secret).await;
+    let (_, list) = manage(&server, reqwest::Method::GET, id, "/deliveries", secret).await;
     let cids: Vec<_> = list["deliveries"]
         .as_array()
         .unwrap()
@@ -354,13 +321,7 @@ async fn unregistering_a_log_drops_its_deliveries() {
         .map(|d| d["cid"].clone())
         .collect();
     assert_eq!(cids, vec![json!(kept.cid().to_string())]);
-    let (_, shown) = with_secret(
-        &server,
-        reqwest::Method::GET,
-        &format!("/v1/webhooks/{id}"),
-        secret,
-    )
-    .await;
+    let (_, shown) = manage(&server, reqwest::Method::GET, id, "", secret).await;
     assert!(shown["disabled_ms"].is_null());
 }
 
@@ -385,14 +346,9 @@ async fn failing_endpoints_are_disabled_and_can_come_back() {
     // Four failures in a row: disabled, and it says why.
     let mut shown = Value::Null;
     for _ in 0..3000 {
-        shown = with_secret(
-            &server,
-            reqwest::Method::GET,
-            &format!("/v1/webhooks/{id}"),
-            secret,
-        )
-        .await
-        .1;
+        shown = manage(&server, reqwest::Method::GET, id, "", secret)
+            .await
+            .1;
         if !shown["disabled_ms"].is_null() {
             break;
         }
@@ -407,13 +363,7 @@ async fn failing_endpoints_are_disabled_and_can_come_back() {
     server.push(&[(&log, &more)]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.got().len(), attempts_when_disabled);
-    let (_, listed) = with_secret(
-        &server,
-        reqwest::Method::GET,
-        &format!("/v1/webhooks/{id}/deliveries"),
-        secret,
-    )
-    .await;
+    let (_, listed) = manage(&server, reqwest::Method::GET, id, "/deliveries", secret).await;
     let states: Vec<_> = listed["deliveries"]
         .as_array()
         .unwrap()
@@ -424,13 +374,7 @@ async fn failing_endpoints_are_disabled_and_can_come_back() {
 
     // Re-enabled (the receiver now answers 200): the paused retries go out, and so does what
     // arrived while it was disabled.
-    let (status, _) = with_secret(
-        &server,
-        reqwest::Method::POST,
-        &format!("/v1/webhooks/{id}/enable"),
-        secret,
-    )
-    .await;
+    let (status, _) = manage(&server, reqwest::Method::POST, id, "/enable", secret).await;
     assert_eq!(status, StatusCode::OK);
     let got = receiver
         .until("all three records after re-enabling", |g| {
@@ -489,14 +433,9 @@ async fn private_addresses_are_refused_unless_allowed() {
     server.push(&[(&log, &record)]).await;
     let mut error = Value::Null;
     for _ in 0..3000 {
-        let list = with_secret(
-            &server,
-            reqwest::Method::GET,
-            &format!("/v1/webhooks/{id}/deliveries"),
-            secret,
-        )
-        .await
-        .1;
+        let list = manage(&server, reqwest::Method::GET, id, "/deliveries", secret)
+            .await
+            .1;
         error = list["deliveries"][0]["attempts"][0]["error"].clone();
         if !error.is_null() {
             break;
@@ -604,14 +543,11 @@ async fn a_log_filter_narrows_deliveries() {
     receiver
         .until("the watched log's record", |g| !g.is_empty())
         .await;
-    let path = format!("/v1/webhooks/{}/replay", hook["id"].as_str().unwrap());
-    let (status, replayed) = with_secret(
-        &server,
-        reqwest::Method::POST,
-        &path,
+    let (id, secret) = (
+        hook["id"].as_str().unwrap(),
         hook["secret"].as_str().unwrap(),
-    )
-    .await;
+    );
+    let (status, replayed) = manage(&server, reqwest::Method::POST, id, "/replay", secret).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(replayed["queued"], 1);
     let got = receiver.until("the replay", |g| g.len() >= 2).await;
