@@ -17,7 +17,3 @@ ALTER TABLE deliveries ADD COLUMN duration_ms BIGINT;
 -- again, so that claiming never has to look at webhooks.
 UPDATE deliveries SET state = 'paused'
 WHERE state = 'pending' AND webhook_id IN (SELECT id FROM webhooks WHERE disabled_at IS NOT NULL);
-
--- Due deliveries in the order they are claimed, so that a claim can start past the last one.
-DROP INDEX deliveries_due;
-CREATE INDEX deliveries_due ON deliveries (next_at, id) WHERE state = 'pending';

@@ -38,12 +38,6 @@ use super::{now_ms, AppState};
 /// there is work, rarely when idle.
 const POLL_BUSY: Duration = Duration::from_millis(10);
 const POLL_IDLE: Duration = Duration::from_millis(250);
-/// A claim from the start of the due deliveries, and how often one is made.
-const START: (i64, i64) = (i64::MIN, i64::MIN);
-const RESCAN: Duration = Duration::from_secs(1);
-/// How far before the last claimed delivery the next claim looks, for deliveries written by
-/// transactions that began earlier but committed later.
-const LATE_MS: i64 = 250;
 /// Most webhook cursors claimed at once, most records sent from one cursor, and how many
 /// delivery leases a cursor's lease lasts (its records share the delivery slots).
 const CURSOR_CLAIM: u32 = 32;
@@ -193,12 +187,6 @@ async fn run(state: AppState) {
     let released = Arc::new(Notify::new());
     let recorder = tokio::spawn(record(state.clone(), outcomes, released.clone()));
     let mut changes = state.store.changes();
-    // Where the next claim starts: shortly before the last delivery claimed. New deliveries
-    // and retries come due after it; what it skips (a delivery from a transaction that took
-    // longer, a crashed worker's expired leases) is found by a search from the start now and
-    // then.
-    let mut after = START;
-    let mut rescan = Instant::now() + RESCAN;
     loop {
         // Claim only what can be sent now: wait for a free slot first.
         let first = tokio::select! {
@@ -224,12 +212,9 @@ async fn run(state: AppState) {
         }
         // Retries, replays and test events: delivery rows.
         let free = (sender.slots.available_permits() + 1).min(CLAIM_BATCH);
-        if Instant::now() >= rescan {
-            (after, rescan) = (START, Instant::now() + RESCAN);
-        }
         let claimed = match state
             .store
-            .claim_deliveries(now, lease_ms, free as u32, after)
+            .claim_deliveries(now, lease_ms, free as u32)
             .await
         {
             Ok(claimed) => claimed,
@@ -238,9 +223,6 @@ async fn run(state: AppState) {
                 Vec::new()
             }
         };
-        if let Some(last) = claimed.iter().map(|(d, _)| d.next_ms).max() {
-            after = (last - LATE_MS, i64::MIN);
-        }
         let full = claimed.len() == free || more_cursors;
         let poll = if claimed.is_empty() {
             POLL_IDLE

@@ -210,7 +210,7 @@ pub(crate) const DELIVERY_COLUMNS: &str =
 
 #[derive(FromRow)]
 pub(crate) struct DeliveryRow {
-    id: i64,
+    pub(crate) id: i64,
     webhook_id: String,
     event: String,
     thread_id: Vec<u8>,
@@ -1001,29 +1001,39 @@ macro_rules! impl_store {
                 .bind(i64::from(limit))
                 .fetch_all(&self.read)
                 .await?;
-                let mut out = Vec::with_capacity(rows.len());
-                for row in rows {
-                    let success = row.success();
-                    let delivery = row.into_delivery()?;
-                    let failures: Vec<(i64, Option<i32>, Option<String>, i64)> = sqlx::query_as(
-                        "SELECT at, status, error, duration_ms FROM delivery_attempts WHERE delivery_id = $1 ORDER BY at",
-                    )
-                    .bind(delivery.id)
-                    .fetch_all(&self.read)
-                    .await?;
-                    let attempts = failures
-                        .into_iter()
-                        .map(|(at_ms, status, error, duration_ms)| $crate::model::Attempt {
-                            at_ms,
-                            status: status.map(|s| s as u16),
-                            error,
-                            duration_ms,
-                        })
-                        .chain(success)
-                        .collect();
-                    out.push((delivery, attempts));
+                let Some(last) = rows.last().map(|r| r.id) else {
+                    return Ok(Vec::new());
+                };
+                // The page's failed attempts in one query, by delivery.
+                let failures: Vec<(i64, i64, Option<i32>, Option<String>, i64)> = sqlx::query_as(
+                    "SELECT a.delivery_id, a.at, a.status, a.error, a.duration_ms FROM delivery_attempts a \
+                     JOIN deliveries d ON d.id = a.delivery_id \
+                     WHERE d.webhook_id = $1 AND a.delivery_id > $2 AND a.delivery_id <= $3 \
+                     ORDER BY a.delivery_id, a.at",
+                )
+                .bind(webhook)
+                .bind(after)
+                .bind(last)
+                .fetch_all(&self.read)
+                .await?;
+                let mut failures_by: std::collections::HashMap<i64, Vec<$crate::model::Attempt>> = Default::default();
+                for (id, at_ms, status, error, duration_ms) in failures {
+                    failures_by.entry(id).or_default().push($crate::model::Attempt {
+                        at_ms,
+                        status: status.map(|s| s as u16),
+                        error,
+                        duration_ms,
+                    });
                 }
-                Ok(out)
+                rows.into_iter()
+                    .map(|row| {
+                        let success = row.success();
+                        let delivery = row.into_delivery()?;
+                        let mut attempts = failures_by.remove(&delivery.id).unwrap_or_default();
+                        attempts.extend(success);
+                        Ok((delivery, attempts))
+                    })
+                    .collect()
             }
 
             async fn queue_deliveries(
@@ -1075,7 +1085,6 @@ macro_rules! impl_store {
                 now_ms: i64,
                 lease_ms: i64,
                 limit: u32,
-                after: (i64, i64),
             ) -> $crate::Result<Vec<($crate::model::Delivery, $crate::model::Webhook)>> {
                 let sql = format!("{} RETURNING {}", <$store>::CLAIM_DELIVERIES, $crate::ingest::DELIVERY_COLUMNS);
                 let mut tx = self.write.begin().await?;
@@ -1086,8 +1095,6 @@ macro_rules! impl_store {
                     .bind(now_ms)
                     .bind(now_ms + lease_ms)
                     .bind(i64::from(limit))
-                    .bind(after.0)
-                    .bind(after.1)
                     .fetch_all(&mut *tx)
                     .await?;
                 let mut out = Vec::with_capacity(rows.len());

@@ -150,15 +150,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<u64>;
     /// Takes up to `limit` due deliveries, oldest due first, for `lease_ms`: no other worker,
     /// in this process or another, takes them meanwhile. Those of a webhook disabled meanwhile
-    /// are paused instead. `after` (a `(next_ms, id)` position) starts the search past the
-    /// deliveries already claimed, and past the dead index entries they leave behind until
-    /// vacuum removes them; a search from the start finds what was skipped.
+    /// are paused instead.
     async fn claim_deliveries(
         &self,
         now_ms: i64,
         lease_ms: i64,
         limit: u32,
-        after: (i64, i64),
     ) -> Result<Vec<(Delivery, Webhook)>>;
     /// Takes the cursors of up to `limit` enabled webhooks whose thread has records past them,
     /// for `lease_ms`: no other worker, in this process or another, takes them meanwhile.

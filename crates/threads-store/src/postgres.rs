@@ -86,22 +86,23 @@ async fn listen(mut listener: PgListener, changes: broadcast::Sender<Change>) {
 }
 
 impl PgStore {
-    /// Claims due deliveries; `SKIP LOCKED` lets processes sharing the database claim at once
-    /// without waiting on, or taking, each other's rows. Sorting is
-    /// off so that the due rows are read in order from `deliveries_due`, stopping at the
-    /// limit: statistics taken while the queue was short would otherwise choose to sort a
-    /// whole backlog at every claim. (The caller appends `RETURNING` and the delivery columns.)
-    const CLAIM_SETUP: Option<&'static str> = Some("SET LOCAL enable_sort = off");
     /// Leases the cursors of webhooks that have records to send. (The caller appends
     /// `RETURNING` and the webhook columns.)
     const CLAIM_WEBHOOKS: &'static str = "UPDATE webhooks SET leased_until = $2 \
         WHERE id IN (SELECT w.id FROM webhooks w JOIN threads t ON t.id = w.thread_id \
         WHERE w.disabled_at IS NULL AND w.leased_until <= $1 AND w.cursor_seq < t.seq \
         LIMIT $3 FOR UPDATE OF w SKIP LOCKED)";
-    const CLAIM_DELIVERIES: &'static str = "UPDATE deliveries SET leased_until = $2, attempts = attempts + 1 \
+    /// Claims due deliveries; `SKIP LOCKED` lets processes sharing the database claim at once
+    /// without waiting on, or taking, each other's rows. Sorting is off so that the due rows
+    /// are read in order from `deliveries_due`, stopping at the limit: statistics taken while
+    /// the queue was short would otherwise choose to sort a whole backlog (a large replay) at
+    /// every claim. (The caller appends `RETURNING` and the delivery columns.)
+    const CLAIM_SETUP: Option<&'static str> = Some("SET LOCAL enable_sort = off");
+    const CLAIM_DELIVERIES: &'static str =
+        "UPDATE deliveries SET leased_until = $2, attempts = attempts + 1 \
         WHERE id = ANY(ARRAY(SELECT id FROM deliveries \
-        WHERE state = 'pending' AND next_at <= $1 AND (next_at, id) > ($4, $5) AND leased_until <= $1 \
-        ORDER BY next_at, id LIMIT $3 FOR UPDATE SKIP LOCKED))";
+        WHERE state = 'pending' AND next_at <= $1 AND leased_until <= $1 \
+        ORDER BY next_at LIMIT $3 FOR UPDATE SKIP LOCKED))";
 }
 
 crate::ingest::impl_store!(PgStore, sqlx::Postgres);

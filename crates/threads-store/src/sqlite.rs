@@ -96,19 +96,20 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// Claims due deliveries (one writer connection: no two claims run at once).
-    /// (The caller appends `RETURNING` and the delivery columns.)
-    const CLAIM_SETUP: Option<&'static str> = None;
     /// Leases the cursors of webhooks that have records to send. (The caller appends
     /// `RETURNING` and the webhook columns.)
     const CLAIM_WEBHOOKS: &'static str = "UPDATE webhooks SET leased_until = $2 \
         WHERE id IN (SELECT w.id FROM webhooks w JOIN threads t ON t.id = w.thread_id \
         WHERE w.disabled_at IS NULL AND w.leased_until <= $1 AND w.cursor_seq < t.seq \
         LIMIT $3)";
-    const CLAIM_DELIVERIES: &'static str = "UPDATE deliveries SET leased_until = $2, attempts = attempts + 1 \
+    /// Claims due deliveries (one writer connection: no two claims run at once).
+    /// (The caller appends `RETURNING` and the delivery columns.)
+    const CLAIM_SETUP: Option<&'static str> = None;
+    const CLAIM_DELIVERIES: &'static str =
+        "UPDATE deliveries SET leased_until = $2, attempts = attempts + 1 \
         WHERE id IN (SELECT id FROM deliveries \
-        WHERE state = 'pending' AND next_at <= $1 AND (next_at, id) > ($4, $5) AND leased_until <= $1 \
-        ORDER BY next_at, id LIMIT $3)";
+        WHERE state = 'pending' AND next_at <= $1 AND leased_until <= $1 \
+        ORDER BY next_at LIMIT $3)";
 }
 
 crate::ingest::impl_store!(SqliteStore, sqlx::Sqlite);
