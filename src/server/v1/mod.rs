@@ -83,13 +83,18 @@ pub async fn readable_thread(
     thread: &ThreadId,
     token: Option<&str>,
 ) -> ApiResult<ThreadInfo> {
-    let info = state
+    let info = known_thread(state, thread).await?;
+    check_access(&info, token)?;
+    Ok(info)
+}
+
+/// The thread, if this server follows it (`404 not_found` otherwise).
+pub async fn known_thread(state: &AppState, thread: &ThreadId) -> ApiResult<ThreadInfo> {
+    state
         .store
         .thread(thread)
         .await?
-        .ok_or_else(|| ApiError::not_found("thread"))?;
-    check_access(&info, token)?;
-    Ok(info)
+        .ok_or_else(|| ApiError::not_found("thread"))
 }
 
 /// The log, if its thread is readable by the caller and the log is registered in it.

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use threads_core::auth::{Action, SignedRequest};
-use threads_core::{LogId, ThreadId};
+use threads_core::LogId;
 use threads_store::{StoreError, Webhook};
 
 use super::{decode_cursor, parse_thread, presented_token};
@@ -253,7 +253,8 @@ struct ReplayRequest {
     after: String,
 }
 
-/// Queues again every record of the subscription after a cursor.
+/// Queues again the subscription's records after a thread cursor, up to where its own
+/// cursor has reached (the later ones are on their way).
 async fn replay(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -262,21 +263,13 @@ async fn replay(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let hook = authorized(&state, &headers, &id).await?;
     let after = body.map(|Json(b)| b.after).unwrap_or_default();
-    let info = thread_info(&state, &hook.thread).await?;
+    let info = super::known_thread(&state, &hook.thread).await?;
     let after = decode_cursor(&info, Some(&after))?;
     let queued = state
         .store
         .queue_deliveries(&id, after, false, now_ms())
         .await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"queued": queued}))))
-}
-
-async fn thread_info(state: &AppState, thread: &ThreadId) -> ApiResult<threads_store::ThreadInfo> {
-    state
-        .store
-        .thread(thread)
-        .await?
-        .ok_or_else(|| ApiError::not_found("thread"))
 }
 
 /// Queues a `webhook.test` event, delivered (and signed) like any other.
