@@ -210,20 +210,25 @@ async fn run(state: AppState) {
         for lease in leases {
             tokio::spawn(sender.clone().send_cursor(lease, done.clone()));
         }
-        // Retries, replays and test events: delivery rows.
-        let free = (sender.slots.available_permits() + 1).min(CLAIM_BATCH);
-        let claimed = match state
-            .store
-            .claim_deliveries(now, lease_ms, free as u32)
-            .await
-        {
-            Ok(claimed) => claimed,
-            Err(error) => {
-                tracing::warn!(%error, "claiming webhook deliveries failed");
-                Vec::new()
+        // Retries, replays and test events: delivery rows, as many as can start within half
+        // their lease under the delivery cap.
+        let free = (sender.slots.available_permits() + 1)
+            .min(CLAIM_BATCH)
+            .min(sender.pace.room(lease_ms / 2));
+        let claimed = match free {
+            0 => Ok(Vec::new()),
+            _ => {
+                state
+                    .store
+                    .claim_deliveries(now, lease_ms, free as u32)
+                    .await
             }
         };
-        let full = claimed.len() == free || more_cursors;
+        let claimed = claimed.unwrap_or_else(|error| {
+            tracing::warn!(%error, "claiming webhook deliveries failed");
+            Vec::new()
+        });
+        let full = (free > 0 && claimed.len() == free) || more_cursors;
         let poll = if claimed.is_empty() {
             POLL_IDLE
         } else {
@@ -295,6 +300,17 @@ impl Pace {
             gap,
             next: std::sync::Mutex::new(tokio::time::Instant::now()),
         }
+    }
+
+    /// How many more sends may start within `ms` from now.
+    fn room(&self, ms: i64) -> usize {
+        if self.gap.is_zero() {
+            return usize::MAX;
+        }
+        let now = tokio::time::Instant::now();
+        let end = now + Duration::from_millis(ms.max(0) as u64);
+        let next = (*self.next.lock().expect("never poisoned")).max(now);
+        (end.saturating_duration_since(next).as_nanos() / self.gap.as_nanos()) as usize
     }
 
     /// Waits for this send's turn.
@@ -662,12 +678,19 @@ mod tests {
         }
         // The first goes at once, each next one 100 ms later.
         assert_eq!(start.elapsed(), Duration::from_millis(400));
+        // Ten turns fit in a second; each one taken leaves one less.
+        let pace = Pace::new(10);
+        assert_eq!(pace.room(1000), 10);
+        pace.wait().await;
+        assert_eq!(pace.room(1000), 9);
+        assert_eq!(pace.room(50), 0);
         let unlimited = Pace::new(0);
         let start = tokio::time::Instant::now();
         for _ in 0..1000 {
             unlimited.wait().await;
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(unlimited.room(1), usize::MAX);
     }
 
     #[test]
