@@ -168,6 +168,10 @@ impl Config {
         if w.retry_base_ms == 0 || w.retry_max_ms < w.retry_base_ms {
             bail!("webhooks.retry_base_ms must be at least 1 and at most webhooks.retry_max_ms");
         }
+        // Leases are derived from the timeout: keep them within reason (and within i64 ms).
+        if w.timeout_secs > 3600 {
+            bail!("webhooks.timeout_secs must be at most 3600");
+        }
         Ok(self)
     }
 
@@ -265,6 +269,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("in-memory"), "{err}");
+    }
+
+    #[test]
+    fn webhook_timeouts_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("threads.toml");
+        std::fs::write(&file, "[webhooks]\ntimeout_secs = 9223372036854775807\n").unwrap();
+        let err = Config::load(Some(&file), Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("webhooks.timeout_secs"), "{err}");
     }
 
     #[test]
