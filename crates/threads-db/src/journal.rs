@@ -1,0 +1,206 @@
+//! The journal: the database's events in their order, the views' snapshots, and how far the
+//! local record store has been read. One SQLite connection (a file, or memory), so one
+//! transaction covers events, snapshots and progress together.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::str::FromStr;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
+
+use crate::action::{Action, Event, Position, KEY_LEN};
+use crate::{Error, Result};
+
+/// Rows per INSERT: three parameters each, well under SQLite's 32,766.
+const INSERT_CHUNK: usize = 1000;
+
+pub struct Journal {
+    conn: SqliteConnection,
+}
+
+/// A snapshot as stored: the views' state just after the `events`-th event, at `pos`.
+pub struct StoredSnapshot {
+    pub pos: Position,
+    pub events: u64,
+    pub bytes: Vec<u8>,
+}
+
+impl Journal {
+    /// Opens (creating) the journal file, or a journal in memory when `path` is `None`.
+    pub async fn open(path: Option<&Path>) -> Result<Self> {
+        let options = match path {
+            Some(path) => SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // The journal can be rebuilt from the record store, which is what must
+                // survive a power cut: NORMAL in WAL mode stays consistent, and is faster.
+                .synchronous(SqliteSynchronous::Normal),
+            None => SqliteConnectOptions::from_str("sqlite::memory:")?,
+        };
+        let mut conn = SqliteConnection::connect_with(&options).await?;
+        sqlx::migrate!("./migrations").run(&mut conn).await?;
+        Ok(Self { conn })
+    }
+
+    pub async fn begin(&mut self) -> Result<Transaction<'_, Sqlite>> {
+        Ok(self.conn.begin().await?)
+    }
+}
+
+/// Adds events, returning the keys of those that were not held yet.
+pub async fn insert(tx: &mut SqliteConnection, events: &[Event]) -> Result<HashSet<[u8; KEY_LEN]>> {
+    let mut fresh = HashSet::with_capacity(events.len());
+    for chunk in events.chunks(INSERT_CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO events (pos, actions) ");
+        let mut encoded = Vec::with_capacity(chunk.len());
+        for event in chunk {
+            encoded.push((event.pos.key(), encode_actions(&event.actions)?));
+        }
+        query.push_values(&encoded, |mut row, (key, actions)| {
+            row.push_bind(&key[..]).push_bind(&actions[..]);
+        });
+        query.push(" ON CONFLICT DO NOTHING RETURNING pos");
+        for row in query.build().fetch_all(&mut *tx).await? {
+            let key: &[u8] = row.try_get(0)?;
+            fresh.insert(Position::from_key(key)?.key());
+        }
+    }
+    Ok(fresh)
+}
+
+/// Up to `limit` events after `after` (from the first when `None`), in order.
+pub async fn events_after(
+    tx: &mut SqliteConnection,
+    after: Option<Position>,
+    limit: u32,
+) -> Result<Vec<Event>> {
+    let after = after.map_or_else(Vec::new, |p| p.key().to_vec());
+    let rows = sqlx::query("SELECT pos, actions FROM events WHERE pos > ? ORDER BY pos LIMIT ?")
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Event {
+                pos: Position::from_key(row.try_get(0)?)?,
+                actions: decode_actions(row.try_get(1)?)?,
+            })
+        })
+        .collect()
+}
+
+/// The latest snapshot taken before `before` (of all, when `None`).
+pub async fn snapshot_before(
+    tx: &mut SqliteConnection,
+    before: Option<Position>,
+) -> Result<Option<StoredSnapshot>> {
+    let before = before.map_or_else(|| vec![0xff; KEY_LEN + 1], |p| p.key().to_vec());
+    let row = sqlx::query(
+        "SELECT pos, events, bytes FROM snapshots WHERE pos < ? ORDER BY pos DESC LIMIT 1",
+    )
+    .bind(before)
+    .fetch_optional(&mut *tx)
+    .await?;
+    row.map(|row| {
+        Ok(StoredSnapshot {
+            pos: Position::from_key(row.try_get(0)?)?,
+            events: row.try_get::<i64, _>(1)? as u64,
+            bytes: row.try_get(2)?,
+        })
+    })
+    .transpose()
+}
+
+/// Forgets the snapshots at or after `from`: an event sorting before them arrived.
+pub async fn drop_snapshots_from(tx: &mut SqliteConnection, from: Position) -> Result<()> {
+    sqlx::query("DELETE FROM snapshots WHERE pos >= ?")
+        .bind(&from.key()[..])
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn save_snapshot(tx: &mut SqliteConnection, snapshot: &StoredSnapshot) -> Result<()> {
+    sqlx::query("INSERT OR REPLACE INTO snapshots (pos, events, bytes) VALUES (?, ?, ?)")
+        .bind(&snapshot.pos.key()[..])
+        .bind(snapshot.events as i64)
+        .bind(&snapshot.bytes)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Keeps the newest `keep` snapshots and the events after the oldest of them; frees the rest.
+/// Returns how many events were removed. An event that later sorts before what was kept
+/// makes the dispatcher rebuild from the record store.
+pub async fn compact(tx: &mut SqliteConnection, keep: u32) -> Result<u64> {
+    let oldest: Option<Vec<u8>> = sqlx::query_scalar(
+        "SELECT pos FROM (SELECT pos FROM snapshots ORDER BY pos DESC LIMIT ?) ORDER BY pos LIMIT 1",
+    )
+    .bind(keep.max(1))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(oldest) = oldest else { return Ok(0) };
+    sqlx::query("DELETE FROM snapshots WHERE pos < ?")
+        .bind(&oldest)
+        .execute(&mut *tx)
+        .await?;
+    let removed = sqlx::query("DELETE FROM events WHERE pos <= ?")
+        .bind(&oldest)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    sqlx::query("UPDATE progress SET compacted_through = ? WHERE id = 0")
+        .bind(&oldest)
+        .execute(&mut *tx)
+        .await?;
+    Ok(removed)
+}
+
+/// Whether compaction removed events: then only a snapshot can stand for them.
+pub async fn compacted(tx: &mut SqliteConnection) -> Result<bool> {
+    let through: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT compacted_through FROM progress WHERE id = 0")
+            .fetch_one(&mut *tx)
+            .await?;
+    Ok(through.is_some())
+}
+
+/// Removes every event and snapshot: the journal is about to be refilled from the records.
+pub async fn clear(tx: &mut SqliteConnection) -> Result<()> {
+    sqlx::query("DELETE FROM events").execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM snapshots")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE progress SET seen_seq = 0, compacted_through = NULL WHERE id = 0")
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn seen_seq(tx: &mut SqliteConnection) -> Result<u64> {
+    let seq: i64 = sqlx::query_scalar("SELECT seen_seq FROM progress WHERE id = 0")
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(seq as u64)
+}
+
+pub async fn set_seen_seq(tx: &mut SqliteConnection, seq: u64) -> Result<()> {
+    sqlx::query("UPDATE progress SET seen_seq = ? WHERE id = 0")
+        .bind(seq as i64)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+fn encode_actions(actions: &[Action]) -> Result<Vec<u8>> {
+    serde_ipld_dagcbor::to_vec(actions).map_err(|e| Error::Corrupt(format!("an action: {e}")))
+}
+
+fn decode_actions(bytes: &[u8]) -> Result<Vec<Action>> {
+    serde_ipld_dagcbor::from_slice(bytes)
+        .map_err(|e| Error::Corrupt(format!("a journaled event: {e}")))
+}
