@@ -33,6 +33,7 @@
 pub mod action;
 pub mod database;
 pub mod dispatcher;
+pub mod docs;
 pub mod journal;
 pub mod kv;
 pub mod view;
@@ -40,6 +41,7 @@ pub mod view;
 pub use action::{Action, Envelope, Event, Position};
 pub use database::{Config, Database};
 pub use dispatcher::{Applied, Dispatcher, Options};
+pub use docs::DocStore;
 pub use kv::KvStore;
 pub use view::{Change, Context, View};
 
