@@ -1,5 +1,6 @@
 //! Command-line entry points. Each subcommand is a module.
 
+mod db;
 mod inspect;
 mod peer;
 mod serve;

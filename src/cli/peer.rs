@@ -87,6 +87,9 @@ pub enum Command {
     },
     /// Verify and keep the records of a CAR file (of threads this peer knows).
     Import { file: PathBuf },
+    /// Use a thread as a database: key/value entries, document collections, live changes.
+    #[command(subcommand)]
+    Db(super::db::Command),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -304,6 +307,9 @@ impl Peer {
                 bar.finish_and_clear();
                 json!({"imported": imported})
             }
+            Command::Db(command) => {
+                return super::db::execute(client, &home, command, self.json).await
+            }
             Command::Join { invite } => {
                 let entry = client.join(&invite).await?;
                 json!({"thread": entry.thread.to_string(), "log": entry.log_id().map(|l| l.to_string())})
@@ -315,13 +321,19 @@ impl Peer {
 /// Input the user must correct (exit 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct BadInput(String);
+pub(super) struct BadInput(pub String);
 
 fn exit_code(error: &anyhow::Error) -> u8 {
     if error.downcast_ref::<BadInput>().is_some() {
         return 2;
     }
-    match error.downcast_ref::<Error>() {
+    let client_error = match error.downcast_ref::<threads_db::Error>() {
+        Some(threads_db::Error::UnknownStore(_) | threads_db::Error::Refused { .. }) => return 2,
+        Some(threads_db::Error::Client(e)) => Some(e),
+        Some(_) => return 1,
+        None => error.downcast_ref::<Error>(),
+    };
+    match client_error {
         Some(Error::Rejected { .. }) => 3,
         Some(Error::Network(_)) => 4,
         Some(Error::Server { .. }) => 5,
@@ -356,6 +368,23 @@ fn human(out: &Value) -> Option<String> {
                 .join("\n"),
         )
         .filter(|s| !s.is_empty());
+    }
+    if let Some(docs) = out["docs"].as_array() {
+        let mut lines: Vec<String> = docs.iter().map(Value::to_string).collect();
+        if let Some(next) = out["next"].as_str() {
+            lines.push(format!("next: {next}"));
+        }
+        return Some(lines.join("\n")).filter(|s| !s.is_empty());
+    }
+    if let Some(entries) = out["entries"].as_array() {
+        let lines: Vec<String> = entries
+            .iter()
+            .map(|e| format!("{} {}", e["key"].as_str().unwrap_or("?"), e["value"]))
+            .collect();
+        return Some(lines.join("\n")).filter(|s| !s.is_empty());
+    }
+    if let Some(value) = out.get("value") {
+        return Some(value.to_string());
     }
     for key in ["invite", "thread", "identity"] {
         if let Some(text) = out[key].as_str() {

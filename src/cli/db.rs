@@ -1,0 +1,278 @@
+//! `threads db ...`: a thread as a database. Key/value entries and document collections are
+//! events in the thread, so every member holding the read key ends with the same views. The
+//! journal lives in `<home>/db/<thread>.sqlite`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use threads_client::Client;
+use threads_core::ThreadId;
+use threads_db::{docs, kv, Action, Config, Database, DocStore, KvStore, View};
+
+use tokio::sync::broadcast::error::TryRecvError;
+
+use super::peer::BadInput;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Set a key to a JSON value.
+    Put {
+        thread: ThreadId,
+        key: String,
+        value: String,
+    },
+    /// Print a key's value.
+    Get { thread: ThreadId, key: String },
+    /// Delete a key (an event, so every replica deletes it).
+    Delete { thread: ThreadId, key: String },
+    /// List entries in key order.
+    List {
+        thread: ThreadId,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Only entries after this key.
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Create a document collection; its definition travels through the thread.
+    CreateCollection {
+        thread: ThreadId,
+        name: String,
+        /// A JSON Schema every document must match (JSON, or @FILE).
+        #[arg(long)]
+        schema: Option<String>,
+        /// A field to index (repeatable; dotted paths reach into objects).
+        #[arg(long = "index")]
+        indexes: Vec<String>,
+    },
+    /// Index a field of a collection, existing documents included.
+    CreateIndex {
+        thread: ThreadId,
+        collection: String,
+        field: String,
+    },
+    /// List collections with their document counts, indexes and schemas.
+    Collections { thread: ThreadId },
+    /// Insert a document (JSON, or @FILE); one without `_id` is given one. Prints the `_id`.
+    Insert {
+        thread: ThreadId,
+        collection: String,
+        doc: String,
+    },
+    /// Replace the document with the same `_id` (or insert it).
+    Save {
+        thread: ThreadId,
+        collection: String,
+        doc: String,
+    },
+    /// Delete a document.
+    Remove {
+        thread: ThreadId,
+        collection: String,
+        id: String,
+    },
+    /// Find documents. The query is JSON (or @FILE): {"where": {"and": [{"field": "age",
+    /// "gte": 30}, ...]}, "sort": {"field": "age", "desc": true}, "skip": 0, "limit": 20,
+    /// "after": CURSOR}. Prints one document per line, then the next page's cursor.
+    Find {
+        thread: ThreadId,
+        collection: String,
+        #[arg(default_value = "{}")]
+        query: String,
+    },
+    /// Print each change as it is applied, following the thread live from a follower
+    /// (catching up first). Runs until interrupted.
+    Watch {
+        thread: ThreadId,
+        /// Which follower (default: the thread's first).
+        #[arg(long)]
+        follower: Option<String>,
+    },
+}
+
+impl Command {
+    fn thread(&self) -> &ThreadId {
+        match self {
+            Command::Put { thread, .. }
+            | Command::Get { thread, .. }
+            | Command::Delete { thread, .. }
+            | Command::List { thread, .. }
+            | Command::CreateCollection { thread, .. }
+            | Command::CreateIndex { thread, .. }
+            | Command::Collections { thread }
+            | Command::Insert { thread, .. }
+            | Command::Save { thread, .. }
+            | Command::Remove { thread, .. }
+            | Command::Find { thread, .. }
+            | Command::Watch { thread, .. } => thread,
+        }
+    }
+}
+
+/// The stores every `threads db` database has.
+fn stores() -> Vec<(String, Box<dyn View>)> {
+    vec![
+        (kv::STORE.into(), Box::new(KvStore::default())),
+        (docs::STORE.into(), Box::new(DocStore::default())),
+    ]
+}
+
+pub async fn execute(
+    client: Client,
+    home: &Path,
+    command: Command,
+    json_lines: bool,
+) -> anyhow::Result<Value> {
+    let thread = command.thread().clone();
+    let dir = home.join("db");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let config = Config {
+        path: Some(dir.join(format!("{thread}.sqlite"))),
+        ..Config::default()
+    };
+    let client = Arc::new(client);
+    let db = Database::open(client.clone(), thread.clone(), stores(), config).await?;
+    let dispatch = |action: Action| async {
+        let pos = db.dispatch(vec![action]).await?;
+        anyhow::Ok(pos)
+    };
+    Ok(match command {
+        Command::Put { key, value, .. } => {
+            let value = parse(&value, "the value")?;
+            dispatch(kv::put(&key, value)).await?;
+            json!({"put": key})
+        }
+        Command::Get { key, .. } => {
+            let value = db
+                .query(kv::STORE, |kv: &KvStore| kv.get(&key).cloned())
+                .await?
+                .ok_or_else(|| BadInput(format!("no key {key:?}")))?;
+            json!({"value": value})
+        }
+        Command::Delete { key, .. } => {
+            dispatch(kv::delete(&key)).await?;
+            json!({"deleted": key})
+        }
+        Command::List {
+            prefix,
+            after,
+            limit,
+            ..
+        } => {
+            let entries = db
+                .query(kv::STORE, |kv: &KvStore| {
+                    kv.list(&prefix, after.as_deref())
+                        .take(limit)
+                        .map(|(k, v)| json!({"key": k, "value": v}))
+                        .collect::<Vec<_>>()
+                })
+                .await?;
+            json!({"entries": entries})
+        }
+        Command::CreateCollection {
+            name,
+            schema,
+            indexes,
+            ..
+        } => {
+            let schema = schema.map(|s| parse(&s, "the schema")).transpose()?;
+            let indexes: Vec<&str> = indexes.iter().map(String::as_str).collect();
+            dispatch(docs::create_collection(&name, schema, &indexes)).await?;
+            json!({"collection": name})
+        }
+        Command::CreateIndex {
+            collection, field, ..
+        } => {
+            dispatch(docs::create_index(&collection, &field)).await?;
+            json!({"collection": collection, "indexed": field})
+        }
+        Command::Collections { .. } => {
+            let list = db
+                .query(docs::STORE, |d: &DocStore| d.collections())
+                .await?;
+            json!({"collections": list})
+        }
+        Command::Insert {
+            collection, doc, ..
+        } => {
+            let action = docs::insert(&collection, parse(&doc, "the document")?);
+            let id = action.payload["doc"][docs::ID].clone();
+            dispatch(action).await?;
+            json!({"_id": id})
+        }
+        Command::Save {
+            collection, doc, ..
+        } => {
+            let doc = parse(&doc, "the document")?;
+            let id = doc[docs::ID].clone();
+            dispatch(docs::save(&collection, doc)).await?;
+            json!({"_id": id})
+        }
+        Command::Remove { collection, id, .. } => {
+            dispatch(docs::delete(&collection, &id)).await?;
+            json!({"removed": id})
+        }
+        Command::Find {
+            collection, query, ..
+        } => {
+            let query = parse(&query, "the query")?;
+            let page = db
+                .query(docs::STORE, |d: &DocStore| d.find(&collection, &query))
+                .await?
+                .map_err(BadInput)?;
+            json!({"docs": page.docs, "next": page.next})
+        }
+        Command::Watch { follower, .. } => {
+            watch(&client, &db, &thread, follower.as_deref(), json_lines).await?;
+            Value::Null
+        }
+    })
+}
+
+/// Tails the thread; after each event, reduces what arrived and prints the changes.
+async fn watch(
+    client: &Client,
+    db: &Database,
+    thread: &ThreadId,
+    follower: Option<&str>,
+    json_lines: bool,
+) -> anyhow::Result<()> {
+    let mut changes = db.subscribe();
+    let arrived = tokio::sync::Notify::new();
+    // Held events are reduced already: only new ones need a signal.
+    let tail = client.tail(thread, follower, i64::MAX as u64, |_| arrived.notify_one());
+    tokio::pin!(tail);
+    loop {
+        tokio::select! {
+            ended = &mut tail => return Ok(ended?),
+            () = arrived.notified() => {
+                db.sync().await?;
+                loop {
+                    let line = match changes.try_recv() {
+                        Ok(change) if !json_lines => format!("{} {}", change.store, change.change),
+                        Ok(change) => serde_json::to_string(&change).expect("changes serialize"),
+                        // Printing fell behind: say so, and go on with what is newest.
+                        Err(TryRecvError::Lagged(missed)) => json!({"lagged": missed}).to_string(),
+                        Err(_) => break,
+                    };
+                    println!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// JSON from an argument, or from a file named `@FILE`.
+fn parse(text: &str, what: &str) -> anyhow::Result<Value> {
+    let text = match text.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {what} from {path}"))?
+        }
+        None => text.to_owned(),
+    };
+    serde_json::from_str(&text).map_err(|e| BadInput(format!("{what} is not JSON: {e}")).into())
+}
