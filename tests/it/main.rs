@@ -4,6 +4,7 @@
 mod harness;
 
 mod cluster;
+mod database;
 mod feeds;
 mod operations;
 mod peers;

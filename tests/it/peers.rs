@@ -9,24 +9,24 @@ use threads_core::ThreadKey;
 use crate::harness::{Backend, Server};
 
 /// One person's `threads` command line, with its own keystore and local store.
-struct Peer {
+pub(crate) struct Peer {
     home: tempfile::TempDir,
 }
 
-struct Run {
-    code: i32,
-    out: Value,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) out: Value,
+    pub(crate) stderr: String,
 }
 
 impl Peer {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             home: tempfile::tempdir().unwrap(),
         }
     }
 
-    async fn run(&self, args: &[&str]) -> Run {
+    pub(crate) async fn run(&self, args: &[&str]) -> Run {
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_threads"))
             .args(args)
             .arg("--json")
@@ -42,14 +42,14 @@ impl Peer {
     }
 
     /// Runs a command that must succeed, and returns its JSON.
-    async fn ok(&self, args: &[&str]) -> Value {
+    pub(crate) async fn ok(&self, args: &[&str]) -> Value {
         let run = self.run(args).await;
         assert_eq!(run.code, 0, "threads {args:?}: {} {}", run.out, run.stderr);
         run.out
     }
 
     /// Runs a command that must succeed, and returns one string field of its JSON.
-    async fn text(&self, args: &[&str], field: &str) -> String {
+    pub(crate) async fn text(&self, args: &[&str], field: &str) -> String {
         let out = self.ok(args).await;
         out[field]
             .as_str()
