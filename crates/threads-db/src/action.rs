@@ -65,9 +65,9 @@ impl Envelope {
 
     /// The envelope in an event body, or `None` when the body is not a database event (a
     /// thread may carry other events too).
-    pub fn from_body(body: &Value) -> Option<Self> {
+    pub fn from_body(body: Value) -> Option<Self> {
         body.get(TAG)?;
-        let envelope: Self = serde_json::from_value(body.clone()).ok()?;
+        let envelope: Self = serde_json::from_value(body).ok()?;
         (envelope.version == VERSION).then_some(envelope)
     }
 
@@ -176,10 +176,10 @@ mod tests {
             json!({"threads-db": 1, "clock": 3, "time": 1000,
                    "actions": [{"store": "kv", "type": "put", "payload": {"key": "a"}}]})
         );
-        assert_eq!(Envelope::from_body(&body), Some(envelope));
-        assert_eq!(Envelope::from_body(&json!({"hello": "world"})), None);
+        assert_eq!(Envelope::from_body(body), Some(envelope));
+        assert_eq!(Envelope::from_body(json!({"hello": "world"})), None);
         assert_eq!(
-            Envelope::from_body(&json!({"threads-db": 2, "clock": 1, "time": 0, "actions": []})),
+            Envelope::from_body(json!({"threads-db": 2, "clock": 1, "time": 0, "actions": []})),
             None
         );
     }

@@ -115,7 +115,7 @@ impl Database {
             let events = page
                 .into_iter()
                 .filter_map(|e| {
-                    let envelope = Envelope::from_body(&e.body)?;
+                    let envelope = Envelope::from_body(e.body)?;
                     Some(Event {
                         pos: Position {
                             clock: envelope.clock,

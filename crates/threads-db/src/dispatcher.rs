@@ -218,8 +218,7 @@ impl State {
         events.sort_by_key(|e| e.pos);
         events.dedup_by_key(|e| e.pos);
         let mut tx = self.journal.begin().await?;
-        let fresh = journal::insert(&mut tx, &events).await?;
-        events.retain(|e| fresh.contains(&e.pos.key()));
+        let events = journal::insert(&mut tx, events).await?;
         if let Some(seq) = seen_seq {
             journal::set_seen_seq(&mut tx, seq).await?;
         }

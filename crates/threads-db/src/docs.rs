@@ -508,6 +508,9 @@ fn compare(value: &[u8], op: Op, operand: &[u8]) -> bool {
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 10_000;
 
+/// Candidates from a condition's index beyond which a query walks its sort index instead.
+const NARROW_AT_MOST: usize = 1_000;
+
 /// An index entry: a field's order key and a document's `_id`.
 type Entry = (Vec<u8>, String);
 
@@ -582,7 +585,13 @@ impl Query {
                 .is_none_or(|f| f.matches(doc))
                 .then_some(doc)
         };
-        let narrowing = self.indexed_condition(c);
+        let mut narrowing = self.indexed_condition(c);
+        if let (Some((index, op, key)), true) = (narrowing, c.indexes.contains_key(&self.sort)) {
+            // Many candidates: walking the sort index finds a page sooner than sorting them.
+            if index_range(index, op, key).nth(NARROW_AT_MOST).is_some() {
+                narrowing = None;
+            }
+        }
         let mut hits: Vec<(Vec<u8>, &String, &Value)> = Vec::new();
         match (c.indexes.get(&self.sort), narrowing) {
             // Walk the sort field's index between the bounds its conditions and the cursor

@@ -49,10 +49,36 @@ impl Journal {
     }
 }
 
-/// Adds events, returning the keys of those that were not held yet.
-pub async fn insert(tx: &mut SqliteConnection, events: &[Event]) -> Result<HashSet<[u8; KEY_LEN]>> {
-    let mut fresh = HashSet::with_capacity(events.len());
-    for chunk in events.chunks(INSERT_CHUNK) {
+/// Adds the events not held yet (`events` sorted by position) and returns them. Events past
+/// the journal's last need no lookup: that is the usual case, an append.
+pub async fn insert(tx: &mut SqliteConnection, events: Vec<Event>) -> Result<Vec<Event>> {
+    let last: Option<Vec<u8>> = sqlx::query_scalar("SELECT max(pos) FROM events")
+        .fetch_one(&mut *tx)
+        .await?;
+    let split = last.map_or(0, |last| {
+        events.partition_point(|e| e.pos.key().as_slice() <= last.as_slice())
+    });
+    let mut held = HashSet::new();
+    for chunk in events[..split].chunks(INSERT_CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT pos FROM events WHERE pos IN (");
+        let mut list = query.separated(", ");
+        for event in chunk {
+            list.push_bind(event.pos.key().to_vec());
+        }
+        query.push(")");
+        for key in query
+            .build_query_scalar::<Vec<u8>>()
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            held.insert(key);
+        }
+    }
+    let fresh: Vec<Event> = events
+        .into_iter()
+        .filter(|e| !held.contains(e.pos.key().as_slice()))
+        .collect();
+    for chunk in fresh.chunks(INSERT_CHUNK) {
         let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO events (pos, actions) ");
         let mut encoded = Vec::with_capacity(chunk.len());
         for event in chunk {
@@ -61,11 +87,7 @@ pub async fn insert(tx: &mut SqliteConnection, events: &[Event]) -> Result<HashS
         query.push_values(&encoded, |mut row, (key, actions)| {
             row.push_bind(&key[..]).push_bind(&actions[..]);
         });
-        query.push(" ON CONFLICT DO NOTHING RETURNING pos");
-        for row in query.build().fetch_all(&mut *tx).await? {
-            let key: &[u8] = row.try_get(0)?;
-            fresh.insert(Position::from_key(key)?.key());
-        }
+        query.build().execute(&mut *tx).await?;
     }
     Ok(fresh)
 }
