@@ -9,7 +9,8 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use threads_client::Client;
 use threads_core::ThreadId;
-use threads_db::{docs, kv, Action, Config, Database, DocStore, KvStore, View};
+use threads_db::acl::{self, AclDoc};
+use threads_db::{docs, kv, Action, Config, Database, DocStore, KvStore, Position, View};
 
 use tokio::sync::broadcast::error::TryRecvError;
 
@@ -84,6 +85,23 @@ pub enum Command {
         #[arg(default_value = "{}")]
         query: String,
     },
+    /// Set an ACL (JSON, or @FILE): {"default": ROLE, "peers": {LOG_ID: [ROLES]}}, ROLE one
+    /// of no-access, follow, read, write, delete. ID is `thread`, `thread-acl` (who may
+    /// change ACLs), `STORE:ENTITY` for one document or key (`docs:people/42`, `kv:color`),
+    /// or `ID-acl` (who may change ACL ID).
+    AclSet {
+        thread: ThreadId,
+        id: String,
+        acl: String,
+    },
+    /// Print the ACLs in force (or one of them).
+    Acl {
+        thread: ThreadId,
+        id: Option<String>,
+    },
+    /// Mark an earlier event deleted (the `event` a command printed): its effects leave
+    /// every view. Needs the delete role.
+    DeleteEvent { thread: ThreadId, event: String },
     /// Print each change as it is applied, following the thread live from a follower
     /// (catching up first). Runs until interrupted.
     Watch {
@@ -108,6 +126,9 @@ impl Command {
             | Command::Save { thread, .. }
             | Command::Remove { thread, .. }
             | Command::Find { thread, .. }
+            | Command::AclSet { thread, .. }
+            | Command::Acl { thread, .. }
+            | Command::DeleteEvent { thread, .. }
             | Command::Watch { thread, .. } => thread,
         }
     }
@@ -136,15 +157,15 @@ pub async fn execute(
     };
     let client = Arc::new(client);
     let db = Database::open(client.clone(), thread.clone(), stores(), config).await?;
+    // The event's position, which `delete-event` takes.
     let dispatch = |action: Action| async {
         let pos = db.dispatch(vec![action]).await?;
-        anyhow::Ok(pos)
+        anyhow::Ok(hex::encode(pos.key()))
     };
     Ok(match command {
         Command::Put { key, value, .. } => {
             let value = parse(&value, "the value")?;
-            dispatch(kv::put(&key, value)).await?;
-            json!({"put": key})
+            json!({"put": key, "event": dispatch(kv::put(&key, value)).await?})
         }
         Command::Get { key, .. } => {
             let value = db
@@ -154,8 +175,7 @@ pub async fn execute(
             json!({"value": value})
         }
         Command::Delete { key, .. } => {
-            dispatch(kv::delete(&key)).await?;
-            json!({"deleted": key})
+            json!({"deleted": key, "event": dispatch(kv::delete(&key)).await?})
         }
         Command::List {
             prefix,
@@ -181,14 +201,14 @@ pub async fn execute(
         } => {
             let schema = schema.map(|s| parse(&s, "the schema")).transpose()?;
             let indexes: Vec<&str> = indexes.iter().map(String::as_str).collect();
-            dispatch(docs::create_collection(&name, schema, &indexes)).await?;
-            json!({"collection": name})
+            let event = dispatch(docs::create_collection(&name, schema, &indexes)).await?;
+            json!({"collection": name, "event": event})
         }
         Command::CreateIndex {
             collection, field, ..
         } => {
-            dispatch(docs::create_index(&collection, &field)).await?;
-            json!({"collection": collection, "indexed": field})
+            let event = dispatch(docs::create_index(&collection, &field)).await?;
+            json!({"collection": collection, "indexed": field, "event": event})
         }
         Command::Collections { .. } => {
             let list = db
@@ -201,20 +221,17 @@ pub async fn execute(
         } => {
             let action = docs::insert(&collection, parse(&doc, "the document")?);
             let id = action.payload["doc"][docs::ID].clone();
-            dispatch(action).await?;
-            json!({"_id": id})
+            json!({"_id": id, "event": dispatch(action).await?})
         }
         Command::Save {
             collection, doc, ..
         } => {
             let doc = parse(&doc, "the document")?;
             let id = doc[docs::ID].clone();
-            dispatch(docs::save(&collection, doc)).await?;
-            json!({"_id": id})
+            json!({"_id": id, "event": dispatch(docs::save(&collection, doc)).await?})
         }
         Command::Remove { collection, id, .. } => {
-            dispatch(docs::delete(&collection, &id)).await?;
-            json!({"removed": id})
+            json!({"removed": id, "event": dispatch(docs::delete(&collection, &id)).await?})
         }
         Command::Find {
             collection, query, ..
@@ -225,6 +242,33 @@ pub async fn execute(
                 .await?
                 .map_err(BadInput)?;
             json!({"docs": page.docs, "next": page.next})
+        }
+        Command::AclSet { id, acl, .. } => {
+            let doc: AclDoc = serde_json::from_value(parse(&acl, "the ACL")?)
+                .map_err(|e| BadInput(format!("the ACL: {e}")))?;
+            json!({"acl": id, "event": dispatch(acl::set(&id, &doc)).await?})
+        }
+        Command::Acl { id, .. } => {
+            let acls = db
+                .dispatcher()
+                .acls(|acls| {
+                    acls.ids()
+                        .filter(|i| id.as_ref().is_none_or(|id| id == *i))
+                        .map(|i| (i.clone(), json!(acls.get(i))))
+                        .collect::<serde_json::Map<_, _>>()
+                })
+                .await;
+            if let Some(id) = id.filter(|id| !acls.contains_key(id)) {
+                return Err(BadInput(format!("no ACL {id:?}")).into());
+            }
+            json!({"acls": acls})
+        }
+        Command::DeleteEvent { event, .. } => {
+            let pos = hex::decode(&event)
+                .ok()
+                .and_then(|key| Position::from_key(&key).ok())
+                .ok_or_else(|| BadInput(format!("{event:?} is not an event position")))?;
+            json!({"deleted_event": event, "event": dispatch(acl::delete_event(pos)).await?})
         }
         Command::Watch { follower, .. } => {
             watch(&client, &db, &thread, follower.as_deref(), json_lines).await?;

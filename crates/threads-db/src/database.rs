@@ -69,15 +69,17 @@ impl Database {
             });
         }
         let _writing = self.writing.lock().await;
-        self.dispatcher.check(&actions).await?;
-        let clock = self.dispatcher.next_clock().await;
-        let envelope = Envelope::new(clock, now_ms(), actions);
-        let (_, counter) = self.client.write(&self.thread, &envelope.to_body()).await?;
         let log = self
             .client
             .thread(&self.thread)?
             .log_id()
             .ok_or(threads_client::Error::NotAWriter)?;
+        self.dispatcher
+            .check(log.public_key().as_bytes(), &actions)
+            .await?;
+        let clock = self.dispatcher.next_clock().await;
+        let envelope = Envelope::new(clock, now_ms(), actions);
+        let (_, counter) = self.client.write(&self.thread, &envelope.to_body()).await?;
         self.sync_locked().await?;
         Ok(Position {
             clock,

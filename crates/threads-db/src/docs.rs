@@ -329,6 +329,18 @@ impl View for DocStore {
         self.plan(action).map(|_| ())
     }
 
+    /// `collection/_id` for document actions.
+    fn entity(&self, action: &Action) -> Option<String> {
+        let p = &action.payload;
+        let collection = p.get("collection")?.as_str()?;
+        let id = match action.kind.as_str() {
+            "insert" | "save" => p.get("doc")?.get(ID)?.as_str()?,
+            "delete" => p.get(ID)?.as_str()?,
+            _ => return None,
+        };
+        Some(format!("{collection}/{id}"))
+    }
+
     fn reduce(&mut self, _: &Context, action: &Action) -> Result<Option<Value>, String> {
         let plan = self.plan(action)?;
         Ok(self.execute(plan))

@@ -81,6 +81,10 @@ impl View for KvStore {
         }
     }
 
+    fn entity(&self, action: &Action) -> Option<String> {
+        key_of(action).ok().map(str::to_owned)
+    }
+
     fn reduce(&mut self, _: &Context, action: &Action) -> Result<Option<Value>, String> {
         self.check(action)?;
         let key = key_of(action)?.to_owned();

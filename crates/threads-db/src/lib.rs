@@ -10,6 +10,8 @@
 //! | [`journal`] | events, snapshots and progress in one SQLite file (or in memory) |
 //! | [`database`] | a [`Dispatcher`] over one thread of a [`threads_client::Client`] |
 //! | [`kv`] | the key/value store |
+//! | [`docs`] | the document store: collections, schemas, indexes, queries |
+//! | [`acl`] | thread and document ACLs, enforced by every replica as it reduces |
 //!
 //! Every replica applies the events of all logs in one order: by the logical clock the
 //! writer put inside the encrypted body, then by log key, then by counter. Replicas that hold
@@ -30,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod acl;
 pub mod action;
 pub mod database;
 pub mod dispatcher;

@@ -37,6 +37,13 @@ pub trait View: Any + Send + Sync {
         Ok(())
     }
 
+    /// The entity (document, key) an action targets, whose own ACL, if one is set, decides
+    /// who may write it: see [`crate::acl`]. `None`: the thread's ACL decides.
+    fn entity(&self, action: &Action) -> Option<String> {
+        let _ = action;
+        None
+    }
+
     /// Applies one action addressed to this store. An action that cannot apply is ignored by
     /// every replica alike (`Err` says why, for the log); `Ok(None)` means nothing changed.
     fn reduce(&mut self, at: &Context, action: &Action) -> Result<Option<Value>, String>;
