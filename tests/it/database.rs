@@ -162,3 +162,88 @@ async fn refused_actions_are_explained_and_write_nothing() {
         run.out
     );
 }
+
+/// The paper's Table 1 over a real follower: John administers; Mary may edit the plan but
+/// create nothing; Jane only reads. A forged write from Jane's log (made without the
+/// database's own check) is ignored by every replica, and John's deletion of Mary's edit
+/// takes it out of every view.
+#[tokio::test]
+async fn acls_are_enforced_by_every_replica() {
+    let server = Server::start(Backend::Sqlite).await;
+    let url = server.url.clone();
+    let (john, mary, jane) = (Peer::new(), Peer::new(), Peer::new());
+    let thread = john.text(&["thread", "create"], "thread").await;
+    john.ok(&["follower", "add", &thread, &url]).await;
+    let invite = john.text(&["share", &thread], "invite").await;
+    let mut logs = Vec::new();
+    for peer in [&john, &mary, &jane] {
+        if !std::ptr::eq(peer, &john) {
+            peer.ok(&["join", &invite]).await;
+        }
+        let list = peer.ok(&["thread", "list"]).await;
+        logs.push(list["threads"][0]["log"].as_str().unwrap().to_owned());
+    }
+    let (john_log, mary_log, jane_log) = (&logs[0], &logs[1], &logs[2]);
+
+    let thread_acl = json!({"default": "no-access", "peers": {
+        john_log: ["write", "delete"], mary_log: ["read"], jane_log: ["read"]}});
+    let plan_acl = json!({"default": "read", "peers": {john_log: ["write"], mary_log: ["write"]}});
+    john.ok(&["db", "acl-set", &thread, "thread", &thread_acl.to_string()])
+        .await;
+    john.ok(&["db", "put", &thread, "plan", r#""v1""#]).await;
+    john.ok(&["db", "acl-set", &thread, "kv:plan", &plan_acl.to_string()])
+        .await;
+    john.ok(&["push", &thread]).await;
+    for peer in [&mary, &jane] {
+        peer.ok(&["follower", "add", &thread, &url]).await;
+        peer.ok(&["pull", &thread]).await;
+    }
+
+    let edit = mary
+        .ok(&["db", "put", &thread, "plan", r#""v2 by Mary""#])
+        .await;
+    for (peer, key) in [(&mary, "other"), (&jane, "plan")] {
+        let run = peer.run(&["db", "put", &thread, key, "1"]).await;
+        assert_eq!(run.code, 2, "{}", run.out);
+        assert!(
+            run.out["error"]
+                .as_str()
+                .unwrap()
+                .contains("lacks the write role"),
+            "{}",
+            run.out
+        );
+    }
+    // Jane's log writes a database event directly, as a modified client could.
+    let forged = json!({"threads-db": 1, "clock": 99, "time": 0,
+                        "actions": [{"store": "kv", "type": "put",
+                                     "payload": {"key": "plan", "value": "forged"}}]});
+    jane.ok(&["write", &thread, &forged.to_string()]).await;
+    for peer in [&mary, &jane] {
+        peer.ok(&["push", &thread]).await;
+    }
+    for peer in [&john, &mary, &jane] {
+        peer.ok(&["pull", &thread]).await;
+        assert_eq!(
+            peer.ok(&["db", "get", &thread, "plan"]).await["value"],
+            "v2 by Mary"
+        );
+    }
+    let acls = john.ok(&["db", "acl", &thread]).await;
+    assert_eq!(acls["acls"]["thread"], thread_acl);
+    assert_eq!(mary.ok(&["db", "acl", &thread]).await, acls);
+
+    // John deletes Mary's edit; Mary may not delete anything.
+    let event = edit["event"].as_str().unwrap();
+    let run = mary.run(&["db", "delete-event", &thread, event]).await;
+    assert_eq!(run.code, 2, "{}", run.out);
+    john.ok(&["db", "delete-event", &thread, event]).await;
+    john.ok(&["push", &thread]).await;
+    for peer in [&john, &mary, &jane] {
+        peer.ok(&["pull", &thread]).await;
+        assert_eq!(
+            peer.ok(&["db", "get", &thread, "plan"]).await["value"],
+            "v1"
+        );
+    }
+}
