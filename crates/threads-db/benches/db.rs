@@ -60,7 +60,8 @@ async fn dispatcher(path: Option<&std::path::Path>, snapshot_every: u64) -> Disp
 async fn reduce() {
     const EVENTS: u64 = 1_000_000;
     for (label, every) in [
-        ("snapshots every 100,000 events", 100_000),
+        ("snapshots every 10,000 events", 10_000),
+        ("snapshots every 100,000 events (the default)", 100_000),
         ("no snapshots", 0),
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -144,6 +145,10 @@ fn query() {
             "range on the sort index, descending, first 50",
             json!({"where": {"and": [{"field": "age", "gte": 30}, {"field": "age", "lt": 40}]},
                 "sort": {"field": "age", "desc": true}, "limit": 50}),
+        ),
+        (
+            "no usable index (a field not indexed), first 20, for contrast",
+            json!({"where": {"field": "name", "eq": "person 500"}, "limit": 20}),
         ),
         (
             "equality AND range, or-ed condition, skip 100, limit 20",

@@ -117,6 +117,11 @@ impl Acls {
         self.acls.get(id).map(|a| &a.doc)
     }
 
+    /// No ACL has been set: the thread is open.
+    pub fn is_empty(&self) -> bool {
+        self.acls.is_empty()
+    }
+
     pub fn ids(&self) -> impl Iterator<Item = &String> {
         self.acls.keys()
     }

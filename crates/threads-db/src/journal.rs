@@ -145,6 +145,10 @@ pub async fn drop_snapshots_from(tx: &mut SqliteConnection, from: Position) -> R
     Ok(())
 }
 
+/// Snapshots kept: a late event rewinds to the newest one before it, or to the start.
+pub const KEEP_SNAPSHOTS: u32 = 4;
+
+/// Saves a snapshot and forgets all but the newest [`KEEP_SNAPSHOTS`] (events stay).
 pub async fn save_snapshot(tx: &mut SqliteConnection, snapshot: &StoredSnapshot) -> Result<()> {
     sqlx::query("INSERT OR REPLACE INTO snapshots (pos, events, bytes) VALUES (?, ?, ?)")
         .bind(&snapshot.pos.key()[..])
@@ -152,6 +156,13 @@ pub async fn save_snapshot(tx: &mut SqliteConnection, snapshot: &StoredSnapshot)
         .bind(&snapshot.bytes)
         .execute(&mut *tx)
         .await?;
+    sqlx::query(
+        "DELETE FROM snapshots WHERE pos < \
+         (SELECT pos FROM snapshots ORDER BY pos DESC LIMIT 1 OFFSET ?)",
+    )
+    .bind(KEEP_SNAPSHOTS - 1)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 
