@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 use threads_client::Client;
 use threads_core::ThreadId;
 use threads_db::acl::{self, AclDoc};
-use threads_db::{docs, kv, Action, Config, Database, DocStore, KvStore, Position, View};
+use threads_db::{
+    crdt, docs, kv, Action, Config, CrdtStore, Database, DocStore, KvStore, Position, View,
+};
 
 use tokio::sync::broadcast::error::TryRecvError;
 
@@ -85,6 +87,18 @@ pub enum Command {
         #[arg(default_value = "{}")]
         query: String,
     },
+    /// Set a field of a shared JSON document (a CRDT: concurrent edits of different fields
+    /// all survive). PATH is dotted (`body.title`); missing objects are made, and two writers
+    /// making the same missing object at once make two, of which one wins: create shared
+    /// objects once, before editing inside them concurrently.
+    CrdtSet {
+        thread: ThreadId,
+        doc: String,
+        path: String,
+        value: String,
+    },
+    /// Print a shared JSON document.
+    CrdtGet { thread: ThreadId, doc: String },
     /// Set an ACL (JSON, or @FILE): {"default": ROLE, "peers": {LOG_ID: [ROLES]}}, ROLE one
     /// of no-access, follow, read, write, delete. ID is `thread`, `thread-acl` (who may
     /// change ACLs), `STORE:ENTITY` for one document or key (`docs:people/42`, `kv:color`),
@@ -126,6 +140,8 @@ impl Command {
             | Command::Save { thread, .. }
             | Command::Remove { thread, .. }
             | Command::Find { thread, .. }
+            | Command::CrdtSet { thread, .. }
+            | Command::CrdtGet { thread, .. }
             | Command::AclSet { thread, .. }
             | Command::Acl { thread, .. }
             | Command::DeleteEvent { thread, .. }
@@ -139,6 +155,7 @@ fn stores() -> Vec<(String, Box<dyn View>)> {
     vec![
         (kv::STORE.into(), Box::new(KvStore::default())),
         (docs::STORE.into(), Box::new(DocStore::default())),
+        (crdt::STORE.into(), Box::new(CrdtStore::default())),
     ]
 }
 
@@ -242,6 +259,30 @@ pub async fn execute(
                 .await?
                 .map_err(BadInput)?;
             json!({"docs": page.docs, "next": page.next})
+        }
+        Command::CrdtSet {
+            doc, path, value, ..
+        } => {
+            let value = parse(&value, "the value")?;
+            let log = client
+                .thread(&thread)?
+                .log_id()
+                .ok_or(threads_client::Error::NotAWriter)?;
+            let actor = *log.public_key().as_bytes();
+            let action = db
+                .query(crdt::STORE, |c: &CrdtStore| {
+                    c.set(&doc, &actor, &path, &value)
+                })
+                .await?
+                .map_err(BadInput)?;
+            json!({"doc": doc, "event": dispatch(action).await?})
+        }
+        Command::CrdtGet { doc, .. } => {
+            let value = db
+                .query(crdt::STORE, |c: &CrdtStore| c.get(&doc))
+                .await?
+                .ok_or_else(|| BadInput(format!("no document {doc:?}")))?;
+            json!({"value": value})
         }
         Command::AclSet { id, acl, .. } => {
             let doc: AclDoc = serde_json::from_value(parse(&acl, "the ACL")?)

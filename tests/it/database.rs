@@ -50,6 +50,17 @@ async fn replicas_agree_whatever_order_they_learn_events_in() {
             .await;
         let doc = json!({"name": name, "age": age}).to_string();
         peer.ok(&["db", "insert", &thread, "people", &doc]).await;
+        // Fields of the root, which every replica shares (two writers creating the same nested
+        // object concurrently make two objects, and one of them wins).
+        peer.ok(&[
+            "db",
+            "crdt-set",
+            &thread,
+            "minutes",
+            name,
+            &format!("\"by {name}\""),
+        ])
+        .await;
     }
     alice.ok(&["db", "delete", &thread, "seen/Jane"]).await;
     bob.ok(&["follower", "add", &thread, &url]).await;
@@ -64,6 +75,14 @@ async fn replicas_agree_whatever_order_they_learn_events_in() {
     carol.ok(&["join", &reader]).await;
     carol.ok(&["pull", &thread]).await;
 
+    // Both edits of the shared document survive, on every replica.
+    let minutes = json!({"Jane": "by Jane", "John": "by John"});
+    for peer in [&alice, &bob, &carol] {
+        assert_eq!(
+            peer.ok(&["db", "crdt-get", &thread, "minutes"]).await["value"],
+            minutes
+        );
+    }
     let expected = views(&alice, &thread).await;
     assert_eq!(views(&bob, &thread).await, expected);
     assert_eq!(views(&carol, &thread).await, expected);

@@ -11,6 +11,7 @@
 //! | [`database`] | a [`Dispatcher`] over one thread of a [`threads_client::Client`] |
 //! | [`kv`] | the key/value store |
 //! | [`docs`] | the document store: collections, schemas, indexes, queries |
+//! | [`crdt`] | JSON CRDT documents (Automerge) for concurrent editing |
 //! | [`acl`] | thread and document ACLs, enforced by every replica as it reduces |
 //!
 //! Every replica applies the events of all logs in one order: by the logical clock the
@@ -34,6 +35,7 @@
 
 pub mod acl;
 pub mod action;
+pub mod crdt;
 pub mod database;
 pub mod dispatcher;
 pub mod docs;
@@ -42,6 +44,7 @@ pub mod kv;
 pub mod view;
 
 pub use action::{Action, Envelope, Event, Position};
+pub use crdt::CrdtStore;
 pub use database::{Config, Database};
 pub use dispatcher::{Applied, Dispatcher, Options};
 pub use docs::DocStore;
