@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde_json::{json, Value};
 use threads_client::Client;
-use threads_core::ThreadId;
+use threads_core::{PublicKey, ThreadId};
 use threads_db::acl::{self, AclDoc};
 use threads_db::{
     crdt, docs, kv, Action, Config, CrdtStore, Database, DocStore, KvStore, Position, View,
@@ -116,6 +116,15 @@ pub enum Command {
     /// Mark an earlier event deleted (the `event` a command printed): its effects leave
     /// every view. Needs the delete role.
     DeleteEvent { thread: ThreadId, event: String },
+    /// Revoke reading for the future: hand a fresh read key to the members who keep reading
+    /// (sealed to their identities, `threads id` on their side) and write with it from now
+    /// on. Also change the ACL to say who reads.
+    RotateReadKey {
+        thread: ThreadId,
+        /// A member who keeps reading (repeatable).
+        #[arg(long = "to")]
+        members: Vec<PublicKey>,
+    },
     /// Print each change as it is applied, following the thread live from a follower
     /// (catching up first). Runs until interrupted.
     Watch {
@@ -145,6 +154,7 @@ impl Command {
             | Command::AclSet { thread, .. }
             | Command::Acl { thread, .. }
             | Command::DeleteEvent { thread, .. }
+            | Command::RotateReadKey { thread, .. }
             | Command::Watch { thread, .. } => thread,
         }
     }
@@ -175,6 +185,12 @@ pub async fn execute(
     let client = Arc::new(client);
     let db = Database::open(client.clone(), thread.clone(), stores(), config).await?;
     // The event's position, which `delete-event` takes.
+    if let Some(after) = db.unreadable_after() {
+        eprintln!(
+            "threads: events after local #{after} are sealed with a read key this peer was not \
+             handed (its reading was revoked?): the database stops before them"
+        );
+    }
     let dispatch = |action: Action| async {
         let pos = db.dispatch(vec![action]).await?;
         anyhow::Ok(hex::encode(pos.key()))
@@ -310,6 +326,11 @@ pub async fn execute(
                 .and_then(|key| Position::from_key(&key).ok())
                 .ok_or_else(|| BadInput(format!("{event:?} is not an event position")))?;
             json!({"deleted_event": event, "event": dispatch(acl::delete_event(pos)).await?})
+        }
+        Command::RotateReadKey { members, .. } => {
+            let pos = db.rotate_read_key(&members).await?;
+            let members: Vec<String> = members.iter().map(ToString::to_string).collect();
+            json!({"rotated": true, "handed_to": members, "event": hex::encode(pos.key())})
         }
         Command::Watch { follower, .. } => {
             watch(&client, &db, &thread, follower.as_deref(), json_lines).await?;

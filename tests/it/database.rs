@@ -266,3 +266,59 @@ async fn acls_are_enforced_by_every_replica() {
         );
     }
 }
+
+/// Revoking a reader for the future: Alice hands a fresh read key to Bob only; what is
+/// written after is readable by Bob (who writes with the new key too) and not by Carol, who
+/// keeps what she could read before.
+#[tokio::test]
+async fn a_rotated_read_key_reaches_members_only() {
+    let server = Server::start(Backend::Sqlite).await;
+    let url = server.url.clone();
+    let (alice, bob, carol) = (Peer::new(), Peer::new(), Peer::new());
+    let thread = alice.text(&["thread", "create"], "thread").await;
+    alice.ok(&["follower", "add", &thread, &url]).await;
+    let invite = alice.text(&["share", &thread], "invite").await;
+    alice
+        .ok(&["db", "put", &thread, "before", r#""everyone""#])
+        .await;
+    alice.ok(&["push", &thread]).await;
+    for peer in [&bob, &carol] {
+        peer.ok(&["join", &invite]).await;
+        peer.ok(&["follower", "add", &thread, &url]).await;
+        peer.ok(&["pull", &thread]).await;
+    }
+    let bob_id = bob.text(&["id"], "identity").await;
+
+    let rotated = alice
+        .ok(&["db", "rotate-read-key", &thread, "--to", &bob_id])
+        .await;
+    assert_eq!(rotated["handed_to"], json!([bob_id]));
+    alice
+        .ok(&["db", "put", &thread, "after", r#""members only""#])
+        .await;
+    alice.ok(&["push", &thread]).await;
+
+    bob.ok(&["pull", &thread]).await;
+    assert_eq!(
+        bob.ok(&["db", "get", &thread, "after"]).await["value"],
+        "members only"
+    );
+    bob.ok(&["db", "put", &thread, "reply", r#""from Bob""#])
+        .await;
+    bob.ok(&["push", &thread]).await;
+    alice.ok(&["pull", &thread]).await;
+    assert_eq!(
+        alice.ok(&["db", "get", &thread, "reply"]).await["value"],
+        "from Bob"
+    );
+
+    carol.ok(&["pull", &thread]).await;
+    let before = carol.run(&["db", "get", &thread, "before"]).await;
+    assert_eq!(before.code, 0, "{}", before.out);
+    assert_eq!(before.out["value"], "everyone");
+    assert!(before.stderr.contains("not handed"), "{}", before.stderr);
+    for key in ["after", "reply"] {
+        let run = carol.run(&["db", "get", &thread, key]).await;
+        assert_eq!(run.code, 2, "{}", run.out);
+    }
+}

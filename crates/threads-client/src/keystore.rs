@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rand_core::OsRng;
 use serde::{Deserialize, Serialize};
-use threads_core::{Keypair, LogId, ThreadId, ThreadKey};
+use threads_core::{Keypair, LogId, ReadKey, ThreadId, ThreadKey};
 
 use crate::{Error, Result};
 
@@ -19,6 +19,9 @@ pub struct ThreadEntry {
     pub thread: ThreadId,
     /// The key set: service (follow) key always, read key unless this peer only follows.
     pub key: ThreadKey,
+    /// Read keys the thread used before its current one (newest first): rotated out when a
+    /// reader was revoked, kept to read the events written before.
+    pub earlier_read_keys: Vec<ReadKey>,
     /// This peer's own log in the thread, if it writes.
     pub log: Option<Keypair>,
     pub public: bool,
@@ -35,6 +38,11 @@ pub struct Follower {
 }
 
 impl ThreadEntry {
+    /// The read keys to try on an event: the current one, then earlier ones, newest first.
+    pub fn read_keys(&self) -> impl Iterator<Item = &ReadKey> {
+        self.key.read().into_iter().chain(&self.earlier_read_keys)
+    }
+
     pub fn log_id(&self) -> Option<LogId> {
         self.log.as_ref().map(|pair| LogId::from(pair.public()))
     }
@@ -44,6 +52,9 @@ impl ThreadEntry {
 struct ThreadFile {
     thread: String,
     key: String,
+    /// Hex, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    earlier_read_keys: Vec<String>,
     #[serde(default)]
     log: Option<String>,
     #[serde(default)]
@@ -106,6 +117,14 @@ impl Keystore {
         Ok(ThreadEntry {
             thread: file.thread.parse().map_err(|_| bad("thread ID"))?,
             key: file.key.parse().map_err(|_| bad("thread key"))?,
+            earlier_read_keys: file
+                .earlier_read_keys
+                .iter()
+                .map(|k| {
+                    let bytes = hex::decode(k).map_err(|_| bad("earlier read key"))?;
+                    ReadKey::from_slice(&bytes).map_err(|_| bad("earlier read key"))
+                })
+                .collect::<Result<_>>()?,
             log: file
                 .log
                 .map(|l| l.parse().map_err(|_| bad("log key")))
@@ -119,6 +138,11 @@ impl Keystore {
         let file = ThreadFile {
             thread: entry.thread.to_string(),
             key: entry.key.to_multibase().to_string(),
+            earlier_read_keys: entry
+                .earlier_read_keys
+                .iter()
+                .map(|k| hex::encode(k.as_bytes()))
+                .collect(),
             log: entry.log.as_ref().map(|l| l.to_multibase().to_string()),
             public: entry.public,
             followers: entry.followers.clone(),

@@ -36,8 +36,8 @@ use rand_core::OsRng;
 use serde_json::Value;
 use threads_core::auth::Action;
 use threads_core::{
-    cid_of, verify_batch, Cid, Keypair, LogId, PublicKey, RecordError, ServiceKey, SignaturePolicy,
-    ThreadId, ThreadKey, Variant, VerifiedRecord,
+    cid_of, verify_batch, Cid, Keypair, LogId, PublicKey, ReadKey, RecordError, ServiceKey,
+    SignaturePolicy, ThreadId, ThreadKey, Variant, VerifiedRecord,
 };
 use threads_store::{Ingest, Outcome, Quotas, Registration, SqliteStore, Store, StoreError};
 
@@ -168,6 +168,7 @@ impl Client {
         let entry = ThreadEntry {
             thread: ThreadId::random(Variant::Raw, &mut OsRng),
             key: ThreadKey::random(&mut OsRng),
+            earlier_read_keys: Vec::new(),
             log: Some(Keypair::generate(&mut OsRng)),
             public,
             followers: Vec::new(),
@@ -267,30 +268,73 @@ impl Client {
 
     /// Events of a thread held locally, in arrival order after `after` (a local sequence
     /// number), decrypted. Every record was verified before the local store took it.
+    ///
+    /// Each event is opened with the current read key or an earlier one. The page stops
+    /// before an event none of them opens; when that is the first, the error says so (the
+    /// thread's read key was rotated without this peer, or the record is damaged).
     pub async fn read(&self, thread: &ThreadId, after: u64, limit: u32) -> Result<Vec<Event>> {
         let entry = self.keys.thread(thread)?;
-        let read = entry.key.read().ok_or(Error::NoReadKey)?;
+        if entry.key.read().is_none() {
+            return Err(Error::NoReadKey);
+        }
         let stored = self.store.records_by_thread(thread, after, limit).await?;
-        stored
-            .into_iter()
-            .map(|r| {
-                let body = r
-                    .blocks
-                    .read_content(read)
-                    .map_err(|error| Error::Rejected {
-                        cid: r.cid.to_string(),
-                        source_url: "the local store".into(),
-                        error,
-                    })?;
-                Ok(Event {
+        let mut events = Vec::with_capacity(stored.len());
+        for r in stored {
+            let mut opened = Err(RecordError::NoReadKey);
+            for key in entry.read_keys() {
+                opened = r.blocks.read_content(key);
+                if opened.is_ok() {
+                    break;
+                }
+            }
+            match opened {
+                Ok(body) => events.push(Event {
                     log: r.log,
                     counter: r.counter,
                     seq: r.seq,
                     cid: r.cid.to_string(),
                     body: decode_body(&body),
-                })
-            })
-            .collect()
+                }),
+                Err(_) if !events.is_empty() => break,
+                Err(error) => {
+                    return Err(Error::Rejected {
+                        cid: r.cid.to_string(),
+                        source_url: "the local store".into(),
+                        error,
+                    })
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// Replaces the thread's read key with a fresh one for events written from now on (the
+    /// current one is kept, to read earlier events). Returns the new key, for the members
+    /// who keep reading.
+    pub fn rotate_read_key(&self, thread: &ThreadId) -> Result<ReadKey> {
+        let fresh = ReadKey::random(&mut OsRng);
+        self.adopt_read_key(thread, fresh.clone())?;
+        Ok(fresh)
+    }
+
+    /// Takes a read key a member handed over as the current one. Returns whether it was new.
+    pub fn adopt_read_key(&self, thread: &ThreadId, key: ReadKey) -> Result<bool> {
+        let mut entry = self.keys.thread(thread)?;
+        if entry.read_keys().any(|k| *k == key) {
+            return Ok(false);
+        }
+        if let Some(current) = entry.key.read() {
+            entry.earlier_read_keys.insert(0, current.clone());
+        }
+        entry.key = ThreadKey::new(entry.key.service().clone(), Some(key));
+        self.keys.save(&entry)?;
+        Ok(true)
+    }
+
+    /// Opens something sealed to this peer's identity (an invite, a handed-over key).
+    pub fn open_sealed(&self, sealed: &[u8]) -> Result<Vec<u8>> {
+        threads_core::crypto::open_from(&self.identity, sealed)
+            .map_err(|e| Error::BadInvite(format!("cannot open what was sealed: {e}")))
     }
 
     /// Registers this peer's log at a follower (the follow key only) and remembers it.
@@ -610,16 +654,12 @@ impl Client {
                     let Outcome::Accepted { seq, counter } = outcome else {
                         continue;
                     };
-                    let body = match entry.key.read() {
-                        Some(read) => {
-                            decode_body(&record.read(read).map_err(|error| Error::Rejected {
-                                cid: record.cid().to_string(),
-                                source_url: url.clone(),
-                                error,
-                            })?)
-                        }
-                        None => Value::Null,
-                    };
+                    // Verified and stored; `null` when no read key held here opens it (none
+                    // at all, or a rotated one not handed over yet).
+                    let body = entry
+                        .read_keys()
+                        .find_map(|key| record.read(key).ok())
+                        .map_or(Value::Null, |b| decode_body(&b));
                     on_event(Event {
                         log,
                         counter,
@@ -718,13 +758,17 @@ impl Client {
             Err(Error::UnknownThread(_)) => ThreadEntry {
                 thread: invite.thread.clone(),
                 key: invite.key.clone(),
+                earlier_read_keys: Vec::new(),
                 log: None,
                 public: invite.public,
                 followers: Vec::new(),
             },
             Err(e) => return Err(e),
         };
-        if invite.key.read().is_some() {
+        if invite.key.read().is_some() && invite.key.read() != entry.key.read() {
+            if let Some(current) = entry.key.read() {
+                entry.earlier_read_keys.insert(0, current.clone());
+            }
             entry.key = invite.key.clone();
         }
         if invite.role == Role::Writer && entry.log.is_none() {

@@ -2,7 +2,12 @@
 //! peer's log; every event of the thread held locally (own, pulled, tailed) is reduced.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use rand_core::OsRng;
+use threads_core::crypto::seal_to;
+use threads_core::{PublicKey, ReadKey, RecordError};
 
 use threads_client::Client;
 use threads_core::ThreadId;
@@ -24,7 +29,12 @@ pub struct Database {
     /// One dispatch or sync at a time: a dispatch's clock must come from views that include
     /// every event read so far.
     writing: Mutex<()>,
+    /// One more than [`Database::unreadable_after`]; 0 for none.
+    unreadable: AtomicU64,
 }
+
+/// Events of this pseudo-store hand over rotated read keys; no view reduces them.
+pub const KEYS: &str = "keys";
 
 /// Where a database keeps its journal, and how often it snapshots.
 #[derive(Debug, Clone, Default)]
@@ -51,6 +61,7 @@ impl Database {
             client,
             thread,
             writing: Mutex::new(()),
+            unreadable: AtomicU64::new(0),
         };
         db.sync().await?;
         Ok(db)
@@ -109,28 +120,115 @@ impl Database {
     async fn read_new(&self) -> Result<u64> {
         let mut fresh = 0;
         let mut seen = self.dispatcher.seen_seq().await?;
+        self.unreadable.store(0, Ordering::Relaxed);
         loop {
-            let page = self.client.read(&self.thread, seen, SYNC_PAGE).await?;
+            let page = match self.client.read(&self.thread, seen, SYNC_PAGE).await {
+                Ok(page) => page,
+                // Sealed with a read key this peer was not handed: the views stay where
+                // they are, and the next sync tries again.
+                Err(threads_client::Error::Rejected {
+                    error: RecordError::Decrypt { .. },
+                    ..
+                }) => {
+                    self.unreadable.store(seen + 1, Ordering::Relaxed);
+                    return Ok(fresh);
+                }
+                Err(e) => return Err(e.into()),
+            };
             let Some(last) = page.last().map(|e| e.seq) else {
                 return Ok(fresh);
             };
-            let events = page
-                .into_iter()
-                .filter_map(|e| {
-                    let envelope = Envelope::from_body(e.body)?;
-                    Some(Event {
-                        pos: Position {
-                            clock: envelope.clock,
-                            log: *e.log.public_key().as_bytes(),
-                            counter: e.counter,
-                        },
-                        actions: envelope.actions,
-                    })
-                })
-                .collect();
+            let mut events = Vec::with_capacity(page.len());
+            for e in page {
+                let Some(envelope) = Envelope::from_body(e.body) else {
+                    continue;
+                };
+                self.take_handed_keys(&envelope)?;
+                events.push(Event {
+                    pos: Position {
+                        clock: envelope.clock,
+                        log: *e.log.public_key().as_bytes(),
+                        counter: e.counter,
+                    },
+                    actions: envelope.actions,
+                });
+            }
             fresh += self.dispatcher.apply(events, Some(last)).await?.fresh;
             seen = last;
         }
+    }
+
+    /// Adopts a read key a rotation event sealed to this peer's identity.
+    fn take_handed_keys(&self, envelope: &Envelope) -> Result<()> {
+        let me = self.client.identity().to_string();
+        for action in &envelope.actions {
+            if action.store != KEYS || action.kind != "rotate" {
+                continue;
+            }
+            let Some(sealed) = action.payload["sealed"][&me].as_str() else {
+                continue;
+            };
+            let opened = hex::decode(sealed)
+                .ok()
+                .and_then(|sealed| self.client.open_sealed(&sealed).ok())
+                .and_then(|key| ReadKey::from_slice(&key).ok());
+            // A key that does not open is ignored: the rotation was not for this peer after all.
+            if let Some(key) = opened {
+                self.client.adopt_read_key(&self.thread, key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Revokes read access for the future: writes an event (readable with the current key)
+    /// that hands a fresh read key to `members`, sealed to each identity, then writes with
+    /// the fresh key. Members adopt it as they sync; anyone else reads nothing written after.
+    /// Needs the write role over the thread.
+    pub async fn rotate_read_key(&self, members: &[PublicKey]) -> Result<Position> {
+        let _writing = self.writing.lock().await;
+        let log = self
+            .client
+            .thread(&self.thread)?
+            .log_id()
+            .ok_or(threads_client::Error::NotAWriter)?;
+        let key = *log.public_key().as_bytes();
+        if !self
+            .dispatcher
+            .acls(|a| a.may_write(&key, KEYS, None))
+            .await
+        {
+            return Err(Error::Refused {
+                store: KEYS.into(),
+                reason: "this log lacks the write role over the thread".into(),
+            });
+        }
+        let fresh = ReadKey::random(&mut OsRng);
+        let mut sealed = serde_json::Map::new();
+        for member in members {
+            let boxed =
+                seal_to(member, fresh.as_bytes(), &mut OsRng).map_err(|e| Error::Refused {
+                    store: KEYS.into(),
+                    reason: format!("cannot seal to {member}: {e}"),
+                })?;
+            sealed.insert(member.to_string(), hex::encode(boxed).into());
+        }
+        let clock = self.dispatcher.next_clock().await;
+        let action = Action::new(KEYS, "rotate", serde_json::json!({"sealed": sealed}));
+        let envelope = Envelope::new(clock, now_ms(), vec![action]);
+        let (_, counter) = self.client.write(&self.thread, &envelope.to_body()).await?;
+        self.client.adopt_read_key(&self.thread, fresh)?;
+        self.sync_locked().await?;
+        Ok(Position {
+            clock,
+            log: key,
+            counter,
+        })
+    }
+
+    /// When the last sync met an event this peer could not open (the read key was rotated
+    /// without it): the local sequence number after which it stopped. The views stop there.
+    pub fn unreadable_after(&self) -> Option<u64> {
+        self.unreadable.load(Ordering::Relaxed).checked_sub(1)
     }
 
     /// Runs a query on a store's view.
