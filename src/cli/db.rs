@@ -125,6 +125,13 @@ pub enum Command {
         #[arg(long = "to")]
         members: Vec<PublicKey>,
     },
+    /// Free journal space: keep the newest KEEP snapshots and the events after the oldest of
+    /// them (the records stay in the local store; a late event that needs more rebuilds).
+    Compact {
+        thread: ThreadId,
+        #[arg(long, default_value_t = 1)]
+        keep: u32,
+    },
     /// Print each change as it is applied, following the thread live from a follower
     /// (catching up first). Runs until interrupted.
     Watch {
@@ -155,6 +162,7 @@ impl Command {
             | Command::Acl { thread, .. }
             | Command::DeleteEvent { thread, .. }
             | Command::RotateReadKey { thread, .. }
+            | Command::Compact { thread, .. }
             | Command::Watch { thread, .. } => thread,
         }
     }
@@ -331,6 +339,9 @@ pub async fn execute(
             let pos = db.rotate_read_key(&members).await?;
             let members: Vec<String> = members.iter().map(ToString::to_string).collect();
             json!({"rotated": true, "handed_to": members, "event": hex::encode(pos.key())})
+        }
+        Command::Compact { keep, .. } => {
+            json!({"freed_events": db.dispatcher().compact(keep).await?})
         }
         Command::Watch { follower, .. } => {
             watch(&client, &db, &thread, follower.as_deref(), json_lines).await?;
