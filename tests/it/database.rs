@@ -7,6 +7,33 @@ use serde_json::{json, Value};
 use crate::harness::{Backend, Server};
 use crate::peers::Peer;
 
+/// A server and three people: the first made a thread, has the server follow its log, and
+/// holds a writer invite for the others (who have not joined yet).
+struct Shared {
+    server: Server,
+    peers: [Peer; 3],
+    thread: String,
+    invite: String,
+}
+
+impl Shared {
+    async fn start() -> Self {
+        let server = Server::start(Backend::Sqlite).await;
+        let peers = [Peer::new(), Peer::new(), Peer::new()];
+        let thread = peers[0].text(&["thread", "create"], "thread").await;
+        peers[0]
+            .ok(&["follower", "add", &thread, &server.url])
+            .await;
+        let invite = peers[0].text(&["share", &thread], "invite").await;
+        Self {
+            server,
+            peers,
+            thread,
+            invite,
+        }
+    }
+}
+
 /// What a peer's database holds: every entry and every document of `people`, by age.
 async fn views(peer: &Peer, thread: &str) -> (Value, Value) {
     let entries = peer.ok(&["db", "list", thread]).await["entries"].clone();
@@ -17,12 +44,13 @@ async fn views(peer: &Peer, thread: &str) -> (Value, Value) {
 
 #[tokio::test]
 async fn replicas_agree_whatever_order_they_learn_events_in() {
-    let server = Server::start(Backend::Sqlite).await;
+    let Shared {
+        server,
+        peers: [alice, bob, carol],
+        thread,
+        invite,
+    } = Shared::start().await;
     let url = server.url.clone();
-    let (alice, bob, carol) = (Peer::new(), Peer::new(), Peer::new());
-    let thread = alice.text(&["thread", "create"], "thread").await;
-    alice.ok(&["follower", "add", &thread, &url]).await;
-    let invite = alice.text(&["share", &thread], "invite").await;
     bob.ok(&["join", &invite]).await;
 
     let schema = r#"{"type": "object", "required": ["name", "age"]}"#;
@@ -188,12 +216,13 @@ async fn refused_actions_are_explained_and_write_nothing() {
 /// takes it out of every view.
 #[tokio::test]
 async fn acls_are_enforced_by_every_replica() {
-    let server = Server::start(Backend::Sqlite).await;
+    let Shared {
+        server,
+        peers: [john, mary, jane],
+        thread,
+        invite,
+    } = Shared::start().await;
     let url = server.url.clone();
-    let (john, mary, jane) = (Peer::new(), Peer::new(), Peer::new());
-    let thread = john.text(&["thread", "create"], "thread").await;
-    john.ok(&["follower", "add", &thread, &url]).await;
-    let invite = john.text(&["share", &thread], "invite").await;
     let mut logs = Vec::new();
     for peer in [&john, &mary, &jane] {
         if !std::ptr::eq(peer, &john) {
@@ -272,12 +301,13 @@ async fn acls_are_enforced_by_every_replica() {
 /// keeps what she could read before.
 #[tokio::test]
 async fn a_rotated_read_key_reaches_members_only() {
-    let server = Server::start(Backend::Sqlite).await;
+    let Shared {
+        server,
+        peers: [alice, bob, carol],
+        thread,
+        invite,
+    } = Shared::start().await;
     let url = server.url.clone();
-    let (alice, bob, carol) = (Peer::new(), Peer::new(), Peer::new());
-    let thread = alice.text(&["thread", "create"], "thread").await;
-    alice.ok(&["follower", "add", &thread, &url]).await;
-    let invite = alice.text(&["share", &thread], "invite").await;
     alice
         .ok(&["db", "put", &thread, "before", r#""everyone""#])
         .await;

@@ -87,53 +87,55 @@ impl CrdtStore {
     }
 }
 
-/// Writes a JSON value into an Automerge object as nested maps, lists and scalars.
+/// Writes a JSON value under `key` of a map, as nested maps, lists and scalars.
 fn put(
     doc: &mut AutoCommit,
     obj: &ObjId,
     key: &str,
     value: &Value,
 ) -> Result<(), automerge::AutomergeError> {
-    match value {
-        Value::Object(fields) => {
-            let map = doc.put_object(obj, key, ObjType::Map)?;
-            for (k, v) in fields {
-                put(doc, &map, k, v)?;
-            }
+    match object_type(value) {
+        Some(kind) => {
+            let made = doc.put_object(obj, key, kind)?;
+            fill(doc, &made, value)
         }
-        Value::Array(items) => {
-            let list = doc.put_object(obj, key, ObjType::List)?;
-            for (i, item) in items.iter().enumerate() {
-                insert(doc, &list, i, item)?;
-            }
-        }
-        scalar => doc.put(obj, key, scalar_of(scalar))?,
+        None => doc.put(obj, key, scalar_of(value)),
     }
-    Ok(())
 }
 
+/// Inserts a JSON value at `at` of a list.
 fn insert(
     doc: &mut AutoCommit,
     list: &ObjId,
     at: usize,
     value: &Value,
 ) -> Result<(), automerge::AutomergeError> {
-    match value {
-        Value::Object(fields) => {
-            let map = doc.insert_object(list, at, ObjType::Map)?;
-            for (k, v) in fields {
-                put(doc, &map, k, v)?;
-            }
+    match object_type(value) {
+        Some(kind) => {
+            let made = doc.insert_object(list, at, kind)?;
+            fill(doc, &made, value)
         }
-        Value::Array(items) => {
-            let inner = doc.insert_object(list, at, ObjType::List)?;
-            for (i, item) in items.iter().enumerate() {
-                insert(doc, &inner, i, item)?;
-            }
-        }
-        scalar => doc.insert(list, at, scalar_of(scalar))?,
+        None => doc.insert(list, at, scalar_of(value)),
     }
-    Ok(())
+}
+
+/// Writes an object's or array's members into the map or list just made for it.
+fn fill(doc: &mut AutoCommit, obj: &ObjId, value: &Value) -> Result<(), automerge::AutomergeError> {
+    match value {
+        Value::Object(fields) => fields.iter().try_for_each(|(k, v)| put(doc, obj, k, v)),
+        Value::Array(items) => {
+            (items.iter().enumerate()).try_for_each(|(i, v)| insert(doc, obj, i, v))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn object_type(value: &Value) -> Option<ObjType> {
+    match value {
+        Value::Object(_) => Some(ObjType::Map),
+        Value::Array(_) => Some(ObjType::List),
+        _ => None,
+    }
 }
 
 fn scalar_of(value: &Value) -> automerge::ScalarValue {

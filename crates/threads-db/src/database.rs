@@ -80,23 +80,24 @@ impl Database {
             });
         }
         let _writing = self.writing.lock().await;
-        let log = self
-            .client
-            .thread(&self.thread)?
-            .log_id()
-            .ok_or(threads_client::Error::NotAWriter)?;
-        self.dispatcher
-            .check(log.public_key().as_bytes(), &actions)
-            .await?;
+        let log = self.own_log()?;
+        self.dispatcher.check(&log, &actions).await?;
         let clock = self.dispatcher.next_clock().await;
         let envelope = Envelope::new(clock, now_ms(), actions);
         let (_, counter) = self.client.write(&self.thread, &envelope.to_body()).await?;
         self.sync_locked().await?;
         Ok(Position {
             clock,
-            log: *log.public_key().as_bytes(),
+            log,
             counter,
         })
+    }
+
+    /// The key of this peer's log in the thread (what positions and ACLs name).
+    fn own_log(&self) -> Result<[u8; 32]> {
+        let entry = self.client.thread(&self.thread)?;
+        let log = entry.log_id().ok_or(threads_client::Error::NotAWriter)?;
+        Ok(*log.public_key().as_bytes())
     }
 
     /// Reduces the events of the thread that reached the local store since the last sync
@@ -186,12 +187,7 @@ impl Database {
     /// Needs the write role over the thread.
     pub async fn rotate_read_key(&self, members: &[PublicKey]) -> Result<Position> {
         let _writing = self.writing.lock().await;
-        let log = self
-            .client
-            .thread(&self.thread)?
-            .log_id()
-            .ok_or(threads_client::Error::NotAWriter)?;
-        let key = *log.public_key().as_bytes();
+        let key = self.own_log()?;
         if !self
             .dispatcher
             .acls(|a| a.may_write(&key, KEYS, None))
