@@ -351,4 +351,20 @@ async fn a_rotated_read_key_reaches_members_only() {
         let run = carol.run(&["db", "get", &thread, key]).await;
         assert_eq!(run.code, 2, "{}", run.out);
     }
+
+    // Someone invited after the rotation reads everything: invites carry earlier keys too.
+    let dave = Peer::new();
+    let link = bob
+        .text(&["share", &thread, "--role", "reader"], "invite")
+        .await;
+    dave.ok(&["join", &link]).await;
+    dave.ok(&["pull", &thread]).await;
+    for (key, value) in [
+        ("before", "everyone"),
+        ("after", "members only"),
+        ("reply", "from Bob"),
+    ] {
+        let run = dave.run(&["db", "get", &thread, key]).await;
+        assert_eq!(run.out["value"], value, "{key}: {}", run.stderr);
+    }
 }

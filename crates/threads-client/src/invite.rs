@@ -8,7 +8,7 @@ use base64::Engine;
 use rand_core::OsRng;
 use serde::{Deserialize, Serialize};
 use threads_core::crypto::{open_from, seal_to};
-use threads_core::{Keypair, PublicKey, ThreadId, ThreadKey};
+use threads_core::{Keypair, PublicKey, ReadKey, ThreadId, ThreadKey};
 
 use crate::{Error, Result};
 
@@ -41,6 +41,8 @@ impl std::str::FromStr for Role {
 pub struct Invite {
     pub thread: ThreadId,
     pub key: ThreadKey,
+    /// Read keys the thread used before (rotated out), to read its earlier events.
+    pub earlier_read_keys: Vec<ReadKey>,
     pub role: Role,
     pub public: bool,
     pub followers: Vec<String>,
@@ -50,6 +52,9 @@ pub struct Invite {
 struct InviteJson {
     thread: String,
     key: String,
+    /// Hex, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    earlier_read_keys: Vec<String>,
     role: Role,
     #[serde(default)]
     public: bool,
@@ -63,6 +68,11 @@ impl Invite {
         let json = serde_json::to_vec(&InviteJson {
             thread: self.thread.to_string(),
             key: self.key.to_multibase().to_string(),
+            earlier_read_keys: self
+                .earlier_read_keys
+                .iter()
+                .map(|k| hex::encode(k.as_bytes()))
+                .collect(),
             role: self.role,
             public: self.public,
             followers: self.followers.clone(),
@@ -101,9 +111,20 @@ impl Invite {
         if json.role != Role::Follower && key.read().is_none() {
             return Err(bad("a writer or reader invite must carry the read key"));
         }
+        let earlier_read_keys = json
+            .earlier_read_keys
+            .iter()
+            .map(|k| {
+                hex::decode(k)
+                    .ok()
+                    .and_then(|b| ReadKey::from_slice(&b).ok())
+                    .ok_or_else(|| bad("bad earlier read key"))
+            })
+            .collect::<Result<_>>()?;
         Ok(Invite {
             thread: json.thread.parse().map_err(|_| bad("bad thread ID"))?,
             key,
+            earlier_read_keys,
             role: json.role,
             public: json.public,
             followers: json.followers,

@@ -771,6 +771,11 @@ impl Client {
             }
             entry.key = invite.key.clone();
         }
+        for key in &invite.earlier_read_keys {
+            if !entry.read_keys().any(|k| k == key) {
+                entry.earlier_read_keys.push(key.clone());
+            }
+        }
         if invite.role == Role::Writer && entry.log.is_none() {
             entry.log = Some(Keypair::generate(&mut OsRng));
         }
@@ -798,6 +803,10 @@ impl Client {
             key: match role {
                 Role::Follower => entry.key.follow_only(),
                 _ => entry.key.clone(),
+            },
+            earlier_read_keys: match role {
+                Role::Follower => Vec::new(),
+                _ => entry.earlier_read_keys.clone(),
             },
             role,
             public: entry.public,
