@@ -84,7 +84,8 @@ pub struct Applied {
 
 impl Dispatcher {
     /// Opens over a journal with the given stores: restores the latest snapshot (unless a
-    /// store is missing from it) and reduces the events after it.
+    /// store is missing from it) and reduces the events after it. A journal that cannot be
+    /// reduced again (compacted, and a store is new) is emptied, to be refilled.
     pub async fn open(
         journal: Journal,
         stores: Vec<(String, Box<dyn View>)>,
@@ -105,7 +106,17 @@ impl Dispatcher {
             snapshot_every: options.snapshot_every,
         };
         let mut state = State { journal, views };
-        state.reload().await?;
+        if let Err(e) = state.reload().await {
+            if !matches!(e, Error::NeedsRebuild) {
+                return Err(e);
+            }
+            // Compacted past what a store registered since needs: empty the journal, which
+            // its owner refills from the records (as `Database` does, from `seen_seq` 0).
+            let mut tx = state.journal.begin().await?;
+            journal::clear(&mut tx).await?;
+            tx.commit().await?;
+            state.views.clear();
+        }
         Ok(Self {
             state: RwLock::new(state),
             changes: broadcast::channel(CHANGE_CHANNEL).0,
@@ -771,6 +782,48 @@ mod tests {
             .check(&log(mary), &[acl::delete_event(early)])
             .await
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_store_added_after_compaction_gets_an_empty_journal_to_refill() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.sqlite");
+        let open = |with_docs: bool| {
+            let path = path.clone();
+            async move {
+                let mut stores: Vec<(String, Box<dyn View>)> =
+                    vec![(kv::STORE.into(), Box::new(KvStore::default()))];
+                if with_docs {
+                    stores.push((
+                        crate::docs::STORE.into(),
+                        Box::new(crate::DocStore::default()),
+                    ));
+                }
+                let journal = Journal::open(Some(&path)).await.unwrap();
+                Dispatcher::open(journal, stores, Options { snapshot_every: 5 })
+                    .await
+                    .unwrap()
+            }
+        };
+        let d = open(false).await;
+        let events = (1..=12)
+            .map(|i| event(i, 1, i, vec![kv::put("k", json!(i))]))
+            .collect();
+        d.apply(events, Some(12)).await.unwrap();
+        d.compact(1).await.unwrap();
+        drop(d);
+        assert_eq!(
+            open(false).await.applied().await.0,
+            12,
+            "reopened from its snapshot"
+        );
+        let d = open(true).await;
+        assert_eq!(d.applied().await, (0, None));
+        assert_eq!(
+            d.seen_seq().await.unwrap(),
+            0,
+            "to be read again from the start"
+        );
     }
 
     /// An event per (clock, log, counter); each log's clocks increase with its counter.
