@@ -529,12 +529,15 @@ mod tests {
 
     use super::*;
     use crate::acl::{AclDoc, Role};
+    use crate::docs::{self, DocStore};
     use crate::kv::{self, KvStore};
 
     async fn dispatcher(snapshot_every: u64) -> Dispatcher {
         let journal = Journal::open(None).await.unwrap();
-        let stores: Vec<(String, Box<dyn View>)> =
-            vec![(kv::STORE.into(), Box::new(KvStore::default()))];
+        let stores: Vec<(String, Box<dyn View>)> = vec![
+            (kv::STORE.into(), Box::new(KvStore::default())),
+            (docs::STORE.into(), Box::new(DocStore::default())),
+        ];
         Dispatcher::open(journal, stores, Options { snapshot_every })
             .await
             .unwrap()
@@ -830,7 +833,7 @@ mod tests {
     /// Actions: puts and deletes, ACLs set on the thread, its admin ACL and one key, and
     /// deletions of other events (resolved once every event's position is known).
     fn history() -> impl Strategy<Value = Vec<Event>> {
-        let id = prop::sample::select(vec![acl::THREAD, acl::ADMIN, "kv:k0"]);
+        let id = prop::sample::select(vec![acl::THREAD, acl::ADMIN, "kv:k0", "docs:c/d0"]);
         let action = prop_oneof![
             6 => (0..4u8, 0..3u8, any::<i16>()).prop_map(|(key, kind, value)| {
                 let key = format!("k{key}");
@@ -838,6 +841,20 @@ mod tests {
                     kv::delete(&key)
                 } else {
                     kv::put(&key, json!(value))
+                }
+            }),
+            3 => (0..6u8, 0..3u8, any::<i8>()).prop_map(|(kind, doc, n)| {
+                let id = format!("d{doc}");
+                match kind {
+                    0 => docs::create_collection(
+                        "c",
+                        (n % 2 == 0).then(|| json!({"properties": {"n": {"maximum": 100}}})),
+                        &["n"],
+                    ),
+                    1 => docs::create_index("c", "m"),
+                    2 => docs::delete("c", &id),
+                    3 => docs::save("c", json!({"_id": id, "n": n, "m": -n})),
+                    _ => docs::insert("c", json!({"_id": id, "n": n})),
                 }
             }),
             1 => (id, acl_doc()).prop_map(|(id, doc)| acl::set(id, &doc)),
