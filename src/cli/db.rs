@@ -132,6 +132,12 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         keep: u32,
     },
+    /// Publish the database's current state as a snapshot, in a log of its own that `push`
+    /// sends to followers: peers you invite from now on start from it instead of reducing
+    /// every event.
+    PublishSnapshot { thread: ThreadId },
+    /// How far the database is: events applied, events its journal holds, the last position.
+    Status { thread: ThreadId },
     /// Print each change as it is applied, following the thread live from a follower
     /// (catching up first). Runs until interrupted.
     Watch {
@@ -163,6 +169,8 @@ impl Command {
             | Command::DeleteEvent { thread, .. }
             | Command::RotateReadKey { thread, .. }
             | Command::Compact { thread, .. }
+            | Command::PublishSnapshot { thread }
+            | Command::Status { thread }
             | Command::Watch { thread, .. } => thread,
         }
     }
@@ -339,6 +347,19 @@ pub async fn execute(
             let pos = db.rotate_read_key(&members).await?;
             let members: Vec<String> = members.iter().map(ToString::to_string).collect();
             json!({"rotated": true, "handed_to": members, "event": hex::encode(pos.key())})
+        }
+        Command::PublishSnapshot { .. } => {
+            let (pos, bytes) = db.publish_snapshot().await?;
+            json!({"snapshot_at": hex::encode(pos.key()), "bytes": bytes})
+        }
+        Command::Status { .. } => {
+            let (applied, last) = db.dispatcher().applied().await;
+            json!({
+                "applied": applied,
+                "journaled": db.dispatcher().journaled().await?,
+                "last": last.map(|p| hex::encode(p.key())),
+                "unreadable_after": db.unreadable_after(),
+            })
         }
         Command::Compact { keep, .. } => {
             json!({"freed_events": db.dispatcher().compact(keep).await?})

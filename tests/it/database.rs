@@ -368,3 +368,58 @@ async fn a_rotated_read_key_reaches_members_only() {
         assert_eq!(run.out["value"], value, "{key}: {}", run.stderr);
     }
 }
+
+/// Alice publishes a snapshot of her database; Bob, whom she invites afterwards, starts from
+/// it (reducing only what came after) and ends with the same views as Alice.
+#[tokio::test]
+async fn an_invited_peer_starts_from_the_published_snapshot() {
+    let Shared {
+        server,
+        peers: [alice, bob, _],
+        thread,
+        invite: _,
+    } = Shared::start().await;
+    for i in 0..20 {
+        alice
+            .ok(&["db", "put", &thread, &format!("k{i}"), &i.to_string()])
+            .await;
+    }
+    let published = alice.ok(&["db", "publish-snapshot", &thread]).await;
+    assert!(published["bytes"].as_u64().unwrap() > 0, "{published}");
+    alice
+        .ok(&["db", "put", &thread, "k3", r#""changed after""#])
+        .await;
+    alice.ok(&["db", "delete", &thread, "k4"]).await;
+    assert!(
+        alice.ok(&["push", &thread]).await["pushed"]
+            .as_u64()
+            .unwrap()
+            >= 23
+    );
+
+    let invite = alice.text(&["share", &thread], "invite").await;
+    bob.ok(&["join", &invite]).await;
+    bob.ok(&["follower", "add", &thread, &server.url]).await;
+    bob.ok(&["pull", &thread]).await;
+    let status = bob.ok(&["db", "status", &thread]).await;
+    assert_eq!(status["applied"], 22, "{status}");
+    assert_eq!(
+        status["journaled"], 2,
+        "only what came after the snapshot: {status}"
+    );
+    let ours = bob.ok(&["db", "list", &thread]).await;
+    assert_eq!(ours, alice.ok(&["db", "list", &thread]).await);
+    assert_eq!(
+        bob.ok(&["db", "get", &thread, "k3"]).await["value"],
+        "changed after"
+    );
+
+    // Bob writes on top; Alice gets it as usual.
+    bob.ok(&["db", "put", &thread, "from-bob", "1"]).await;
+    bob.ok(&["push", &thread]).await;
+    alice.ok(&["pull", &thread]).await;
+    assert_eq!(
+        alice.ok(&["db", "get", &thread, "from-bob"]).await["value"],
+        1
+    );
+}

@@ -8,7 +8,7 @@ use base64::Engine;
 use rand_core::OsRng;
 use serde::{Deserialize, Serialize};
 use threads_core::crypto::{open_from, seal_to};
-use threads_core::{Keypair, PublicKey, ReadKey, ThreadId, ThreadKey};
+use threads_core::{Keypair, LogId, PublicKey, ReadKey, ThreadId, ThreadKey};
 
 use crate::{Error, Result};
 
@@ -44,6 +44,8 @@ pub struct Invite {
     /// Read keys the thread used before (rotated out), to read its earlier events.
     pub earlier_read_keys: Vec<ReadKey>,
     pub role: Role,
+    /// The inviter's snapshot log, whose database snapshots the joiner may start from.
+    pub snapshots_from: Option<LogId>,
     pub public: bool,
     pub followers: Vec<String>,
 }
@@ -56,6 +58,8 @@ struct InviteJson {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     earlier_read_keys: Vec<String>,
     role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    snapshots_from: Option<String>,
     #[serde(default)]
     public: bool,
     #[serde(default)]
@@ -74,6 +78,7 @@ impl Invite {
                 .map(|k| hex::encode(k.as_bytes()))
                 .collect(),
             role: self.role,
+            snapshots_from: self.snapshots_from.as_ref().map(ToString::to_string),
             public: self.public,
             followers: self.followers.clone(),
         })
@@ -126,6 +131,10 @@ impl Invite {
             key,
             earlier_read_keys,
             role: json.role,
+            snapshots_from: json
+                .snapshots_from
+                .map(|l| l.parse().map_err(|_| bad("bad snapshot log ID")))
+                .transpose()?,
             public: json.public,
             followers: json.followers,
         })

@@ -24,6 +24,11 @@ pub struct ThreadEntry {
     pub earlier_read_keys: Vec<ReadKey>,
     /// This peer's own log in the thread, if it writes.
     pub log: Option<Keypair>,
+    /// This peer's second log, of database snapshots it published for others to start from.
+    pub snapshot_log: Option<Keypair>,
+    /// The snapshot log this peer trusts to start its database from: the one of whoever
+    /// invited it (who held the keys anyway).
+    pub snapshots_from: Option<LogId>,
     pub public: bool,
     pub followers: Vec<Follower>,
 }
@@ -46,6 +51,13 @@ impl ThreadEntry {
     pub fn log_id(&self) -> Option<LogId> {
         self.log.as_ref().map(|pair| LogId::from(pair.public()))
     }
+
+    /// The logs this peer writes: its own, then its snapshot log if it has one.
+    pub fn own_logs(&self) -> impl Iterator<Item = &Keypair> {
+        self.log
+            .iter()
+            .chain(self.log.as_ref().and(self.snapshot_log.as_ref()))
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -57,6 +69,10 @@ struct ThreadFile {
     earlier_read_keys: Vec<String>,
     #[serde(default)]
     log: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    snapshot_log: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    snapshots_from: Option<String>,
     #[serde(default)]
     public: bool,
     #[serde(default)]
@@ -129,6 +145,14 @@ impl Keystore {
                 .log
                 .map(|l| l.parse().map_err(|_| bad("log key")))
                 .transpose()?,
+            snapshot_log: file
+                .snapshot_log
+                .map(|l| l.parse().map_err(|_| bad("snapshot log key")))
+                .transpose()?,
+            snapshots_from: file
+                .snapshots_from
+                .map(|l| l.parse().map_err(|_| bad("snapshot log ID")))
+                .transpose()?,
             public: file.public,
             followers: file.followers,
         })
@@ -144,6 +168,11 @@ impl Keystore {
                 .map(|k| hex::encode(k.as_bytes()))
                 .collect(),
             log: entry.log.as_ref().map(|l| l.to_multibase().to_string()),
+            snapshot_log: entry
+                .snapshot_log
+                .as_ref()
+                .map(|l| l.to_multibase().to_string()),
+            snapshots_from: entry.snapshots_from.as_ref().map(ToString::to_string),
             public: entry.public,
             followers: entry.followers.clone(),
         };

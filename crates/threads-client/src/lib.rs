@@ -170,6 +170,8 @@ impl Client {
             key: ThreadKey::random(&mut OsRng),
             earlier_read_keys: Vec::new(),
             log: Some(Keypair::generate(&mut OsRng)),
+            snapshot_log: None,
+            snapshots_from: None,
             public,
             followers: Vec::new(),
         };
@@ -219,6 +221,65 @@ impl Client {
     pub async fn write_many(&self, thread: &ThreadId, bodies: &[Value]) -> Result<Vec<(Cid, u64)>> {
         let entry = self.keys.thread(thread)?;
         let pair = entry.log.as_ref().ok_or(Error::NotAWriter)?;
+        self.append(&entry, pair, bodies).await
+    }
+
+    /// Appends an event to this peer's snapshot log (made on first use), which `push` sends
+    /// to followers like its own log.
+    pub async fn write_snapshot(&self, thread: &ThreadId, body: &Value) -> Result<(Cid, u64)> {
+        let mut entry = self.keys.thread(thread)?;
+        if entry.log.is_none() {
+            return Err(Error::NotAWriter);
+        }
+        if entry.snapshot_log.is_none() {
+            let pair = Keypair::generate(&mut OsRng);
+            self.register_locally(&entry, &LogId::from(pair.public()))
+                .await?;
+            entry.snapshot_log = Some(pair);
+            self.keys.save(&entry)?;
+        }
+        let pair = entry.snapshot_log.as_ref().expect("made above");
+        let mut written = self
+            .append(&entry, pair, std::slice::from_ref(body))
+            .await?;
+        Ok(written.remove(0))
+    }
+
+    /// The events of one log held locally, after counter `after`, decrypted.
+    pub async fn read_log(
+        &self,
+        thread: &ThreadId,
+        log: &LogId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        let entry = self.keys.thread(thread)?;
+        let stored = self.store.records_by_log(thread, log, after, limit).await?;
+        Ok(stored
+            .into_iter()
+            .filter_map(|r| {
+                let body = entry
+                    .read_keys()
+                    .find_map(|k| r.blocks.read_content(k).ok())?;
+                Some(Event {
+                    log: r.log,
+                    counter: r.counter,
+                    seq: r.seq,
+                    cid: r.cid.to_string(),
+                    body: decode_body(&body),
+                })
+            })
+            .collect())
+    }
+
+    /// Appends events to one of this peer's logs, in one local transaction.
+    async fn append(
+        &self,
+        entry: &ThreadEntry,
+        pair: &Keypair,
+        bodies: &[Value],
+    ) -> Result<Vec<(Cid, u64)>> {
+        let thread = &entry.thread;
         if entry.key.read().is_none() {
             return Err(Error::NoReadKey);
         }
@@ -346,7 +407,7 @@ impl Client {
     ) -> Result<()> {
         let mut entry = self.keys.thread(thread)?;
         let server = FollowerClient::new(url)?;
-        if let Some(pair) = &entry.log {
+        for pair in entry.own_logs() {
             register(&server, &entry, pair, token).await?;
         }
         if !entry.followers.iter().any(|f| f.url == server.url()) {
@@ -359,11 +420,11 @@ impl Client {
         Ok(())
     }
 
-    /// Asks a follower to delete this peer's log, and forgets the follower.
+    /// Asks a follower to delete this peer's logs, and forgets the follower.
     pub async fn remove_follower(&self, thread: &ThreadId, url: &str) -> Result<()> {
         let mut entry = self.keys.thread(thread)?;
         let server = FollowerClient::new(url)?;
-        if let Some(pair) = &entry.log {
+        for pair in entry.own_logs() {
             match retry(|| server.signed(thread, pair, Action::Unregister, None)).await {
                 // Already gone is what was asked for.
                 Err(Error::Server { status: 404, .. }) | Ok(()) => {}
@@ -375,11 +436,28 @@ impl Client {
         Ok(())
     }
 
-    /// Pushes this peer's log to every follower, from where each one's head is; resumes after
+    /// Pushes this peer's logs to every follower, from where each one's head is; resumes after
     /// an interruption because the follower's head says what it has. `progress(done, total)`.
     pub async fn push(&self, thread: &ThreadId, mut progress: impl FnMut(u64, u64)) -> Result<u64> {
         let entry = self.keys.thread(thread)?;
-        let pair = entry.log.as_ref().ok_or(Error::NotAWriter)?;
+        if entry.log.is_none() {
+            return Err(Error::NotAWriter);
+        }
+        let mut pushed = 0;
+        for pair in entry.own_logs() {
+            pushed += self.push_log(&entry, pair, &mut progress).await?;
+        }
+        Ok(pushed)
+    }
+
+    /// Pushes one of this peer's logs to every follower.
+    async fn push_log(
+        &self,
+        entry: &ThreadEntry,
+        pair: &Keypair,
+        progress: &mut impl FnMut(u64, u64),
+    ) -> Result<u64> {
+        let thread = &entry.thread;
         let log = LogId::from(pair.public());
         let local_head = self
             .store
@@ -394,7 +472,7 @@ impl Client {
             let mut after = match retry(|| server.head(thread, &log, follow)).await {
                 Ok(head) => head.map_or(0, |h| h.counter),
                 Err(Error::Server { status: 404, .. }) => {
-                    register(&server, &entry, pair, None).await?;
+                    register(&server, entry, pair, None).await?;
                     0
                 }
                 Err(e) => return Err(e),
@@ -760,6 +838,8 @@ impl Client {
                 key: invite.key.clone(),
                 earlier_read_keys: Vec::new(),
                 log: None,
+                snapshot_log: None,
+                snapshots_from: None,
                 public: invite.public,
                 followers: Vec::new(),
             },
@@ -770,6 +850,9 @@ impl Client {
                 entry.earlier_read_keys.insert(0, current.clone());
             }
             entry.key = invite.key.clone();
+        }
+        if invite.snapshots_from.is_some() {
+            entry.snapshots_from = invite.snapshots_from.clone();
         }
         for key in &invite.earlier_read_keys {
             if !entry.read_keys().any(|k| k == key) {
@@ -809,6 +892,11 @@ impl Client {
                 _ => entry.earlier_read_keys.clone(),
             },
             role,
+            snapshots_from: entry
+                .snapshot_log
+                .as_ref()
+                .map(|pair| LogId::from(pair.public()))
+                .or_else(|| entry.snapshots_from.clone()),
             public: entry.public,
             followers: entry.followers.iter().map(|f| f.url.clone()).collect(),
         };

@@ -33,6 +33,17 @@ pub struct Database {
     unreadable: AtomicU64,
 }
 
+/// Marks a record body of a snapshot log.
+const SNAPSHOT_TAG: &str = "threads-db-snapshot";
+
+/// The snapshot bytes of a published-snapshot body.
+fn published_snapshot(body: &serde_json::Value) -> Option<Vec<u8>> {
+    (body.get(SNAPSHOT_TAG)? == 1)
+        .then(|| body.get("snapshot")?.as_str())
+        .flatten()
+        .and_then(|h| hex::decode(h).ok())
+}
+
 /// Events of this pseudo-store hand over rotated read keys; no view reduces them.
 pub const KEYS: &str = "keys";
 
@@ -63,8 +74,52 @@ impl Database {
             writing: Mutex::new(()),
             unreadable: AtomicU64::new(0),
         };
+        db.start_from_published().await?;
         db.sync().await?;
         Ok(db)
+    }
+
+    /// A database that has applied nothing starts from the newest snapshot published in the
+    /// snapshot log this peer trusts (its inviter's), if it holds one.
+    async fn start_from_published(&self) -> Result<()> {
+        let entry = self.client.thread(&self.thread)?;
+        let Some(log) = entry.snapshots_from else {
+            return Ok(());
+        };
+        if self.dispatcher.applied().await.1.is_some() || self.dispatcher.seen_seq().await? > 0 {
+            return Ok(());
+        }
+        let mut newest = None;
+        let mut after = 0;
+        loop {
+            let page = self.client.read_log(&self.thread, &log, after, 100).await?;
+            let Some(last) = page.last() else { break };
+            after = last.counter;
+            newest = page
+                .into_iter()
+                .rev()
+                .find_map(|e| published_snapshot(&e.body))
+                .or(newest);
+        }
+        if let Some(bytes) = newest {
+            self.dispatcher.start_from(&bytes).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the views' current state as a snapshot in this peer's snapshot log, which
+    /// `push` sends to followers: peers this one invites start from it. Returns where the
+    /// snapshot stands and its size.
+    pub async fn publish_snapshot(&self) -> Result<(Position, usize)> {
+        let _writing = self.writing.lock().await;
+        let (last, bytes) = self.dispatcher.snapshot().await;
+        let last = last.ok_or_else(|| Error::Refused {
+            store: String::new(),
+            reason: "nothing has been applied yet: there is nothing to snapshot".into(),
+        })?;
+        let body = serde_json::json!({SNAPSHOT_TAG: 1, "snapshot": hex::encode(&bytes)});
+        self.client.write_snapshot(&self.thread, &body).await?;
+        Ok((last, bytes.len()))
     }
 
     pub fn dispatcher(&self) -> &Dispatcher {

@@ -50,12 +50,17 @@ struct Views {
     /// The last event reduced, and how many events of the order that makes.
     last: Option<Position>,
     applied: u64,
+    /// Per log, the highest counter reduced.
+    heads: BTreeMap<[u8; 32], u64>,
     snapshot_every: u64,
 }
 
 struct State {
     journal: Journal,
     views: Views,
+    /// Events at or before this position with a counter at most their log's here are in the
+    /// views but not in the journal (compacted, or started from a snapshot): skipped.
+    covered: Option<(Position, BTreeMap<[u8; 32], u64>)>,
 }
 
 /// The bytes of a snapshot: where it was taken, and every store's state (DAG-CBOR, so the
@@ -66,6 +71,29 @@ struct SnapshotBody {
     pos: Vec<u8>,
     events: u64,
     views: BTreeMap<String, serde_bytes::ByteBuf>,
+    /// Per log, the highest counter reduced: what the snapshot stands for.
+    heads: Heads,
+}
+
+/// Per log key, a counter; as DAG-CBOR a list of `[key, counter]` (map keys must be text).
+type Heads = Vec<(serde_bytes::ByteBuf, u64)>;
+
+fn heads_to_map(heads: &Heads) -> Result<BTreeMap<[u8; 32], u64>> {
+    heads
+        .iter()
+        .map(|(log, counter)| {
+            let log = <[u8; 32]>::try_from(log.as_slice())
+                .map_err(|_| Error::Corrupt("a log key in a snapshot's heads".into()))?;
+            Ok((log, *counter))
+        })
+        .collect()
+}
+
+impl SnapshotBody {
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        serde_ipld_dagcbor::from_slice(bytes)
+            .map_err(|e| Error::Corrupt(format!("a snapshot: {e}")))
+    }
 }
 
 pub struct Dispatcher {
@@ -103,9 +131,14 @@ impl Dispatcher {
             quiet_until: None,
             last: None,
             applied: 0,
+            heads: BTreeMap::new(),
             snapshot_every: options.snapshot_every,
         };
-        let mut state = State { journal, views };
+        let mut state = State {
+            journal,
+            views,
+            covered: None,
+        };
         if let Err(e) = state.reload().await {
             if !matches!(e, Error::NeedsRebuild) {
                 return Err(e);
@@ -117,6 +150,7 @@ impl Dispatcher {
             tx.commit().await?;
             state.views.clear();
         }
+        state.load_covered().await?;
         Ok(Self {
             state: RwLock::new(state),
             changes: broadcast::channel(CHANGE_CHANNEL).0,
@@ -243,9 +277,55 @@ impl Dispatcher {
     pub async fn compact(&self, keep: u32) -> Result<u64> {
         let mut state = self.state.write().await;
         let mut tx = state.journal.begin().await?;
-        let removed = journal::compact(&mut tx, keep).await?;
+        let Some((kept, removed)) = journal::compact(&mut tx, keep).await? else {
+            return Ok(0);
+        };
+        let body = SnapshotBody::decode(&kept.bytes)?;
+        let heads = serde_ipld_dagcbor::to_vec(&body.heads).expect("heads encode");
+        journal::set_covered(&mut tx, kept.pos, &heads).await?;
         tx.commit().await?;
+        state.load_covered().await?;
         Ok(removed)
+    }
+
+    /// Starts an empty database from a snapshot (one a trusted peer published): the views
+    /// take its state, and the events it stands for are skipped when they arrive. Refused
+    /// unless nothing was applied yet, or when the snapshot lacks a registered store.
+    pub async fn start_from(&self, bytes: &[u8]) -> Result<Position> {
+        let mut state = self.state.write().await;
+        let refused = |reason: &str| Error::Refused {
+            store: String::new(),
+            reason: reason.into(),
+        };
+        if state.views.last.is_some() {
+            return Err(refused(
+                "a database that applied events does not start over",
+            ));
+        }
+        let body = SnapshotBody::decode(bytes)?;
+        let snapshot = StoredSnapshot {
+            pos: Position::from_key(&body.pos)?,
+            events: body.events,
+            bytes: bytes.to_vec(),
+        };
+        if !state.views.covers(&snapshot) {
+            return Err(refused("the snapshot lacks a store registered here"));
+        }
+        let heads = serde_ipld_dagcbor::to_vec(&body.heads).expect("heads encode");
+        let mut tx = state.journal.begin().await?;
+        journal::save_snapshot(&mut tx, &snapshot).await?;
+        journal::set_covered(&mut tx, snapshot.pos, &heads).await?;
+        tx.commit().await?;
+        state.views.restore(&snapshot)?;
+        state.load_covered().await?;
+        Ok(snapshot.pos)
+    }
+
+    /// Events the journal holds (fewer than applied after compaction or a snapshot start).
+    pub async fn journaled(&self) -> Result<u64> {
+        let mut state = self.state.write().await;
+        let mut tx = state.journal.begin().await?;
+        journal::len(&mut tx).await
     }
 
     /// Empties the journal and the views, to be refilled from the record store.
@@ -255,6 +335,7 @@ impl Dispatcher {
         journal::clear(&mut tx).await?;
         tx.commit().await?;
         state.views.clear();
+        state.covered = None;
         let _ = self.changes.send(Change {
             store: String::new(),
             pos: None,
@@ -273,6 +354,12 @@ impl State {
     ) -> Result<Applied> {
         events.sort_by_key(|e| e.pos);
         events.dedup_by_key(|e| e.pos);
+        if let Some((through, heads)) = &self.covered {
+            events.retain(|e| {
+                let head = heads.get(&e.pos.log).copied().unwrap_or(0);
+                !(e.pos <= *through && e.pos.counter <= head)
+            });
+        }
         let mut tx = self.journal.begin().await?;
         let events = journal::insert(&mut tx, events).await?;
         if let Some(seq) = seen_seq {
@@ -309,6 +396,19 @@ impl State {
         })
     }
 
+    async fn load_covered(&mut self) -> Result<()> {
+        let mut tx = self.journal.begin().await?;
+        self.covered = match journal::covered(&mut tx).await? {
+            Some((through, heads)) if !heads.is_empty() => {
+                let heads: Heads = serde_ipld_dagcbor::from_slice(&heads)
+                    .map_err(|e| Error::Corrupt(format!("covered heads: {e}")))?;
+                Some((through, heads_to_map(&heads)?))
+            }
+            _ => None,
+        };
+        Ok(())
+    }
+
     /// Puts the views where the journal is: the latest usable snapshot, then the events after.
     async fn reload(&mut self) -> Result<()> {
         let mut tx = self.journal.begin().await?;
@@ -326,6 +426,7 @@ impl Views {
         self.quiet_until = None;
         self.last = None;
         self.applied = 0;
+        self.heads.clear();
     }
 
     /// Every store (and the ACLs) was reduced again.
@@ -391,6 +492,8 @@ impl Views {
         }
         self.last = Some(event.pos);
         self.applied += 1;
+        let head = self.heads.entry(event.pos.log).or_insert(0);
+        *head = (*head).max(event.pos.counter);
         deleted
     }
 
@@ -475,6 +578,11 @@ impl Views {
                     serde_bytes::ByteBuf::from(self.acls.snapshot()),
                 )])
                 .collect(),
+            heads: self
+                .heads
+                .iter()
+                .map(|(log, counter)| (serde_bytes::ByteBuf::from(log.to_vec()), *counter))
+                .collect(),
         };
         StoredSnapshot {
             pos,
@@ -492,8 +600,7 @@ impl Views {
     }
 
     fn restore(&mut self, snapshot: &StoredSnapshot) -> Result<()> {
-        let body: SnapshotBody = serde_ipld_dagcbor::from_slice(&snapshot.bytes)
-            .map_err(|e| Error::Corrupt(format!("a snapshot: {e}")))?;
+        let body = SnapshotBody::decode(&snapshot.bytes)?;
         if body.pos.len() != KEY_LEN || body.pos != snapshot.pos.key() {
             return Err(Error::Corrupt("a snapshot's position".into()));
         }
@@ -514,6 +621,7 @@ impl Views {
         }
         self.last = Some(snapshot.pos);
         self.applied = snapshot.events;
+        self.heads = heads_to_map(&body.heads)?;
         Ok(())
     }
 }
@@ -827,6 +935,45 @@ mod tests {
             0,
             "to be read again from the start"
         );
+    }
+
+    #[tokio::test]
+    async fn starting_from_a_snapshot_skips_what_it_stands_for() {
+        let a = dispatcher(0).await;
+        let events: Vec<Event> = (1..=10)
+            .map(|i| {
+                event(
+                    i * 2,
+                    (i % 2) as u8 + 1,
+                    i.div_ceil(2),
+                    vec![kv::put(&format!("k{i}"), json!(i))],
+                )
+            })
+            .collect();
+        a.apply(events[..8].to_vec(), None).await.unwrap();
+        let (at, bytes) = a.snapshot().await;
+        a.apply(events[8..].to_vec(), None).await.unwrap();
+
+        let b = dispatcher(0).await;
+        assert_eq!(b.start_from(&bytes).await.unwrap(), at.unwrap());
+        let mut all = events.clone();
+        all.reverse();
+        assert!(
+            !b.apply(all, None).await.unwrap().rewound,
+            "covered events are skipped"
+        );
+        assert_eq!(b.snapshot().await, a.snapshot().await);
+        assert_eq!(b.journaled().await.unwrap(), 2);
+        assert!(
+            b.start_from(&bytes).await.is_err(),
+            "only an empty database starts over"
+        );
+        // An event the snapshot did not stand for, sorting before it: only a rebuild helps.
+        let late = event(3, 3, 1, vec![kv::put("late", json!(1))]);
+        assert!(matches!(
+            b.apply(vec![late], None).await,
+            Err(Error::NeedsRebuild)
+        ));
     }
 
     /// An event per (clock, log, counter); each log's clocks increase with its counter.

@@ -167,16 +167,25 @@ pub async fn save_snapshot(tx: &mut SqliteConnection, snapshot: &StoredSnapshot)
 }
 
 /// Keeps the newest `keep` snapshots and the events after the oldest of them; frees the rest.
-/// Returns how many events were removed. An event that later sorts before what was kept
-/// makes the dispatcher rebuild from the record store.
-pub async fn compact(tx: &mut SqliteConnection, keep: u32) -> Result<u64> {
+/// Returns the oldest snapshot kept (which now stands for what was freed) and how many events
+/// were removed; the caller records what it covers with [`set_covered`].
+pub async fn compact(
+    tx: &mut SqliteConnection,
+    keep: u32,
+) -> Result<Option<(StoredSnapshot, u64)>> {
     let oldest: Option<Vec<u8>> = sqlx::query_scalar(
         "SELECT pos FROM (SELECT pos FROM snapshots ORDER BY pos DESC LIMIT ?) ORDER BY pos LIMIT 1",
     )
     .bind(keep.max(1))
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(oldest) = oldest else { return Ok(0) };
+    let Some(oldest) = oldest else {
+        return Ok(None);
+    };
+    let pos = Position::from_key(&oldest)?;
+    let snapshot = snapshot_before(tx, Some(after(pos)))
+        .await?
+        .ok_or_else(|| Error::Corrupt("the snapshot being kept vanished".into()))?;
     sqlx::query("DELETE FROM snapshots WHERE pos < ?")
         .bind(&oldest)
         .execute(&mut *tx)
@@ -186,20 +195,54 @@ pub async fn compact(tx: &mut SqliteConnection, keep: u32) -> Result<u64> {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    sqlx::query("UPDATE progress SET compacted_through = ? WHERE id = 0")
-        .bind(&oldest)
-        .execute(&mut *tx)
-        .await?;
-    Ok(removed)
+    Ok(Some((snapshot, removed)))
 }
 
-/// Whether compaction removed events: then only a snapshot can stand for them.
-pub async fn compacted(tx: &mut SqliteConnection) -> Result<bool> {
-    let through: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT compacted_through FROM progress WHERE id = 0")
+/// The position just after `pos`, for "at or before" bounds.
+fn after(pos: Position) -> Position {
+    Position {
+        counter: pos.counter.saturating_add(1),
+        ..pos
+    }
+}
+
+/// Records that the journal no longer holds the events through `through` (freed, or never
+/// journaled because the views started from a snapshot) and what they were: `heads`.
+pub async fn set_covered(tx: &mut SqliteConnection, through: Position, heads: &[u8]) -> Result<()> {
+    sqlx::query("UPDATE progress SET compacted_through = ?, covered_heads = ? WHERE id = 0")
+        .bind(&through.key()[..])
+        .bind(heads)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// What [`set_covered`] recorded.
+pub async fn covered(tx: &mut SqliteConnection) -> Result<Option<(Position, Vec<u8>)>> {
+    let row: (Option<Vec<u8>>, Option<Vec<u8>>) =
+        sqlx::query_as("SELECT compacted_through, covered_heads FROM progress WHERE id = 0")
             .fetch_one(&mut *tx)
             .await?;
-    Ok(through.is_some())
+    match row {
+        (Some(through), heads) => Ok(Some((
+            Position::from_key(&through)?,
+            heads.unwrap_or_default(),
+        ))),
+        (None, _) => Ok(None),
+    }
+}
+
+/// Whether events were freed or never journaled: then only a snapshot can stand for them.
+pub async fn compacted(tx: &mut SqliteConnection) -> Result<bool> {
+    Ok(covered(tx).await?.is_some())
+}
+
+/// How many events the journal holds.
+pub async fn len(tx: &mut SqliteConnection) -> Result<u64> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(n as u64)
 }
 
 /// Removes every event and snapshot: the journal is about to be refilled from the records.
@@ -208,9 +251,12 @@ pub async fn clear(tx: &mut SqliteConnection) -> Result<()> {
     sqlx::query("DELETE FROM snapshots")
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE progress SET seen_seq = 0, compacted_through = NULL WHERE id = 0")
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE progress SET seen_seq = 0, compacted_through = NULL, covered_heads = NULL \
+         WHERE id = 0",
+    )
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 
