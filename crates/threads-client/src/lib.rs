@@ -369,16 +369,9 @@ impl Client {
         Ok(events)
     }
 
-    /// Replaces the thread's read key with a fresh one for events written from now on (the
-    /// current one is kept, to read earlier events). Returns the new key, for the members
-    /// who keep reading.
-    pub fn rotate_read_key(&self, thread: &ThreadId) -> Result<ReadKey> {
-        let fresh = ReadKey::random(&mut OsRng);
-        self.adopt_read_key(thread, fresh.clone())?;
-        Ok(fresh)
-    }
-
-    /// Takes a read key a member handed over as the current one. Returns whether it was new.
+    /// Takes a read key as the thread's current one, for events written from now on (a fresh
+    /// one, or one a member handed over); the current one is kept to read earlier events.
+    /// Returns whether it was new.
     pub fn adopt_read_key(&self, thread: &ThreadId, key: ReadKey) -> Result<bool> {
         let mut entry = self.keys.thread(thread)?;
         if entry.read_keys().any(|k| *k == key) {
