@@ -199,7 +199,8 @@ impl Database {
                 let Some(envelope) = Envelope::from_body(e.body) else {
                     continue;
                 };
-                self.take_handed_keys(&envelope)?;
+                self.take_handed_keys(e.log.public_key().as_bytes(), &envelope)
+                    .await?;
                 events.push(Event {
                     pos: Position {
                         clock: envelope.clock,
@@ -214,11 +215,15 @@ impl Database {
         }
     }
 
-    /// Adopts a read key a rotation event sealed to this peer's identity.
-    fn take_handed_keys(&self, envelope: &Envelope) -> Result<()> {
+    /// Adopts a read key a rotation event sealed to this peer's identity, when its writer
+    /// holds the write role over the thread (by the ACLs in force).
+    async fn take_handed_keys(&self, log: &[u8; 32], envelope: &Envelope) -> Result<()> {
         let me = self.client.identity().to_string();
         for action in &envelope.actions {
             if action.store != KEYS || action.kind != "rotate" {
+                continue;
+            }
+            if !self.dispatcher.acls(|a| a.may_write(log, KEYS, None)).await {
                 continue;
             }
             let Some(sealed) = action.payload["sealed"][&me].as_str() else {
