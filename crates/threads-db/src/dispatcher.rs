@@ -1000,7 +1000,7 @@ mod tests {
                     ),
                     1 => docs::create_index("c", "m"),
                     2 => docs::delete("c", &id),
-                    3 => docs::save("c", json!({"_id": id, "n": n, "m": -n})),
+                    3 => docs::save("c", json!({"_id": id, "n": n, "m": -i16::from(n)})),
                     _ => docs::insert("c", json!({"_id": id, "n": n})),
                 }
             }),
