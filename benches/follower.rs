@@ -57,12 +57,19 @@ impl Server {
     async fn start(database_url: Option<&str>, data_dir: &std::path::Path) -> (Self, Duration) {
         let started = Instant::now();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_threads"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("RUST_LOG", "warn")
-            .env("THREADS_WEBSOCKET__MAX_CONNECTIONS", "20000")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true);
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--p2p-listen",
+            "none",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .env("THREADS_WEBSOCKET__MAX_CONNECTIONS", "20000")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
         if let Some(url) = database_url {
             cmd.arg("--database-url").arg(url);
         }

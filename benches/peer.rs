@@ -67,7 +67,14 @@ async fn main() {
 
     // A follower on this machine (release build, embedded SQLite).
     let mut server = Command::new(env!("CARGO_BIN_EXE_threads"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--p2p-listen",
+            "none",
+            "--data-dir",
+        ])
         .arg(dir.path().join("server"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -75,12 +75,19 @@ async fn main() {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_threads"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .env("THREADS_WEBHOOKS__ALLOW_PRIVATE_ADDRESSES", "true")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--p2p-listen",
+        "none",
+        "--data-dir",
+    ])
+    .arg(dir.path())
+    .env("RUST_LOG", "warn")
+    .env("THREADS_WEBHOOKS__ALLOW_PRIVATE_ADDRESSES", "true")
+    .stdout(Stdio::piped())
+    .kill_on_drop(true);
     if let Some(url) = &database_url {
         cmd.arg("--database-url").arg(url);
     }

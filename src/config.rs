@@ -29,6 +29,29 @@ pub struct Config {
     pub websocket: WebSocket,
     pub cors: Cors,
     pub webhooks: Webhooks,
+    pub p2p: P2p,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct P2p {
+    pub listen: Vec<String>,
+    pub max_connections: u32,
+    pub max_connections_per_peer: u32,
+}
+
+impl P2p {
+    /// The host's settings; addresses were checked by validation.
+    pub fn host_config(&self) -> threads_net::Config {
+        threads_net::Config {
+            listen: self
+                .listen
+                .iter()
+                .map(|a| a.parse().expect("validated"))
+                .collect(),
+            max_connections: self.max_connections,
+            max_connections_per_peer: self.max_connections_per_peer,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -103,6 +126,13 @@ pub struct Overrides {
     pub database_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p2p: Option<P2pOverrides>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct P2pOverrides {
+    pub listen: Vec<String>,
 }
 
 impl Config {
@@ -167,6 +197,14 @@ impl Config {
         }
         if w.retry_base_ms == 0 || w.retry_max_ms < w.retry_base_ms {
             bail!("webhooks.retry_base_ms must be at least 1 and at most webhooks.retry_max_ms");
+        }
+        for addr in &self.p2p.listen {
+            if addr.parse::<threads_net::Multiaddr>().is_err() {
+                bail!("p2p.listen: {addr:?} is not a multiaddr (e.g. /ip4/0.0.0.0/tcp/4006)");
+            }
+        }
+        if self.p2p.max_connections == 0 || self.p2p.max_connections_per_peer == 0 {
+            bail!("p2p.max_connections and p2p.max_connections_per_peer must be at least 1");
         }
         // Leases are derived from the timeout: keep them within reason (and within i64 ms).
         if w.timeout_secs > 3600 {

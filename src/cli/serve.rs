@@ -25,6 +25,10 @@ pub struct Args {
     #[arg(long)]
     database_url: Option<String>,
     /// Log output: pretty or json.
+    /// A libp2p listen address (repeatable; replaces the configured ones), e.g.
+    /// /ip4/0.0.0.0/tcp/4006. `none` runs no libp2p host.
+    #[arg(long = "p2p-listen")]
+    p2p_listen: Vec<String>,
     #[arg(long, value_parser = ["pretty", "json"])]
     log_format: Option<String>,
     /// Print the built-in defaults (a commented config file) and exit.
@@ -51,6 +55,13 @@ fn serve(args: Args) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data_dir,
         database_url: args.database_url,
+        p2p: (!args.p2p_listen.is_empty()).then(|| crate::config::P2pOverrides {
+            listen: args
+                .p2p_listen
+                .into_iter()
+                .filter(|a| a != "none")
+                .collect(),
+        }),
         log_format: args.log_format.map(|f| {
             if f == "json" {
                 LogFormat::Json

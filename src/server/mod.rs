@@ -64,6 +64,8 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// Rendered feeds, until their records change.
     pub feeds: v1::feeds::FeedCache,
+    /// The libp2p host, unless `p2p.listen` is empty.
+    pub p2p: Option<threads_net::Handle>,
 }
 
 impl std::ops::Deref for AppState {
@@ -102,7 +104,16 @@ impl AppState {
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
         let hub = hub::Hub::start(store.clone(), shutdown.clone());
+        let p2p = if config.p2p.listen.is_empty() {
+            None
+        } else {
+            let key = threads_net::load_or_create_key(&config.data_dir.join("p2p.key"))?;
+            let host = threads_net::host::start(key, config.p2p.host_config())?;
+            host.wait_listening().await?;
+            Some(host)
+        };
         Ok(Self(Arc::new(Inner {
+            p2p,
             ws_slots: Arc::new(Semaphore::new(config.websocket.max_connections)),
             config,
             store,
@@ -237,6 +248,12 @@ pub async fn serve(
     tracing::info!(%addr, server_id = %state.server_id, "threads follower serving");
     // One machine-readable line on stdout, so scripts and tests can start on port 0.
     println!("listening on http://{addr}");
+    if let Some(host) = &state.p2p {
+        for p2p in host.listen_addrs().await? {
+            tracing::info!(%p2p, "libp2p address");
+            println!("p2p {p2p}");
+        }
+    }
     let _deliveries = webhooks::spawn(state.clone());
     let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
     let server =

@@ -80,6 +80,11 @@ impl Server {
             listen,
             "--log-format",
             "json",
+            // Many servers run at once: each takes a free port for libp2p too.
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--p2p-listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
             "--data-dir",
         ])
         .arg(data_dir)

@@ -7,6 +7,7 @@ mod cluster;
 mod database;
 mod feeds;
 mod operations;
+mod p2p;
 mod peers;
 mod push_pull;
 mod registration;

@@ -41,6 +41,15 @@ pub fn router() -> Router<AppState> {
 /// What a client needs before talking to this server: the ID to sign requests for, and limits.
 async fn server(State(state): State<AppState>) -> Json<Value> {
     let c = &state.config;
+    // A log's address at this follower is one of these, then `/thread/<thread id>`.
+    let p2p = match &state.p2p {
+        Some(host) => json!({
+            "peer_id": host.peer_id().to_string(),
+            "addrs": host.listen_addrs().await.unwrap_or_default()
+                .iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }),
+        None => Value::Null,
+    };
     Json(json!({
         "server_id": state.server_id,
         "version": env!("CARGO_PKG_VERSION"),
@@ -54,6 +63,7 @@ async fn server(State(state): State<AppState>) -> Json<Value> {
             "max_page_records": c.limits.max_page_records,
         },
         "allow_legacy_signatures": c.allow_legacy_signatures,
+        "p2p": p2p,
     }))
 }
 
