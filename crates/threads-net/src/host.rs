@@ -82,7 +82,7 @@ pub fn start(key: Keypair, config: Config) -> Result<Handle, Error> {
     for addr in &config.listen {
         let id = swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
             addr: addr.to_string(),
-            message: e.to_string(),
+            message: describe(&e),
         })?;
         starting.insert(id, addr.clone());
     }
@@ -264,7 +264,7 @@ impl EventLoop {
                 if let Some(addr) = self.starting.remove(&listener_id) {
                     self.listen_failed = Some(Error::Listen {
                         addr: addr.to_string(),
-                        message: error.to_string(),
+                        message: describe(&error),
                     });
                     self.settle_listening();
                 }
@@ -314,7 +314,26 @@ impl EventLoop {
 fn dial_error(addr: &str, error: &DialError) -> Error {
     Error::Dial {
         addr: addr.to_owned(),
-        message: error.to_string(),
+        message: describe(error),
+    }
+}
+
+/// An error and its causes, one after another (some transport errors print nothing
+/// themselves and keep the reason in their source).
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.contains(&text) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    if parts.is_empty() {
+        format!("{error:?}")
+    } else {
+        parts.join(": ")
     }
 }
 
