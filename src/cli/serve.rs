@@ -24,11 +24,11 @@ pub struct Args {
     /// A postgres:// URL; without one, an embedded SQLite file is used.
     #[arg(long)]
     database_url: Option<String>,
-    /// Log output: pretty or json.
     /// A libp2p listen address (repeatable; replaces the configured ones), e.g.
     /// /ip4/0.0.0.0/tcp/4006. `none` runs no libp2p host.
     #[arg(long = "p2p-listen")]
     p2p_listen: Vec<String>,
+    /// Log output: pretty or json.
     #[arg(long, value_parser = ["pretty", "json"])]
     log_format: Option<String>,
     /// Print the built-in defaults (a commented config file) and exit.

@@ -107,6 +107,9 @@ impl AppState {
         let p2p = if config.p2p.listen.is_empty() {
             None
         } else {
+            // With Postgres nothing else may have made the data directory yet.
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("creating {}", config.data_dir.display()))?;
             let key = threads_net::load_or_create_key(&config.data_dir.join("p2p.key"))?;
             let host = threads_net::host::start(key, config.p2p.host_config())?;
             host.wait_listening().await?;
