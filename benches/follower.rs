@@ -8,8 +8,9 @@
 //! cargo bench --bench follower -- postgres ingest # the ingest figure only (or: catch-up, feeds)
 //! ```
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,8 +21,7 @@ use rand_core::OsRng;
 use serde_json::{json, Value};
 use threads_core::auth::{Action, SignedRequest};
 use threads_core::{Keypair, LogId, ThreadId, ThreadKey, Variant, VerifiedRecord};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -56,32 +56,12 @@ struct Server {
 impl Server {
     async fn start(database_url: Option<&str>, data_dir: &std::path::Path) -> (Self, Duration) {
         let started = Instant::now();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_threads"));
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--p2p-listen",
-            "none",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .env("THREADS_WEBSOCKET__MAX_CONNECTIONS", "20000")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
-        if let Some(url) = database_url {
-            cmd.arg("--database-url").arg(url);
-        }
-        let mut child = cmd.spawn().expect("server starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let url = loop {
-            let line = lines.next_line().await.unwrap().expect("address line");
-            if let Some(url) = line.strip_prefix("listening on ") {
-                break url.to_owned();
-            }
-        };
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (child, url) = common::serve(
+            data_dir,
+            database_url,
+            &[("THREADS_WEBSOCKET__MAX_CONNECTIONS", "20000")],
+        )
+        .await;
         let http = reqwest::Client::new();
         while !http
             .get(format!("{url}/readyz"))

@@ -5,13 +5,12 @@
 //! cargo bench --bench peer
 //! ```
 
-use std::process::Stdio;
+mod common;
+
 use std::time::Instant;
 
 use serde_json::{json, Value};
 use threads_client::Client;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 /// As the targets are stated: 1 KiB bodies, 10,000 appended records, 100,000 caught up.
 const BODY: usize = 1024;
@@ -66,28 +65,7 @@ async fn main() {
     );
 
     // A follower on this machine (release build, embedded SQLite).
-    let mut server = Command::new(env!("CARGO_BIN_EXE_threads"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--p2p-listen",
-            "none",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("server"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next_line().await.unwrap().unwrap();
-        if let Some(url) = line.strip_prefix("listening on ") {
-            break url.to_owned();
-        }
-    };
+    let (server, url) = common::serve(&dir.path().join("server"), None, &[]).await;
 
     // Writers fill one thread at the follower.
     let first = Client::open(&dir.path().join("w0")).await.unwrap();

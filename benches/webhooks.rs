@@ -9,7 +9,8 @@
 //!
 //! The server inherits the environment, so any `THREADS_WEBHOOKS__*` setting applies.
 
-use std::process::Stdio;
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +21,6 @@ use rand_core::OsRng;
 use serde_json::{json, Value};
 use threads_core::auth::{Action, SignedRequest};
 use threads_core::{Keypair, LogId, ThreadId, ThreadKey, Variant, VerifiedRecord};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 /// As the target is stated: 50 endpoints. One thread per endpoint, 20 logs per thread
 /// (1,000 logs), 1 KiB bodies.
@@ -74,31 +73,13 @@ async fn main() {
     );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_threads"));
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--p2p-listen",
-        "none",
-        "--data-dir",
-    ])
-    .arg(dir.path())
-    .env("RUST_LOG", "warn")
-    .env("THREADS_WEBHOOKS__ALLOW_PRIVATE_ADDRESSES", "true")
-    .stdout(Stdio::piped())
-    .kill_on_drop(true);
-    if let Some(url) = &database_url {
-        cmd.arg("--database-url").arg(url);
-    }
-    let mut server = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next_line().await.unwrap().unwrap();
-        if let Some(url) = line.strip_prefix("listening on ") {
-            break url.to_owned();
-        }
-    };
+    // Kept until the end: dropping it stops the server.
+    let (_server, url) = common::serve(
+        dir.path(),
+        database_url.as_deref(),
+        &[("THREADS_WEBHOOKS__ALLOW_PRIVATE_ADDRESSES", "true")],
+    )
+    .await;
     let http = reqwest::Client::new();
     let server_id: Value = http
         .get(format!("{url}/v1/server"))

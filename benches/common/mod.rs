@@ -1,0 +1,48 @@
+//! What the benchmarks share: a release `threads serve` of their own.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Starts `threads serve` on a free port with no libp2p host, storing in `data_dir` (or the
+/// Postgres `database_url`), with extra environment settings; returns it with its URL once it
+/// has printed its address. Its later output is drained so it never blocks on a full pipe.
+pub async fn serve(
+    data_dir: &Path,
+    database_url: Option<&str>,
+    env: &[(&str, &str)],
+) -> (Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_threads"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--p2p-listen",
+        "none",
+        "--data-dir",
+    ])
+    .arg(data_dir)
+    .env("RUST_LOG", "warn")
+    .envs(env.iter().copied())
+    .stdout(Stdio::piped())
+    .kill_on_drop(true);
+    if let Some(url) = database_url {
+        cmd.arg("--database-url").arg(url);
+    }
+    let mut child = cmd.spawn().expect("the server starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let url = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the server printed its address");
+        if let Some(url) = line.strip_prefix("listening on ") {
+            break url.to_owned();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
