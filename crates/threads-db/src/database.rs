@@ -101,10 +101,15 @@ impl Database {
                 .find_map(|e| published_snapshot(&e.body))
                 .or(newest);
         }
-        if let Some(bytes) = newest {
-            self.dispatcher.start_from(&bytes).await?;
+        let Some(bytes) = newest else {
+            return Ok(());
+        };
+        match self.dispatcher.start_from(&bytes).await {
+            // A snapshot this database cannot take (damaged, or made with other stores) is
+            // passed over: every event is reduced instead.
+            Ok(_) | Err(Error::Corrupt(_) | Error::Refused { .. }) => Ok(()),
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     /// Publishes the views' current state as a snapshot in this peer's snapshot log, which
@@ -218,15 +223,18 @@ impl Database {
     /// Adopts a read key a rotation event sealed to this peer's identity, when its writer
     /// holds the write role over the thread (by the ACLs in force).
     async fn take_handed_keys(&self, log: &[u8; 32], envelope: &Envelope) -> Result<()> {
-        let me = self.client.identity().to_string();
-        for action in &envelope.actions {
-            if action.store != KEYS || action.kind != "rotate" {
-                continue;
-            }
+        let rotations = envelope
+            .actions
+            .iter()
+            .filter(|a| a.store == KEYS && a.kind == "rotate");
+        // Most events hand over nothing: the identity is only worked out when one does.
+        let mut me = None;
+        for action in rotations {
             if !self.dispatcher.acls(|a| a.may_write(log, KEYS, None)).await {
                 continue;
             }
-            let Some(sealed) = action.payload["sealed"][&me].as_str() else {
+            let me = me.get_or_insert_with(|| self.client.identity().to_string());
+            let Some(sealed) = action.payload["sealed"][me.as_str()].as_str() else {
                 continue;
             };
             let opened = hex::decode(sealed)

@@ -311,12 +311,24 @@ impl Dispatcher {
         if !state.views.covers(&snapshot) {
             return Err(refused("the snapshot lacks a store registered here"));
         }
+        // The views take it first: a snapshot they cannot take leaves the journal untouched.
+        if let Err(e) = state.views.restore(&snapshot) {
+            state.views.clear();
+            return Err(e);
+        }
         let heads = serde_ipld_dagcbor::to_vec(&body.heads).expect("heads encode");
-        let mut tx = state.journal.begin().await?;
-        journal::save_snapshot(&mut tx, &snapshot).await?;
-        journal::set_covered(&mut tx, snapshot.pos, &heads).await?;
-        tx.commit().await?;
-        state.views.restore(&snapshot)?;
+        let stored = async {
+            let mut tx = state.journal.begin().await?;
+            journal::save_snapshot(&mut tx, &snapshot).await?;
+            journal::set_covered(&mut tx, snapshot.pos, &heads).await?;
+            tx.commit().await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = stored {
+            state.views.clear();
+            return Err(e);
+        }
         state.load_covered().await?;
         Ok(snapshot.pos)
     }
@@ -955,6 +967,15 @@ mod tests {
         a.apply(events[8..].to_vec(), None).await.unwrap();
 
         let b = dispatcher(0).await;
+        assert!(matches!(
+            b.start_from(b"damaged").await,
+            Err(Error::Corrupt(_))
+        ));
+        assert_eq!(
+            b.journaled().await.unwrap(),
+            0,
+            "a refused snapshot leaves nothing"
+        );
         assert_eq!(b.start_from(&bytes).await.unwrap(), at.unwrap());
         let mut all = events.clone();
         all.reverse();
