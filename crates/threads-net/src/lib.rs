@@ -3,26 +3,35 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`host`] | the host: TCP and QUIC, Noise, Yamux, identify, ping, connection limits |
+//! | [`host`] | the host: TCP and QUIC, Noise, Yamux, identify, ping, connection limits, the event loop |
+//! | [`api`] | the follower's HTTP API carried on libp2p streams |
+//! | [`gossip`] | gossipsub: a topic per thread, content-named messages, peer scores |
+//! | [`address_book`] | peer addresses with a time to live |
 //! | this module | the persistent peer key, configuration and errors |
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), threads_net::Error> {
 //! let key = threads_net::load_or_create_key(std::path::Path::new("/tmp/peer.key"))?;
-//! let handle = threads_net::host::start(key, threads_net::Config::default())?;
+//! let (handle, _inbound) = threads_net::host::start(key, threads_net::Config::default())?;
 //! for addr in handle.wait_listening().await? {
 //!     println!("{addr}");
 //! }
 //! # Ok(()) }
 //! ```
 
+pub mod address_book;
+pub mod api;
+pub mod gossip;
 pub mod host;
 
 use std::io::Write;
+use std::time::Duration;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-pub use host::Handle;
+pub use api::{ApiRequest, ApiResponse};
+pub use host::{Handle, Inbound, Reply, Standing, Verdict};
+pub use libp2p::gossipsub::MessageId;
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId};
 
@@ -34,19 +43,40 @@ pub enum Error {
     Listen { addr: String, message: String },
     #[error("cannot reach {addr}: {message}")]
     Dial { addr: String, message: String },
+    #[error("a request to {peer} failed: {message}")]
+    Request { peer: String, message: String },
+    #[error("cannot publish: {0}")]
+    Publish(String),
     #[error("the transport: {0}")]
     Transport(String),
     #[error("the network host has stopped")]
     Stopped,
 }
 
-/// Where the host listens, and how many connections it keeps.
+/// Where the host listens, and the bounds on what peers may ask of it.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<Multiaddr>,
     /// Established connections in all, and per peer.
     pub max_connections: u32,
     pub max_connections_per_peer: u32,
+    /// Largest API request and response read from a stream; larger ones are unreadable and
+    /// count against the sender.
+    pub max_request_bytes: u64,
+    pub max_response_bytes: u64,
+    /// Largest gossip message; larger ones are invalid and cost their sender score.
+    pub max_message_bytes: usize,
+    /// API requests each peer may make per second, and in a burst (0: no limit).
+    pub requests_per_second: u32,
+    pub request_burst: u32,
+    /// Requests and gossip waiting for the owner; beyond it requests are answered `503 busy`.
+    pub inbound_queue: usize,
+    /// How long an API request may wait for its answer.
+    pub request_timeout: Duration,
+    /// How long a learnt address lives unless renewed.
+    pub address_ttl: Duration,
+    /// Invalid requests after which a peer is blocked.
+    pub max_strikes: u32,
 }
 
 impl Default for Config {
@@ -60,6 +90,15 @@ impl Default for Config {
             ],
             max_connections: 1024,
             max_connections_per_peer: 4,
+            max_request_bytes: 17 << 20,
+            max_response_bytes: 64 << 20,
+            max_message_bytes: 1 << 20,
+            requests_per_second: 200,
+            request_burst: 400,
+            inbound_queue: 256,
+            request_timeout: Duration::from_secs(60),
+            address_ttl: Duration::from_secs(3600),
+            max_strikes: 10,
         }
     }
 }
