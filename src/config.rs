@@ -37,11 +37,26 @@ pub struct P2p {
     pub listen: Vec<String>,
     pub max_connections: u32,
     pub max_connections_per_peer: u32,
+    pub requests_per_second: u32,
+    pub request_burst: u32,
+    pub max_message_bytes: usize,
+    pub address_ttl_secs: u64,
+    pub sync_interval_secs: u64,
+    /// Threads this server follows from another follower.
+    pub replicate: Vec<Replica>,
+}
+
+/// A thread to follow from another follower: where (`<peer addr>/thread/<thread id>`), and its
+/// follow key (never the read key).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Replica {
+    pub from: String,
+    pub follow_key: String,
 }
 
 impl P2p {
     /// The host's settings; addresses were checked by validation.
-    pub fn host_config(&self) -> threads_net::Config {
+    pub fn host_config(&self, max_body_bytes: usize) -> threads_net::Config {
         threads_net::Config {
             listen: self
                 .listen
@@ -50,6 +65,12 @@ impl P2p {
                 .collect(),
             max_connections: self.max_connections,
             max_connections_per_peer: self.max_connections_per_peer,
+            requests_per_second: self.requests_per_second,
+            request_burst: self.request_burst,
+            max_message_bytes: self.max_message_bytes,
+            max_request_bytes: max_body_bytes as u64,
+            address_ttl: std::time::Duration::from_secs(self.address_ttl_secs),
+            ..threads_net::Config::default()
         }
     }
 }
@@ -205,6 +226,34 @@ impl Config {
         }
         if self.p2p.max_connections == 0 || self.p2p.max_connections_per_peer == 0 {
             bail!("p2p.max_connections and p2p.max_connections_per_peer must be at least 1");
+        }
+        if self.p2p.max_message_bytes < 1024 || self.p2p.sync_interval_secs == 0 {
+            bail!(
+                "p2p.max_message_bytes must be at least 1024 and p2p.sync_interval_secs at least 1"
+            );
+        }
+        for replica in &self.p2p.replicate {
+            let addr: threads_core::addr::ThreadAddr = replica.from.parse().map_err(|e| {
+                anyhow::anyhow!(
+                    "p2p.replicate: {:?} is not <peer addr>/p2p/<peer id>/thread/<thread id>: {e}",
+                    replica.from
+                )
+            })?;
+            if addr.peer_id().is_none() {
+                bail!(
+                    "p2p.replicate: {:?} names no peer (/p2p/<peer id>)",
+                    replica.from
+                );
+            }
+            let key: threads_core::ThreadKey = replica.follow_key.parse().map_err(|e| {
+                anyhow::anyhow!("p2p.replicate: bad follow_key for {}: {e}", replica.from)
+            })?;
+            if key.read().is_some() {
+                bail!(
+                    "p2p.replicate: give the follow key only for {}, never the read key",
+                    replica.from
+                );
+            }
         }
         // Leases are derived from the timeout: keep them within reason (and within i64 ms).
         if w.timeout_secs > 3600 {

@@ -5,12 +5,14 @@
 //! |---|---|
 //! | [`v1`] | the HTTP API, one module per area, under the `/v1` prefix |
 //! | [`hub`] | live record fan-out to WebSocket subscribers, fed by the store's change stream |
+//! | [`p2p`] | the same API over libp2p streams, gossip on each thread's topic, replication |
 //! | [`ops`] | `/healthz`, `/readyz`, `/metrics` |
 //! | [`error`] | `ApiError`: status plus stable JSON error code |
 
 pub mod error;
 pub mod hub;
 pub mod ops;
+pub mod p2p;
 pub mod v1;
 pub mod webhooks;
 
@@ -64,8 +66,8 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// Rendered feeds, until their records change.
     pub feeds: v1::feeds::FeedCache,
-    /// The libp2p host, unless `p2p.listen` is empty.
-    pub p2p: Option<threads_net::Handle>,
+    /// The libp2p side, unless `p2p.listen` is empty.
+    pub p2p: Option<p2p::Node>,
 }
 
 impl std::ops::Deref for AppState {
@@ -107,13 +109,7 @@ impl AppState {
         let p2p = if config.p2p.listen.is_empty() {
             None
         } else {
-            // With Postgres nothing else may have made the data directory yet.
-            std::fs::create_dir_all(&config.data_dir)
-                .with_context(|| format!("creating {}", config.data_dir.display()))?;
-            let key = threads_net::load_or_create_key(&config.data_dir.join("p2p.key"))?;
-            let host = threads_net::host::start(key, config.p2p.host_config())?;
-            host.wait_listening().await?;
-            Some(host)
+            Some(p2p::Node::start(&config).await?)
         };
         Ok(Self(Arc::new(Inner {
             p2p,
@@ -168,6 +164,23 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::map_response(json_errors))
         .layer(cors)
         .layer(trace)
+        .fallback(|| async { ApiError::not_found("route") })
+        .with_state(state)
+}
+
+/// The API as libp2p peers reach it: what writers and readers use (server info, registrations,
+/// push, threads and logs, pulls, blocks), behind the same limits and error bodies as HTTP.
+/// Per-peer rates are the host's.
+pub fn p2p_app(state: AppState) -> Router {
+    let config = &state.config;
+    Router::new()
+        .merge(v1::p2p_router())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(config.limits.request_timeout_secs),
+        ))
+        .layer(RequestBodyLimitLayer::new(config.limits.max_body_bytes))
+        .layer(middleware::map_response(json_errors))
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }
@@ -251,12 +264,13 @@ pub async fn serve(
     tracing::info!(%addr, server_id = %state.server_id, "threads follower serving");
     // One machine-readable line on stdout, so scripts and tests can start on port 0.
     println!("listening on http://{addr}");
-    if let Some(host) = &state.p2p {
-        for p2p in host.listen_addrs().await? {
+    if let Some(node) = &state.p2p {
+        for p2p in node.host.listen_addrs().await? {
             tracing::info!(%p2p, "libp2p address");
             println!("p2p {p2p}");
         }
     }
+    p2p::spawn(state.clone()).await?;
     let _deliveries = webhooks::spawn(state.clone());
     let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
     let server =

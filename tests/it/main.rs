@@ -6,6 +6,7 @@ mod harness;
 mod cluster;
 mod database;
 mod feeds;
+mod interop;
 mod operations;
 mod p2p;
 mod peers;

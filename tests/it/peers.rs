@@ -57,7 +57,7 @@ impl Peer {
             .to_owned()
     }
 
-    async fn bodies(&self, thread: &str) -> Vec<Value> {
+    pub(crate) async fn bodies(&self, thread: &str) -> Vec<Value> {
         let out = self.ok(&["read", thread]).await;
         out["events"]
             .as_array()

@@ -1,6 +1,8 @@
-//! An HTTP client of one follower server: register a log, read a log's head there, push
-//! records, pull a thread's pages. Every refusal comes back as [`Error::Server`] with the
-//! server's stable code.
+//! A client of one follower server, over HTTP or libp2p: register a log, read a log's head
+//! there, push records, pull a thread's pages. A follower is named by a base URL
+//! (`https://...`) or a multiaddr ending in its peer ID (`/ip4/.../p2p/12D3KooW...`); both
+//! carry the same API requests. Every refusal comes back as [`Error::Server`] with the server's
+//! stable code.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -10,15 +12,43 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use threads_core::auth::{pull_token, Action, SignedRequest};
 use threads_core::{Head, Keypair, LogId, ServiceKey, ThreadId, UnverifiedRecord};
+use threads_net::{ApiRequest, ApiResponse};
 
 use crate::{now_ms, Error, Result};
 
-/// A follower server at a base URL.
+/// A follower server at a base URL or a multiaddr.
 #[derive(Debug, Clone)]
 pub struct FollowerClient {
     url: String,
-    http: reqwest::Client,
+    transport: Transport,
 }
+
+#[derive(Debug, Clone)]
+enum Transport {
+    Http(reqwest::Client),
+    P2p(threads_net::Multiaddr),
+}
+
+/// This process's libp2p host, made on first use (it listens nowhere: it only asks). A host
+/// whose runtime has ended is replaced.
+async fn p2p_host() -> Result<threads_net::Handle> {
+    static HOST: std::sync::Mutex<Option<threads_net::Handle>> = std::sync::Mutex::new(None);
+    let mut host = HOST.lock().unwrap();
+    if let Some(handle) = host.as_ref().filter(|h| h.is_running()) {
+        return Ok(handle.clone());
+    }
+    let config = threads_net::Config {
+        listen: Vec::new(),
+        ..threads_net::Config::default()
+    };
+    let (handle, _nothing_served) =
+        threads_net::host::start(threads_net::Keypair::generate_ed25519(), config)
+            .map_err(|e| Error::Network(e.to_string()))?;
+    *host = Some(handle.clone());
+    Ok(handle)
+}
+
+const JSON: &str = "application/json";
 
 /// A record as the follower's JSON carries it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -105,6 +135,20 @@ pub struct HeadJson {
 
 impl FollowerClient {
     pub fn new(url: &str) -> Result<Self> {
+        if url.starts_with('/') {
+            let addr: threads_net::Multiaddr = url
+                .parse()
+                .map_err(|e| Error::BadUrl(format!("{url}: {e}")))?;
+            if !matches!(addr.iter().last(), Some(threads_net::Protocol::P2p(_))) {
+                return Err(Error::BadUrl(format!(
+                    "{url}: a follower's multiaddr ends in /p2p/<peer id>"
+                )));
+            }
+            return Ok(Self {
+                url: addr.to_string(),
+                transport: Transport::P2p(addr),
+            });
+        }
         let url = url.trim_end_matches('/').to_owned();
         reqwest::Url::parse(&url).map_err(|e| Error::BadUrl(format!("{url}: {e}")))?;
         let http = reqwest::Client::builder()
@@ -112,21 +156,67 @@ impl FollowerClient {
             .timeout(std::time::Duration::from_secs(120))
             .build()
             .map_err(|e| Error::Network(e.to_string()))?;
-        Ok(Self { url, http })
+        Ok(Self {
+            url,
+            transport: Transport::Http(http),
+        })
     }
 
     pub fn url(&self) -> &str {
         &self.url
     }
 
+    /// Whether the follower is reached over libp2p (it then pushes nothing live: tails poll).
+    pub fn is_p2p(&self) -> bool {
+        matches!(self.transport, Transport::P2p(_))
+    }
+
+    /// Sends one API request over whichever transport reaches the follower.
+    pub async fn send(&self, request: ApiRequest) -> Result<ApiResponse> {
+        let unreachable = |e: &dyn std::fmt::Display| Error::Network(format!("{}: {e}", self.url));
+        match &self.transport {
+            Transport::P2p(addr) => {
+                let host = p2p_host().await?;
+                let peer = host.dial(addr.clone()).await.map_err(|e| unreachable(&e))?;
+                host.request(peer, request)
+                    .await
+                    .map_err(|e| unreachable(&e))
+            }
+            Transport::Http(http) => {
+                let url = format!("{}{}", self.url, request.path);
+                let mut call = match request.method.as_str() {
+                    "POST" => http.post(url).body(request.body),
+                    _ => http.get(url),
+                };
+                if let Some(token) = &request.token {
+                    call = call.bearer_auth(token);
+                }
+                if let Some(content_type) = &request.content_type {
+                    call = call.header(reqwest::header::CONTENT_TYPE, content_type);
+                }
+                let response = call.send().await.map_err(|e| unreachable(&e))?;
+                let status = response.status().as_u16();
+                let headers = response
+                    .headers()
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                    .collect();
+                let body = response.bytes().await.map_err(|e| unreachable(&e))?;
+                Ok(ApiResponse {
+                    status,
+                    headers,
+                    body: body.to_vec(),
+                })
+            }
+        }
+    }
+
     /// Sends a request and returns its JSON body, or the server's refusal.
-    async fn call(&self, request: reqwest::RequestBuilder) -> Result<(StatusCode, Value)> {
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Error::Network(format!("{}: {e}", self.url)))?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+    async fn call(&self, request: ApiRequest) -> Result<(StatusCode, Value)> {
+        let response = self.send(request).await?;
+        let status = StatusCode::from_u16(response.status)
+            .map_err(|_| Error::Protocol(format!("{}: a bad status", self.url)))?;
+        let body: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
         Ok((status, body))
     }
 
@@ -140,9 +230,7 @@ impl FollowerClient {
 
     /// The server's identity, which signed requests must name.
     pub async fn server_id(&self) -> Result<String> {
-        let (status, body) = self
-            .call(self.http.get(format!("{}/v1/server", self.url)))
-            .await?;
+        let (status, body) = self.call(ApiRequest::get("/v1/server")).await?;
         match body["server_id"].as_str() {
             Some(id) if status.is_success() => Ok(id.to_owned()),
             _ => Err(Self::refusal(status, &body)),
@@ -159,13 +247,9 @@ impl FollowerClient {
     ) -> Result<()> {
         let server = self.server_id().await?;
         let request = SignedRequest::sign(&server, thread, log, action, now_ms(), &mut OsRng);
-        let mut call = self
-            .http
-            .post(format!("{}/v1/registrations", self.url))
-            .json(&request);
-        if let Some(token) = token {
-            call = call.bearer_auth(token);
-        }
+        let body = serde_json::to_vec(&request).expect("requests serialize");
+        let call =
+            ApiRequest::post("/v1/registrations", JSON, body).with_token(token.map(str::to_owned));
         let (status, body) = self.call(call).await?;
         if status.is_success() {
             Ok(())
@@ -181,13 +265,9 @@ impl FollowerClient {
         log: &LogId,
         follow: &ServiceKey,
     ) -> Result<Option<Head>> {
-        let (status, body) = self
-            .call(
-                self.http
-                    .get(format!("{}/v1/threads/{thread}/logs/{log}", self.url))
-                    .bearer_auth(pull_token(follow, thread)),
-            )
-            .await?;
+        let call = ApiRequest::get(format!("/v1/threads/{thread}/logs/{log}"))
+            .with_token(Some(pull_token(follow, thread)));
+        let (status, body) = self.call(call).await?;
         if !status.is_success() {
             return Err(Self::refusal(status, &body));
         }
@@ -208,12 +288,10 @@ impl FollowerClient {
     /// Pushes a batch; one result per record, in order. A batch the server refuses as a whole
     /// (too large, malformed) is an error.
     pub async fn push(&self, records: &[WireRecord]) -> Result<Vec<PushResult>> {
+        let body = serde_json::to_vec(&serde_json::json!({ "records": records }))
+            .expect("records serialize");
         let (status, body) = self
-            .call(
-                self.http
-                    .post(format!("{}/v1/records", self.url))
-                    .json(&serde_json::json!({ "records": records })),
-            )
+            .call(ApiRequest::post("/v1/records", JSON, body))
             .await?;
         match body.get("results") {
             Some(results) => serde_json::from_value(results.clone())
@@ -230,28 +308,19 @@ impl FollowerClient {
         cursor: &str,
         limit: u32,
     ) -> Result<Page> {
-        let response = self
-            .http
-            .get(format!("{}/v1/threads/{thread}/records", self.url))
-            .query(&[
-                ("after", cursor),
-                ("limit", &limit.to_string()),
-                ("format", "json"),
-            ])
-            // Private threads need it; public ones ignore it. Derived from the follow key,
-            // so it reveals no key.
-            .bearer_auth(pull_token(follow, thread))
-            .send()
-            .await
-            .map_err(|e| Error::Network(format!("{}: {e}", self.url)))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body: Value = response.json().await.unwrap_or(Value::Null);
+        // Private threads need the pull token; public ones ignore it. Derived from the follow
+        // key, so it reveals no key. Cursors are URL-safe already.
+        let call = ApiRequest::get(format!(
+            "/v1/threads/{thread}/records?after={cursor}&limit={limit}&format=json"
+        ))
+        .with_token(Some(pull_token(follow, thread)));
+        let response = self.send(call).await?;
+        if !(200..300).contains(&response.status) {
+            let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let body: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
             return Err(Self::refusal(status, &body));
         }
-        response
-            .json()
-            .await
+        serde_json::from_slice(&response.body)
             .map_err(|e| Error::Protocol(format!("a page from {}: {e}", self.url)))
     }
 }

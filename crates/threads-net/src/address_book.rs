@@ -100,7 +100,10 @@ impl AddressBook {
 
 /// The transport part of an address (the peer is the book's key).
 fn without_p2p(mut addr: Multiaddr) -> Multiaddr {
-    if matches!(addr.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+    if matches!(
+        addr.iter().last(),
+        Some(libp2p::multiaddr::Protocol::P2p(_))
+    ) {
         addr.pop();
     }
     addr
@@ -144,7 +147,12 @@ mod tests {
         }
         assert_eq!(book.addrs(&peer, now), vec![addr(1)]);
         for port in 10..40 {
-            book.add(peer, addr(port), ttl + Duration::from_secs(port.into()), now);
+            book.add(
+                peer,
+                addr(port),
+                ttl + Duration::from_secs(port.into()),
+                now,
+            );
         }
         assert_eq!(book.addrs(&peer, now).len(), MAX_PER_PEER);
     }

@@ -153,28 +153,31 @@ pub fn start(key: Keypair, config: Config) -> Result<(Handle, mpsc::Receiver<Inb
         )
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_quic()
-        .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
-            let codec = request_response::cbor::codec::Codec::default()
-                .set_request_size_maximum(config.max_request_bytes + FRAME_SLACK as u64)
-                .set_response_size_maximum(config.max_response_bytes);
-            let api = request_response::Behaviour::with_codec(
-                codec,
-                [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(config.request_timeout)
-                    .with_max_concurrent_streams(config.inbound_queue),
-            );
-            Ok(Behaviour {
-            blocked: Default::default(),
-            limits: connection_limits::Behaviour::new(limits),
-            identify: identify::Behaviour::new(
-                identify::Config::new(PROTOCOL_VERSION.into(), key.public())
-                    .with_agent_version(format!("threads/{}", env!("CARGO_PKG_VERSION"))),
-            ),
-            ping: ping::Behaviour::default(),
-            api,
-            gossip: gossip::behaviour(key, config.max_message_bytes + FRAME_SLACK)?,
-        })})
+        .with_behaviour(
+            |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+                let codec = request_response::cbor::codec::Codec::default()
+                    .set_request_size_maximum(config.max_request_bytes + FRAME_SLACK as u64)
+                    .set_response_size_maximum(config.max_response_bytes);
+                let api = request_response::Behaviour::with_codec(
+                    codec,
+                    [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(config.request_timeout)
+                        .with_max_concurrent_streams(config.inbound_queue),
+                );
+                Ok(Behaviour {
+                    blocked: Default::default(),
+                    limits: connection_limits::Behaviour::new(limits),
+                    identify: identify::Behaviour::new(
+                        identify::Config::new(PROTOCOL_VERSION.into(), key.public())
+                            .with_agent_version(format!("threads/{}", env!("CARGO_PKG_VERSION"))),
+                    ),
+                    ping: ping::Behaviour::default(),
+                    api,
+                    gossip: gossip::behaviour(key, config.max_message_bytes + FRAME_SLACK)?,
+                })
+            },
+        )
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE))
         .build();
@@ -195,6 +198,11 @@ pub fn start(key: Keypair, config: Config) -> Result<(Handle, mpsc::Receiver<Inb
 impl Handle {
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// False once the event loop has ended (its runtime shut down).
+    pub fn is_running(&self) -> bool {
+        !self.commands.is_closed()
     }
 
     async fn ask<T>(
@@ -299,7 +307,10 @@ impl Handle {
     }
 
     async fn send(&self, command: Command) -> Result<(), Error> {
-        self.commands.send(command).await.map_err(|_| Error::Stopped)
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| Error::Stopped)
     }
 }
 
@@ -442,7 +453,11 @@ impl EventLoop {
         channel: ResponseChannel<ApiResponse>,
     ) {
         let refusal = if self.limiter.check_key(&peer).is_err() {
-            Some(ApiResponse::error(429, "rate_limited", "too many requests from this peer"))
+            Some(ApiResponse::error(
+                429,
+                "rate_limited",
+                "too many requests from this peer",
+            ))
         } else if request.body.len() as u64 > self.max_request_bytes {
             self.strike(peer);
             Some(ApiResponse::error(
@@ -454,14 +469,22 @@ impl EventLoop {
             None
         };
         if let Some(refusal) = refusal {
-            let _ = self.swarm.behaviour_mut().api.send_response(channel, refusal);
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .api
+                .send_response(channel, refusal);
             return;
         }
         let reply = Reply {
             channel,
             responses: self.responses.clone(),
         };
-        let (refused, busy) = match self.inbound.try_send(Inbound::Request { peer, request, reply }) {
+        let (refused, busy) = match self.inbound.try_send(Inbound::Request {
+            peer,
+            request,
+            reply,
+        }) {
             Ok(()) => return,
             Err(mpsc::error::TrySendError::Full(inbound)) => (inbound, true),
             Err(mpsc::error::TrySendError::Closed(inbound)) => (inbound, false),
@@ -495,7 +518,8 @@ impl EventLoop {
                     let _ = reply.send(Ok(peer));
                     return;
                 }
-                self.book.add(peer, addr.clone(), self.address_ttl, Instant::now());
+                self.book
+                    .add(peer, addr.clone(), self.address_ttl, Instant::now());
                 match self.swarm.dial(addr.clone()) {
                     Ok(()) => self.dialing.entry(peer).or_default().push(reply),
                     Err(e) => {
@@ -560,9 +584,7 @@ impl EventLoop {
             Command::Publish(topic, data, reply) => {
                 let gossip = &mut self.swarm.behaviour_mut().gossip;
                 let _ = reply.send(match gossip.publish(IdentTopic::new(topic), data) {
-                    Ok(_)
-                    | Err(gossipsub::PublishError::Duplicate)
-                 => Ok(()),
+                    Ok(_) | Err(gossipsub::PublishError::Duplicate) => Ok(()),
                     Err(e) => Err(Error::Publish(e.to_string())),
                 });
             }
@@ -695,16 +717,18 @@ impl EventLoop {
         match event {
             Event::Message {
                 peer,
-                message: Message::Request {
-                    request, channel, ..
-                },
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
                 ..
             } => self.api_request(peer, request, channel),
             Event::Message {
-                message: Message::Response {
-                    request_id,
-                    response,
-                },
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
                 ..
             } => {
                 if let Some(reply) = self.outbound.remove(&request_id) {
@@ -870,7 +894,10 @@ mod tests {
         let addrs = a.wait_listening().await.unwrap();
         let (b, _) = host(loopback(8));
         let peer = b.dial(with(&addrs, "/tcp/")).await.unwrap();
-        let answer = b.request(peer, ApiRequest::get("/v1/server")).await.unwrap();
+        let answer = b
+            .request(peer, ApiRequest::get("/v1/server"))
+            .await
+            .unwrap();
         assert!(a.known_addrs(b.peer_id()).await.unwrap().len() <= 16);
         assert_eq!((answer.status, answer.body), (200, b"/v1/server".to_vec()));
 
@@ -913,7 +940,9 @@ mod tests {
         let peer = b.dial(with(&c_addrs, "/quic-v1")).await.unwrap();
         let answer = b.request(peer, ApiRequest::get("/x")).await.unwrap();
         assert_eq!(answer.status, 503);
-        assert!(String::from_utf8(answer.body).unwrap().contains("not_served"));
+        assert!(String::from_utf8(answer.body)
+            .unwrap()
+            .contains("not_served"));
     }
 
     async fn next_gossip(inbound: &mut mpsc::Receiver<Inbound>) -> (PeerId, MessageId, Vec<u8>) {
@@ -981,7 +1010,9 @@ mod tests {
         assert!(score < after_forged, "{score} vs {after_forged}");
         assert!(b_inbound.try_recv().is_err());
         // A third invalid message and A is past the graylist: B blocks it.
-        a.publish("thread-1", b"forged again".to_vec()).await.unwrap();
+        a.publish("thread-1", b"forged again".to_vec())
+            .await
+            .unwrap();
         let (from, id, _) = next_gossip(&mut b_inbound).await;
         b.report(id, from, Verdict::Reject).await.unwrap();
         assert!(b.standing(a.peer_id()).await.unwrap().blocked);

@@ -25,14 +25,15 @@ pub mod gossip;
 pub mod host;
 
 use std::io::Write;
-use std::time::Duration;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 pub use api::{ApiRequest, ApiResponse};
 pub use host::{Handle, Inbound, Reply, Standing, Verdict};
 pub use libp2p::gossipsub::MessageId;
 pub use libp2p::identity::Keypair;
+pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
 
 #[derive(Debug, thiserror::Error)]

@@ -38,11 +38,21 @@ pub fn router() -> Router<AppState> {
         .merge(admin::router())
 }
 
+/// The part of the API offered to libp2p peers (see [`crate::server::p2p_app`]).
+pub fn p2p_router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/server", get(server))
+        .merge(registrations::router())
+        .merge(records::router())
+        .merge(threads::router())
+        .merge(blocks::router())
+}
+
 /// What a client needs before talking to this server: the ID to sign requests for, and limits.
 async fn server(State(state): State<AppState>) -> Json<Value> {
     let c = &state.config;
     // A log's address at this follower is one of these, then `/thread/<thread id>`.
-    let p2p = match &state.p2p {
+    let p2p = match state.p2p.as_ref().map(|node| &node.host) {
         Some(host) => json!({
             "peer_id": host.peer_id().to_string(),
             "addrs": host.listen_addrs().await.unwrap_or_default()

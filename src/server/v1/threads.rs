@@ -8,6 +8,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use threads_store::{LogInfo, ThreadInfo};
 
 use super::{encode_cursor, parse_thread, presented_token, readable_log, readable_thread};
@@ -31,6 +32,34 @@ pub struct ListQuery {
 #[derive(Deserialize)]
 pub struct TokenQuery {
     pub token: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct OneQuery {
+    token: Option<String>,
+    /// The caller's own heads digest: when it matches, the logs are left out.
+    digest: Option<String>,
+}
+
+/// A digest of a thread's heads (every log's ID, head counter and CID, in log order): two
+/// followers with the same digest hold the same records, so a replica compares digests
+/// before asking for anything more.
+pub fn heads_digest(logs: &[LogInfo]) -> String {
+    let mut heads: Vec<(Vec<u8>, u64, Vec<u8>)> = logs
+        .iter()
+        .filter_map(|l| {
+            l.head
+                .map(|h| (l.log.to_bytes(), h.counter, h.cid.to_bytes()))
+        })
+        .collect();
+    heads.sort();
+    let mut hash = Sha256::new();
+    for (log, counter, cid) in heads {
+        hash.update(&log);
+        hash.update(counter.to_be_bytes());
+        hash.update(&cid);
+    }
+    hex::encode(hash.finalize())
 }
 
 fn thread_json(info: &ThreadInfo) -> Value {
@@ -72,7 +101,7 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiR
 async fn one(
     State(state): State<AppState>,
     Path(thread): Path<String>,
-    Query(q): Query<TokenQuery>,
+    Query(q): Query<OneQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     let thread = parse_thread(&thread)?;
@@ -83,7 +112,14 @@ async fn one(
     )
     .await?;
     let logs = state.store.logs(&thread).await?;
+    let digest = heads_digest(&logs);
+    if q.digest.as_deref() == Some(digest.as_str()) {
+        return Ok(Json(
+            json!({"id": info.id, "digest": digest, "unchanged": true}),
+        ));
+    }
     let mut body = thread_json(&info);
+    body["digest"] = json!(digest);
     body["logs"] = logs.iter().map(log_json).collect();
     Ok(Json(body))
 }

@@ -1,0 +1,401 @@
+//! The follower on libp2p. API requests that arrive over streams are answered by the same
+//! router as HTTP (so verification, storage and error codes are the same); every record the
+//! server holds is gossiped on its thread's topic, and gossip is taken in through the same
+//! push path; threads can be replicated from another follower.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use axum::body::Body;
+use axum::http::{header, Method, Request};
+use axum::Router;
+use serde_json::Value;
+use threads_client::car::{read_car, write_car, CarItem, CAR};
+use threads_core::addr::ThreadAddr;
+use threads_core::auth::pull_token;
+use threads_core::{ServiceKey, ThreadId, ThreadKey};
+use threads_net::{ApiRequest, ApiResponse, Handle, Inbound, MessageId, PeerId, Verdict};
+use threads_store::Registration;
+use tokio::sync::{broadcast::error::RecvError, mpsc, Notify, Semaphore};
+use tower::ServiceExt;
+
+use super::v1::threads::heads_digest;
+use super::{now_ms, AppState};
+use crate::config::Config;
+
+/// Inbound requests and gossip handled at once; the rest wait in the host's bounded queue.
+const CONCURRENCY: usize = 64;
+/// Largest answer the router's body is read into.
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+/// Headers an answer keeps (the rest mean nothing off HTTP).
+const KEPT_HEADERS: [&str; 5] = [
+    "content-type",
+    "retry-after",
+    "x-threads-cursor",
+    "x-threads-more",
+    "x-threads-count",
+];
+
+/// The libp2p side of the server.
+pub struct Node {
+    pub host: Handle,
+    inbound: Mutex<Option<mpsc::Receiver<Inbound>>>,
+    /// Threads whose topic this server is subscribed to and publishes on.
+    gossiped: Mutex<HashSet<ThreadId>>,
+    replicas: HashMap<ThreadId, Arc<Replica>>,
+}
+
+/// A thread followed from another follower.
+struct Replica {
+    thread: ThreadId,
+    source: threads_net::Multiaddr,
+    follow_key: ServiceKey,
+    /// Woken when gossip shows a gap: something was missed, compare heads now.
+    wake: Notify,
+}
+
+impl Node {
+    /// Starts the host. Nothing is served until [`spawn`].
+    pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        // With Postgres nothing else may have made the data directory yet.
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let key = threads_net::load_or_create_key(&config.data_dir.join("p2p.key"))?;
+        let host_config = config.p2p.host_config(config.limits.max_body_bytes);
+        let (host, inbound) = threads_net::host::start(key, host_config)?;
+        host.wait_listening().await?;
+        let mut replicas = HashMap::new();
+        for replica in &config.p2p.replicate {
+            let addr: ThreadAddr = replica.from.parse().expect("validated");
+            let key: ThreadKey = replica.follow_key.parse().expect("validated");
+            let source = addr.peer().to_string().parse().expect("a multiaddr");
+            replicas.insert(
+                addr.thread().clone(),
+                Arc::new(Replica {
+                    thread: addr.thread().clone(),
+                    source,
+                    follow_key: key.service().clone(),
+                    wake: Notify::new(),
+                }),
+            );
+        }
+        Ok(Self {
+            host,
+            inbound: Mutex::new(Some(inbound)),
+            gossiped: Default::default(),
+            replicas,
+        })
+    }
+}
+
+/// Serves the API and gossip, subscribes to every thread held, and starts replicas.
+pub async fn spawn(state: AppState) -> anyhow::Result<()> {
+    let Some(node) = &state.p2p else {
+        return Ok(());
+    };
+    let inbound = node
+        .inbound
+        .lock()
+        .unwrap()
+        .take()
+        .context("p2p already served")?;
+    tokio::spawn(serve_inbound(state.clone(), inbound));
+    let mut after = None;
+    loop {
+        let ids = state.store.thread_ids(after.as_ref(), 1000).await?;
+        for thread in &ids {
+            gossip(&state, thread).await;
+        }
+        match ids.last() {
+            Some(last) if ids.len() == 1000 => after = Some(last.clone()),
+            _ => break,
+        }
+    }
+    for replica in node.replicas.values() {
+        tokio::spawn(replicate(state.clone(), replica.clone()));
+    }
+    Ok(())
+}
+
+/// Subscribes to a thread's topic and publishes every record the server takes in for it, from
+/// any transport. Idempotent.
+pub async fn gossip(state: &AppState, thread: &ThreadId) {
+    let Some(node) = &state.p2p else {
+        return;
+    };
+    if !node.gossiped.lock().unwrap().insert(thread.clone()) {
+        return;
+    }
+    let topic = thread.to_string();
+    if node.host.subscribe(&topic).await.is_err() {
+        return;
+    }
+    let mut live = state.hub.subscribe(thread).await;
+    let (state, thread) = (state.clone(), thread.clone());
+    tokio::spawn(async move {
+        let host = &state.p2p.as_ref().expect("a node").host;
+        loop {
+            let record = tokio::select! {
+                _ = state.shutdown.cancelled() => return,
+                record = live.recv() => record,
+            };
+            match record {
+                Ok(r) => {
+                    // Without seq and counter, which are this server's: the same record makes
+                    // the same message at every follower.
+                    let car = write_car([CarItem::new(&r.log, &r.thread, &r.blocks)]).await;
+                    if let Err(error) = host.publish(&topic, car).await {
+                        tracing::warn!(%thread, %error, "gossip publish failed");
+                    }
+                }
+                // Gossip is best effort: peers that miss a record pull it.
+                Err(RecvError::Lagged(n)) => {
+                    metrics::counter!("threads_gossip_skipped_total").increment(n)
+                }
+                Err(RecvError::Closed) => live = state.hub.subscribe(&thread).await,
+            }
+        }
+    });
+}
+
+async fn serve_inbound(state: AppState, mut inbound: mpsc::Receiver<Inbound>) {
+    let api = super::p2p_app(state.clone());
+    let slots = Arc::new(Semaphore::new(CONCURRENCY));
+    while let Some(item) = inbound.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (state, api) = (state.clone(), api.clone());
+        tokio::spawn(async move {
+            match item {
+                Inbound::Request {
+                    peer,
+                    request,
+                    reply,
+                } => {
+                    let response = answer(&api, request).await;
+                    // Malformed or forged content counts against the peer that sent it.
+                    if matches!(response.status, 400 | 422) {
+                        let _ = node(&state).strike(peer).await;
+                    }
+                    reply.send(response);
+                }
+                Inbound::Gossip {
+                    peer,
+                    id,
+                    topic,
+                    data,
+                } => take_gossip(&state, &api, peer, id, &topic, data).await,
+            }
+            drop(slot);
+        });
+    }
+}
+
+fn node(state: &AppState) -> &Handle {
+    &state.p2p.as_ref().expect("a node").host
+}
+
+/// Answers one request with the router, as HTTP would.
+pub async fn answer(api: &Router, request: ApiRequest) -> ApiResponse {
+    let method = match request.method.as_str() {
+        "GET" => Method::GET,
+        "POST" => Method::POST,
+        other => {
+            return ApiResponse::error(
+                405,
+                "method_not_allowed",
+                &format!("{other}: use GET or POST"),
+            )
+        }
+    };
+    if !request.path.starts_with("/v1/") {
+        return ApiResponse::error(404, "not_found", "route not found");
+    }
+    let mut builder = Request::builder().method(method).uri(&request.path);
+    if let Some(token) = &request.token {
+        builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    if let Some(content_type) = &request.content_type {
+        builder = builder.header(header::CONTENT_TYPE, content_type);
+    }
+    let Ok(http) = builder.body(Body::from(request.body)) else {
+        return ApiResponse::error(400, "bad_request", "the path or a header is malformed");
+    };
+    let response = match api.clone().oneshot(http).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let (parts, body) = response.into_parts();
+    let headers = KEPT_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = parts.headers.get(*name)?.to_str().ok()?;
+            Some((name.to_string(), value.to_owned()))
+        })
+        .collect();
+    match axum::body::to_bytes(body, MAX_RESPONSE_BYTES).await {
+        Ok(body) => ApiResponse {
+            status: parts.status.as_u16(),
+            headers,
+            body: body.to_vec(),
+        },
+        Err(_) => ApiResponse::error(
+            500,
+            "too_large",
+            "the answer is too large for a stream; ask for a smaller page",
+        ),
+    }
+}
+
+/// The stable error code of an API answer.
+fn code(response: &ApiResponse) -> String {
+    serde_json::from_slice::<Value>(&response.body)
+        .ok()
+        .and_then(|v| v["code"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Takes in records heard on a topic through the push path, and judges the message: valid
+/// records are passed on; forged or malformed ones, or records of another thread, cost the
+/// peer that sent them; records this server does not follow, or cannot place yet, are dropped.
+async fn take_gossip(
+    state: &AppState,
+    api: &Router,
+    peer: PeerId,
+    id: MessageId,
+    topic: &str,
+    data: Vec<u8>,
+) {
+    let verdict = match read_car(&data).await {
+        Err(_) => Verdict::Reject,
+        Ok(records) if records.iter().any(|r| r.thread.to_string() != topic) => Verdict::Reject,
+        Ok(records) => {
+            let push = ApiRequest::post("/v1/records", CAR, data);
+            let response = answer(api, push).await;
+            let code = code(&response);
+            match (response.status, code.as_str()) {
+                (200, _) => Verdict::Accept,
+                (400 | 422, _) | (413, "batch_too_large") => Verdict::Reject,
+                (409, "gap") => {
+                    // Something was missed: replicas compare heads with their source now.
+                    if let Some(replica) = records
+                        .first()
+                        .and_then(|r| state.p2p.as_ref()?.replicas.get(&r.thread))
+                    {
+                        replica.wake.notify_one();
+                    }
+                    Verdict::Ignore
+                }
+                _ => Verdict::Ignore,
+            }
+        }
+    };
+    metrics::counter!("threads_gossip_received_total", "verdict" => match verdict {
+        Verdict::Accept => "accept",
+        Verdict::Reject => "reject",
+        Verdict::Ignore => "ignore",
+    })
+    .increment(1);
+    let _ = node(state).report(id, peer, verdict).await;
+}
+
+/// Keeps a replicated thread in step with its source: compares heads now, whenever gossip
+/// shows a gap, and every `p2p.sync_interval_secs`.
+async fn replicate(state: AppState, replica: Arc<Replica>) {
+    gossip(&state, &replica.thread).await;
+    let api = super::p2p_app(state.clone());
+    let interval = Duration::from_secs(state.config.p2p.sync_interval_secs);
+    loop {
+        match sync(&state, &api, &replica).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(thread = %replica.thread, records = n, "replicated"),
+            Err(error) => {
+                tracing::warn!(thread = %replica.thread, error = format!("{error:#}"), "replication failed")
+            }
+        }
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = replica.wake.notified() => {}
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// One comparison with the source: nothing more than a digest when in step; otherwise each
+/// log the source is ahead on is pulled from where this server is, and pushed through the
+/// same path as any push. Returns the records taken in.
+async fn sync(state: &AppState, api: &Router, replica: &Replica) -> anyhow::Result<u64> {
+    let host = node(state);
+    let thread = &replica.thread;
+    let peer = host.dial(replica.source.clone()).await?;
+    let token = Some(pull_token(&replica.follow_key, thread));
+    let local = state.store.logs(thread).await?;
+    let ask = |path: String| host.request(peer, ApiRequest::get(path).with_token(token.clone()));
+    let answer_of = ask(format!(
+        "/v1/threads/{thread}?digest={}",
+        heads_digest(&local)
+    ))
+    .await?;
+    if !answer_of.is_success() {
+        bail!(
+            "the source answered {} {}",
+            answer_of.status,
+            code(&answer_of)
+        );
+    }
+    let remote: Value = serde_json::from_slice(&answer_of.body)?;
+    if remote["unchanged"] == true {
+        return Ok(0);
+    }
+    let public = remote["public"].as_bool().unwrap_or(false);
+    let mut taken = 0;
+    for log in remote["logs"].as_array().into_iter().flatten() {
+        let id: threads_core::LogId = log["log"].as_str().unwrap_or("").parse()?;
+        let theirs = log["head"]["counter"].as_u64().unwrap_or(0);
+        let mut ours = match local.iter().find(|l| l.log == id) {
+            Some(l) => l.head.map_or(0, |h| h.counter),
+            None => {
+                // The source vouches only for the log's existence; every record is still
+                // verified against the log's key here.
+                let addrs = log["addrs"].as_array().into_iter().flatten();
+                let registration = Registration {
+                    thread: thread.clone(),
+                    log: id.clone(),
+                    follow_key: replica.follow_key.clone(),
+                    addrs: addrs
+                        .filter_map(|a| a.as_str().map(str::to_owned))
+                        .collect(),
+                    public,
+                };
+                state.store.register(&registration, now_ms()).await?;
+                0
+            }
+        };
+        while ours < theirs {
+            let page = ask(format!(
+                "/v1/threads/{thread}/logs/{id}/records?after={ours}&format=car"
+            ))
+            .await?;
+            if page.status == 204 {
+                break;
+            }
+            if !page.is_success() {
+                bail!("the source answered {} {}", page.status, code(&page));
+            }
+            let next: u64 = page
+                .header("x-threads-cursor")
+                .and_then(|c| c.parse().ok())
+                .context("a page without a cursor")?;
+            let pushed = answer(api, ApiRequest::post("/v1/records", CAR, page.body)).await;
+            if !pushed.is_success() {
+                bail!("records from the source were refused: {}", code(&pushed));
+            }
+            taken += next - ours;
+            ours = next;
+        }
+    }
+    Ok(taken)
+}
