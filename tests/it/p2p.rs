@@ -350,3 +350,19 @@ async fn a_second_follower_replicates_the_first_while_the_writer_is_offline() {
     // The thread at B is as private as at A.
     assert_eq!(b.get(&format!("/v1/threads/{}", log.thread)).await.0, 401);
 }
+
+#[tokio::test]
+async fn a_writers_addresses_expire_unless_renewed() {
+    let server =
+        Server::start_with(Backend::Sqlite, &[("THREADS_P2P__ADDRESS_TTL_SECS", "1")]).await;
+    let log = TestLog::new();
+    assert!(server.register(&log, true).await.0.is_success());
+    let path = format!("/v1/threads/{}/logs/{}", log.thread, log.id);
+    let addrs = |(_, info): (_, Value)| info["addrs"].as_array().unwrap().len();
+    assert_eq!(addrs(server.get(&path).await), 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(addrs(server.get(&path).await), 0);
+    // Registering again renews them.
+    assert!(server.register(&log, true).await.0.is_success());
+    assert_eq!(addrs(server.get(&path).await), 1);
+}

@@ -866,6 +866,24 @@ mod tests {
         assert!(matches!(b.dial(nobody).await, Err(Error::Dial { .. })));
     }
 
+    #[tokio::test]
+    async fn learnt_addresses_expire() {
+        let (a, _) = host(Config {
+            address_ttl: Duration::from_millis(500),
+            ..loopback(8)
+        });
+        let (b, _) = host(loopback(8));
+        let b_addrs = b.wait_listening().await.unwrap();
+        a.dial(with(&b_addrs, "/tcp/")).await.unwrap();
+        a.wait_identified(b.peer_id()).await.unwrap();
+        assert!(!a.known_addrs(b.peer_id()).await.unwrap().is_empty());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            a.known_addrs(b.peer_id()).await.unwrap(),
+            Vec::<Multiaddr>::new()
+        );
+    }
+
     /// Answers every request with its own path, as a server would answer with a page.
     fn echo(mut inbound: mpsc::Receiver<Inbound>) {
         tokio::spawn(async move {

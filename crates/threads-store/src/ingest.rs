@@ -67,6 +67,7 @@ pub(crate) struct LogRow {
     head_counter: i64,
     byte_count: i64,
     registered_at: i64,
+    addrs_at: i64,
 }
 
 impl LogRow {
@@ -85,6 +86,7 @@ impl LogRow {
             bytes: self.byte_count as u64,
             addrs: serde_json::from_str(&self.addrs).map_err(|_| decode_err("addresses"))?,
             registered_ms: self.registered_at,
+            addrs_ms: self.addrs_at,
         })
     }
 }
@@ -418,16 +420,17 @@ macro_rules! impl_store {
                     }
                 }
                 let addrs = serde_json::to_string(&reg.addrs).expect("strings serialize");
-                let updated = sqlx::query("UPDATE logs SET addrs = $3 WHERE thread_id = $1 AND log_id = $2")
+                let updated = sqlx::query("UPDATE logs SET addrs = $3, addrs_at = $4 WHERE thread_id = $1 AND log_id = $2")
                     .bind(thread)
                     .bind(reg.log.to_bytes())
                     .bind(&addrs)
+                    .bind(now_ms)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
                 if updated == 0 {
                     sqlx::query(
-                        "INSERT INTO logs (thread_id, log_id, addrs, registered_at) VALUES ($1, $2, $3, $4)",
+                        "INSERT INTO logs (thread_id, log_id, addrs, registered_at, addrs_at) VALUES ($1, $2, $3, $4, $4)",
                     )
                     .bind(thread)
                     .bind(reg.log.to_bytes())
@@ -582,7 +585,7 @@ macro_rules! impl_store {
                 thread: &threads_core::ThreadId,
             ) -> $crate::Result<Vec<$crate::model::LogInfo>> {
                 let rows: Vec<$crate::ingest::LogRow> = sqlx::query_as(
-                    "SELECT thread_id, log_id, addrs, head_cid, head_counter, byte_count, registered_at \
+                    "SELECT thread_id, log_id, addrs, head_cid, head_counter, byte_count, registered_at, addrs_at \
                      FROM logs WHERE thread_id = $1 ORDER BY log_id",
                 )
                 .bind(thread.as_bytes())
@@ -597,7 +600,7 @@ macro_rules! impl_store {
                 log: &threads_core::LogId,
             ) -> $crate::Result<Option<$crate::model::LogInfo>> {
                 let row: Option<$crate::ingest::LogRow> = sqlx::query_as(
-                    "SELECT thread_id, log_id, addrs, head_cid, head_counter, byte_count, registered_at \
+                    "SELECT thread_id, log_id, addrs, head_cid, head_counter, byte_count, registered_at, addrs_at \
                      FROM logs WHERE thread_id = $1 AND log_id = $2",
                 )
                 .bind(thread.as_bytes())

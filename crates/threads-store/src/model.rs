@@ -42,6 +42,8 @@ pub struct LogInfo {
     pub bytes: u64,
     pub addrs: Vec<String>,
     pub registered_ms: i64,
+    /// When the writer last gave its addresses (registering again renews them).
+    pub addrs_ms: i64,
 }
 
 /// A verified record to be stored in a log of a thread.

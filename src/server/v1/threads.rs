@@ -13,7 +13,7 @@ use threads_store::{LogInfo, ThreadInfo};
 
 use super::{encode_cursor, parse_thread, presented_token, readable_log, readable_thread};
 use crate::server::error::ApiResult;
-use crate::server::AppState;
+use crate::server::{now_ms, AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -73,12 +73,17 @@ fn thread_json(info: &ThreadInfo) -> Value {
     })
 }
 
-pub fn log_json(log: &LogInfo) -> Value {
+/// A log as the API shows it. Its writer's addresses are shown while they live: they expire
+/// `p2p.address_ttl_secs` after the writer last registered.
+pub fn log_json(state: &AppState, log: &LogInfo) -> Value {
+    let ttl_ms = state.config.p2p.address_ttl_secs.saturating_mul(1000);
+    let live = now_ms().saturating_sub(log.addrs_ms) as u64 <= ttl_ms;
+    let addrs: &[String] = if live { &log.addrs } else { &[] };
     json!({
         "log": log.log,
         "head": log.head.map(|h| json!({"cid": h.cid.to_string(), "counter": h.counter})),
         "bytes": log.bytes,
-        "addrs": log.addrs,
+        "addrs": addrs,
         "registered_ms": log.registered_ms,
     })
 }
@@ -120,7 +125,7 @@ async fn one(
     }
     let mut body = thread_json(&info);
     body["digest"] = json!(digest);
-    body["logs"] = logs.iter().map(log_json).collect();
+    body["logs"] = logs.iter().map(|l| log_json(&state, l)).collect();
     Ok(Json(body))
 }
 
@@ -132,6 +137,7 @@ async fn log(
 ) -> ApiResult<Json<Value>> {
     let token = presented_token(&headers, q.token.as_deref());
     Ok(Json(log_json(
+        &state,
         &readable_log(&state, &thread, &log, token).await?,
     )))
 }

@@ -1,0 +1,3 @@
+-- When a log's addresses were last given by its writer: they expire unless renewed.
+ALTER TABLE logs ADD COLUMN addrs_at INTEGER NOT NULL DEFAULT 0;
+UPDATE logs SET addrs_at = registered_at;
