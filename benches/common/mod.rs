@@ -9,18 +9,39 @@ use tokio::process::{Child, Command};
 /// Starts `threads serve` on a free port with no libp2p host, storing in `data_dir` (or the
 /// Postgres `database_url`), with extra environment settings; returns it with its URL once it
 /// has printed its address. Its later output is drained so it never blocks on a full pipe.
+#[allow(dead_code)]
 pub async fn serve(
     data_dir: &Path,
     database_url: Option<&str>,
     env: &[(&str, &str)],
 ) -> (Child, String) {
+    let (child, url, _) = launch(data_dir, database_url, env, "none").await;
+    (child, url)
+}
+
+/// [`serve`] with a libp2p host on a free loopback TCP port; also returns its multiaddr.
+#[allow(dead_code)]
+pub async fn serve_p2p(
+    data_dir: &Path,
+    database_url: Option<&str>,
+    env: &[(&str, &str)],
+) -> (Child, String, String) {
+    launch(data_dir, database_url, env, "/ip4/127.0.0.1/tcp/0").await
+}
+
+async fn launch(
+    data_dir: &Path,
+    database_url: Option<&str>,
+    env: &[(&str, &str)],
+    p2p_listen: &str,
+) -> (Child, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_threads"));
     cmd.args([
         "serve",
         "--listen",
         "127.0.0.1:0",
         "--p2p-listen",
-        "none",
+        p2p_listen,
         "--data-dir",
     ])
     .arg(data_dir)
@@ -43,6 +64,11 @@ pub async fn serve(
             break url.to_owned();
         }
     };
+    let mut p2p = String::new();
+    if p2p_listen != "none" {
+        let line = lines.next_line().await.unwrap().expect("a p2p address");
+        p2p = line.strip_prefix("p2p ").expect("a p2p line").to_owned();
+    }
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, url)
+    (child, url, p2p)
 }

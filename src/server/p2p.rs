@@ -1,6 +1,6 @@
 //! The follower on libp2p. API requests that arrive over streams are answered by the same
-//! router as HTTP (so verification, storage and error codes are the same); every record the
-//! server holds is gossiped on its thread's topic, and gossip is taken in through the same
+//! router as HTTP (so verification, storage and error codes are the same); every record a
+//! writer pushes is gossiped on its thread's topic, and gossip is taken in through the same
 //! push path; threads can be replicated from another follower.
 
 use std::collections::{HashMap, HashSet};
@@ -11,14 +11,15 @@ use anyhow::{bail, Context};
 use axum::body::Body;
 use axum::http::{header, Method, Request};
 use axum::Router;
+use futures_util::StreamExt;
 use serde_json::Value;
 use threads_client::car::{read_car, write_car, CarItem, CAR};
 use threads_core::addr::ThreadAddr;
 use threads_core::auth::pull_token;
-use threads_core::{ServiceKey, ThreadId, ThreadKey};
+use threads_core::{LogId, ServiceKey, ThreadId, ThreadKey, UnverifiedRecord};
 use threads_net::{ApiRequest, ApiResponse, Handle, Inbound, MessageId, PeerId, Verdict};
 use threads_store::Registration;
-use tokio::sync::{broadcast::error::RecvError, mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tower::ServiceExt;
 
 use super::v1::threads::heads_digest;
@@ -27,6 +28,8 @@ use crate::config::Config;
 
 /// Inbound requests and gossip handled at once; the rest wait in the host's bounded queue.
 const CONCURRENCY: usize = 64;
+/// Logs of a replicated thread caught up at once.
+const LOGS_AT_ONCE: usize = 4;
 /// Largest answer the router's body is read into.
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
 /// Headers an answer keeps (the rest mean nothing off HTTP).
@@ -38,10 +41,23 @@ const KEPT_HEADERS: [&str; 5] = [
     "x-threads-count",
 ];
 
+/// Batches of pushed records waiting to be gossiped; beyond this, gossip is skipped (readers
+/// that miss a record pull it).
+const PUBLISH_QUEUE: usize = 1024;
+
+/// Marks a push that must not be gossiped: records heard on gossip (gossipsub passes the
+/// message on itself) or pulled from another follower.
+#[derive(Debug, Clone, Copy)]
+pub struct Quiet;
+
+/// Records to gossip: thread, log and nodes.
+type News = Vec<(ThreadId, LogId, UnverifiedRecord)>;
+
 /// The libp2p side of the server.
 pub struct Node {
     pub host: Handle,
     inbound: Mutex<Option<mpsc::Receiver<Inbound>>>,
+    news: mpsc::Sender<News>,
     /// Threads whose topic this server is subscribed to and publishes on.
     gossiped: Mutex<HashSet<ThreadId>>,
     replicas: HashMap<ThreadId, Arc<Replica>>,
@@ -81,8 +97,15 @@ impl Node {
                 }),
             );
         }
+        let (news, queue) = mpsc::channel(PUBLISH_QUEUE);
+        tokio::spawn(publish_news(
+            host.clone(),
+            queue,
+            config.p2p.max_message_bytes,
+        ));
         Ok(Self {
             host,
+            news,
             inbound: Mutex::new(Some(inbound)),
             gossiped: Default::default(),
             replicas,
@@ -119,45 +142,56 @@ pub async fn spawn(state: AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Subscribes to a thread's topic and publishes every record the server takes in for it, from
-/// any transport. Idempotent.
+/// Subscribes to a thread's topic (idempotent).
 pub async fn gossip(state: &AppState, thread: &ThreadId) {
     let Some(node) = &state.p2p else {
         return;
     };
-    if !node.gossiped.lock().unwrap().insert(thread.clone()) {
-        return;
+    if node.gossiped.lock().unwrap().insert(thread.clone()) {
+        let _ = node.host.subscribe(&thread.to_string()).await;
     }
-    let topic = thread.to_string();
-    if node.host.subscribe(&topic).await.is_err() {
-        return;
-    }
-    let mut live = state.hub.subscribe(thread).await;
-    let (state, thread) = (state.clone(), thread.clone());
-    tokio::spawn(async move {
-        let host = &state.p2p.as_ref().expect("a node").host;
-        loop {
-            let record = tokio::select! {
-                _ = state.shutdown.cancelled() => return,
-                record = live.recv() => record,
-            };
-            match record {
-                Ok(r) => {
-                    // Without seq and counter, which are this server's: the same record makes
-                    // the same message at every follower.
-                    let car = write_car([CarItem::new(&r.log, &r.thread, &r.blocks)]).await;
-                    if let Err(error) = host.publish(&topic, car).await {
-                        tracing::warn!(%thread, %error, "gossip publish failed");
-                    }
-                }
-                // Gossip is best effort: peers that miss a record pull it.
-                Err(RecvError::Lagged(n)) => {
-                    metrics::counter!("threads_gossip_skipped_total").increment(n)
-                }
-                Err(RecvError::Closed) => live = state.hub.subscribe(&thread).await,
-            }
+}
+
+/// Queues records a writer pushed, to be gossiped in order.
+pub fn publish(state: &AppState, news: News) {
+    if let (Some(node), false) = (&state.p2p, news.is_empty()) {
+        if node.news.try_send(news).is_err() {
+            metrics::counter!("threads_gossip_skipped_total").increment(1);
         }
-    });
+    }
+}
+
+/// Publishes queued records on their threads' topics, as CARs of at most `max_bytes` (a record
+/// too large for any message is left to pulls). The CARs carry no seq or counter, which are
+/// this server's own: the same records make the same message at every follower.
+async fn publish_news(host: Handle, mut queue: mpsc::Receiver<News>, max_bytes: usize) {
+    while let Some(news) = queue.recv().await {
+        let mut start = 0;
+        while start < news.len() {
+            let thread = &news[start].0;
+            let (mut end, mut size) = (start, 0);
+            while end < news.len() && &news[end].0 == thread {
+                let b = &news[end].2;
+                // Node bytes, plus room for the entry block and CIDs.
+                let more = b.record.len() + b.event.len() + b.header.len() + b.body.len() + 512;
+                if end > start && size + more > max_bytes {
+                    break;
+                }
+                size += more;
+                end += 1;
+            }
+            let items = news[start..end]
+                .iter()
+                .map(|(thread, log, blocks)| CarItem::new(log, thread, blocks));
+            let car = write_car(items).await;
+            if car.len() <= max_bytes {
+                if let Err(error) = host.publish(&thread.to_string(), car).await {
+                    tracing::warn!(%thread, %error, "gossip publish failed");
+                }
+            }
+            start = end;
+        }
+    }
 }
 
 async fn serve_inbound(state: AppState, mut inbound: mpsc::Receiver<Inbound>) {
@@ -175,7 +209,7 @@ async fn serve_inbound(state: AppState, mut inbound: mpsc::Receiver<Inbound>) {
                     request,
                     reply,
                 } => {
-                    let response = answer(&api, request).await;
+                    let response = answer(&api, request, false).await;
                     // Malformed or forged content counts against the peer that sent it.
                     if matches!(response.status, 400 | 422) {
                         let _ = node(&state).strike(peer).await;
@@ -198,8 +232,8 @@ fn node(state: &AppState) -> &Handle {
     &state.p2p.as_ref().expect("a node").host
 }
 
-/// Answers one request with the router, as HTTP would.
-pub async fn answer(api: &Router, request: ApiRequest) -> ApiResponse {
+/// Answers one request with the router, as HTTP would; a `quiet` push is not gossiped.
+pub async fn answer(api: &Router, request: ApiRequest, quiet: bool) -> ApiResponse {
     let method = match request.method.as_str() {
         "GET" => Method::GET,
         "POST" => Method::POST,
@@ -220,6 +254,9 @@ pub async fn answer(api: &Router, request: ApiRequest) -> ApiResponse {
     }
     if let Some(content_type) = &request.content_type {
         builder = builder.header(header::CONTENT_TYPE, content_type);
+    }
+    if quiet {
+        builder = builder.extension(Quiet);
     }
     let Ok(http) = builder.body(Body::from(request.body)) else {
         return ApiResponse::error(400, "bad_request", "the path or a header is malformed");
@@ -274,7 +311,7 @@ async fn take_gossip(
         Ok(records) if records.iter().any(|r| r.thread.to_string() != topic) => Verdict::Reject,
         Ok(records) => {
             let push = ApiRequest::post("/v1/records", CAR, data);
-            let response = answer(api, push).await;
+            let response = answer(api, push, true).await;
             let code = code(&response);
             match (response.status, code.as_str()) {
                 (200, _) => Verdict::Accept,
@@ -351,11 +388,11 @@ async fn sync(state: &AppState, api: &Router, replica: &Replica) -> anyhow::Resu
         return Ok(0);
     }
     let public = remote["public"].as_bool().unwrap_or(false);
-    let mut taken = 0;
+    let mut behind = Vec::new();
     for log in remote["logs"].as_array().into_iter().flatten() {
         let id: threads_core::LogId = log["log"].as_str().unwrap_or("").parse()?;
         let theirs = log["head"]["counter"].as_u64().unwrap_or(0);
-        let mut ours = match local.iter().find(|l| l.log == id) {
+        let ours = match local.iter().find(|l| l.log == id) {
             Some(l) => l.head.map_or(0, |h| h.counter),
             None => {
                 // The source vouches only for the log's existence; every record is still
@@ -374,28 +411,96 @@ async fn sync(state: &AppState, api: &Router, replica: &Replica) -> anyhow::Resu
                 0
             }
         };
-        while ours < theirs {
-            let page = ask(format!(
-                "/v1/threads/{thread}/logs/{id}/records?after={ours}&format=car"
-            ))
-            .await?;
-            if page.status == 204 {
-                break;
-            }
-            if !page.is_success() {
-                bail!("the source answered {} {}", page.status, code(&page));
-            }
-            let next: u64 = page
-                .header("x-threads-cursor")
-                .and_then(|c| c.parse().ok())
-                .context("a page without a cursor")?;
-            let pushed = answer(api, ApiRequest::post("/v1/records", CAR, page.body)).await;
-            if !pushed.is_success() {
-                bail!("records from the source were refused: {}", code(&pushed));
-            }
-            taken += next - ours;
-            ours = next;
+        if ours < theirs {
+            behind.push((id, ours, theirs));
         }
     }
-    Ok(taken)
+    // A few logs at once: one log's records are verified while another's are stored.
+    let pulls = behind.into_iter().map(|(id, ours, theirs)| {
+        let path = format!("/v1/threads/{thread}/logs/{id}/records");
+        catch_up_log(host, api, peer, token.clone(), path, ours, theirs)
+    });
+    let taken: Vec<anyhow::Result<u64>> = futures_util::stream::iter(pulls)
+        .buffer_unordered(LOGS_AT_ONCE)
+        .collect()
+        .await;
+    taken.into_iter().sum()
+}
+
+/// Takes a log from counter `ours` to `theirs`: the next page is on its way while one is
+/// stored.
+async fn catch_up_log(
+    host: &Handle,
+    api: &Router,
+    peer: PeerId,
+    token: Option<String>,
+    path: String,
+    mut ours: u64,
+    theirs: u64,
+) -> anyhow::Result<u64> {
+    let start = ours;
+    let (pages, mut arrived) = mpsc::channel(2);
+    let fetcher = tokio::spawn(fetch_pages(
+        host.clone(),
+        peer,
+        token,
+        path,
+        ours,
+        theirs,
+        pages,
+    ));
+    while let Some(page) = arrived.recv().await {
+        let (next, car) = page?;
+        let pushed = answer(api, ApiRequest::post("/v1/records", CAR, car), true).await;
+        if !pushed.is_success() {
+            fetcher.abort();
+            bail!("records from the source were refused: {}", code(&pushed));
+        }
+        ours = next;
+    }
+    Ok(ours - start)
+}
+
+/// Pulls a log's records after counter `after` up to `until`, page by page (CARs), into
+/// `pages` with the counter each page ends at.
+async fn fetch_pages(
+    host: Handle,
+    peer: PeerId,
+    token: Option<String>,
+    path: String,
+    mut after: u64,
+    until: u64,
+    pages: mpsc::Sender<anyhow::Result<(u64, Vec<u8>)>>,
+) {
+    while after < until {
+        let request = ApiRequest::get(format!("{path}?after={after}&format=car"));
+        let page = match host.request(peer, request.with_token(token.clone())).await {
+            Ok(page) if page.status == 204 => return,
+            Ok(page) if page.is_success() => page,
+            Ok(page) => {
+                let refused =
+                    anyhow::anyhow!("the source answered {} {}", page.status, code(&page));
+                let _ = pages.send(Err(refused)).await;
+                return;
+            }
+            Err(e) => {
+                let _ = pages.send(Err(e.into())).await;
+                return;
+            }
+        };
+        let Some(next) = page
+            .header("x-threads-cursor")
+            .and_then(|c| c.parse::<u64>().ok())
+            .filter(|next| *next > after)
+        else {
+            let _ = pages
+                .send(Err(anyhow::anyhow!("a page without a cursor")))
+                .await;
+            return;
+        };
+        if pages.send(Ok((next, page.body))).await.is_err() {
+            return;
+        }
+        after = next;
+    }
 }

@@ -137,6 +137,9 @@ pub async fn read_car(bytes: &[u8]) -> Result<Vec<CarRecord>, CarError> {
             .cloned()
             .ok_or_else(|| bad(format!("block {cid} is missing")))
     };
+    // A log ID is a public key, and parsing one is a point decompression: a CAR of one log
+    // repeats the same bytes in every entry, so each is parsed once.
+    let mut logs: HashMap<Vec<u8>, LogId> = HashMap::new();
     roots
         .iter()
         .map(|root| {
@@ -154,8 +157,18 @@ pub async fn read_car(bytes: &[u8]) -> Result<Vec<CarRecord>, CarError> {
             Ok(CarRecord {
                 thread: ThreadId::from_bytes(&bytes("thread")?)
                     .map_err(|e| bad(format!("entry {root}: {e}")))?,
-                log: LogId::from_bytes(&bytes("log")?)
-                    .map_err(|e| bad(format!("entry {root}: {e}")))?,
+                log: {
+                    let key = bytes("log")?;
+                    match logs.get(&key) {
+                        Some(log) => log.clone(),
+                        None => {
+                            let log = LogId::from_bytes(&key)
+                                .map_err(|e| bad(format!("entry {root}: {e}")))?;
+                            logs.insert(key, log.clone());
+                            log
+                        }
+                    }
+                },
                 blocks: UnverifiedRecord {
                     record: link("record")?,
                     event: link("event")?,

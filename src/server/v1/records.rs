@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use ipld_core::ipld::Ipld;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -23,6 +23,7 @@ use super::{
     decode_cursor, encode_cursor, parse_thread, presented_token, readable_log, readable_thread,
 };
 use crate::server::error::{ApiError, ApiResult};
+use crate::server::p2p::Quiet;
 use crate::server::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -96,6 +97,7 @@ impl Verdict {
 /// status and code of the first record that was not.
 async fn push(
     State(state): State<AppState>,
+    quiet: Option<Extension<Quiet>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
@@ -193,6 +195,15 @@ async fn push(
         .iter()
         .map(|b| record_size(b.record.blocks()))
         .collect();
+    // What to gossip once stored: records pushed by their writers (gossip passes on what it
+    // carries itself, and records pulled from another follower are not news).
+    let gossip: Vec<_> = match &state.p2p {
+        Some(_) if quiet.is_none() => batch
+            .iter()
+            .map(|b| (b.thread.clone(), b.log.clone(), b.record.blocks().clone()))
+            .collect(),
+        _ => Vec::new(),
+    };
     let outcomes = if batch.is_empty() {
         Vec::new()
     } else {
@@ -202,9 +213,13 @@ async fn push(
             .await?
     };
     let mut accepted_bytes = 0;
+    let mut news = Vec::new();
+    let mut gossip = gossip.into_iter();
     for ((i, outcome), size) in positions.into_iter().zip(outcomes).zip(sizes) {
+        let item = gossip.next();
         if matches!(outcome, Outcome::Accepted { .. }) {
             accepted_bytes += size;
+            news.extend(item);
         }
         verdicts[i] = Some(if outcome.is_stored() {
             Verdict::Stored(outcome)
@@ -228,6 +243,7 @@ async fn push(
             }
         }
     }
+    crate::server::p2p::publish(&state, news);
     metrics::counter!("threads_records_ingested_total").increment(accepted);
     metrics::counter!("threads_ingested_bytes_total").increment(accepted_bytes as u64);
     metrics::histogram!("threads_push_seconds").record(started.elapsed().as_secs_f64());

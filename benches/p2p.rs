@@ -1,0 +1,312 @@
+//! libp2p benchmark: prints how fast a follower replicates another over loopback, and how long
+//! a record pushed to a follower takes to reach 50 gossip subscribers.
+//!
+//! ```text
+//! cargo bench --bench p2p                 # both (a replica on Postgres too with THREADS_TEST_PG)
+//! cargo bench --bench p2p -- replication  # or: gossip
+//! ```
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rand_core::OsRng;
+use threads_client::car::{read_car, write_car, CarItem, CAR};
+use threads_core::auth::{pull_token, Action, SignedRequest};
+use threads_core::{Cid, Keypair, LogId, ThreadId, ThreadKey, Variant, VerifiedRecord};
+use threads_net::{host, Config, Inbound, Verdict};
+use tokio::sync::mpsc;
+
+/// Replication: 100,000 records of 1 KiB in 10 logs of one thread.
+const RECORDS: usize = 100_000;
+const LOGS: usize = 10;
+const BODY: usize = 1024;
+/// Gossip: subscribers, and records pushed one at a time.
+const SUBSCRIBERS: usize = 50;
+const SAMPLES: usize = 200;
+
+struct Log {
+    thread: ThreadId,
+    keys: ThreadKey,
+    pair: Keypair,
+    id: LogId,
+}
+
+fn logs(n: usize) -> Vec<Log> {
+    let thread = ThreadId::random(Variant::Raw, &mut OsRng);
+    let keys = ThreadKey::random(&mut OsRng);
+    (0..n)
+        .map(|_| {
+            let pair = Keypair::generate(&mut OsRng);
+            Log {
+                thread: thread.clone(),
+                keys: keys.clone(),
+                id: LogId::from(pair.public()),
+                pair,
+            }
+        })
+        .collect()
+}
+
+/// `n` records of a log, in chain order.
+fn records(log: &Log, n: usize) -> Vec<VerifiedRecord> {
+    let author = Keypair::generate(&mut OsRng).public();
+    let body = serde_ipld_dagcbor::to_vec(&ipld_core::ipld::Ipld::Bytes(vec![7u8; BODY])).unwrap();
+    let mut prev = None;
+    (0..n)
+        .map(|_| {
+            let r = VerifiedRecord::create(&body, &log.keys, &log.pair, &author, prev, &mut OsRng)
+                .unwrap();
+            prev = Some(r.cid());
+            r
+        })
+        .collect()
+}
+
+async fn register(http: &reqwest::Client, url: &str, log: &Log) {
+    let info: serde_json::Value = http
+        .get(format!("{url}/v1/server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let action = Action::Register {
+        follow_key: log.keys.follow_only().to_multibase().to_string(),
+        addrs: vec![],
+        public: true,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let request = SignedRequest::sign(
+        info["server_id"].as_str().unwrap(),
+        &log.thread,
+        &log.pair,
+        action,
+        now,
+        &mut OsRng,
+    );
+    let response = http
+        .post(format!("{url}/v1/registrations"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "registration: {}",
+        response.status()
+    );
+}
+
+async fn push_car(http: &reqwest::Client, url: &str, items: Vec<CarItem<'_>>) {
+    let response = http
+        .post(format!("{url}/v1/records"))
+        .header("content-type", CAR)
+        .body(write_car(items).await)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "push: {}",
+        response.status()
+    );
+}
+
+async fn records_at(http: &reqwest::Client, url: &str, thread: &ThreadId, token: &str) -> u64 {
+    let info: serde_json::Value = http
+        .get(format!("{url}/v1/threads/{thread}?token={token}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    info["records"].as_u64().unwrap_or(0)
+}
+
+/// `database_url`: where the replica stores (SQLite when `None`); the source is SQLite.
+async fn replication(database_url: Option<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let (_a, a_url, a_p2p) = common::serve_p2p(&dir.path().join("a"), None, &[]).await;
+    let logs = logs(LOGS);
+    let per_log: Vec<Vec<VerifiedRecord>> =
+        logs.iter().map(|l| records(l, RECORDS / LOGS)).collect();
+    for log in &logs {
+        register(&http, &a_url, log).await;
+    }
+    for (log, records) in logs.iter().zip(&per_log) {
+        for chunk in records.chunks(1000) {
+            let items = chunk
+                .iter()
+                .map(|r| CarItem::new(&log.id, &log.thread, r.blocks()));
+            push_car(&http, &a_url, items.collect()).await;
+        }
+    }
+    let thread = &logs[0].thread;
+    let token = pull_token(logs[0].keys.service(), thread);
+    assert_eq!(
+        records_at(&http, &a_url, thread, &token).await,
+        RECORDS as u64
+    );
+
+    let replicate = format!(
+        "[{{from = \"{a_p2p}/thread/{thread}\", follow_key = \"{}\"}}]",
+        logs[0].keys.follow_only().to_multibase().as_str()
+    );
+    let source_cpu = cpu_secs(_a.id().unwrap());
+    let started = Instant::now();
+    let (_b, b_url, _) = common::serve_p2p(
+        &dir.path().join("b"),
+        database_url.as_deref(),
+        &[("THREADS_P2P__REPLICATE", &replicate)],
+    )
+    .await;
+    let up = started.elapsed();
+    while records_at(&http, &b_url, thread, &token).await < RECORDS as u64 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = (started.elapsed() - up).as_secs_f64();
+    let cpu = |child: &tokio::process::Child| cpu_secs(child.id().unwrap());
+    let (source, replica) = (cpu(&_a) - source_cpu, cpu(&_b));
+    println!(
+        "replicate {RECORDS} records ({LOGS} logs, {BODY} B bodies) from a follower, replica on {}: \
+         {secs:.2} s = {:.0} records/s (after a {:.0} ms start); CPU: source {source:.2} s, \
+         replica {replica:.2} s",
+        if database_url.is_some() { "Postgres" } else { "SQLite" },
+        RECORDS as f64 / secs,
+        up.as_secs_f64() * 1e3
+    );
+}
+
+/// User and system CPU time of a process so far, from `/proc/<pid>/stat`.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn gossip() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let (_server, url, p2p) = common::serve_p2p(dir.path(), None, &[]).await;
+    let log = &logs(1)[0];
+    register(&http, &url, log).await;
+    let samples = records(log, SAMPLES + 1);
+    let topic = log.thread.to_string();
+
+    // Every subscriber reports what it hears, with when, to one collector.
+    let (heard, mut arrivals) = mpsc::unbounded_channel::<(Instant, Cid)>();
+    let mut subscribers = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        let config = Config {
+            listen: vec![],
+            ..Config::default()
+        };
+        let (peer, mut inbound) =
+            host::start(threads_net::Keypair::generate_ed25519(), config).unwrap();
+        peer.dial(p2p.parse().unwrap()).await.unwrap();
+        peer.subscribe(&topic).await.unwrap();
+        let (heard, handle) = (heard.clone(), peer.clone());
+        tokio::spawn(async move {
+            while let Some(item) = inbound.recv().await {
+                if let Inbound::Gossip { peer, id, data, .. } = item {
+                    let at = Instant::now();
+                    let records = read_car(&data).await.unwrap();
+                    let _ = heard.send((at, threads_core::cid_of(&records[0].blocks.record)));
+                    let _ = handle.report(id, peer, Verdict::Accept).await;
+                }
+            }
+        });
+        subscribers.push(peer);
+    }
+    drop(heard);
+
+    // A first record, until every subscriber hears it: the mesh is up.
+    let mut heard_first = 0;
+    push_car(
+        &http,
+        &url,
+        vec![CarItem::new(&log.id, &log.thread, samples[0].blocks())],
+    )
+    .await;
+    while heard_first < SUBSCRIBERS {
+        tokio::time::timeout(Duration::from_secs(30), arrivals.recv())
+            .await
+            .expect("every subscriber hears the first record");
+        heard_first += 1;
+    }
+
+    let mut sent: HashMap<Cid, Instant> = HashMap::new();
+    let mut latencies = Vec::new();
+    for record in &samples[1..] {
+        sent.insert(record.cid(), Instant::now());
+        push_car(
+            &http,
+            &url,
+            vec![CarItem::new(&log.id, &log.thread, record.blocks())],
+        )
+        .await;
+        let mut got = 0;
+        while got < SUBSCRIBERS {
+            match tokio::time::timeout(Duration::from_secs(2), arrivals.recv()).await {
+                Ok(Some((at, cid))) => {
+                    latencies.push((at - sent[&cid]).as_secs_f64() * 1e3);
+                    got += 1;
+                }
+                _ => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let expected = SUBSCRIBERS * SAMPLES;
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "gossip to {SUBSCRIBERS} subscribers, {SAMPLES} records pushed one at a time over HTTP: \
+         {} of {expected} deliveries; push to delivery p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().unwrap()
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let pick = |part: &str| args.is_empty() || args.iter().any(|a| a == part);
+    println!("p2p benchmark (loopback)");
+    if pick("replication") {
+        replication(None).await;
+        if std::env::var_os("THREADS_TEST_PG").is_some() {
+            replication(Some(
+                threads_store::testing::fresh_postgres_database().await,
+            ))
+            .await;
+        } else {
+            println!("(replica on Postgres skipped: set THREADS_TEST_PG, or run scripts/bench)");
+        }
+    }
+    if pick("gossip") {
+        gossip().await;
+    }
+}
