@@ -41,6 +41,9 @@ const KEPT_HEADERS: [&str; 5] = [
     "x-threads-count",
 ];
 
+/// Most records in one gossip message: well under any follower's `limits.max_batch_records`,
+/// since a receiver refuses a larger batch as malformed.
+const MESSAGE_RECORDS: usize = 100;
 /// Batches of pushed records waiting to be gossiped; beyond this, gossip is skipped (readers
 /// that miss a record pull it).
 const PUBLISH_QUEUE: usize = 1024;
@@ -161,7 +164,8 @@ pub fn publish(state: &AppState, news: News) {
     }
 }
 
-/// Publishes queued records on their threads' topics, as CARs of at most `max_bytes` (a record
+/// Publishes queued records on their threads' topics, as CARs of at most `max_bytes` and
+/// [`MESSAGE_RECORDS`] records (a record
 /// too large for any message is left to pulls). The CARs carry no seq or counter, which are
 /// this server's own: the same records make the same message at every follower.
 async fn publish_news(host: Handle, mut queue: mpsc::Receiver<News>, max_bytes: usize) {
@@ -174,7 +178,7 @@ async fn publish_news(host: Handle, mut queue: mpsc::Receiver<News>, max_bytes: 
                 let b = &news[end].2;
                 // Node bytes, plus room for the entry block and CIDs.
                 let more = b.record.len() + b.event.len() + b.header.len() + b.body.len() + 512;
-                if end > start && size + more > max_bytes {
+                if end > start && (size + more > max_bytes || end - start == MESSAGE_RECORDS) {
                     break;
                 }
                 size += more;
