@@ -61,7 +61,7 @@ pub struct Node {
     pub host: Handle,
     inbound: Mutex<Option<mpsc::Receiver<Inbound>>>,
     news: mpsc::Sender<News>,
-    /// Threads whose topic this server is subscribed to and publishes on.
+    /// Threads whose topic this server is subscribed to.
     gossiped: Mutex<HashSet<ThreadId>>,
     replicas: HashMap<ThreadId, Arc<Replica>>,
 }
@@ -165,9 +165,9 @@ pub fn publish(state: &AppState, news: News) {
 }
 
 /// Publishes queued records on their threads' topics, as CARs of at most `max_bytes` and
-/// [`MESSAGE_RECORDS`] records (a record
-/// too large for any message is left to pulls). The CARs carry no seq or counter, which are
-/// this server's own: the same records make the same message at every follower.
+/// [`MESSAGE_RECORDS`] records (a record too large for any message is left to pulls). The CARs
+/// carry no seq or counter, which are this server's own: the same records make the same
+/// message at every follower.
 async fn publish_news(host: Handle, mut queue: mpsc::Receiver<News>, max_bytes: usize) {
     while let Some(news) = queue.recv().await {
         let mut start = 0;
