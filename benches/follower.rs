@@ -134,10 +134,6 @@ async fn register(http: &reqwest::Client, url: &str, server_id: &str, log: &Log)
     assert!(status.is_success(), "registration: {status}");
 }
 
-async fn get_json(http: &reqwest::Client, url: &str) -> Value {
-    http.get(url).send().await.unwrap().json().await.unwrap()
-}
-
 /// Pulls a whole thread by cursor; returns how many records came. Cursor, count and `more`
 /// come from the page headers, so `parse` decides only whether the reader decodes the pages.
 async fn catch_up(
@@ -199,7 +195,8 @@ async fn run(backend: &str, database_url: Option<String>, part: impl Fn(&str) ->
         ready_in.as_secs_f64() * 1e3,
         server.rss_mib()
     );
-    let server_id = get_json(&http, &format!("{}/v1/server", server.url)).await["server_id"]
+    let server_id = common::get_json(&http, &format!("{}/v1/server", server.url)).await
+        ["server_id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -361,7 +358,7 @@ async fn run(backend: &str, database_url: Option<String>, part: impl Fn(&str) ->
     // Push latency: 1,000 subscribers on one thread; one record at a time.
     let log_index = 0;
     let log = &logs[log_index];
-    let info = get_json(&http, &format!("{}/v1/threads/{}", server.url, log.thread)).await;
+    let info = common::get_json(&http, &format!("{}/v1/threads/{}", server.url, log.thread)).await;
     let cursor = info["cursor"].as_str().unwrap().to_owned();
     let ws_url = format!(
         "{}/v1/ws?thread={}&cursor={cursor}",

@@ -65,14 +65,7 @@ fn records(log: &Log, n: usize) -> Vec<VerifiedRecord> {
 }
 
 async fn register(http: &reqwest::Client, url: &str, log: &Log) {
-    let info: serde_json::Value = http
-        .get(format!("{url}/v1/server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = common::get_json(http, &format!("{url}/v1/server")).await;
     let action = Action::Register {
         follow_key: log.keys.follow_only().to_multibase().to_string(),
         addrs: vec![],
@@ -119,14 +112,7 @@ async fn push_car(http: &reqwest::Client, url: &str, items: Vec<CarItem<'_>>) {
 }
 
 async fn records_at(http: &reqwest::Client, url: &str, thread: &ThreadId, token: &str) -> u64 {
-    let info: serde_json::Value = http
-        .get(format!("{url}/v1/threads/{thread}?token={token}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = common::get_json(http, &format!("{url}/v1/threads/{thread}?token={token}")).await;
     info["records"].as_u64().unwrap_or(0)
 }
 
@@ -160,7 +146,7 @@ async fn replication(database_url: Option<String>) {
         "[{{from = \"{a_p2p}/thread/{thread}\", follow_key = \"{}\"}}]",
         logs[0].keys.follow_only().to_multibase().as_str()
     );
-    let source_cpu = cpu_secs(_a.id().unwrap());
+    let source_cpu = common::cpu_secs(&_a.id().unwrap().to_string());
     let started = Instant::now();
     let (_b, b_url, _) = common::serve_p2p(
         &dir.path().join("b"),
@@ -173,7 +159,7 @@ async fn replication(database_url: Option<String>) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let secs = (started.elapsed() - up).as_secs_f64();
-    let cpu = |child: &tokio::process::Child| cpu_secs(child.id().unwrap());
+    let cpu = |child: &tokio::process::Child| common::cpu_secs(&child.id().unwrap().to_string());
     let (source, replica) = (cpu(&_a) - source_cpu, cpu(&_b));
     println!(
         "replicate {RECORDS} records ({LOGS} logs, {BODY} B bodies) from a follower, replica on {}: \
@@ -183,19 +169,6 @@ async fn replication(database_url: Option<String>) {
         RECORDS as f64 / secs,
         up.as_secs_f64() * 1e3
     );
-}
-
-/// User and system CPU time of a process so far, from `/proc/<pid>/stat`.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

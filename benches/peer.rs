@@ -25,19 +25,6 @@ fn event(i: usize) -> Value {
     json!({"n": i, "data": "x".repeat(BODY)})
 }
 
-/// User and system CPU time of a process (all its threads), from `/proc/<pid>/stat`.
-fn cpu_secs(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
-
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,14 +93,17 @@ async fn main() {
         .unwrap();
     eprintln!("pulling");
     let server_pid = server.id().unwrap();
-    let cpu_before = (cpu_secs("self"), cpu_secs(&server_pid.to_string()));
+    let cpu_before = (
+        common::cpu_secs("self"),
+        common::cpu_secs(&server_pid.to_string()),
+    );
     let started = Instant::now();
     let pulled = reader.pull(&shared, |_| {}).await.unwrap();
     let pull_secs = started.elapsed().as_secs_f64();
     println!(
         "pull: {pull_secs:.2} s; CPU time: reader {:.2} s, follower {:.2} s",
-        cpu_secs("self") - cpu_before.0,
-        cpu_secs(&server_pid.to_string()) - cpu_before.1
+        common::cpu_secs("self") - cpu_before.0,
+        common::cpu_secs(&server_pid.to_string()) - cpu_before.1
     );
     let (mut after, mut read) = (0, 0);
     loop {

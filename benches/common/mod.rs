@@ -72,3 +72,23 @@ async fn launch(
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, url, p2p)
 }
+
+/// User and system CPU time of a process so far (all its threads), from `/proc/<pid>/stat`;
+/// `pid` may be `self`.
+#[allow(dead_code)]
+pub fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[allow(dead_code)]
+pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}

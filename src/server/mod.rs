@@ -152,35 +152,34 @@ pub fn app(state: AppState) -> Router {
             .unwrap_or("unmatched");
         tracing::info_span!("request", method = %req.method(), route)
     });
-    Router::new()
+    let api = Router::new()
         .merge(v1::router())
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
-        .merge(ops::router())
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(config.limits.request_timeout_secs),
-        ))
-        .layer(RequestBodyLimitLayer::new(config.limits.max_body_bytes))
-        .layer(middleware::map_response(json_errors))
+        .merge(ops::router());
+    bounded(api, config)
         .layer(cors)
         .layer(trace)
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }
 
-/// The API as libp2p peers reach it: what writers and readers use (server info, registrations,
-/// push, threads and logs, pulls, blocks), behind the same limits and error bodies as HTTP.
-/// Per-peer rates are the host's.
-pub fn p2p_app(state: AppState) -> Router {
-    let config = &state.config;
-    Router::new()
-        .merge(v1::p2p_router())
+/// The limits every request meets, whatever its transport: a timeout, a body limit, and JSON
+/// error bodies for what the framework refuses.
+fn bounded(router: Router<AppState>, config: &Config) -> Router<AppState> {
+    router
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(config.limits.request_timeout_secs),
         ))
         .layer(RequestBodyLimitLayer::new(config.limits.max_body_bytes))
         .layer(middleware::map_response(json_errors))
+}
+
+/// The API as libp2p peers reach it: what writers and readers use (server info, registrations,
+/// push, threads and logs, pulls, blocks), behind the same limits and error bodies as HTTP.
+/// Per-peer rates are the host's.
+pub fn p2p_app(state: AppState) -> Router {
+    bounded(v1::p2p_router(), &state.config)
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }

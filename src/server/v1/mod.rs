@@ -25,20 +25,17 @@ use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::config::RegistrationMode;
 
+/// The whole API.
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/server", get(server))
-        .merge(registrations::router())
-        .merge(records::router())
-        .merge(threads::router())
-        .merge(blocks::router())
+    p2p_router()
         .merge(feeds::router())
         .merge(webhooks::router())
         .merge(ws::router())
         .merge(admin::router())
 }
 
-/// The part of the API offered to libp2p peers (see [`crate::server::p2p_app`]).
+/// The part of the API offered to libp2p peers too (see [`crate::server::p2p_app`]): what
+/// writers and readers use.
 pub fn p2p_router() -> Router<AppState> {
     Router::new()
         .route("/v1/server", get(server))
