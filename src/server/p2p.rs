@@ -130,12 +130,12 @@ pub async fn spawn(state: AppState) -> anyhow::Result<()> {
     tokio::spawn(serve_inbound(state.clone(), inbound));
     let mut after = None;
     loop {
-        let ids = state.store.thread_ids(after.as_ref(), 1000).await?;
-        for thread in &ids {
-            gossip(&state, thread).await;
+        let threads = state.store.public_threads(after.as_ref(), 1000).await?;
+        for thread in &threads {
+            gossip(&state, &thread.id, true).await;
         }
-        match ids.last() {
-            Some(last) if ids.len() == 1000 => after = Some(last.clone()),
+        match threads.last() {
+            Some(last) if threads.len() == 1000 => after = Some(last.id.clone()),
             _ => break,
         }
     }
@@ -145,17 +145,33 @@ pub async fn spawn(state: AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Subscribes to a thread's topic (idempotent).
-pub async fn gossip(state: &AppState, thread: &ThreadId) {
+/// Subscribes to a public thread's topic, or leaves a private thread's (idempotent). A private
+/// thread is never gossiped: anyone may subscribe to a topic, and its records are for holders
+/// of its pull token only.
+pub async fn gossip(state: &AppState, thread: &ThreadId, public: bool) {
     let Some(node) = &state.p2p else {
         return;
     };
-    if node.gossiped.lock().unwrap().insert(thread.clone()) {
-        let _ = node.host.subscribe(&thread.to_string()).await;
+    let changed = {
+        let mut gossiped = node.gossiped.lock().unwrap();
+        if public {
+            gossiped.insert(thread.clone())
+        } else {
+            gossiped.remove(thread)
+        }
+    };
+    match (changed, public) {
+        (true, true) => {
+            let _ = node.host.subscribe(&thread.to_string()).await;
+        }
+        (true, false) => {
+            let _ = node.host.unsubscribe(&thread.to_string()).await;
+        }
+        _ => {}
     }
 }
 
-/// Queues records a writer pushed, to be gossiped in order.
+/// Queues records a writer pushed to public threads, to be gossiped in order.
 pub fn publish(state: &AppState, news: News) {
     if let (Some(node), false) = (&state.p2p, news.is_empty()) {
         if node.news.try_send(news).is_err() {
@@ -344,9 +360,9 @@ async fn take_gossip(
 }
 
 /// Keeps a replicated thread in step with its source: compares heads now, whenever gossip
-/// shows a gap, and every `p2p.sync_interval_secs`.
+/// shows a gap, and every `p2p.sync_interval_secs`. Between comparisons, a public thread's
+/// gossip brings what is pushed to the source.
 async fn replicate(state: AppState, replica: Arc<Replica>) {
-    gossip(&state, &replica.thread).await;
     let api = super::p2p_app(state.clone());
     let interval = Duration::from_secs(state.config.p2p.sync_interval_secs);
     loop {
@@ -392,6 +408,7 @@ async fn sync(state: &AppState, api: &Router, replica: &Replica) -> anyhow::Resu
         return Ok(0);
     }
     let public = remote["public"].as_bool().unwrap_or(false);
+    gossip(state, thread, public).await;
     let mut behind = Vec::new();
     for log in remote["logs"].as_array().into_iter().flatten() {
         let id: threads_core::LogId = log["log"].as_str().unwrap_or("").parse()?;

@@ -235,6 +235,8 @@ async fn a_subscriber_hears_records_live_and_forgers_are_cut_off() {
     let (addr, server_peer) = tcp_addr(&server).await;
     let mut log = TestLog::new();
     assert!(server.register(&log, true).await.0.is_success());
+    let private = TestLog::new();
+    assert!(server.register(&private, false).await.0.is_success());
     let topic = log.thread.to_string();
     let (me, mut heard) = peer();
     me.dial(addr.parse().unwrap()).await.unwrap();
@@ -243,6 +245,13 @@ async fn a_subscriber_hears_records_live_and_forgers_are_cut_off() {
         me.subscribers(&topic).await.unwrap().contains(&server_peer)
     })
     .await;
+    // A private thread is never gossiped: its records are for holders of its pull token.
+    let private_topic = private.thread.to_string();
+    assert!(!me
+        .subscribers(&private_topic)
+        .await
+        .unwrap()
+        .contains(&server_peer));
 
     // Pushed over HTTP, heard over gossip.
     let record = log.next(64);
@@ -299,12 +308,19 @@ async fn a_subscriber_hears_records_live_and_forgers_are_cut_off() {
     assert_eq!(info["records"], 2);
 }
 
+/// A public thread's later records reach the replica by gossip alone (its heads comparisons are
+/// an hour apart); a private thread is never gossiped, so they come with the next comparison.
 #[tokio::test]
 async fn a_second_follower_replicates_the_first_while_the_writer_is_offline() {
+    replicates(true).await;
+    replicates(false).await;
+}
+
+async fn replicates(public: bool) {
     let a = Server::start(Backend::Sqlite).await;
     let (addr, _) = tcp_addr(&a).await;
     let mut log = TestLog::new();
-    assert!(a.register(&log, false).await.0.is_success());
+    assert!(a.register(&log, public).await.0.is_success());
     let first: Vec<_> = (0..50).map(|_| log.next(100)).collect();
     let pairs: Vec<_> = first.iter().map(|r| (&log, r)).collect();
     assert!(a.push(&pairs).await.0.is_success());
@@ -317,7 +333,10 @@ async fn a_second_follower_replicates_the_first_while_the_writer_is_offline() {
         Backend::Sqlite,
         &[
             ("THREADS_P2P__REPLICATE", &replicate),
-            ("THREADS_P2P__SYNC_INTERVAL_SECS", "1"),
+            (
+                "THREADS_P2P__SYNC_INTERVAL_SECS",
+                if public { "3600" } else { "1" },
+            ),
         ],
     )
     .await;
@@ -347,8 +366,9 @@ async fn a_second_follower_replicates_the_first_while_the_writer_is_offline() {
         cids(crate::harness::pull_all(&a, &log, Some(&token)).await),
         cids(crate::harness::pull_all(&b, &log, Some(&token)).await)
     );
-    // The thread at B is as private as at A.
-    assert_eq!(b.get(&format!("/v1/threads/{}", log.thread)).await.0, 401);
+    // The thread at B is as public or private as at A.
+    let status = b.get(&format!("/v1/threads/{}", log.thread)).await.0;
+    assert_eq!(status, if public { 200 } else { 401 });
 }
 
 #[tokio::test]

@@ -545,21 +545,6 @@ macro_rules! impl_store {
                 rows.into_iter().map(|r| r.into_info()).collect()
             }
 
-            async fn thread_ids(
-                &self,
-                after: Option<&threads_core::ThreadId>,
-                limit: u32,
-            ) -> $crate::Result<Vec<threads_core::ThreadId>> {
-                let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
-                    "SELECT id FROM threads WHERE id > $1 ORDER BY id LIMIT $2",
-                )
-                .bind(after.map(|a| a.as_bytes().to_vec()).unwrap_or_default())
-                .bind(i64::from(limit))
-                .fetch_all(&self.read)
-                .await?;
-                rows.iter().map(|(id,)| $crate::ingest::thread_id(id)).collect()
-            }
-
             async fn thread_seqs(
                 &self,
                 threads: &[threads_core::ThreadId],

@@ -75,8 +75,6 @@ pub trait Store: Send + Sync + 'static {
     /// Public threads after `after` in ID order, at most `limit`.
     async fn public_threads(&self, after: Option<&ThreadId>, limit: u32)
         -> Result<Vec<ThreadInfo>>;
-    /// Every thread's ID after `after`, in ID order, at most `limit`.
-    async fn thread_ids(&self, after: Option<&ThreadId>, limit: u32) -> Result<Vec<ThreadId>>;
     /// The newest sequence number of each given thread that exists, in one query per 500.
     async fn thread_seqs(&self, threads: &[ThreadId]) -> Result<Vec<(ThreadId, u64)>>;
     async fn logs(&self, thread: &ThreadId) -> Result<Vec<LogInfo>>;

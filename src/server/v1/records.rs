@@ -195,12 +195,15 @@ async fn push(
         .iter()
         .map(|b| record_size(b.record.blocks()))
         .collect();
-    // What to gossip once stored: records pushed by their writers (gossip passes on what it
-    // carries itself, and records pulled from another follower are not news).
+    // What to gossip once stored: records pushed by their writers to public threads (gossip
+    // passes on what it carries itself, and records pulled from another follower are not news).
     let gossip: Vec<_> = match &state.p2p {
         Some(_) if quiet.is_none() => batch
             .iter()
-            .map(|b| (b.thread.clone(), b.log.clone(), b.record.blocks().clone()))
+            .map(|b| {
+                let public = threads[&b.thread].as_ref().is_some_and(|t| t.public);
+                public.then(|| (b.thread.clone(), b.log.clone(), b.record.blocks().clone()))
+            })
             .collect(),
         _ => Vec::new(),
     };
@@ -219,7 +222,7 @@ async fn push(
         let item = gossip.next();
         if matches!(outcome, Outcome::Accepted { .. }) {
             accepted_bytes += size;
-            news.extend(item);
+            news.extend(item.flatten());
         }
         verdicts[i] = Some(if outcome.is_stored() {
             Verdict::Stored(outcome)

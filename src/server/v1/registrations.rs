@@ -153,7 +153,7 @@ async fn handle(
         Action::Register { .. } => {
             let registration = registration.expect("prepared for a register action");
             let created = state.store.register(&registration, now).await? == Registered::Created;
-            crate::server::p2p::gossip(&state, &thread).await;
+            crate::server::p2p::gossip(&state, &thread, registration.public).await;
             tracing::info!(%thread, %log, created, "log registered");
             let status = if created {
                 StatusCode::CREATED
