@@ -156,7 +156,7 @@ async fn replication(database_url: Option<String>) {
     .await;
     let up = started.elapsed();
     while records_at(&http, &b_url, thread, &token).await < RECORDS as u64 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let secs = (started.elapsed() - up).as_secs_f64();
     let cpu = |child: &tokio::process::Child| common::cpu_secs(&child.id().unwrap().to_string());
