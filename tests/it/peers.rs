@@ -10,7 +10,7 @@ use crate::harness::{Backend, Server};
 
 /// One person's `threads` command line, with its own keystore and local store.
 pub(crate) struct Peer {
-    home: tempfile::TempDir,
+    pub(crate) home: tempfile::TempDir,
 }
 
 pub(crate) struct Run {

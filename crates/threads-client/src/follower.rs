@@ -4,6 +4,9 @@
 //! carry the same API requests. Every refusal comes back as [`Error::Server`] with the server's
 //! stable code.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use rand_core::OsRng;
@@ -13,6 +16,7 @@ use serde_json::Value;
 use threads_core::auth::{pull_token, Action, SignedRequest};
 use threads_core::{Head, Keypair, LogId, ServiceKey, ThreadId, UnverifiedRecord};
 use threads_net::{ApiRequest, ApiResponse};
+use tokio::sync::{mpsc, Notify};
 
 use crate::{now_ms, Error, Result};
 
@@ -29,8 +33,8 @@ enum Transport {
     P2p(threads_net::Multiaddr),
 }
 
-/// This process's libp2p host, made on first use (it listens nowhere: it only asks). A host
-/// whose runtime has ended is replaced.
+/// This process's libp2p host, made on first use (it listens nowhere: it only asks, and hears
+/// the gossip of the threads it tails). A host whose runtime has ended is replaced.
 async fn p2p_host() -> Result<threads_net::Handle> {
     static HOST: std::sync::Mutex<Option<threads_net::Handle>> = std::sync::Mutex::new(None);
     let mut host = HOST.lock().unwrap();
@@ -41,11 +45,41 @@ async fn p2p_host() -> Result<threads_net::Handle> {
         listen: Vec::new(),
         ..threads_net::Config::default()
     };
-    let (handle, _nothing_served) =
+    let (handle, inbound) =
         threads_net::host::start(threads_net::Keypair::generate_ed25519(), config)
             .map_err(|e| Error::Network(e.to_string()))?;
+    tokio::spawn(hear(handle.clone(), inbound));
     *host = Some(handle.clone());
     Ok(handle)
+}
+
+/// Topics this process listens to, each with what wakes its tail.
+fn heard() -> &'static std::sync::Mutex<HashMap<String, Arc<Notify>>> {
+    static HEARD: std::sync::OnceLock<std::sync::Mutex<HashMap<String, Arc<Notify>>>> =
+        std::sync::OnceLock::new();
+    HEARD.get_or_init(Default::default)
+}
+
+/// A client answers no requests, and passes no gossip on: each message only wakes the tail of
+/// its thread, which then pulls (and verifies) what is new.
+async fn hear(host: threads_net::Handle, mut inbound: mpsc::Receiver<threads_net::Inbound>) {
+    while let Some(item) = inbound.recv().await {
+        match item {
+            threads_net::Inbound::Request { reply, .. } => reply.send(ApiResponse::error(
+                503,
+                "not_served",
+                "a client answers no requests",
+            )),
+            threads_net::Inbound::Gossip {
+                peer, id, topic, ..
+            } => {
+                if let Some(wake) = heard().lock().unwrap().get(&topic) {
+                    wake.notify_one();
+                }
+                let _ = host.report(id, peer, threads_net::Verdict::Ignore).await;
+            }
+        }
+    }
 }
 
 const JSON: &str = "application/json";
@@ -166,9 +200,37 @@ impl FollowerClient {
         &self.url
     }
 
-    /// Whether the follower is reached over libp2p (it then pushes nothing live: tails poll).
+    /// Whether the follower is reached over libp2p (it then pushes nothing live: tails listen
+    /// to the thread's gossip, and pull).
     pub fn is_p2p(&self) -> bool {
         matches!(self.transport, Transport::P2p(_))
+    }
+
+    /// Over libp2p: waits until the follower gossips something of `thread` (a public thread's
+    /// news) or `at_most` has passed. The first call subscribes; news heard between calls
+    /// ends the next wait at once.
+    pub async fn wait_for_news(
+        &self,
+        thread: &ThreadId,
+        at_most: std::time::Duration,
+    ) -> Result<()> {
+        let Transport::P2p(addr) = &self.transport else {
+            tokio::time::sleep(at_most).await;
+            return Ok(());
+        };
+        let host = p2p_host().await?;
+        let unreachable = |e: threads_net::Error| Error::Network(format!("{}: {e}", self.url));
+        host.dial(addr.clone()).await.map_err(unreachable)?;
+        let topic = thread.to_string();
+        let wake = heard()
+            .lock()
+            .unwrap()
+            .entry(topic.clone())
+            .or_default()
+            .clone();
+        host.subscribe(&topic).await.map_err(unreachable)?;
+        let _ = tokio::time::timeout(at_most, wake.notified()).await;
+        Ok(())
     }
 
     /// Sends one API request over whichever transport reaches the follower.

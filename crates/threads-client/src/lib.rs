@@ -54,8 +54,9 @@ const STORE_BATCH: usize = 10_000;
 /// Network attempts before giving up, and the first pause between them (doubling).
 const ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-/// How often a live tail asks a follower reached over libp2p for what is new.
-const P2P_POLL: Duration = Duration::from_secs(1);
+/// Longest a live tail waits for a libp2p follower's gossip before pulling anyway (private
+/// threads are not gossiped, and a message can be missed).
+const P2P_POLL: Duration = Duration::from_secs(5);
 /// Longest pause between reconnections of a live tail.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -682,10 +683,10 @@ impl Client {
 
         let thread = entry.thread.clone();
         let follower = &entry.followers[at];
-        if FollowerClient::new(&follower.url)?.is_p2p() {
-            // No push over libp2p yet: the tail's next catch-up pull is the live view.
-            tokio::time::sleep(P2P_POLL).await;
-            return Ok(());
+        let server = FollowerClient::new(&follower.url)?;
+        if server.is_p2p() {
+            // Gossip says when there is news; the tail's next catch-up pull brings it.
+            return server.wait_for_news(&thread, P2P_POLL).await;
         }
         let ws = format!(
             "{}/v1/ws?thread={thread}&cursor={}&token={}",
