@@ -28,6 +28,10 @@ const COMMAND_QUEUE: usize = 256;
 /// envelope, so that a body over the limit is still read, refused clearly and counted against
 /// its sender, while anything larger is cut off unread.
 const FRAME_SLACK: usize = 64 << 10;
+/// How long a blocked peer is refused.
+const BLOCK_FOR: Duration = Duration::from_secs(600);
+/// How often strikes are forgiven (one each time) and expired blocks and addresses dropped.
+const TIDY_EVERY: Duration = Duration::from_secs(60);
 /// A connection with no stream open for this long is closed.
 const IDLE: Duration = Duration::from_secs(120);
 
@@ -116,7 +120,6 @@ enum Command {
         ApiRequest,
         oneshot::Sender<Result<ApiResponse, Error>>,
     ),
-    AddAddrs(PeerId, Vec<Multiaddr>),
     KnownAddrs(PeerId, oneshot::Sender<Vec<Multiaddr>>),
     Subscribe(String),
     Unsubscribe(String),
@@ -260,11 +263,6 @@ impl Handle {
             .await?
     }
 
-    /// Remembers where `peer` can be reached (for the configured time to live).
-    pub async fn add_addrs(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), Error> {
-        self.send(Command::AddAddrs(peer, addrs)).await
-    }
-
     /// The live addresses the address book has for `peer`.
     pub async fn known_addrs(&self, peer: PeerId) -> Result<Vec<Multiaddr>, Error> {
         self.ask(|reply| Command::KnownAddrs(peer, reply)).await
@@ -333,6 +331,8 @@ struct EventLoop {
     address_ttl: Duration,
     strikes: HashMap<PeerId, u32>,
     max_strikes: u32,
+    /// Blocked peers, and when they may come back.
+    blocked_until: HashMap<PeerId, Instant>,
     max_request_bytes: u64,
     max_message_bytes: usize,
     topics: HashSet<String>,
@@ -358,6 +358,7 @@ impl EventLoop {
             address_ttl: config.address_ttl,
             strikes: HashMap::new(),
             max_strikes: config.max_strikes,
+            blocked_until: HashMap::new(),
             max_request_bytes: config.max_request_bytes,
             max_message_bytes: config.max_message_bytes,
             topics: HashSet::new(),
@@ -389,7 +390,7 @@ impl EventLoop {
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut prune = tokio::time::interval(Duration::from_secs(60));
+        let mut tidy = tokio::time::interval(TIDY_EVERY);
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
@@ -402,20 +403,43 @@ impl EventLoop {
                     let _ = self.swarm.behaviour_mut().api.send_response(channel, response);
                 }
                 event = self.swarm.select_next_some() => self.event(event),
-                _ = prune.tick() => {
-                    self.book.prune(Instant::now());
-                    self.limiter.retain_recent();
-                }
+                _ = tidy.tick() => self.tidy(),
             }
         }
+    }
+
+    /// Forgives a strike of every peer, lets blocked peers back once their time is up, and
+    /// forgets expired addresses and idle rate buckets.
+    fn tidy(&mut self) {
+        let now = Instant::now();
+        self.strikes.retain(|_, strikes| {
+            *strikes -= 1;
+            *strikes > 0
+        });
+        let blocked = &mut self.swarm.behaviour_mut().blocked;
+        self.blocked_until.retain(|peer, until| {
+            let keep = *until > now;
+            if !keep {
+                blocked.unblock_peer(*peer);
+            }
+            keep
+        });
+        self.book.prune(now);
+        self.limiter.retain_recent();
+    }
+
+    /// Disconnects a peer and refuses it for [`BLOCK_FOR`].
+    fn block(&mut self, peer: PeerId, why: &str) {
+        tracing::warn!(%peer, why, "peer blocked");
+        self.swarm.behaviour_mut().blocked.block_peer(peer);
+        self.blocked_until.insert(peer, Instant::now() + BLOCK_FOR);
     }
 
     fn strike(&mut self, peer: PeerId) {
         let strikes = self.strikes.entry(peer).or_default();
         *strikes += 1;
         if *strikes >= self.max_strikes {
-            tracing::warn!(%peer, strikes, "peer blocked after repeated invalid requests");
-            self.swarm.behaviour_mut().blocked.block_peer(peer);
+            self.block(peer, "repeated invalid requests");
         }
     }
 
@@ -430,8 +454,7 @@ impl EventLoop {
         if verdict == Verdict::Reject
             && gossip.peer_score(&peer).unwrap_or(0.0) < gossip::GRAYLIST_THRESHOLD
         {
-            tracing::warn!(%peer, "peer blocked after repeated invalid gossip");
-            self.swarm.behaviour_mut().blocked.block_peer(peer);
+            self.block(peer, "repeated invalid gossip");
         }
     }
 
@@ -555,11 +578,6 @@ impl EventLoop {
                 let api = &mut self.swarm.behaviour_mut().api;
                 let id = api.send_request_with_addresses(&peer, request, addrs);
                 self.outbound.insert(id, reply);
-            }
-            Command::AddAddrs(peer, addrs) => {
-                for addr in addrs {
-                    self.book.add(peer, addr, self.address_ttl, Instant::now());
-                }
             }
             Command::KnownAddrs(peer, reply) => {
                 let _ = reply.send(self.book.addrs(&peer, Instant::now()));

@@ -76,7 +76,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How long a learnt address lives unless renewed.
     pub address_ttl: Duration,
-    /// Invalid requests after which a peer is blocked.
+    /// Invalid requests after which a peer is blocked (for ten minutes); one is forgiven a
+    /// minute.
     pub max_strikes: u32,
 }
 
