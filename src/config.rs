@@ -48,10 +48,20 @@ pub struct P2p {
 
 /// A thread to follow from another follower: where (`<peer addr>/thread/<thread id>`), and its
 /// follow key (never the read key).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 pub struct Replica {
     pub from: String,
     pub follow_key: String,
+}
+
+/// The follow key is a secret: debug output names the source only.
+impl fmt::Debug for Replica {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replica")
+            .field("from", &self.from)
+            .field("follow_key", &"<redacted>")
+            .finish()
+    }
 }
 
 impl P2p {

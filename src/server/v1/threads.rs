@@ -77,7 +77,8 @@ fn thread_json(info: &ThreadInfo) -> Value {
 /// `p2p.address_ttl_secs` after the writer last registered.
 pub fn log_json(state: &AppState, log: &LogInfo) -> Value {
     let ttl_ms = state.config.p2p.address_ttl_secs.saturating_mul(1000);
-    let live = now_ms().saturating_sub(log.addrs_ms) as u64 <= ttl_ms;
+    let age_ms = now_ms().saturating_sub(log.addrs_ms).max(0) as u64;
+    let live = age_ms <= ttl_ms;
     let addrs: &[String] = if live { &log.addrs } else { &[] };
     json!({
         "log": log.log,
