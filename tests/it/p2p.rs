@@ -1,6 +1,7 @@
 //! The follower as a libp2p peer: it announces its addresses and keeps its peer ID; writers
-//! push and readers pull over libp2p as over HTTP; it gossips what it takes in and takes in
-//! what it hears, penalising peers that send forgeries; it replicates another follower.
+//! push and readers pull over libp2p as over HTTP; it gossips what writers push to public
+//! threads and takes in what it hears, penalising peers that send forgeries; it replicates
+//! another follower.
 
 use std::time::Duration;
 
