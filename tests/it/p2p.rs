@@ -13,7 +13,7 @@ use threads_store::testing::TestLog;
 use tokio::sync::mpsc;
 
 use crate::harness::{record_json, Backend, Server};
-use crate::peers::Peer;
+use crate::peers::{writer_and_reader, Peer};
 
 async fn p2p_info(server: &Server) -> Value {
     let info: Value = reqwest::get(format!("{}/v1/server", server.url))
@@ -153,44 +153,17 @@ async fn a_writer_pushes_and_a_reader_pulls_over_libp2p() {
 
 #[tokio::test]
 async fn a_tail_over_libp2p_hears_news_by_gossip() {
-    use tokio::io::AsyncBufReadExt;
-
     let server = Server::start(Backend::Sqlite).await;
     let (addr, _) = tcp_addr(&server).await;
-    let (alice, carol) = (Peer::new(), Peer::new());
-    let t = alice.text(&["thread", "create"], "thread").await;
-    alice.ok(&["follower", "add", &t, &addr]).await;
-    alice.ok(&["write", &t, r#"{"n": 1}"#]).await;
-    alice.ok(&["push", &t]).await;
-    let link = alice
-        .text(&["share", &t, "--role", "reader"], "invite")
-        .await;
-    carol.ok(&["join", &link]).await;
-
-    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_threads"))
-        .args(["tail", &t, "--json"])
-        .env("THREADS_HOME", carol.home.path())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
-    async fn next(lines: &mut tokio::io::Lines<impl tokio::io::AsyncBufRead + Unpin>) -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line());
-        let line = line
-            .await
-            .expect("an event in time")
-            .unwrap()
-            .expect("tail runs");
-        serde_json::from_str::<Value>(&line).unwrap()["body"].clone()
-    }
-    assert_eq!(next(&mut lines).await, json!({"n": 1}));
+    let (alice, carol, t) = writer_and_reader(&addr).await;
+    let mut tail = carol.tail(&t);
+    assert_eq!(tail.next().await, json!({"n": 1}));
     // Time for the tail to subscribe; then news arrives well before its 5 s fallback pull.
     tokio::time::sleep(Duration::from_secs(1)).await;
     alice.ok(&["write", &t, r#"{"n": 2}"#]).await;
     let pushed = std::time::Instant::now();
     alice.ok(&["push", &t]).await;
-    assert_eq!(next(&mut lines).await, json!({"n": 2}));
+    assert_eq!(tail.next().await, json!({"n": 2}));
     assert!(
         pushed.elapsed() < Duration::from_secs(3),
         "{:?}",

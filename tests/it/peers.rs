@@ -5,12 +5,13 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 use threads_core::ThreadKey;
+use tokio::io::AsyncBufReadExt;
 
 use crate::harness::{Backend, Server};
 
 /// One person's `threads` command line, with its own keystore and local store.
 pub(crate) struct Peer {
-    pub(crate) home: tempfile::TempDir,
+    home: tempfile::TempDir,
 }
 
 pub(crate) struct Run {
@@ -66,6 +67,57 @@ impl Peer {
             .map(|e| e["body"].clone())
             .collect()
     }
+}
+
+/// A running `threads tail`, read one event at a time.
+pub(crate) struct Tail {
+    _process: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Tail {
+    /// The body of the next event it prints (20 s at most).
+    pub(crate) async fn next(&mut self) -> Value {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(20), self.lines.next_line())
+            .await
+            .expect("an event within 20 s")
+            .unwrap()
+            .expect("tail is running");
+        serde_json::from_str::<Value>(&line).unwrap()["body"].clone()
+    }
+}
+
+impl Peer {
+    /// Starts `threads tail` on a thread, as this peer.
+    pub(crate) fn tail(&self, thread: &str) -> Tail {
+        let mut process = tokio::process::Command::new(env!("CARGO_BIN_EXE_threads"))
+            .args(["tail", thread, "--json"])
+            .env("THREADS_HOME", self.home.path())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = process.stdout.take().unwrap();
+        Tail {
+            _process: process,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+        }
+    }
+}
+
+/// Alice makes a thread kept by `follower`, writes `{"n": 1}` and pushes it; Carol joins by a
+/// reader link. Returns both and the thread.
+pub(crate) async fn writer_and_reader(follower: &str) -> (Peer, Peer, String) {
+    let (alice, carol) = (Peer::new(), Peer::new());
+    let t = alice.text(&["thread", "create"], "thread").await;
+    alice.ok(&["follower", "add", &t, follower]).await;
+    alice.ok(&["write", &t, r#"{"n": 1}"#]).await;
+    alice.ok(&["push", &t]).await;
+    let link = alice
+        .text(&["share", &t, "--role", "reader"], "invite")
+        .await;
+    carol.ok(&["join", &link]).await;
+    (alice, carol, t)
 }
 
 /// Every byte of every file under `dir`.
@@ -343,44 +395,18 @@ async fn a_thread_travels_as_a_car_file() {
 /// crashes and comes back, it reconnects and resumes with nothing missed or repeated.
 #[tokio::test]
 async fn tail_follows_live_and_survives_a_follower_restart() {
-    use tokio::io::AsyncBufReadExt;
-
     let server = Server::start(Backend::Sqlite).await;
-    let (alice, carol) = (Peer::new(), Peer::new());
-    let t = alice.text(&["thread", "create"], "thread").await;
-    alice.ok(&["follower", "add", &t, &server.url]).await;
-    alice.ok(&["write", &t, r#"{"n": 1}"#]).await;
-    alice.ok(&["push", &t]).await;
-    let link = alice
-        .text(&["share", &t, "--role", "reader"], "invite")
-        .await;
-    carol.ok(&["join", &link]).await;
-
-    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_threads"))
-        .args(["tail", &t, "--json"])
-        .env("THREADS_HOME", carol.home.path())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
-    async fn next(lines: &mut tokio::io::Lines<impl tokio::io::AsyncBufRead + Unpin>) -> Value {
-        let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("an event within 20 s")
-            .unwrap()
-            .expect("tail is running");
-        serde_json::from_str::<Value>(&line).unwrap()["body"].clone()
-    }
-    assert_eq!(next(&mut lines).await, json!({"n": 1}));
+    let (alice, carol, t) = writer_and_reader(&server.url).await;
+    let mut tail = carol.tail(&t);
+    assert_eq!(tail.next().await, json!({"n": 1}));
     alice.ok(&["write", &t, r#"{"n": 2}"#]).await;
     alice.ok(&["push", &t]).await;
-    assert_eq!(next(&mut lines).await, json!({"n": 2}));
+    assert_eq!(tail.next().await, json!({"n": 2}));
 
     let server = server.restart().await;
     alice.ok(&["write", &t, r#"{"n": 3} {"n": 4}"#]).await;
     alice.ok(&["push", &t]).await;
-    assert_eq!(next(&mut lines).await, json!({"n": 3}));
-    assert_eq!(next(&mut lines).await, json!({"n": 4}));
+    assert_eq!(tail.next().await, json!({"n": 3}));
+    assert_eq!(tail.next().await, json!({"n": 4}));
     drop(server);
 }
