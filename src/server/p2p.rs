@@ -30,8 +30,6 @@ use crate::config::Config;
 const CONCURRENCY: usize = 64;
 /// Logs of a replicated thread caught up at once.
 const LOGS_AT_ONCE: usize = 4;
-/// Largest answer the router's body is read into.
-const MAX_RESPONSE_BYTES: usize = 64 << 20;
 /// Headers an answer keeps (the rest mean nothing off HTTP).
 const KEPT_HEADERS: [&str; 5] = [
     "content-type",
@@ -89,12 +87,11 @@ impl Node {
         for replica in &config.p2p.replicate {
             let addr: ThreadAddr = replica.from.parse().expect("validated");
             let key: ThreadKey = replica.follow_key.parse().expect("validated");
-            let source = addr.peer().to_string().parse().expect("a multiaddr");
             replicas.insert(
                 addr.thread().clone(),
                 Arc::new(Replica {
                     thread: addr.thread().clone(),
-                    source,
+                    source: addr.peer().clone(),
                     follow_key: key.service().clone(),
                     wake: Notify::new(),
                 }),
@@ -145,8 +142,8 @@ pub async fn spawn(state: AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Subscribes to a public thread's topic, or leaves a private thread's (idempotent). A private
-/// thread is never gossiped: anyone may subscribe to a topic, and its records are for holders
+/// Subscribes to a public thread's topic, or leaves a private (or deleted) thread's
+/// (idempotent). A private thread is never gossiped: anyone may subscribe to a topic, and its records are for holders
 /// of its pull token only.
 pub async fn gossip(state: &AppState, thread: &ThreadId, public: bool) {
     let Some(node) = &state.p2p else {
@@ -293,7 +290,7 @@ pub async fn answer(api: &Router, request: ApiRequest, quiet: bool) -> ApiRespon
             Some((name.to_string(), value.to_owned()))
         })
         .collect();
-    match axum::body::to_bytes(body, MAX_RESPONSE_BYTES).await {
+    match axum::body::to_bytes(body, threads_net::api::MAX_RESPONSE_BYTES as usize).await {
         Ok(body) => ApiResponse {
             status: parts.status.as_u16(),
             headers,

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 /// The request-response protocol, CBOR on the wire.
 pub const PROTOCOL: &str = "/threads/api/1.0.0";
+/// Largest answer a peer reads by default, and so the most a server should send.
+pub const MAX_RESPONSE_BYTES: u64 = 64 << 20;
 
 /// One API request: what an HTTP request would carry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

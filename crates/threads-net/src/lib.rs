@@ -93,7 +93,7 @@ impl Default for Config {
             max_connections: 1024,
             max_connections_per_peer: 4,
             max_request_bytes: 17 << 20,
-            max_response_bytes: 64 << 20,
+            max_response_bytes: api::MAX_RESPONSE_BYTES,
             max_message_bytes: 1 << 20,
             requests_per_second: 200,
             request_burst: 400,

@@ -190,6 +190,7 @@ async fn handle(
                 ));
             }
             state.store.delete_thread(&thread).await?;
+            crate::server::p2p::gossip(&state, &thread, false).await;
             tracing::info!(%thread, "thread deleted");
             Ok((
                 StatusCode::OK,
