@@ -2,10 +2,12 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`server`] | the follower: HTTP API, WebSocket push, live fan-out, operations endpoints |
+//! | [`follower`] | the follower's core: every operation it offers, whatever the transport |
+//! | [`server`] | the follower's transports: HTTP API, WebSocket push, libp2p, operations endpoints |
 //! | [`config`] | layered configuration (defaults < file < `THREADS_*` env < flags) |
 //! | [`cli`] | the `threads` subcommands |
 
 pub mod cli;
 pub mod config;
+pub mod follower;
 pub mod server;

@@ -16,7 +16,7 @@ use threads_db::{
 
 use tokio::sync::broadcast::error::TryRecvError;
 
-use super::peer::BadInput;
+use super::BadInput;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {

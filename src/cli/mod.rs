@@ -19,6 +19,11 @@ pub struct Cli {
     command: Command,
 }
 
+/// Input the user must correct (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BadInput(String);
+
 #[derive(Debug, Subcommand)]
 enum Command {
     Serve(serve::Args),

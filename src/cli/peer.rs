@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 use threads_client::{Client, Error, Role};
 use threads_core::{LogId, PublicKey, ThreadId};
 
+use super::BadInput;
+
 #[derive(Debug, clap::Args)]
 pub struct Peer {
     /// Where this peer keeps its keys and records.
@@ -317,11 +319,6 @@ impl Peer {
         })
     }
 }
-
-/// Input the user must correct (exit 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(super) struct BadInput(pub String);
 
 fn exit_code(error: &anyhow::Error) -> u8 {
     if error.downcast_ref::<BadInput>().is_some() {

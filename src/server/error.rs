@@ -1,13 +1,17 @@
 //! The API's error: an HTTP status and a stable JSON body `{"code": "...", "detail": "..."}`.
 //!
 //! 4xx bodies say what was wrong; 5xx bodies say nothing internal (the cause is logged inside
-//! the request's span).
+//! the request's span). The core's refusals and pushed records' verdicts get their statuses
+//! here, in one place.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
-use threads_store::StoreError;
+use threads_core::auth::RequestError;
+use threads_store::{Outcome, StoreError};
+
+use crate::follower::{Error, Verdict};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -52,17 +56,52 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::NotFound => Self::not_found("resource"),
-            StoreError::Conflict("follow_key_mismatch") => Self::new(
-                StatusCode::CONFLICT,
-                "follow_key_mismatch",
-                "the thread is registered with a different follow key",
-            ),
-            StoreError::Conflict(rule) => Self::new(StatusCode::CONFLICT, rule, rule),
-            other => Self::internal(other),
-        }
+        Error::from(error).into()
     }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        let status = match &error {
+            Error::Store(_) | Error::Internal(_) => return Self::internal(error),
+            Error::NotFound(_) | Error::UnknownLog(_) => StatusCode::NOT_FOUND,
+            Error::PullTokenRequired
+            | Error::RegistrationTokenRequired
+            | Error::AdminTokenRequired => StatusCode::UNAUTHORIZED,
+            Error::BadPullToken | Error::BadRegistrationToken | Error::NotAWriter(_) => {
+                StatusCode::FORBIDDEN
+            }
+            Error::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Replayed | Error::FollowKeyMismatch | Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Request(e) => match e {
+                RequestError::Payload(_) | RequestError::SignatureEncoding => {
+                    StatusCode::BAD_REQUEST
+                }
+                RequestError::BadSignature | RequestError::Expired => StatusCode::UNAUTHORIZED,
+                RequestError::WrongServer(_) => StatusCode::MISDIRECTED_REQUEST,
+            },
+            Error::BadCursor(_)
+            | Error::EmptyBatch
+            | Error::BadAction(_)
+            | Error::BadFollowKey(_)
+            | Error::ReadKeyRefused
+            | Error::BadAddrs(_)
+            | Error::BadLogId(_)
+            | Error::BadWebhookUrl(_) => StatusCode::BAD_REQUEST,
+        };
+        Self::new(status, error.code(), error.to_string())
+    }
+}
+
+/// The status of a pushed record that was not stored (`None` when it was).
+pub fn verdict_status(verdict: &Verdict) -> Option<StatusCode> {
+    Some(match verdict {
+        Verdict::Stored(_) => return None,
+        Verdict::Refused(Outcome::UnknownLog) => StatusCode::NOT_FOUND,
+        Verdict::Refused(Outcome::QuotaExceeded(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+        Verdict::Refused(_) => StatusCode::CONFLICT,
+        Verdict::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+    })
 }
 
 impl IntoResponse for ApiError {

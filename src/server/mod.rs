@@ -1,26 +1,23 @@
-//! The follower server: registers logs, verifies and stores their records, and serves them by
-//! HTTP pull and WebSocket push.
+//! The follower's transports around its core ([`crate::follower`]): the HTTP API and
+//! WebSocket push, and libp2p. Each decodes what arrives, calls the core, and encodes the
+//! answer.
 //!
 //! | module | what |
 //! |---|---|
 //! | [`v1`] | the HTTP API, one module per area, under the `/v1` prefix |
-//! | [`hub`] | live record fan-out to WebSocket subscribers, fed by the store's change stream |
 //! | [`p2p`] | the same API over libp2p streams, gossip on each thread's topic, replication |
 //! | [`ops`] | `/healthz`, `/readyz`, `/metrics` |
-//! | [`error`] | `ApiError`: status plus stable JSON error code |
+//! | [`error`] | `ApiError`: status plus stable JSON error code, and the one mapping from the core's refusals |
 
 pub mod error;
-pub mod hub;
 pub mod ops;
 pub mod p2p;
 pub mod v1;
-pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -28,7 +25,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use threads_store::{Quotas, Store};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -38,36 +34,24 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
+use crate::follower::{deliveries, Announce, Follower};
 use error::ApiError;
-
-/// Milliseconds since the Unix epoch: the server's clock for arrival times and request windows.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
-}
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
-    pub config: Config,
-    pub store: Arc<dyn Store>,
-    /// The audience signed requests must name; shared by every process on one database.
-    pub server_id: String,
-    pub hub: hub::Hub,
+    /// The core every transport calls.
+    pub follower: Follower,
     pub metrics: PrometheusHandle,
-    pub quotas: Quotas,
     /// One permit per open WebSocket connection.
     pub ws_slots: Arc<Semaphore>,
     pub limiter: Option<DefaultKeyedRateLimiter<std::net::IpAddr>>,
-    pub shutdown: CancellationToken,
     /// Rendered feeds, until their records change.
     pub feeds: v1::feeds::FeedCache,
     /// The libp2p side, unless `p2p.listen` is empty.
-    pub p2p: Option<p2p::Node>,
+    pub p2p: Option<Arc<p2p::Node>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -90,46 +74,39 @@ fn metrics_handle() -> PrometheusHandle {
 }
 
 impl AppState {
-    /// Opens the store (running migrations) and prepares shared state.
+    /// Starts the libp2p host (unless `p2p.listen` is empty), opens the follower's core and
+    /// prepares the transports' shared state.
     pub async fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let store = threads_store::open(config.database_url(), &config.data_dir)
-            .await
-            .context("opening the database")?;
-        let server_id = store.server_id().await.context("reading the server ID")?;
-        let limit = |n: u64| (n > 0).then_some(n);
-        let quotas = Quotas {
-            max_records_per_log: limit(config.quotas.max_records_per_log),
-            max_bytes_per_thread: limit(config.quotas.max_bytes_per_thread),
+        let p2p = if config.p2p.listen.is_empty() {
+            None
+        } else {
+            Some(Arc::new(p2p::Node::start(&config).await?))
         };
+        let announce = p2p.clone().map(|node| node as Arc<dyn Announce>);
         let limiter = std::num::NonZeroU32::new(config.rate_limit.per_second).map(|rate| {
             let burst = std::num::NonZeroU32::new(config.rate_limit.burst).expect("validated");
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
-        let hub = hub::Hub::start(store.clone(), shutdown.clone());
-        let p2p = if config.p2p.listen.is_empty() {
-            None
-        } else {
-            Some(p2p::Node::start(&config).await?)
-        };
+        let ws_slots = Arc::new(Semaphore::new(config.websocket.max_connections));
+        let follower = Follower::open(config, announce, shutdown).await?;
         Ok(Self(Arc::new(Inner {
             p2p,
-            ws_slots: Arc::new(Semaphore::new(config.websocket.max_connections)),
-            config,
-            store,
-            server_id,
-            hub,
+            ws_slots,
+            follower,
             metrics: metrics_handle(),
-            quotas,
             limiter,
-            shutdown,
             feeds: Default::default(),
         })))
+    }
+
+    pub fn config(&self) -> &Config {
+        self.follower.config()
     }
 }
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
-    let config = &state.config;
+    let config = state.config();
     let cors = {
         let origins = &config.cors.allowed_origins;
         let layer = CorsLayer::new()
@@ -179,7 +156,7 @@ fn bounded(router: Router<AppState>, config: &Config) -> Router<AppState> {
 /// push, threads and logs, pulls, blocks), behind the same limits and error bodies as HTTP.
 /// Per-peer rates are the host's.
 pub fn p2p_app(state: AppState) -> Router {
-    bounded(v1::p2p_router(), &state.config)
+    bounded(v1::p2p_router(), state.config())
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }
@@ -260,7 +237,7 @@ pub async fn serve(
     let grace = Duration::from_secs(config.limits.shutdown_grace_secs);
     let state = AppState::new(config, shutdown.clone()).await?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, server_id = %state.server_id, "threads follower serving");
+    tracing::info!(%addr, server_id = %state.follower.server_id(), "threads follower serving");
     // One machine-readable line on stdout, so scripts and tests can start on port 0.
     println!("listening on http://{addr}");
     if let Some(node) = &state.p2p {
@@ -270,7 +247,7 @@ pub async fn serve(
         }
     }
     p2p::spawn(state.clone()).await?;
-    let _deliveries = webhooks::spawn(state.clone());
+    let _deliveries = deliveries::spawn(state.follower.clone());
     let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
     let server =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());

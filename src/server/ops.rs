@@ -18,7 +18,7 @@ pub fn router() -> Router<AppState> {
 
 /// Ready when the database answers.
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    match state.store.ping().await {
+    match state.follower.ready().await {
         Ok(()) => (StatusCode::OK, "ready"),
         Err(error) => {
             tracing::warn!(%error, "readiness check failed");

@@ -1,7 +1,8 @@
 //! The follower on libp2p. API requests that arrive over streams are answered by the same
-//! router as HTTP (so verification, storage and error codes are the same); every record a
-//! writer pushes is gossiped on its thread's topic, and gossip is taken in through the same
-//! push path; threads can be replicated from another follower.
+//! router as HTTP (so the API, its limits and error codes are one); every record a writer
+//! pushes to a public thread is gossiped on its topic ([`Node`] is the core's
+//! [`Announce`]); gossip and replication hand what they receive to the core's push, with
+//! their origin, and judge it by its verdicts.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -11,20 +12,23 @@ use anyhow::{bail, Context};
 use axum::body::Body;
 use axum::http::{header, Method, Request};
 use axum::Router;
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde_json::Value;
-use threads_client::car::{read_car, write_car, CarItem, CAR};
+use threads_client::car::{write_car, CarItem};
 use threads_core::addr::ThreadAddr;
 use threads_core::auth::pull_token;
-use threads_core::{LogId, ServiceKey, ThreadId, ThreadKey, UnverifiedRecord};
+use threads_core::{ServiceKey, ThreadId, ThreadKey};
 use threads_net::{ApiRequest, ApiResponse, Handle, Inbound, MessageId, PeerId, Verdict};
-use threads_store::Registration;
+use threads_store::{Outcome, Registration};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tower::ServiceExt;
 
-use super::v1::threads::heads_digest;
-use super::{now_ms, AppState};
+use super::v1::wire::decode_pushed_car;
+use super::AppState;
 use crate::config::Config;
+use crate::follower::reads::heads_digest;
+use crate::follower::{Announce, Error, Follower, News, Origin, Verdict as RecordVerdict};
 
 /// Inbound requests and gossip handled at once; the rest wait in the host's bounded queue.
 const CONCURRENCY: usize = 64;
@@ -45,14 +49,6 @@ const MESSAGE_RECORDS: usize = 100;
 /// Batches of pushed records waiting to be gossiped; beyond this, gossip is skipped (readers
 /// that miss a record pull it).
 const PUBLISH_QUEUE: usize = 1024;
-
-/// Marks a push that must not be gossiped: records heard on gossip (gossipsub passes the
-/// message on itself) or pulled from another follower.
-#[derive(Debug, Clone, Copy)]
-pub struct Quiet;
-
-/// Records to gossip: thread, log and nodes.
-type News = Vec<(ThreadId, LogId, UnverifiedRecord)>;
 
 /// The libp2p side of the server.
 pub struct Node {
@@ -127,13 +123,13 @@ pub async fn spawn(state: AppState) -> anyhow::Result<()> {
     tokio::spawn(serve_inbound(state.clone(), inbound));
     let mut after = None;
     loop {
-        let threads = state.store.public_threads(after.as_ref(), 1000).await?;
+        let (threads, next) = state.follower.threads(after.as_ref(), Some(1000)).await?;
         for thread in &threads {
-            gossip(&state, &thread.id, true).await;
+            node.topic(&thread.id, true).await;
         }
-        match threads.last() {
-            Some(last) if threads.len() == 1000 => after = Some(last.id.clone()),
-            _ => break,
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
         }
     }
     for replica in node.replicas.values() {
@@ -142,38 +138,36 @@ pub async fn spawn(state: AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Subscribes to a public thread's topic, or leaves a private (or deleted) thread's
-/// (idempotent). A private thread is never gossiped: anyone may subscribe to a topic, and its records are for holders
-/// of its pull token only.
-pub async fn gossip(state: &AppState, thread: &ThreadId, public: bool) {
-    let Some(node) = &state.p2p else {
-        return;
-    };
-    let changed = {
-        let mut gossiped = node.gossiped.lock().unwrap();
-        if public {
-            gossiped.insert(thread.clone())
-        } else {
-            gossiped.remove(thread)
-        }
-    };
-    match (changed, public) {
-        (true, true) => {
-            let _ = node.host.subscribe(&thread.to_string()).await;
-        }
-        (true, false) => {
-            let _ = node.host.unsubscribe(&thread.to_string()).await;
-        }
-        _ => {}
-    }
-}
-
-/// Queues records a writer pushed to public threads, to be gossiped in order.
-pub fn publish(state: &AppState, news: News) {
-    if let (Some(node), false) = (&state.p2p, news.is_empty()) {
-        if node.news.try_send(news).is_err() {
+impl Announce for Node {
+    fn records(&self, news: News) {
+        if self.news.try_send(news).is_err() {
             metrics::counter!("threads_gossip_skipped_total").increment(1);
         }
+    }
+
+    /// Subscribes to a public thread's topic, or leaves a private (or deleted) thread's. A
+    /// private thread is never gossiped: anyone may subscribe to a topic, and its records are
+    /// for holders of its pull token only.
+    fn topic<'a>(&'a self, thread: &'a ThreadId, public: bool) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let changed = {
+                let mut gossiped = self.gossiped.lock().unwrap();
+                if public {
+                    gossiped.insert(thread.clone())
+                } else {
+                    gossiped.remove(thread)
+                }
+            };
+            match (changed, public) {
+                (true, true) => {
+                    let _ = self.host.subscribe(&thread.to_string()).await;
+                }
+                (true, false) => {
+                    let _ = self.host.unsubscribe(&thread.to_string()).await;
+                }
+                _ => {}
+            }
+        })
     }
 }
 
@@ -226,7 +220,7 @@ async fn serve_inbound(state: AppState, mut inbound: mpsc::Receiver<Inbound>) {
                     request,
                     reply,
                 } => {
-                    let response = answer(&api, request, false).await;
+                    let response = answer(&api, request).await;
                     // Malformed or forged content counts against the peer that sent it.
                     if matches!(response.status, 400 | 422) {
                         let _ = node(&state).strike(peer).await;
@@ -238,7 +232,7 @@ async fn serve_inbound(state: AppState, mut inbound: mpsc::Receiver<Inbound>) {
                     id,
                     topic,
                     data,
-                } => take_gossip(&state, &api, peer, id, &topic, data).await,
+                } => take_gossip(&state, peer, id, &topic, data).await,
             }
             drop(slot);
         });
@@ -249,8 +243,8 @@ fn node(state: &AppState) -> &Handle {
     &state.p2p.as_ref().expect("a node").host
 }
 
-/// Answers one request with the router, as HTTP would; a `quiet` push is not gossiped.
-pub async fn answer(api: &Router, request: ApiRequest, quiet: bool) -> ApiResponse {
+/// Answers one request with the router, as HTTP would.
+pub async fn answer(api: &Router, request: ApiRequest) -> ApiResponse {
     let method = match request.method.as_str() {
         "GET" => Method::GET,
         "POST" => Method::POST,
@@ -271,9 +265,6 @@ pub async fn answer(api: &Router, request: ApiRequest, quiet: bool) -> ApiRespon
     }
     if let Some(content_type) = &request.content_type {
         builder = builder.header(header::CONTENT_TYPE, content_type);
-    }
-    if quiet {
-        builder = builder.extension(Quiet);
     }
     let Ok(http) = builder.body(Body::from(request.body)) else {
         return ApiResponse::error(400, "bad_request", "the path or a header is malformed");
@@ -312,38 +303,39 @@ fn code(response: &ApiResponse) -> String {
         .unwrap_or_default()
 }
 
-/// Takes in records heard on a topic through the push path, and judges the message: valid
+/// Takes in records heard on a topic through the core's push, and judges the message: valid
 /// records are passed on; forged or malformed ones, or records of another thread, cost the
-/// peer that sent them; records this server does not follow, or cannot place yet, are dropped.
-async fn take_gossip(
-    state: &AppState,
-    api: &Router,
-    peer: PeerId,
-    id: MessageId,
-    topic: &str,
-    data: Vec<u8>,
-) {
-    let verdict = match read_car(&data).await {
+/// peer that sent them; records this server does not follow, or cannot place yet, are
+/// dropped (and a gap wakes the thread's replica, if it has one).
+async fn take_gossip(state: &AppState, peer: PeerId, id: MessageId, topic: &str, data: Vec<u8>) {
+    let verdict = match decode_pushed_car(&data, Origin::Gossip).await {
         Err(_) => Verdict::Reject,
         Ok(records) if records.iter().any(|r| r.thread.to_string() != topic) => Verdict::Reject,
         Ok(records) => {
-            let push = ApiRequest::post("/v1/records", CAR, data);
-            let response = answer(api, push, true).await;
-            let code = code(&response);
-            match (response.status, code.as_str()) {
-                (200, _) => Verdict::Accept,
-                (400 | 422, _) | (413, "batch_too_large") => Verdict::Reject,
-                (409, "gap") => {
-                    // Something was missed: replicas compare heads with their source now.
-                    if let Some(replica) = records
-                        .first()
-                        .and_then(|r| state.p2p.as_ref()?.replicas.get(&r.thread))
-                    {
-                        replica.wake.notify_one();
+            let thread = records.first().map(|r| r.thread.clone());
+            match state.follower.push(records, Origin::Gossip).await {
+                Err(Error::EmptyBatch | Error::BatchTooLarge { .. }) => Verdict::Reject,
+                Err(_) => Verdict::Ignore,
+                Ok(pushed) => {
+                    let verdicts = || pushed.results.iter().map(|(_, v)| v);
+                    if verdicts().any(|v| matches!(v, RecordVerdict::Invalid(_))) {
+                        Verdict::Reject
+                    } else if pushed.first_failure().is_none() {
+                        Verdict::Accept
+                    } else {
+                        let gap = |v: &RecordVerdict| {
+                            matches!(v, RecordVerdict::Refused(Outcome::Gap { .. }))
+                        };
+                        // Something was missed: replicas compare heads with their source now.
+                        if let Some(replica) = thread
+                            .filter(|_| verdicts().any(gap))
+                            .and_then(|t| state.p2p.as_ref()?.replicas.get(&t))
+                        {
+                            replica.wake.notify_one();
+                        }
+                        Verdict::Ignore
                     }
-                    Verdict::Ignore
                 }
-                _ => Verdict::Ignore,
             }
         }
     };
@@ -360,10 +352,10 @@ async fn take_gossip(
 /// shows a gap, and every `p2p.sync_interval_secs`. Between comparisons, a public thread's
 /// gossip brings what is pushed to the source.
 async fn replicate(state: AppState, replica: Arc<Replica>) {
-    let api = super::p2p_app(state.clone());
-    let interval = Duration::from_secs(state.config.p2p.sync_interval_secs);
+    let interval = Duration::from_secs(state.config().p2p.sync_interval_secs);
+    let shutdown = state.follower.shutdown().clone();
     loop {
-        match sync(&state, &api, &replica).await {
+        match sync(&state, &replica).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(thread = %replica.thread, records = n, "replicated"),
             Err(error) => {
@@ -371,7 +363,7 @@ async fn replicate(state: AppState, replica: Arc<Replica>) {
             }
         }
         tokio::select! {
-            _ = state.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
             _ = replica.wake.notified() => {}
             _ = tokio::time::sleep(interval) => {}
         }
@@ -379,14 +371,15 @@ async fn replicate(state: AppState, replica: Arc<Replica>) {
 }
 
 /// One comparison with the source: nothing more than a digest when in step; otherwise each
-/// log the source is ahead on is pulled from where this server is, and pushed through the
-/// same path as any push. Returns the records taken in.
-async fn sync(state: &AppState, api: &Router, replica: &Replica) -> anyhow::Result<u64> {
+/// log the source is ahead on is pulled from where this server is, and pushed as a replica's.
+/// Returns the records taken in.
+async fn sync(state: &AppState, replica: &Replica) -> anyhow::Result<u64> {
     let host = node(state);
+    let follower = &state.follower;
     let thread = &replica.thread;
     let peer = host.dial(replica.source.clone()).await?;
     let token = Some(pull_token(&replica.follow_key, thread));
-    let local = state.store.logs(thread).await?;
+    let local = follower.heads(thread).await?;
     let ask = |path: String| host.request(peer, ApiRequest::get(path).with_token(token.clone()));
     let answer_of = ask(format!(
         "/v1/threads/{thread}?digest={}",
@@ -405,7 +398,9 @@ async fn sync(state: &AppState, api: &Router, replica: &Replica) -> anyhow::Resu
         return Ok(0);
     }
     let public = remote["public"].as_bool().unwrap_or(false);
-    gossip(state, thread, public).await;
+    if let Some(node) = &state.p2p {
+        node.topic(thread, public).await;
+    }
     let mut behind = Vec::new();
     for log in remote["logs"].as_array().into_iter().flatten() {
         let id: threads_core::LogId = log["log"].as_str().unwrap_or("").parse()?;
@@ -425,7 +420,7 @@ async fn sync(state: &AppState, api: &Router, replica: &Replica) -> anyhow::Resu
                         .collect(),
                     public,
                 };
-                state.store.register(&registration, now_ms()).await?;
+                follower.adopt_log(&registration).await?;
                 0
             }
         };
@@ -436,7 +431,7 @@ async fn sync(state: &AppState, api: &Router, replica: &Replica) -> anyhow::Resu
     // A few logs at once: one log's records are verified while another's are stored.
     let pulls = behind.into_iter().map(|(id, ours, theirs)| {
         let path = format!("/v1/threads/{thread}/logs/{id}/records");
-        catch_up_log(host, api, peer, token.clone(), path, ours, theirs)
+        catch_up_log(host, follower, peer, token.clone(), path, ours, theirs)
     });
     let taken: Vec<anyhow::Result<u64>> = futures_util::stream::iter(pulls)
         .buffer_unordered(LOGS_AT_ONCE)
@@ -449,7 +444,7 @@ async fn sync(state: &AppState, api: &Router, replica: &Replica) -> anyhow::Resu
 /// stored.
 async fn catch_up_log(
     host: &Handle,
-    api: &Router,
+    follower: &Follower,
     peer: PeerId,
     token: Option<String>,
     path: String,
@@ -469,10 +464,16 @@ async fn catch_up_log(
     ));
     while let Some(page) = arrived.recv().await {
         let (next, car) = page?;
-        let pushed = answer(api, ApiRequest::post("/v1/records", CAR, car), true).await;
-        if !pushed.is_success() {
+        let refused = match decode_pushed_car(&car, Origin::Replica).await {
+            Ok(records) => match follower.push(records, Origin::Replica).await {
+                Ok(pushed) => pushed.first_failure().and_then(|v| v.code()),
+                Err(e) => Some(e.code()),
+            },
+            Err(e) => Some(e.code),
+        };
+        if let Some(code) = refused {
             fetcher.abort();
-            bail!("records from the source were refused: {}", code(&pushed));
+            bail!("records from the source were refused: {code}");
         }
         ours = next;
     }

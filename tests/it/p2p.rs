@@ -329,6 +329,53 @@ async fn a_subscriber_hears_records_live_and_forgers_are_cut_off() {
     assert_eq!(info["records"], 2);
 }
 
+/// A gossip message goes straight to the follower's core: its CAR is decoded once on the way
+/// in (not once by gossip and again by an HTTP push built from it), as the server's metrics
+/// count.
+#[tokio::test]
+async fn a_gossiped_car_of_100_records_is_decoded_once() {
+    let server = Server::start(Backend::Sqlite).await;
+    let (addr, server_peer) = tcp_addr(&server).await;
+    let mut log = TestLog::new();
+    assert!(server.register(&log, true).await.0.is_success());
+    let topic = log.thread.to_string();
+    let (me, _heard) = peer();
+    me.dial(addr.parse().unwrap()).await.unwrap();
+    me.subscribe(&topic).await.unwrap();
+    eventually("the server subscribes to the thread's topic", || async {
+        me.subscribers(&topic).await.unwrap().contains(&server_peer)
+    })
+    .await;
+    let records: Vec<_> = (0..100).map(|_| log.next(64)).collect();
+    let car = write_car(
+        records
+            .iter()
+            .map(|r| CarItem::new(&log.id, &log.thread, r.blocks())),
+    )
+    .await;
+    me.publish(&topic, car).await.unwrap();
+    eventually("the gossiped records are stored", || async {
+        let (_, info) = server.get(&format!("/v1/threads/{}", log.thread)).await;
+        info["records"] == 100
+    })
+    .await;
+    let metrics = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let decoded: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("threads_cars_decoded_total"))
+        .collect();
+    assert_eq!(
+        decoded,
+        ["threads_cars_decoded_total{origin=\"gossip\"} 1"],
+        "{metrics}"
+    );
+}
+
 /// A public thread's later records reach the replica by gossip alone (its heads comparisons are
 /// an hour apart); a private thread is never gossiped, so they come with the next comparison.
 #[tokio::test]

@@ -8,7 +8,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`model`] | the values stored and returned: registrations, heads, outcomes, stored records |
-//! | `ingest` | the ingest rule: one transaction per batch, duplicate/gap/fork decisions |
+//! | `sql` | the SQL both backends share: rows, the ingest rule (one transaction per batch, duplicate/gap/fork decisions), the two traits' implementations |
 //! | [`sqlite`], [`postgres`] | connection set-up and the backend-specific parts |
 //!
 //! Only [`threads_core::VerifiedRecord`]s can be ingested: verification happens before storage.
@@ -22,7 +22,7 @@ pub mod model;
 pub mod postgres;
 pub mod sqlite;
 
-mod ingest;
+mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -61,9 +61,9 @@ pub struct Change {
     pub seq: u64,
 }
 
-/// Everything the follower keeps.
+/// Everything the follower keeps. Webhooks and their deliveries are [`WebhookStore`]'s.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: WebhookStore + Send + Sync + 'static {
     /// Registers a log; creates its thread on first use. Re-registering updates the addresses.
     async fn register(&self, reg: &Registration, now_ms: i64) -> Result<Registered>;
     /// Removes a log and every record of it.
@@ -122,6 +122,18 @@ pub trait Store: Send + Sync + 'static {
     /// process using the database.
     async fn server_id(&self) -> Result<String>;
 
+    /// The records of a thread at these sequence numbers (those that still exist).
+    async fn records_at(&self, thread: &ThreadId, seqs: &[u64]) -> Result<Vec<StoredRecord>>;
+
+    /// Record changes from every process sharing this database.
+    fn changes(&self) -> broadcast::Receiver<Change>;
+    /// Cheap round trip to the database, for readiness checks.
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Webhook subscriptions, their cursors in their threads, and their deliveries.
+#[async_trait]
+pub trait WebhookStore: Send + Sync + 'static {
     /// Subscribes a webhook. Its thread must exist; its cursor starts at the thread's newest
     /// record, so that it receives the records that arrive after it.
     async fn create_webhook(&self, hook: &Webhook) -> Result<()>;
@@ -175,13 +187,6 @@ pub trait Store: Send + Sync + 'static {
         results: &[(i64, Attempt, AttemptResult)],
         cursors: &[CursorOutcome],
     ) -> Result<()>;
-    /// The records of a thread at these sequence numbers (those that still exist).
-    async fn records_at(&self, thread: &ThreadId, seqs: &[u64]) -> Result<Vec<StoredRecord>>;
-
-    /// Record changes from every process sharing this database.
-    fn changes(&self) -> broadcast::Receiver<Change>;
-    /// Cheap round trip to the database, for readiness checks.
-    async fn ping(&self) -> Result<()>;
 }
 
 /// Opens the store a configuration names: a `postgres://` URL selects Postgres; no URL means

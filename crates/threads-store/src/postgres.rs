@@ -105,4 +105,5 @@ impl PgStore {
         ORDER BY next_at LIMIT $3 FOR UPDATE SKIP LOCKED))";
 }
 
-crate::ingest::impl_store!(PgStore, sqlx::Postgres);
+crate::sql::records::impl_store!(PgStore, sqlx::Postgres);
+crate::sql::webhooks::impl_webhook_store!(PgStore, sqlx::Postgres);

@@ -112,4 +112,5 @@ impl SqliteStore {
         ORDER BY next_at LIMIT $3)";
 }
 
-crate::ingest::impl_store!(SqliteStore, sqlx::Sqlite);
+crate::sql::records::impl_store!(SqliteStore, sqlx::Sqlite);
+crate::sql::webhooks::impl_webhook_store!(SqliteStore, sqlx::Sqlite);

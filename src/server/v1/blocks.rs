@@ -8,8 +8,9 @@ use axum::Router;
 use serde::Deserialize;
 use threads_core::Cid;
 
+use super::presented_token;
 use super::wire::{CAR, RAW};
-use super::{check_access, presented_token};
+use crate::follower::reads::Block;
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::AppState;
 
@@ -32,20 +33,11 @@ async fn block(
     let cid: Cid = cid
         .parse()
         .map_err(|_| ApiError::bad_request("bad_cid", "not a CID"))?;
-    let (thread, bytes) = state
-        .store
-        .block(&cid)
-        .await?
-        .ok_or_else(|| ApiError::not_found("block"))?;
-    let info = state
-        .store
-        .thread(&thread)
-        .await?
-        .ok_or_else(|| ApiError::not_found("block"))?;
-    check_access(&info, presented_token(&headers, q.token.as_deref()))?;
+    let token = presented_token(&headers, q.token.as_deref());
+    let Block { bytes, public } = state.follower.block(&cid, token).await?;
 
     let etag = format!("\"{cid}\"");
-    let cache = if info.public {
+    let cache = if public {
         "public, max-age=31536000, immutable"
     } else {
         "private, max-age=31536000, immutable"

@@ -30,7 +30,7 @@ use threads_core::{LogId, ThreadId};
 use threads_store::StoredRecord;
 
 use super::wire::{write_car, CarItem, CAR, RAW};
-use super::{parse_thread, presented_token, readable_thread, readable_thread_and_log};
+use super::{parse_log, parse_thread, presented_token};
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::AppState;
 
@@ -129,12 +129,8 @@ async fn thread_feed(
     format: Format,
 ) -> ApiResult<Response> {
     let thread = parse_thread(&thread)?;
-    let info = readable_thread(
-        &state,
-        &thread,
-        presented_token(&headers, q.token.as_deref()),
-    )
-    .await?;
+    let token = presented_token(&headers, q.token.as_deref());
+    let info = state.follower.readable_thread(&thread, token).await?;
     let feed = Feed {
         thread,
         log: None,
@@ -156,7 +152,8 @@ async fn log_feed(
     format: Format,
 ) -> ApiResult<Response> {
     let token = presented_token(&headers, q.token.as_deref());
-    let (thread_info, info) = readable_thread_and_log(&state, &thread, &log, token).await?;
+    let (thread, log) = (parse_thread(&thread)?, parse_log(&log)?);
+    let (thread_info, info) = state.follower.readable_log(&thread, &log, token).await?;
     let feed = Feed {
         thread: info.thread,
         log: Some(info.log),
@@ -319,20 +316,10 @@ async fn render(
     first: u64,
     last: u64,
 ) -> ApiResult<Rendered> {
-    let mut records = match &feed.log {
-        None => {
-            state
-                .store
-                .records_by_thread(&feed.thread, first - 1, FEED_PAGE as u32)
-                .await?
-        }
-        Some(log) => {
-            state
-                .store
-                .records_by_log(&feed.thread, log, first - 1, FEED_PAGE as u32)
-                .await?
-        }
-    };
+    let mut records = state
+        .follower
+        .records(&feed.thread, feed.log.as_ref(), first - 1, FEED_PAGE as u32)
+        .await?;
     records.retain(|r| feed.position(r) <= last);
     // Newest first, as feed readers show them.
     records.reverse();

@@ -1,4 +1,6 @@
-//! The HTTP API, version 1. One module per area, each with its own `router()`.
+//! The HTTP API, version 1. One module per area, each with its own `router()`: a handler
+//! decodes the request, calls the follower's core ([`crate::follower`]) and encodes its answer
+//! (errors through [`crate::server::error`]).
 
 pub mod admin;
 pub mod blocks;
@@ -11,15 +13,11 @@ pub mod wire;
 pub mod ws;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::routing::get;
 use axum::{Json, Router};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use serde_json::{json, Value};
-use threads_core::auth::check_pull_token;
 use threads_core::ThreadId;
-use threads_store::ThreadInfo;
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
@@ -47,7 +45,7 @@ pub fn p2p_router() -> Router<AppState> {
 
 /// What a client needs before talking to this server: the ID to sign requests for, and limits.
 async fn server(State(state): State<AppState>) -> Json<Value> {
-    let c = &state.config;
+    let c = state.config();
     // A log's address at this follower is one of these, then `/thread/<thread id>`.
     let p2p = match state.p2p.as_ref().map(|node| &node.host) {
         Some(host) => json!({
@@ -58,7 +56,7 @@ async fn server(State(state): State<AppState>) -> Json<Value> {
         None => Value::Null,
     };
     Json(json!({
-        "server_id": state.server_id,
+        "server_id": state.follower.server_id(),
         "version": env!("CARGO_PKG_VERSION"),
         "registration": match c.registration {
             RegistrationMode::Open => "open",
@@ -92,94 +90,4 @@ pub fn presented_token<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Op
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .or(query)
-}
-
-/// The thread, if it exists and the caller may read it: public, or with its pull token.
-pub async fn readable_thread(
-    state: &AppState,
-    thread: &ThreadId,
-    token: Option<&str>,
-) -> ApiResult<ThreadInfo> {
-    let info = known_thread(state, thread).await?;
-    check_access(&info, token)?;
-    Ok(info)
-}
-
-/// The thread, if this server follows it (`404 not_found` otherwise).
-pub async fn known_thread(state: &AppState, thread: &ThreadId) -> ApiResult<ThreadInfo> {
-    state
-        .store
-        .thread(thread)
-        .await?
-        .ok_or_else(|| ApiError::not_found("thread"))
-}
-
-/// The log, if its thread is readable by the caller and the log is registered in it.
-pub async fn readable_log(
-    state: &AppState,
-    thread: &str,
-    log: &str,
-    token: Option<&str>,
-) -> ApiResult<threads_store::LogInfo> {
-    Ok(readable_thread_and_log(state, thread, log, token).await?.1)
-}
-
-/// [`readable_log`], with the thread it belongs to.
-pub async fn readable_thread_and_log(
-    state: &AppState,
-    thread: &str,
-    log: &str,
-    token: Option<&str>,
-) -> ApiResult<(ThreadInfo, threads_store::LogInfo)> {
-    let (thread, log) = (parse_thread(thread)?, parse_log(log)?);
-    let info = readable_thread(state, &thread, token).await?;
-    let log = state
-        .store
-        .log(&thread, &log)
-        .await?
-        .ok_or_else(|| ApiError::not_found("log"))?;
-    Ok((info, log))
-}
-
-pub fn check_access(info: &ThreadInfo, token: Option<&str>) -> ApiResult<()> {
-    if info.public {
-        return Ok(());
-    }
-    match token {
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "pull_token_required",
-            "this thread is private: present its pull token",
-        )),
-        Some(token) if check_pull_token(&info.follow_key, &info.id, token) => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "bad_pull_token",
-            "the pull token does not match this thread",
-        )),
-    }
-}
-
-/// A thread cursor: opaque to clients, `created_ms || seq` inside, so a cursor from a deleted and
-/// re-created thread restarts from the beginning instead of skipping records.
-pub fn encode_cursor(info: &ThreadInfo, seq: u64) -> String {
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&info.created_ms.to_be_bytes());
-    bytes[8..].copy_from_slice(&seq.to_be_bytes());
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// The sequence number after which to continue; an empty cursor starts at the beginning.
-pub fn decode_cursor(info: &ThreadInfo, cursor: Option<&str>) -> ApiResult<u64> {
-    let Some(cursor) = cursor.filter(|c| !c.is_empty()) else {
-        return Ok(0);
-    };
-    let bytes: [u8; 16] = URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| ApiError::bad_request("bad_cursor", "not a cursor from this server"))?;
-    let created = i64::from_be_bytes(bytes[..8].try_into().unwrap());
-    let seq = u64::from_be_bytes(bytes[8..].try_into().unwrap());
-    Ok(if created == info.created_ms { seq } else { 0 })
 }

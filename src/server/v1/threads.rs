@@ -8,12 +8,12 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use threads_store::{LogInfo, ThreadInfo};
 
-use super::{encode_cursor, parse_thread, presented_token, readable_log, readable_thread};
+use super::{parse_log, parse_thread, presented_token};
+use crate::follower::encode_cursor;
 use crate::server::error::ApiResult;
-use crate::server::{now_ms, AppState};
+use crate::server::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -41,27 +41,6 @@ pub struct OneQuery {
     digest: Option<String>,
 }
 
-/// A digest of a thread's heads (every log's ID, head counter and CID, in log order): two
-/// followers with the same digest hold the same records, so a replica compares digests
-/// before asking for anything more.
-pub fn heads_digest(logs: &[LogInfo]) -> String {
-    let mut heads: Vec<(Vec<u8>, u64, Vec<u8>)> = logs
-        .iter()
-        .filter_map(|l| {
-            l.head
-                .map(|h| (l.log.to_bytes(), h.counter, h.cid.to_bytes()))
-        })
-        .collect();
-    heads.sort();
-    let mut hash = Sha256::new();
-    for (log, counter, cid) in heads {
-        hash.update(&log);
-        hash.update(counter.to_be_bytes());
-        hash.update(&cid);
-    }
-    hex::encode(hash.finalize())
-}
-
 fn thread_json(info: &ThreadInfo) -> Value {
     json!({
         "id": info.id,
@@ -73,13 +52,9 @@ fn thread_json(info: &ThreadInfo) -> Value {
     })
 }
 
-/// A log as the API shows it. Its writer's addresses are shown while they live: they expire
-/// `p2p.address_ttl_secs` after the writer last registered.
+/// A log as the API shows it, with its writer's addresses while they live.
 pub fn log_json(state: &AppState, log: &LogInfo) -> Value {
-    let ttl_ms = state.config.p2p.address_ttl_secs.saturating_mul(1000);
-    let age_ms = now_ms().saturating_sub(log.addrs_ms).max(0) as u64;
-    let live = age_ms <= ttl_ms;
-    let addrs: &[String] = if live { &log.addrs } else { &[] };
+    let addrs = state.follower.live_addrs(log);
     json!({
         "log": log.log,
         "head": log.head.map(|h| json!({"cid": h.cid.to_string(), "counter": h.counter})),
@@ -92,15 +67,10 @@ pub fn log_json(state: &AppState, log: &LogInfo) -> Value {
 /// Public threads only: private ones are not announced.
 async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
     let after = q.after.as_deref().map(parse_thread).transpose()?;
-    let limit = q
-        .limit
-        .unwrap_or(100)
-        .clamp(1, state.config.limits.max_page_records);
-    let threads = state.store.public_threads(after.as_ref(), limit).await?;
-    let next = (threads.len() == limit as usize).then(|| threads.last().map(|t| t.id.to_string()));
+    let (threads, next) = state.follower.threads(after.as_ref(), q.limit).await?;
     Ok(Json(json!({
         "threads": threads.iter().map(thread_json).collect::<Vec<_>>(),
-        "next": next.flatten(),
+        "next": next.map(|t| t.to_string()),
     })))
 }
 
@@ -111,21 +81,18 @@ async fn one(
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     let thread = parse_thread(&thread)?;
-    let info = readable_thread(
-        &state,
-        &thread,
-        presented_token(&headers, q.token.as_deref()),
-    )
-    .await?;
-    let logs = state.store.logs(&thread).await?;
-    let digest = heads_digest(&logs);
-    if q.digest.as_deref() == Some(digest.as_str()) {
+    let token = presented_token(&headers, q.token.as_deref());
+    let view = state
+        .follower
+        .thread(&thread, token, q.digest.as_deref())
+        .await?;
+    let Some(logs) = view.logs else {
         return Ok(Json(
-            json!({"id": info.id, "digest": digest, "unchanged": true}),
+            json!({"id": view.info.id, "digest": view.digest, "unchanged": true}),
         ));
-    }
-    let mut body = thread_json(&info);
-    body["digest"] = json!(digest);
+    };
+    let mut body = thread_json(&view.info);
+    body["digest"] = json!(view.digest);
     body["logs"] = logs.iter().map(|l| log_json(&state, l)).collect();
     Ok(Json(body))
 }
@@ -137,10 +104,9 @@ async fn log(
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     let token = presented_token(&headers, q.token.as_deref());
-    Ok(Json(log_json(
-        &state,
-        &readable_log(&state, &thread, &log, token).await?,
-    )))
+    let (thread, log) = (parse_thread(&thread)?, parse_log(&log)?);
+    let log = state.follower.log(&thread, &log, token).await?;
+    Ok(Json(log_json(&state, &log)))
 }
 
 async fn forks(
@@ -150,8 +116,8 @@ async fn forks(
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     let token = presented_token(&headers, q.token.as_deref());
-    let info = readable_log(&state, &thread, &log, token).await?;
-    let forks = state.store.forks(&info.thread, &info.log).await?;
+    let (thread, log) = (parse_thread(&thread)?, parse_log(&log)?);
+    let forks = state.follower.forks(&thread, &log, token).await?;
     let forks: Vec<Value> = forks
         .iter()
         .map(|f| {

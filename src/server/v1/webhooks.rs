@@ -3,24 +3,22 @@
 //! secret, re-enable, delete.
 //!
 //! A subscription is managed with its secret (`Authorization: Bearer whsec_…`) or the admin
-//! token. Deliveries themselves are sent by [`crate::server::webhooks`].
+//! token ([`crate::follower::webhooks`]). Deliveries themselves are sent by
+//! [`crate::follower::deliveries`].
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rand_core::{OsRng, RngCore};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use threads_core::auth::{Action, SignedRequest};
-use threads_core::LogId;
-use threads_store::{StoreError, Webhook};
+use threads_core::auth::SignedRequest;
+use threads_store::Webhook;
 
-use super::{decode_cursor, parse_thread, presented_token};
+use super::{parse_thread, presented_token};
+use crate::follower::webhooks::Subscriber;
 use crate::server::error::{ApiError, ApiResult};
-use crate::server::webhooks::{check_url, new_secret};
-use crate::server::{now_ms, AppState};
+use crate::server::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -48,13 +46,6 @@ fn webhook_json(hook: &Webhook) -> Value {
     })
 }
 
-fn is_admin(state: &AppState, headers: &HeaderMap) -> bool {
-    let expected = &state.config.admin_token;
-    !expected.is_empty()
-        && presented_token(headers, None)
-            .is_some_and(|t| Sha256::digest(t) == Sha256::digest(expected))
-}
-
 /// What the operator sends to subscribe without a writer's signature.
 #[derive(Deserialize)]
 struct OperatorRequest {
@@ -70,15 +61,18 @@ async fn create(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let now = now_ms();
-    let (thread, log, url, signed) = if is_admin(&state, &headers) {
+    let subscriber = if state.follower.is_admin(presented_token(&headers, None)) {
         let r: OperatorRequest = serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_request(
                 "bad_request",
                 format!("expected {{thread, log?, url}}: {e}"),
             )
         })?;
-        (parse_thread(&r.thread)?, r.log, r.url, None)
+        Subscriber::Operator {
+            thread: parse_thread(&r.thread)?,
+            log: r.log,
+            url: r.url,
+        }
     } else {
         let request: SignedRequest = serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_request(
@@ -86,97 +80,12 @@ async fn create(
                 format!("expected a signed subscribe request (or the admin token): {e}"),
             )
         })?;
-        let payload = request
-            .verify(&state.server_id, now)
-            .map_err(super::registrations::request_error)?;
-        let Action::Subscribe { url, only_log } = payload.action.clone() else {
-            return Err(ApiError::bad_request(
-                "bad_action",
-                "this endpoint takes subscribe requests",
-            ));
-        };
-        if state
-            .store
-            .log(&payload.thread, &payload.log)
-            .await?
-            .is_none()
-        {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "not_a_writer",
-                "only a log registered in the thread may subscribe to it",
-            ));
-        }
-        (payload.thread.clone(), only_log, url, Some(payload))
+        Subscriber::Writer(request)
     };
-    let log = check(&state, &url, log.as_deref())?;
-    if let Some(log) = &log {
-        if state.store.log(&thread, log).await?.is_none() {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_log",
-                format!("{log} is not a log of this thread here"),
-            ));
-        }
-    }
-    // Last, once everything else is known to be right: a refused request can be sent again.
-    if let Some(payload) = &signed {
-        super::registrations::spend_nonce(&state, payload, now).await?;
-    }
-    let mut id = [0u8; 12];
-    OsRng.fill_bytes(&mut id);
-    let hook = Webhook {
-        id: format!("wh_{}", hex::encode(id)),
-        thread,
-        log,
-        url,
-        secret: new_secret(),
-        created_ms: now,
-        failures: 0,
-        disabled_ms: None,
-        disabled_reason: None,
-        // The store starts it at the thread's newest record: later ones are delivered.
-        cursor: 0,
-    };
-    state
-        .store
-        .create_webhook(&hook)
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("thread"),
-            other => other.into(),
-        })?;
-    tracing::info!(webhook = %hook.id, thread = %hook.thread, "webhook created");
+    let hook = state.follower.create_webhook(subscriber).await?;
     let mut out = webhook_json(&hook);
     out["secret"] = json!(hook.secret);
     Ok((StatusCode::CREATED, Json(out)))
-}
-
-/// Checks a subscription's URL and optional log filter.
-fn check(state: &AppState, url: &str, log: Option<&str>) -> ApiResult<Option<LogId>> {
-    check_url(url, state.config.webhooks.allow_private_addresses)
-        .map_err(|e| ApiError::bad_request("bad_webhook_url", e))?;
-    log.map(|l| {
-        l.parse()
-            .map_err(|e| ApiError::bad_request("bad_log_id", format!("bad log ID: {e}")))
-    })
-    .transpose()
-}
-
-/// The subscription, if the caller holds its secret or the admin token. Unknown and
-/// unauthorized look alike, so IDs cannot be probed.
-async fn authorized(state: &AppState, headers: &HeaderMap, id: &str) -> ApiResult<Webhook> {
-    let hook = state.store.webhook(id).await?;
-    let presented = presented_token(headers, None).unwrap_or_default();
-    match hook {
-        Some(hook)
-            if is_admin(state, headers)
-                || Sha256::digest(presented) == Sha256::digest(&hook.secret) =>
-        {
-            Ok(hook)
-        }
-        _ => Err(ApiError::not_found("webhook")),
-    }
 }
 
 async fn show(
@@ -184,9 +93,13 @@ async fn show(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(webhook_json(
-        &authorized(&state, &headers, &id).await?,
-    )))
+    let hook = state.follower.webhook(&id, token(&headers)).await?;
+    Ok(Json(webhook_json(&hook)))
+}
+
+/// A subscription is managed with its secret or the admin token, as a bearer token.
+fn token(headers: &HeaderMap) -> Option<&str> {
+    presented_token(headers, None)
 }
 
 async fn delete(
@@ -194,8 +107,7 @@ async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    authorized(&state, &headers, &id).await?;
-    state.store.delete_webhook(&id).await?;
+    state.follower.delete_webhook(&id, token(&headers)).await?;
     Ok(Json(json!({"id": id, "deleted": true})))
 }
 
@@ -211,11 +123,10 @@ async fn deliveries(
     Query(q): Query<DeliveriesQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    authorized(&state, &headers, &id).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let list = state
-        .store
-        .deliveries(&id, q.after.unwrap_or(0), limit)
+        .follower
+        .deliveries(&id, token(&headers), q.after.unwrap_or(0), limit)
         .await?;
     let next = list.last().map(|(d, _)| d.id);
     let deliveries: Vec<Value> = list
@@ -261,13 +172,10 @@ async fn replay(
     headers: HeaderMap,
     body: Option<Json<ReplayRequest>>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let hook = authorized(&state, &headers, &id).await?;
     let after = body.map(|Json(b)| b.after).unwrap_or_default();
-    let info = super::known_thread(&state, &hook.thread).await?;
-    let after = decode_cursor(&info, Some(&after))?;
     let queued = state
-        .store
-        .queue_deliveries(&id, after, false, now_ms())
+        .follower
+        .replay_webhook(&id, token(&headers), &after)
         .await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"queued": queued}))))
 }
@@ -278,8 +186,7 @@ async fn test(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    authorized(&state, &headers, &id).await?;
-    state.store.queue_deliveries(&id, 0, true, now_ms()).await?;
+    state.follower.test_webhook(&id, token(&headers)).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"queued": 1}))))
 }
 
@@ -289,9 +196,10 @@ async fn rotate(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    authorized(&state, &headers, &id).await?;
-    let secret = new_secret();
-    state.store.set_webhook_secret(&id, &secret).await?;
+    let secret = state
+        .follower
+        .rotate_webhook_secret(&id, token(&headers))
+        .await?;
     Ok(Json(json!({"id": id, "secret": secret})))
 }
 
@@ -300,12 +208,6 @@ async fn enable(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    authorized(&state, &headers, &id).await?;
-    state.store.enable_webhook(&id, now_ms()).await?;
-    let hook = state
-        .store
-        .webhook(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("webhook"))?;
+    let hook = state.follower.enable_webhook(&id, token(&headers)).await?;
     Ok(Json(webhook_json(&hook)))
 }

@@ -10,6 +10,7 @@ pub use threads_client::car::{write_car, CarItem, CarRecord as PushItem, CAR};
 use threads_core::{LogId, ThreadId, UnverifiedRecord};
 use threads_store::StoredRecord;
 
+use crate::follower::Origin;
 use crate::server::error::ApiError;
 
 pub const DAG_CBOR: &str = "application/vnd.ipld.dag-cbor";
@@ -120,9 +121,21 @@ impl RecordJson {
     }
 }
 
-/// Reads pushed records from a CAR; a malformed one is a `bad_car` refusal.
+/// Reads records from a CAR; a malformed one is a `bad_car` refusal.
 pub async fn read_car(bytes: &[u8]) -> Result<Vec<PushItem>, ApiError> {
     threads_client::car::read_car(bytes)
         .await
         .map_err(|e| ApiError::bad_request("bad_car", e.0))
+}
+
+/// [`read_car`] for a CAR on its way to the core's push, counted by origin in
+/// `threads_cars_decoded_total` (each CAR that arrives is decoded once, whatever its path).
+pub async fn decode_pushed_car(bytes: &[u8], origin: Origin) -> Result<Vec<PushItem>, ApiError> {
+    let origin = match origin {
+        Origin::Writer => "writer",
+        Origin::Gossip => "gossip",
+        Origin::Replica => "replica",
+    };
+    metrics::counter!("threads_cars_decoded_total", "origin" => origin).increment(1);
+    read_car(bytes).await
 }

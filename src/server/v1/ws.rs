@@ -24,9 +24,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 
 use super::wire::RecordJson;
-use super::{decode_cursor, encode_cursor, readable_thread};
+use crate::follower::encode_cursor;
+use crate::follower::live::Subscription;
 use crate::server::error::ApiError;
-use crate::server::hub::Follower;
 use crate::server::AppState;
 
 /// Threads one connection may follow at once (each costs a task and a storage cursor).
@@ -109,7 +109,7 @@ fn error(code: &str, detail: impl Into<String>) -> Message {
 
 impl Connection {
     fn new(state: AppState, permit: OwnedSemaphorePermit) -> Self {
-        let (outgoing, queue) = mpsc::channel(state.config.websocket.buffer_messages);
+        let (outgoing, queue) = mpsc::channel(state.config().websocket.buffer_messages);
         Self {
             state,
             outgoing,
@@ -125,11 +125,11 @@ impl Connection {
         if let Some(first) = first {
             self.handle(first).await;
         }
-        let ws = &self.state.config.websocket;
+        let ws = &self.state.config().websocket;
         let idle = Duration::from_secs(ws.idle_timeout_secs);
         let mut ping = tokio::time::interval(Duration::from_secs(ws.ping_interval_secs));
         let mut heard = Instant::now();
-        let shutdown = self.state.shutdown.clone();
+        let shutdown = self.state.follower.shutdown().clone();
         let close = loop {
             tokio::select! {
                 message = stream.next() => {
@@ -223,13 +223,15 @@ impl Connection {
                 format!("a connection follows at most {MAX_SUBSCRIPTIONS} threads"),
             ));
         }
-        let info = readable_thread(&self.state, &thread, token).await?;
-        let after = decode_cursor(&info, cursor)?;
-        let follower = Follower::new(&self.state.hub, thread.clone(), after).await;
-        let start =
-            json!({"type": "subscribed", "thread": thread, "cursor": encode_cursor(&info, after)});
+        let (info, subscription) = self
+            .state
+            .follower
+            .subscribe(&thread, cursor, token)
+            .await?;
+        let after = encode_cursor(&info, subscription.cursor);
+        let start = json!({"type": "subscribed", "thread": thread, "cursor": after});
         let _ = self.outgoing.send(text(start)).await;
-        let feed = tokio::spawn(feed(follower, info, self.outgoing.clone()));
+        let feed = tokio::spawn(feed(subscription, info, self.outgoing.clone()));
         if let Some(old) = self.feeds.insert(thread, feed) {
             old.abort();
         }
@@ -239,9 +241,13 @@ impl Connection {
 
 /// Sends one thread's records to the connection's queue. When the queue is full this waits,
 /// and the follower catches up from storage afterwards: a slow client never slows ingestion.
-async fn feed(mut follower: Follower, info: threads_store::ThreadInfo, out: mpsc::Sender<Message>) {
+async fn feed(
+    mut subscription: Subscription,
+    info: threads_store::ThreadInfo,
+    out: mpsc::Sender<Message>,
+) {
     loop {
-        let record = match follower.next().await {
+        let record = match subscription.next().await {
             Ok(record) => record,
             Err(e) => {
                 tracing::warn!(error = %e, "subscription storage read failed");
@@ -254,7 +260,7 @@ async fn feed(mut follower: Follower, info: threads_store::ThreadInfo, out: mpsc
                 return;
             }
         };
-        let lag_ms = crate::server::now_ms() - record.arrived_ms;
+        let lag_ms = crate::follower::now_ms() - record.arrived_ms;
         metrics::histogram!("threads_push_lag_seconds").record(lag_ms.max(0) as f64 / 1000.0);
         let mut message = serde_json::to_value(RecordJson::from_stored(&record)).expect("JSON");
         message["type"] = json!("record");

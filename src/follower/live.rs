@@ -1,9 +1,9 @@
-//! Live fan-out of new records to subscribers in this process.
+//! Following threads live: fan-out of new records to subscribers in this process.
 //!
 //! The store announces changes (in-process for SQLite, `LISTEN/NOTIFY` across processes for
 //! Postgres). For each thread someone watches, one tail reads the new records from storage once
 //! and broadcasts them. Subscribers never trust the broadcast for completeness: they follow
-//! sequence numbers ([`Follower`]) and go back to storage whenever something is missing, so a
+//! sequence numbers ([`Subscription`]) and go back to storage whenever something is missing, so a
 //! slow or lagging subscriber costs storage reads, never ingestion.
 
 use std::collections::HashMap;
@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use threads_core::ThreadId;
-use threads_store::{Store, StoredRecord};
+use threads_store::{Store, StoredRecord, ThreadInfo};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +21,22 @@ const TAIL_CAPACITY: usize = 1024;
 const PAGE: u32 = 500;
 /// A safety net for lost notifications: every tail re-checks storage this often.
 const RESCAN: Duration = Duration::from_secs(1);
+
+impl super::Follower {
+    /// Follows a readable thread from a cursor (empty: from its start). Returns the thread
+    /// and the sequence number the subscription starts after.
+    pub async fn subscribe(
+        &self,
+        thread: &ThreadId,
+        cursor: Option<&str>,
+        token: Option<&str>,
+    ) -> super::Result<(ThreadInfo, Subscription)> {
+        let info = self.readable_thread(thread, token).await?;
+        let after = super::decode_cursor(&info, cursor)?;
+        let subscription = Subscription::new(&self.0.hub, thread.clone(), after).await;
+        Ok((info, subscription))
+    }
+}
 
 #[derive(Clone)]
 pub struct Hub(Arc<Inner>);
@@ -46,8 +62,8 @@ impl Hub {
         hub
     }
 
-    /// Live records of `thread` from now on. Pair with [`Follower`] for a gap-free stream.
-    pub async fn subscribe(&self, thread: &ThreadId) -> broadcast::Receiver<Arc<StoredRecord>> {
+    /// Live records of `thread` from now on. Pair with [`Subscription`] for a gap-free stream.
+    async fn subscribe(&self, thread: &ThreadId) -> broadcast::Receiver<Arc<StoredRecord>> {
         if let Some(tail) = self.0.tails.lock().unwrap().get(thread) {
             return tail.sender.subscribe();
         }
@@ -144,7 +160,7 @@ impl Hub {
 
 /// Follows one thread from a cursor: replays from storage, then goes live, switching back to
 /// storage whenever the live stream skips or lags. Yields every record exactly once, in order.
-pub struct Follower {
+pub struct Subscription {
     hub: Hub,
     thread: ThreadId,
     live: broadcast::Receiver<Arc<StoredRecord>>,
@@ -155,8 +171,8 @@ pub struct Follower {
     replaying: bool,
 }
 
-impl Follower {
-    pub async fn new(hub: &Hub, thread: ThreadId, cursor: u64) -> Self {
+impl Subscription {
+    async fn new(hub: &Hub, thread: ThreadId, cursor: u64) -> Self {
         // Subscribe before the first storage read, so nothing falls between the two.
         let live = hub.subscribe(&thread).await;
         Self {

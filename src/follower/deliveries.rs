@@ -32,7 +32,7 @@ use threads_store::{
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::{now_ms, AppState};
+use super::{now_ms, Follower};
 
 /// How often the worker looks for due deliveries when nothing wakes it sooner: soon while
 /// there is work, rarely when idle.
@@ -155,12 +155,12 @@ impl reqwest::dns::Resolve for PublicOnly {
 }
 
 /// Starts this process's delivery worker; it stops at shutdown.
-pub fn spawn(state: AppState) -> JoinHandle<()> {
+pub fn spawn(state: Follower) -> JoinHandle<()> {
     tokio::spawn(run(state))
 }
 
-async fn run(state: AppState) {
-    let config = &state.config.webhooks;
+async fn run(state: Follower) {
+    let config = &state.config().webhooks;
     let mut builder = reqwest::Client::builder()
         .timeout(Duration::from_secs(config.timeout_secs))
         .redirect(reqwest::redirect::Policy::none())
@@ -186,16 +186,17 @@ async fn run(state: AppState) {
     // A cursor is free again once its outcome is written: the recorder says so.
     let released = Arc::new(Notify::new());
     let recorder = tokio::spawn(record(state.clone(), outcomes, released.clone()));
-    let mut changes = state.store.changes();
+    let mut changes = state.0.store.changes();
     loop {
         // Claim only what can be sent now: wait for a free slot first.
         let first = tokio::select! {
-            _ = state.shutdown.cancelled() => break,
+            _ = state.0.shutdown.cancelled() => break,
             permit = sender.slots.clone().acquire_owned() => permit.expect("never closed"),
         };
         let now = now_ms();
         // New records: each webhook's cursor, sent by its own task.
         let leases = match state
+            .0
             .store
             .claim_webhooks(now, cursor_lease_ms, CURSOR_CLAIM)
             .await
@@ -219,6 +220,7 @@ async fn run(state: AppState) {
             0 => Ok(Vec::new()),
             _ => {
                 state
+                    .0
                     .store
                     .claim_deliveries(now, lease_ms, free as u32)
                     .await
@@ -262,7 +264,7 @@ async fn run(state: AppState) {
             continue;
         }
         tokio::select! {
-            _ = state.shutdown.cancelled() => break,
+            _ = state.0.shutdown.cancelled() => break,
             _ = changes.recv() => {}
             _ = released.notified() => {}
             _ = tokio::time::sleep(poll) => {}
@@ -275,7 +277,7 @@ async fn run(state: AppState) {
 /// What a worker's tasks send with.
 #[derive(Clone)]
 struct Sender {
-    state: AppState,
+    state: Follower,
     http: reqwest::Client,
     /// Deliveries in flight at once.
     slots: Arc<Semaphore>,
@@ -337,6 +339,7 @@ impl Sender {
         let hook = Arc::new(lease.webhook);
         let records = match self
             .state
+            .0
             .store
             .records_by_thread(&hook.thread, hook.cursor, CURSOR_BATCH)
             .await
@@ -355,7 +358,7 @@ impl Sender {
         } else {
             last.max(lease.seq)
         };
-        let inline_max = self.state.config.webhooks.inline_max_bytes;
+        let inline_max = self.state.config().webhooks.inline_max_bytes;
         let mut sends = Vec::new();
         for record in records {
             if hook.log.as_ref().is_some_and(|log| *log != record.log) {
@@ -420,7 +423,7 @@ enum Done {
 
 /// Writes delivery outcomes as they come, many per transaction. What is not written (the
 /// process dies first) is sent again when its lease runs out: at least once, never lost.
-async fn record(state: AppState, mut outcomes: mpsc::Receiver<Done>, released: Arc<Notify>) {
+async fn record(state: Follower, mut outcomes: mpsc::Receiver<Done>, released: Arc<Notify>) {
     let (mut rows, mut cursors) = (Vec::new(), Vec::new());
     while let Some(first) = outcomes.recv().await {
         let mut next = Some(first);
@@ -440,7 +443,7 @@ async fn record(state: AppState, mut outcomes: mpsc::Receiver<Done>, released: A
                 next = outcomes.try_recv().ok();
             }
         }
-        if let Err(error) = state.store.finish_deliveries(&rows, &cursors).await {
+        if let Err(error) = state.0.store.finish_deliveries(&rows, &cursors).await {
             tracing::warn!(%error, deliveries = size, "recording webhook attempts failed");
         }
         if !cursors.is_empty() {
@@ -456,7 +459,7 @@ type Outcome = (i64, Attempt, AttemptResult);
 /// The JSON bodies of claimed deliveries, by delivery ID; records are read one query per
 /// thread.
 async fn payloads(
-    state: &AppState,
+    state: &Follower,
     claimed: &[(Delivery, Webhook)],
 ) -> HashMap<i64, Result<Vec<u8>, String>> {
     let mut by_thread: HashMap<&ThreadId, Vec<u64>> = HashMap::new();
@@ -466,7 +469,7 @@ async fn payloads(
     let mut records: HashMap<(&ThreadId, u64), StoredRecord> = HashMap::new();
     let mut failed: HashMap<&ThreadId, String> = HashMap::new();
     for (thread, seqs) in by_thread {
-        match state.store.records_at(thread, &seqs).await {
+        match state.0.store.records_at(thread, &seqs).await {
             Ok(found) => records.extend(found.into_iter().map(|r| ((thread, r.seq), r))),
             Err(e) => {
                 failed.insert(thread, format!("reading the record: {e}"));
@@ -483,7 +486,7 @@ async fn payloads(
             } else {
                 records
                     .get(&(&d.thread, d.seq))
-                    .map(|r| record_payload(r, state.config.webhooks.inline_max_bytes))
+                    .map(|r| record_payload(r, state.config().webhooks.inline_max_bytes))
                     .ok_or_else(|| "the record was deleted by its owner".to_owned())
             };
             (d.id, body)
@@ -499,7 +502,7 @@ async fn deliver(
     body: Result<Vec<u8>, String>,
 ) -> Outcome {
     let (state, http) = (&sender.state, &sender.http);
-    let config = &state.config.webhooks;
+    let config = &state.config().webhooks;
     let started = Instant::now();
     let at_ms = now_ms();
     let outcome = match body {

@@ -1,0 +1,344 @@
+//! Followers of a thread: adding and removing them, pushing every log to each, and pulling
+//! (every record verified with the follow key before it is kept).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use threads_core::auth::Action;
+use threads_core::{
+    cid_of, verify_batch, Cid, Keypair, LogId, ServiceKey, SignaturePolicy, ThreadId,
+};
+use threads_store::{Ingest, Outcome, Quotas, SqliteStore, Store};
+
+use crate::*;
+
+impl Client {
+    /// Registers this peer's log at a follower (the follow key only) and remembers it.
+    pub async fn add_follower(
+        &self,
+        thread: &ThreadId,
+        url: &str,
+        token: Option<&str>,
+    ) -> Result<()> {
+        let mut entry = self.keys.thread(thread)?;
+        let server = FollowerClient::new(url)?;
+        for pair in entry.own_logs() {
+            register(&server, &entry, pair, token).await?;
+        }
+        if !entry.followers.iter().any(|f| f.url == server.url()) {
+            entry.followers.push(Follower {
+                url: server.url().to_owned(),
+                cursor: String::new(),
+            });
+            self.keys.save(&entry)?;
+        }
+        Ok(())
+    }
+
+    /// Asks a follower to delete this peer's logs, and forgets the follower.
+    pub async fn remove_follower(&self, thread: &ThreadId, url: &str) -> Result<()> {
+        let mut entry = self.keys.thread(thread)?;
+        let server = FollowerClient::new(url)?;
+        for pair in entry.own_logs() {
+            match retry(|| server.signed(thread, pair, Action::Unregister, None)).await {
+                // Already gone is what was asked for.
+                Err(Error::Server { status: 404, .. }) | Ok(()) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        entry.followers.retain(|f| f.url != server.url());
+        self.keys.save(&entry)?;
+        Ok(())
+    }
+
+    /// Pushes this peer's logs to every follower, from where each one's head is; resumes after
+    /// an interruption because the follower's head says what it has. `progress(done, total)`.
+    pub async fn push(&self, thread: &ThreadId, mut progress: impl FnMut(u64, u64)) -> Result<u64> {
+        let entry = self.keys.thread(thread)?;
+        if entry.log.is_none() {
+            return Err(Error::NotAWriter);
+        }
+        let mut pushed = 0;
+        for pair in entry.own_logs() {
+            pushed += self.push_log(&entry, pair, &mut progress).await?;
+        }
+        Ok(pushed)
+    }
+
+    /// Pushes one of this peer's logs to every follower.
+    async fn push_log(
+        &self,
+        entry: &ThreadEntry,
+        pair: &Keypair,
+        progress: &mut impl FnMut(u64, u64),
+    ) -> Result<u64> {
+        let thread = &entry.thread;
+        let log = LogId::from(pair.public());
+        let local_head = self
+            .store
+            .log(thread, &log)
+            .await?
+            .and_then(|l| l.head)
+            .map_or(0, |h| h.counter);
+        let mut pushed = 0;
+        for follower in &entry.followers {
+            let server = FollowerClient::new(&follower.url)?;
+            let follow = entry.key.service();
+            let mut after = match retry(|| server.head(thread, &log, follow)).await {
+                Ok(head) => head.map_or(0, |h| h.counter),
+                Err(Error::Server { status: 404, .. }) => {
+                    register(&server, entry, pair, None).await?;
+                    0
+                }
+                Err(e) => return Err(e),
+            };
+            progress(after, local_head);
+            while after < local_head {
+                let records = self
+                    .store
+                    .records_by_log(thread, &log, after, PUSH_BATCH as u32)
+                    .await?;
+                let Some(last) = records.last().map(|r| r.counter) else {
+                    break;
+                };
+                let wire: Vec<_> = records
+                    .iter()
+                    .map(|r| follower::WireRecord::new(thread, &log, &r.blocks))
+                    .collect();
+                let results = retry(|| server.push(&wire)).await?;
+                for result in &results {
+                    match result.outcome.as_str() {
+                        "accepted" => pushed += 1,
+                        "duplicate" => {}
+                        // The follower lacks earlier records: go back to where it is.
+                        "gap" => {
+                            let head = result.head.as_ref().map_or(0, |h| h.counter);
+                            if head >= after {
+                                return Err(Error::Protocol(format!(
+                                    "{} reports a gap at its head {head}, past what was sent",
+                                    server.url()
+                                )));
+                            }
+                            after = head;
+                            break;
+                        }
+                        other => {
+                            return Err(Error::Server {
+                                status: 409,
+                                code: result.code.clone().unwrap_or_else(|| other.to_owned()),
+                                detail: result.detail.clone().unwrap_or_default(),
+                            })
+                        }
+                    }
+                }
+                if results.iter().all(|r| r.outcome != "gap") {
+                    after = last;
+                }
+                progress(after, local_head);
+            }
+        }
+        Ok(pushed)
+    }
+
+    /// Pulls what every follower has of the thread that is new since the last pull: verifies
+    /// each record with the follow key before anything is stored. Returns how many were new.
+    ///
+    /// The next page is fetched while the last one is verified and stored; pages are stored
+    /// several at a time (one transaction, then the cursor is saved), so an interrupted pull
+    /// resumes from the last stored page.
+    pub async fn pull(&self, thread: &ThreadId, mut progress: impl FnMut(u64)) -> Result<u64> {
+        let mut entry = self.keys.thread(thread)?;
+        let mut fresh = 0;
+        let mut known = self.known_logs(thread).await?;
+        for i in 0..entry.followers.len() {
+            let server = FollowerClient::new(&entry.followers[i].url)?;
+            let service = entry.key.service().clone();
+            let start = entry.followers[i].cursor.clone();
+            let mut next = Some(fetch_page(&server, thread, &service, start));
+            let mut pending: Vec<Ingest> = Vec::new();
+            // At most one batch is being stored while the next pages are verified.
+            let mut storing: Option<(tokio::task::JoinHandle<Result<u64>>, String)> = None;
+            while let Some(fetching) = next.take() {
+                let page = fetching
+                    .await
+                    .map_err(|e| Error::Protocol(format!("fetching stopped: {e}")))??;
+                if page.more {
+                    next = Some(fetch_page(&server, thread, &service, page.cursor.clone()));
+                }
+                let service = service.clone();
+                let url = server.url().to_owned();
+                let expected = thread.clone();
+                let records = page.records;
+                let verified = tokio::task::spawn_blocking(move || {
+                    verify_page(&expected, &service, &url, &records)
+                })
+                .await
+                .map_err(|e| Error::Protocol(format!("verification stopped: {e}")))??;
+                for item in &verified {
+                    if known.insert(item.log.clone()) {
+                        self.register_locally(&entry, &item.log).await?;
+                    }
+                }
+                pending.extend(verified);
+                if pending.len() >= STORE_BATCH || next.is_none() {
+                    if let Some((task, cursor)) = storing.take() {
+                        fresh += self.stored(task, &mut entry, i, cursor).await?;
+                        progress(fresh);
+                    }
+                    let store = self.store.clone();
+                    let batch = std::mem::take(&mut pending);
+                    storing = Some((tokio::spawn(store_pulled(store, batch)), page.cursor));
+                }
+            }
+            if let Some((task, cursor)) = storing.take() {
+                fresh += self.stored(task, &mut entry, i, cursor).await?;
+                progress(fresh);
+            }
+            entry = self.keys.thread(thread)?;
+        }
+        Ok(fresh)
+    }
+
+    /// Waits for a batch to be stored, then saves the cursor after it: the cursor moves only
+    /// once its records are stored.
+    async fn stored(
+        &self,
+        task: tokio::task::JoinHandle<Result<u64>>,
+        entry: &mut ThreadEntry,
+        follower: usize,
+        cursor: String,
+    ) -> Result<u64> {
+        let fresh = task
+            .await
+            .map_err(|e| Error::Protocol(format!("storing stopped: {e}")))??;
+        entry.followers[follower].cursor = cursor;
+        self.keys.save(entry)?;
+        Ok(fresh)
+    }
+}
+
+/// Stores verified records in one transaction; returns how many were new.
+pub(crate) async fn store_pulled(store: Arc<SqliteStore>, batch: Vec<Ingest>) -> Result<u64> {
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let logs: Vec<LogId> = batch.iter().map(|i| i.log.clone()).collect();
+    let outcomes = store.ingest(batch, &Quotas::default(), now_ms()).await?;
+    let mut fresh = 0;
+    for (outcome, log) in outcomes.into_iter().zip(logs) {
+        match outcome {
+            Outcome::Accepted { .. } => fresh += 1,
+            Outcome::Duplicate { .. } => {}
+            other => {
+                return Err(Error::LocalRefused {
+                    log: log.to_string(),
+                    outcome: format!("{other:?}"),
+                })
+            }
+        }
+    }
+    Ok(fresh)
+}
+
+/// Starts fetching a page (with retries) in the background.
+fn fetch_page(
+    server: &FollowerClient,
+    thread: &ThreadId,
+    service: &ServiceKey,
+    cursor: String,
+) -> tokio::task::JoinHandle<Result<follower::Page>> {
+    let (server, thread, service) = (server.clone(), thread.clone(), service.clone());
+    tokio::spawn(async move { retry(|| server.page(&thread, &service, &cursor, PULL_PAGE)).await })
+}
+
+/// Checks a page: every record of `thread`, each verified with the follow key. One record that
+/// fails refuses the whole page.
+pub(crate) fn verify_page(
+    thread: &ThreadId,
+    service: &ServiceKey,
+    url: &str,
+    records: &[follower::WireRecord],
+) -> Result<Vec<Ingest>> {
+    let mut batch = Vec::with_capacity(records.len());
+    // Parsing a log ID decompresses a curve point: once per distinct log in the page.
+    let mut logs: HashMap<&str, LogId> = HashMap::new();
+    let expected = thread.to_string();
+    for wire in records {
+        if wire.thread != expected {
+            return Err(Error::Protocol(format!(
+                "{url} answered with a record of another thread"
+            )));
+        }
+        let log = match logs.get(wire.log.as_str()) {
+            Some(log) => log.clone(),
+            None => {
+                let log: LogId = wire
+                    .log
+                    .parse()
+                    .map_err(|_| Error::Protocol(format!("{url} sent a bad log ID")))?;
+                logs.insert(&wire.log, log.clone());
+                log
+            }
+        };
+        batch.push((log, wire.blocks()?));
+    }
+    let cids: Vec<Cid> = batch.iter().map(|(_, b)| cid_of(&b.record)).collect();
+    let checked = verify_batch(
+        batch.iter().map(|(log, b)| (b.clone(), service, log)),
+        SignaturePolicy::CurrentOnly,
+    );
+    checked
+        .into_iter()
+        .zip(batch)
+        .zip(cids)
+        .map(|((result, (log, _)), cid)| {
+            let record = result.map_err(|error| Error::Rejected {
+                cid: cid.to_string(),
+                source_url: url.to_owned(),
+                error,
+            })?;
+            Ok(Ingest {
+                thread: thread.clone(),
+                log,
+                record,
+            })
+        })
+        .collect()
+}
+
+async fn register(
+    server: &FollowerClient,
+    entry: &ThreadEntry,
+    pair: &Keypair,
+    token: Option<&str>,
+) -> Result<()> {
+    let action = Action::Register {
+        follow_key: entry.key.follow_only().to_multibase().to_string(),
+        addrs: Vec::new(),
+        public: entry.public,
+    };
+    retry(|| server.signed(&entry.thread, pair, action.clone(), token)).await
+}
+
+/// Retries what failed to reach the server, with doubling pauses; refusals are final.
+async fn retry<T, F, Fut>(mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut pause = FIRST_BACKOFF;
+    for attempt in 1.. {
+        match call().await {
+            Err(Error::Network(_)) if attempt < ATTEMPTS => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(Error::Server { status, .. }) if status >= 500 && attempt < ATTEMPTS => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns")
+}

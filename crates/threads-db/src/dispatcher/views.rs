@@ -1,0 +1,278 @@
+//! The views a dispatcher reduces into: the stores and the ACLs, what they have applied, and
+//! their snapshots (taken, restored, and rewound to when an event sorts earlier).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sqlx::SqliteConnection;
+
+use crate::acl::{self, Acls, Effect};
+use crate::action::{Event, Position, KEY_LEN};
+use crate::journal::{self, StoredSnapshot};
+use crate::view::{Change, Context, View};
+use crate::{Error, Result};
+
+use super::REPLAY_PAGE;
+
+/// The stores, the ACLs, and what they have applied.
+pub(super) struct Views {
+    pub(super) stores: BTreeMap<String, Box<dyn View>>,
+    pub(super) acls: Acls,
+    /// While a delete's rewind reduces again up to the delete, the states passed through
+    /// are not those of their own positions: no snapshot is taken until past this one.
+    pub(super) quiet_until: Option<Position>,
+    /// The last event reduced, and how many events of the order that makes.
+    pub(super) last: Option<Position>,
+    pub(super) applied: u64,
+    /// Per log, the highest counter reduced.
+    pub(super) heads: BTreeMap<[u8; 32], u64>,
+    pub(super) snapshot_every: u64,
+}
+
+/// The bytes of a snapshot: where it was taken, and every store's state (DAG-CBOR, so the
+/// same views give the same bytes on every replica).
+#[derive(Serialize, Deserialize)]
+pub(super) struct SnapshotBody {
+    #[serde(with = "serde_bytes")]
+    pub(super) pos: Vec<u8>,
+    pub(super) events: u64,
+    pub(super) views: BTreeMap<String, serde_bytes::ByteBuf>,
+    /// Per log, the highest counter reduced: what the snapshot stands for.
+    pub(super) heads: Heads,
+}
+
+/// Per log key, a counter; as DAG-CBOR a list of `[key, counter]` (map keys must be text).
+pub(super) type Heads = Vec<(serde_bytes::ByteBuf, u64)>;
+
+pub(super) fn heads_to_map(heads: &Heads) -> Result<BTreeMap<[u8; 32], u64>> {
+    heads
+        .iter()
+        .map(|(log, counter)| {
+            let log = <[u8; 32]>::try_from(log.as_slice())
+                .map_err(|_| Error::Corrupt("a log key in a snapshot's heads".into()))?;
+            Ok((log, *counter))
+        })
+        .collect()
+}
+
+impl SnapshotBody {
+    pub(super) fn decode(bytes: &[u8]) -> Result<Self> {
+        serde_ipld_dagcbor::from_slice(bytes)
+            .map_err(|e| Error::Corrupt(format!("a snapshot: {e}")))
+    }
+}
+
+impl Views {
+    pub(super) fn clear(&mut self) {
+        self.stores.values_mut().for_each(|v| v.clear());
+        self.acls.clear();
+        self.quiet_until = None;
+        self.last = None;
+        self.applied = 0;
+        self.heads.clear();
+    }
+
+    /// Every store (and the ACLs) was reduced again.
+    pub(super) fn rebuilt(&self) -> Vec<Change> {
+        let names = self.stores.keys().map(String::as_str);
+        std::iter::once(acl::STORE)
+            .chain(names)
+            .map(|store| Change {
+                store: store.to_owned(),
+                pos: self.last,
+                change: serde_json::json!({"type": "rebuilt"}),
+            })
+            .collect()
+    }
+
+    /// Runs each action of the event through the ACLs, then its store's reducer. Actions for
+    /// a store not registered here, actions the ACLs do not allow at this point of the order,
+    /// and actions a reducer refuses are ignored, alike on every replica. A deleted event
+    /// does nothing, but still counts in the order.
+    ///
+    /// Returns an event this one deleted: the views must then be reduced again without it.
+    pub(super) fn reduce(
+        &mut self,
+        event: &Event,
+        mut changes: Option<&mut Vec<Change>>,
+    ) -> Option<Position> {
+        let mut deleted = None;
+        if !self.acls.is_deleted(&event.pos) {
+            let log = event.pos.log;
+            for (index, action) in event.actions.iter().enumerate() {
+                let change = if action.store == acl::STORE {
+                    match self.acls.reduce(&log, event.pos, action) {
+                        Ok(Effect::Done(change)) => change,
+                        Ok(Effect::Deleted(target)) => {
+                            deleted = Some(deleted.map_or(target, |d: Position| d.min(target)));
+                            Some(
+                                serde_json::json!({"type": "delete_event", "event": hex::encode(target.key())}),
+                            )
+                        }
+                        Err(_) => None,
+                    }
+                } else {
+                    let Some(view) = self.stores.get_mut(&action.store) else {
+                        continue;
+                    };
+                    // With no ACL at all the thread is open, and nothing needs looking up.
+                    if !self.acls.is_empty() {
+                        let entity = view.entity(action);
+                        if !self.acls.may_write(&log, &action.store, entity.as_deref()) {
+                            continue;
+                        }
+                    }
+                    let at = Context {
+                        pos: event.pos,
+                        index,
+                    };
+                    view.reduce(&at, action).ok().flatten()
+                };
+                if let (Some(change), Some(changes)) = (change, &mut changes) {
+                    changes.push(Change {
+                        store: action.store.clone(),
+                        pos: Some(event.pos),
+                        change,
+                    });
+                }
+            }
+        }
+        self.last = Some(event.pos);
+        self.applied += 1;
+        let head = self.heads.entry(event.pos.log).or_insert(0);
+        *head = (*head).max(event.pos.counter);
+        deleted
+    }
+
+    /// After the event at `at` deleted `target`: back to the latest snapshot before the
+    /// target, keeping every deletion made so far, so that reducing again up to `at` leaves
+    /// the target (and everything deleted since) out.
+    pub(super) async fn rewind_for_delete(
+        &mut self,
+        tx: &mut SqliteConnection,
+        target: Position,
+        at: Position,
+    ) -> Result<()> {
+        let deleted = self.acls.deleted();
+        let quiet = self.quiet_until.map_or(at, |q| q.max(at));
+        self.rewind(tx, Some(target)).await?;
+        self.acls.set_deleted(deleted);
+        self.quiet_until = Some(quiet);
+        Ok(())
+    }
+
+    /// Puts the views at the latest snapshot before `before` (before nothing: the latest)
+    /// that holds every store, or empties them when there is none and the journal still has
+    /// every event.
+    pub(super) async fn rewind(
+        &mut self,
+        tx: &mut SqliteConnection,
+        before: Option<Position>,
+    ) -> Result<()> {
+        self.clear();
+        if let Some(snapshot) = journal::snapshot_before(tx, before).await? {
+            if self.covers(&snapshot) {
+                return self.restore(&snapshot);
+            }
+        }
+        if journal::compacted(tx).await? {
+            return Err(Error::NeedsRebuild);
+        }
+        Ok(())
+    }
+
+    /// Reduces the journal's events after the last applied one.
+    pub(super) async fn replay(&mut self, tx: &mut SqliteConnection) -> Result<()> {
+        loop {
+            let page = journal::events_after(tx, self.last, REPLAY_PAGE).await?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            for event in &page {
+                if let Some(deleted) = self.reduce(event, None) {
+                    self.rewind_for_delete(tx, deleted, event.pos).await?;
+                    break;
+                }
+                self.snapshot_if_due(tx).await?;
+            }
+        }
+    }
+
+    pub(super) async fn snapshot_if_due(&mut self, tx: &mut SqliteConnection) -> Result<()> {
+        if let (Some(quiet), Some(last)) = (self.quiet_until, self.last) {
+            if last <= quiet {
+                return Ok(());
+            }
+            self.quiet_until = None;
+        }
+        if self.snapshot_every > 0 && self.applied % self.snapshot_every == 0 {
+            journal::save_snapshot(tx, &self.snapshot()).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn snapshot(&self) -> StoredSnapshot {
+        let pos = self.last.unwrap_or(Position {
+            clock: 0,
+            log: [0; 32],
+            counter: 0,
+        });
+        let body = SnapshotBody {
+            pos: pos.key().to_vec(),
+            events: self.applied,
+            views: self
+                .stores
+                .iter()
+                .map(|(name, view)| (name.clone(), serde_bytes::ByteBuf::from(view.snapshot())))
+                .chain([(
+                    acl::STORE.to_owned(),
+                    serde_bytes::ByteBuf::from(self.acls.snapshot()),
+                )])
+                .collect(),
+            heads: self
+                .heads
+                .iter()
+                .map(|(log, counter)| (serde_bytes::ByteBuf::from(log.to_vec()), *counter))
+                .collect(),
+        };
+        StoredSnapshot {
+            pos,
+            events: self.applied,
+            bytes: serde_ipld_dagcbor::to_vec(&body).expect("a snapshot is plain data"),
+        }
+    }
+
+    /// Whether a snapshot holds every registered store (one registered since must start over).
+    pub(super) fn covers(&self, snapshot: &StoredSnapshot) -> bool {
+        serde_ipld_dagcbor::from_slice::<SnapshotBody>(&snapshot.bytes).is_ok_and(|body| {
+            let mut names = self.stores.keys().map(String::as_str);
+            names.all(|name| body.views.contains_key(name)) && body.views.contains_key(acl::STORE)
+        })
+    }
+
+    pub(super) fn restore(&mut self, snapshot: &StoredSnapshot) -> Result<()> {
+        let body = SnapshotBody::decode(&snapshot.bytes)?;
+        if body.pos.len() != KEY_LEN || body.pos != snapshot.pos.key() {
+            return Err(Error::Corrupt("a snapshot's position".into()));
+        }
+        let acls = body
+            .views
+            .get(acl::STORE)
+            .ok_or_else(|| Error::Corrupt("the snapshot has no ACLs".into()))?;
+        self.acls
+            .restore(acls)
+            .map_err(|e| Error::Corrupt(format!("the snapshot of the ACLs: {e}")))?;
+        for (name, view) in &mut self.stores {
+            let bytes = body
+                .views
+                .get(name)
+                .ok_or_else(|| Error::Corrupt(format!("the snapshot has no store {name}")))?;
+            view.restore(bytes)
+                .map_err(|e| Error::Corrupt(format!("the snapshot of store {name}: {e}")))?;
+        }
+        self.last = Some(snapshot.pos);
+        self.applied = snapshot.events;
+        self.heads = heads_to_map(&body.heads)?;
+        Ok(())
+    }
+}

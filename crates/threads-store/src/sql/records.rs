@@ -1,0 +1,570 @@
+//! [`Store`](crate::Store) for both backends: one macro, the same SQL text.
+
+/// Implements [`Store`](crate::Store) for a backend struct with `write`/`read` pools of `$db`.
+macro_rules! impl_store {
+    ($store:ty, $db:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::Store for $store {
+            async fn register(
+                &self,
+                reg: &$crate::model::Registration,
+                now_ms: i64,
+            ) -> $crate::Result<$crate::model::Registered> {
+                use $crate::model::Registered;
+                let mut tx = self.write.begin().await?;
+                let thread = reg.thread.as_bytes();
+                let key: Option<(Vec<u8>,)> =
+                    sqlx::query_as("SELECT follow_key FROM threads WHERE id = $1")
+                        .bind(thread)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                match key {
+                    None => {
+                        sqlx::query(
+                            "INSERT INTO threads (id, public, follow_key, created_at) VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(thread)
+                        .bind(reg.public)
+                        .bind(&reg.follow_key.as_bytes()[..])
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    Some((key,)) if key[..] != reg.follow_key.as_bytes()[..] => {
+                        return Err($crate::StoreError::Conflict("follow_key_mismatch"));
+                    }
+                    Some(_) => {
+                        sqlx::query("UPDATE threads SET public = $2 WHERE id = $1")
+                            .bind(thread)
+                            .bind(reg.public)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                let addrs = serde_json::to_string(&reg.addrs).expect("strings serialize");
+                let updated = sqlx::query("UPDATE logs SET addrs = $3, addrs_at = $4 WHERE thread_id = $1 AND log_id = $2")
+                    .bind(thread)
+                    .bind(reg.log.to_bytes())
+                    .bind(&addrs)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if updated == 0 {
+                    sqlx::query(
+                        "INSERT INTO logs (thread_id, log_id, addrs, registered_at, addrs_at) VALUES ($1, $2, $3, $4, $4)",
+                    )
+                    .bind(thread)
+                    .bind(reg.log.to_bytes())
+                    .bind(&addrs)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(if updated == 0 { Registered::Created } else { Registered::Updated })
+            }
+
+            async fn unregister_log(
+                &self,
+                thread: &threads_core::ThreadId,
+                log: &threads_core::LogId,
+            ) -> $crate::Result<()> {
+                let mut tx = self.write.begin().await?;
+                let (t, l) = (thread.as_bytes(), log.to_bytes());
+                let lock = sqlx::query("UPDATE threads SET seq = seq WHERE id = $1")
+                    .bind(t)
+                    .execute(&mut *tx)
+                    .await?;
+                if lock.rows_affected() == 0 {
+                    return Err($crate::StoreError::NotFound);
+                }
+                let removed: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT head_counter, byte_count FROM logs WHERE thread_id = $1 AND log_id = $2",
+                )
+                .bind(t)
+                .bind(&l)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((count, bytes)) = removed else {
+                    return Err($crate::StoreError::NotFound);
+                };
+                // Its webhook deliveries go too (their attempts by cascade): they point at
+                // records that no longer exist.
+                for table in ["records", "forks", "deliveries", "logs"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE thread_id = $1 AND log_id = $2"))
+                        .bind(t)
+                        .bind(&l)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query(
+                    "UPDATE threads SET record_count = record_count - $2, byte_count = byte_count - $3 WHERE id = $1",
+                )
+                .bind(t)
+                .bind(count)
+                .bind(bytes)
+                .execute(&mut *tx)
+                .await?;
+                // A thread with no logs left holds nothing: remove it too.
+                sqlx::query(
+                    "DELETE FROM threads WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM logs WHERE thread_id = $1)",
+                )
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn delete_thread(&self, thread: &threads_core::ThreadId) -> $crate::Result<()> {
+                let mut tx = self.write.begin().await?;
+                let t = thread.as_bytes();
+                for table in ["records", "forks", "logs"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE thread_id = $1"))
+                        .bind(t)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let gone = sqlx::query("DELETE FROM threads WHERE id = $1")
+                    .bind(t)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if gone == 0 {
+                    return Err($crate::StoreError::NotFound);
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn thread(
+                &self,
+                thread: &threads_core::ThreadId,
+            ) -> $crate::Result<Option<$crate::model::ThreadInfo>> {
+                let row: Option<$crate::sql::rows::ThreadRow> = sqlx::query_as(
+                    "SELECT id, public, follow_key, seq, record_count, byte_count, created_at FROM threads WHERE id = $1",
+                )
+                .bind(thread.as_bytes())
+                .fetch_optional(&self.read)
+                .await?;
+                row.map(|r| r.into_info()).transpose()
+            }
+
+            async fn public_threads(
+                &self,
+                after: Option<&threads_core::ThreadId>,
+                limit: u32,
+            ) -> $crate::Result<Vec<$crate::model::ThreadInfo>> {
+                let rows: Vec<$crate::sql::rows::ThreadRow> = sqlx::query_as(
+                    "SELECT id, public, follow_key, seq, record_count, byte_count, created_at FROM threads \
+                     WHERE public AND id > $1 ORDER BY id LIMIT $2",
+                )
+                .bind(after.map(|a| a.as_bytes().to_vec()).unwrap_or_default())
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await?;
+                rows.into_iter().map(|r| r.into_info()).collect()
+            }
+
+            async fn thread_seqs(
+                &self,
+                threads: &[threads_core::ThreadId],
+            ) -> $crate::Result<Vec<(threads_core::ThreadId, u64)>> {
+                let mut out = Vec::with_capacity(threads.len());
+                for chunk in threads.chunks(500) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new("SELECT id, seq FROM threads WHERE id IN (");
+                    let mut sep = q.separated(", ");
+                    for thread in chunk {
+                        sep.push_bind(thread.as_bytes());
+                    }
+                    sep.push_unseparated(")");
+                    let rows: Vec<(Vec<u8>, i64)> = q.build_query_as().fetch_all(&self.read).await?;
+                    for (id, seq) in rows {
+                        out.push(($crate::sql::rows::thread_id(&id)?, seq as u64));
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn logs(
+                &self,
+                thread: &threads_core::ThreadId,
+            ) -> $crate::Result<Vec<$crate::model::LogInfo>> {
+                let rows: Vec<$crate::sql::rows::LogRow> = sqlx::query_as(
+                    "SELECT thread_id, log_id, addrs, head_cid, head_counter, byte_count, registered_at, addrs_at \
+                     FROM logs WHERE thread_id = $1 ORDER BY log_id",
+                )
+                .bind(thread.as_bytes())
+                .fetch_all(&self.read)
+                .await?;
+                rows.into_iter().map(|r| r.into_info()).collect()
+            }
+
+            async fn log(
+                &self,
+                thread: &threads_core::ThreadId,
+                log: &threads_core::LogId,
+            ) -> $crate::Result<Option<$crate::model::LogInfo>> {
+                let row: Option<$crate::sql::rows::LogRow> = sqlx::query_as(
+                    "SELECT thread_id, log_id, addrs, head_cid, head_counter, byte_count, registered_at, addrs_at \
+                     FROM logs WHERE thread_id = $1 AND log_id = $2",
+                )
+                .bind(thread.as_bytes())
+                .bind(log.to_bytes())
+                .fetch_optional(&self.read)
+                .await?;
+                row.map(|r| r.into_info()).transpose()
+            }
+
+            async fn ingest(
+                &self,
+                batch: Vec<$crate::model::Ingest>,
+                quotas: &$crate::model::Quotas,
+                now_ms: i64,
+            ) -> $crate::Result<Vec<$crate::model::Outcome>> {
+                use std::collections::{BTreeMap, HashMap};
+                use $crate::sql::rule::{decide, Decision, LogState};
+                use $crate::model::Outcome;
+
+                let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+                // Threads in ID order, so concurrent batches lock rows in one order.
+                let mut by_thread: BTreeMap<Vec<u8>, Vec<usize>> = BTreeMap::new();
+                for (i, item) in batch.iter().enumerate() {
+                    by_thread.entry(item.thread.as_bytes().to_vec()).or_default().push(i);
+                }
+                let mut changes = Vec::new();
+                let mut tx = self.write.begin().await?;
+                for (thread, indexes) in by_thread {
+                    // Locks the thread row until commit: sequence numbers follow commit order.
+                    let counters: Option<(i64, i64)> = sqlx::query_as(
+                        "UPDATE threads SET seq = seq WHERE id = $1 RETURNING seq, byte_count",
+                    )
+                    .bind(&thread)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some((seq, bytes)) = counters else {
+                        for i in indexes {
+                            outcomes[i] = Some(Outcome::UnknownLog);
+                        }
+                        continue;
+                    };
+                    let (first_seq, mut thread_seq, mut thread_bytes) = (seq as u64, seq as u64, bytes as u64);
+
+                    // Heads of the logs this batch touches (not every log of the thread).
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT log_id, head_cid, head_counter, byte_count FROM logs WHERE thread_id = ",
+                    );
+                    q.push_bind(&thread).push(" AND log_id IN (");
+                    let mut sep = q.separated(", ");
+                    let distinct: std::collections::BTreeSet<Vec<u8>> =
+                        indexes.iter().map(|&i| batch[i].log.to_bytes()).collect();
+                    for log in &distinct {
+                        sep.push_bind(log.as_slice());
+                    }
+                    sep.push_unseparated(")");
+                    let rows: Vec<(Vec<u8>, Option<Vec<u8>>, i64, i64)> =
+                        q.build_query_as().fetch_all(&mut *tx).await?;
+                    let mut logs: HashMap<Vec<u8>, LogState> = HashMap::new();
+                    for (log, head_cid, counter, bytes) in rows {
+                        let head = match head_cid {
+                            Some(c) => Some(threads_core::Head { cid: $crate::sql::rows::cid(&c)?, counter: counter as u64 }),
+                            None => None,
+                        };
+                        logs.insert(log, LogState { head, bytes, changed: false });
+                    }
+
+                    // Only a record that does not extend its log's head can already be stored
+                    // (a duplicate) or name a stored predecessor (a fork): look those up, by
+                    // CID, in one query. The common batch (every record chains) reads nothing.
+                    let suspects = $crate::sql::rule::suspects(&thread, &indexes, &batch, &logs);
+                    let mut known: HashMap<Vec<u8>, u64> = HashMap::new();
+                    let mut stored_in_log: std::collections::HashSet<(Vec<u8>, Vec<u8>)> = Default::default();
+                    for chunk in suspects.chunks(500) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new("SELECT thread_id, log_id, cid, counter FROM records WHERE substr(cid, 5, 8) IN (");
+                        let mut sep = q.separated(", ");
+                        for cid in chunk {
+                            sep.push_bind($crate::sql::rule::cid_prefix(cid));
+                        }
+                        sep.push_unseparated(")");
+                        let rows: Vec<(Vec<u8>, Vec<u8>, Vec<u8>, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
+                        // The prefix narrows; the whole CID decides.
+                        for (_, log, cid, counter) in rows.into_iter().filter(|r| r.0 == thread && chunk.contains(&r.2)) {
+                            stored_in_log.insert((log, cid.clone()));
+                            known.insert(cid, counter as u64);
+                        }
+                    }
+                    let mut records = Vec::new();
+                    let mut forks = Vec::new();
+                    for &i in &indexes {
+                        let item = &batch[i];
+                        let log_key = item.log.to_bytes();
+                        let state = logs.get_mut(&log_key);
+                        // A prev that is not the head but is stored in this log makes a fork.
+                        let prev_stored = item
+                            .record
+                            .prev()
+                            .is_some_and(|prev| stored_in_log.contains(&(log_key.clone(), prev.to_bytes())));
+                        let decision = decide(item, state, &known, prev_stored, &mut thread_seq, &mut thread_bytes, quotas);
+                        outcomes[i] = Some(match decision {
+                            Decision::Store { seq, counter } => {
+                                known.insert(item.record.cid().to_bytes(), counter);
+                                records.push((i, seq, counter));
+                                Outcome::Accepted { seq, counter }
+                            }
+                            Decision::Fork { head } => {
+                                forks.push(i);
+                                Outcome::Fork { head }
+                            }
+                            Decision::Final(outcome) => outcome,
+                        });
+                    }
+                    // Bounded so a statement stays under both backends' bind-parameter limits.
+                    for chunk in records.chunks(1000) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO records (thread_id, seq, log_id, counter, cid, prev, event_cid, header_cid, \
+                             body_cid, record, event, header, body, arrived_at) ",
+                        );
+                        q.push_values(chunk, |mut row, &(i, seq, counter)| {
+                            let r = &batch[i].record;
+                            let (header_cid, body_cid) = r.content_cids();
+                            let b = r.blocks();
+                            row.push_bind(&thread)
+                                .push_bind(seq as i64)
+                                .push_bind(batch[i].log.to_bytes())
+                                .push_bind(counter as i64)
+                                .push_bind(r.cid().to_bytes())
+                                .push_bind(r.prev().map(|p| p.to_bytes()))
+                                .push_bind(r.event_cid().to_bytes())
+                                .push_bind(header_cid.to_bytes())
+                                .push_bind(body_cid.to_bytes())
+                                .push_bind(&b.record)
+                                .push_bind(&b.event)
+                                .push_bind(&b.header)
+                                .push_bind(&b.body)
+                                .push_bind(now_ms);
+                        });
+                        q.build().execute(&mut *tx).await?;
+                    }
+                    for &i in &forks {
+                        let r = &batch[i].record;
+                        let b = r.blocks();
+                        sqlx::query(
+                            "INSERT INTO forks (thread_id, log_id, cid, prev, record, event, header, body, arrived_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(&thread)
+                        .bind(batch[i].log.to_bytes())
+                        .bind(r.cid().to_bytes())
+                        .bind(r.prev().map(|p| p.to_bytes()))
+                        .bind(&b.record)
+                        .bind(&b.event)
+                        .bind(&b.header)
+                        .bind(&b.body)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    // All moved heads in one statement (UPDATE ... FROM VALUES works on both).
+                    let moved: Vec<_> = logs.iter().filter(|(_, s)| s.changed).collect();
+                    for chunk in moved.chunks(500) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new("UPDATE logs SET head_cid = v.column2, head_counter = v.column3, byte_count = v.column4 FROM (");
+                        q.push_values(chunk, |mut row, (log, state)| {
+                            let head = state.head.expect("a changed log has a head");
+                            row.push_bind(log.as_slice())
+                                .push_bind(head.cid.to_bytes())
+                                .push_bind(head.counter as i64)
+                                .push_bind(state.bytes);
+                        });
+                        q.push(") AS v WHERE logs.thread_id = ").push_bind(&thread).push(" AND logs.log_id = v.column1");
+                        q.build().execute(&mut *tx).await?;
+                    }
+                    if thread_seq > first_seq {
+                        sqlx::query(
+                            "UPDATE threads SET seq = $2, record_count = record_count + $3, byte_count = $4 WHERE id = $1",
+                        )
+                        .bind(&thread)
+                        .bind(thread_seq as i64)
+                        .bind((thread_seq - first_seq) as i64)
+                        .bind(thread_bytes as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                        let change = $crate::Change {
+                            thread: $crate::sql::rows::thread_id(&thread)?,
+                            seq: thread_seq,
+                        };
+                        Self::notify_in_tx(&mut tx, &change).await?;
+                        changes.push(change);
+                    }
+                }
+                tx.commit().await?;
+                self.after_commit(changes);
+                Ok(outcomes.into_iter().map(|o| o.expect("every record decided")).collect())
+            }
+
+            async fn records_by_log(
+                &self,
+                thread: &threads_core::ThreadId,
+                log: &threads_core::LogId,
+                after: u64,
+                limit: u32,
+            ) -> $crate::Result<Vec<$crate::model::StoredRecord>> {
+                let sql = format!(
+                    "SELECT {} FROM records WHERE thread_id = $1 AND log_id = $2 AND counter > $3 ORDER BY counter LIMIT $4",
+                    $crate::sql::rows::RECORD_COLUMNS
+                );
+                let rows: Vec<$crate::sql::rows::RecordRow> = sqlx::query_as(&sql)
+                    .bind(thread.as_bytes())
+                    .bind(log.to_bytes())
+                    .bind(after as i64)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.read)
+                    .await?;
+                $crate::sql::rows::into_stored(thread, rows)
+            }
+
+            async fn records_by_thread(
+                &self,
+                thread: &threads_core::ThreadId,
+                after: u64,
+                limit: u32,
+            ) -> $crate::Result<Vec<$crate::model::StoredRecord>> {
+                let sql = format!(
+                    "SELECT {} FROM records WHERE thread_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    $crate::sql::rows::RECORD_COLUMNS
+                );
+                let rows: Vec<$crate::sql::rows::RecordRow> = sqlx::query_as(&sql)
+                    .bind(thread.as_bytes())
+                    .bind(after as i64)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.read)
+                    .await?;
+                $crate::sql::rows::into_stored(thread, rows)
+            }
+
+            async fn block(
+                &self,
+                cid: &threads_core::Cid,
+            ) -> $crate::Result<Option<(threads_core::ThreadId, Vec<u8>)>> {
+                let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+                    "SELECT thread_id, CASE WHEN cid = $1 THEN record WHEN event_cid = $1 THEN event \
+                     WHEN header_cid = $1 THEN header ELSE body END FROM records \
+                     WHERE (substr(cid, 5, 8) = $2 OR substr(event_cid, 5, 8) = $2 \
+                     OR substr(header_cid, 5, 8) = $2 OR substr(body_cid, 5, 8) = $2) \
+                     AND (cid = $1 OR event_cid = $1 OR header_cid = $1 OR body_cid = $1) LIMIT 1",
+                )
+                .bind(cid.to_bytes())
+                .bind($crate::sql::rule::cid_prefix(&cid.to_bytes()))
+                .fetch_optional(&self.read)
+                .await?;
+                row.map(|(thread, bytes)| Ok(($crate::sql::rows::thread_id(&thread)?, bytes)))
+                    .transpose()
+            }
+
+            async fn forks(
+                &self,
+                thread: &threads_core::ThreadId,
+                log: &threads_core::LogId,
+            ) -> $crate::Result<Vec<$crate::model::ForkEvidence>> {
+                let rows: Vec<$crate::sql::rows::ForkRow> = sqlx::query_as(
+                    "SELECT cid, prev, record, event, header, body, arrived_at FROM forks \
+                     WHERE thread_id = $1 AND log_id = $2 ORDER BY arrived_at, cid",
+                )
+                .bind(thread.as_bytes())
+                .bind(log.to_bytes())
+                .fetch_all(&self.read)
+                .await?;
+                rows.into_iter().map(|r| r.into_evidence()).collect()
+            }
+
+            async fn use_nonce(&self, nonce: &[u8], expires_ms: i64, now_ms: i64) -> $crate::Result<bool> {
+                let mut tx = self.write.begin().await?;
+                sqlx::query("DELETE FROM request_nonces WHERE expires_at < $1")
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                let fresh = sqlx::query(
+                    "INSERT INTO request_nonces (nonce, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                )
+                .bind(nonce)
+                .bind(expires_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                tx.commit().await?;
+                Ok(fresh)
+            }
+
+            async fn add_registration_token(&self, token_hash: &[u8], note: &str, now_ms: i64) -> $crate::Result<()> {
+                sqlx::query(
+                    "INSERT INTO registration_tokens (token_hash, note, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                )
+                .bind(token_hash)
+                .bind(note)
+                .bind(now_ms)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn registration_token_exists(&self, token_hash: &[u8]) -> $crate::Result<bool> {
+                let row: Option<(String,)> =
+                    sqlx::query_as("SELECT note FROM registration_tokens WHERE token_hash = $1")
+                        .bind(token_hash)
+                        .fetch_optional(&self.read)
+                        .await?;
+                Ok(row.is_some())
+            }
+
+            async fn server_id(&self) -> $crate::Result<String> {
+                use rand_core::RngCore;
+                let mut random = [0u8; 16];
+                rand_core::OsRng.fill_bytes(&mut random);
+                let fresh: String = random.iter().map(|b| format!("{b:02x}")).collect();
+                sqlx::query("INSERT INTO settings (name, value) VALUES ('server_id', $1) ON CONFLICT DO NOTHING")
+                    .bind(format!("threads-{fresh}"))
+                    .execute(&self.write)
+                    .await?;
+                let (id,): (String,) = sqlx::query_as("SELECT value FROM settings WHERE name = 'server_id'")
+                    .fetch_one(&self.write)
+                    .await?;
+                Ok(id)
+            }
+
+            async fn records_at(
+                &self,
+                thread: &threads_core::ThreadId,
+                seqs: &[u64],
+            ) -> $crate::Result<Vec<$crate::model::StoredRecord>> {
+                let mut out = Vec::with_capacity(seqs.len());
+                for chunk in seqs.chunks(500) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(format!(
+                        "SELECT {} FROM records WHERE thread_id = ",
+                        $crate::sql::rows::RECORD_COLUMNS
+                    ));
+                    q.push_bind(thread.as_bytes()).push(" AND seq IN (");
+                    let mut sep = q.separated(", ");
+                    for seq in chunk {
+                        sep.push_bind(*seq as i64);
+                    }
+                    sep.push_unseparated(")");
+                    let rows: Vec<$crate::sql::rows::RecordRow> = q.build_query_as().fetch_all(&self.read).await?;
+                    out.extend($crate::sql::rows::into_stored(thread, rows)?);
+                }
+                Ok(out)
+            }
+
+            fn changes(&self) -> tokio::sync::broadcast::Receiver<$crate::Change> {
+                self.changes.subscribe()
+            }
+
+            async fn ping(&self) -> $crate::Result<()> {
+                sqlx::query("SELECT 1").execute(&self.read).await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(crate) use impl_store;

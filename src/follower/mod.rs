@@ -1,0 +1,136 @@
+//! The follower's core: everything the follower does, as plain async functions over typed
+//! inputs and outputs. Its transports (the HTTP API and WebSocket in [`crate::server::v1`],
+//! the libp2p API, gossip and replication in [`crate::server::p2p`]) decode what arrives, call
+//! these, and encode the answer; none of them calls another.
+//!
+//! | operation | function | module |
+//! |---|---|---|
+//! | register a log, unregister it, delete a thread (a writer's signed request) | [`Follower::owner_request`] | [`owners`] |
+//! | take in a log found at another follower (replication) | [`Follower::adopt_log`] | [`owners`] |
+//! | push a batch of records, from a writer, a gossip peer or a replica | [`Follower::push`] | [`push`] |
+//! | pull a thread by cursor, a log by counter | [`Follower::pull_thread`], [`Follower::pull_log`] | [`reads`] |
+//! | follow a thread live from a cursor | [`Follower::subscribe`] | [`live`] |
+//! | a block by CID | [`Follower::block`] | [`reads`] |
+//! | listings: public threads, a thread and its logs (or just its heads digest), a log, its forks | [`Follower::threads`], [`Follower::thread`], [`Follower::log`], [`Follower::forks`] | [`reads`] |
+//! | webhooks: subscribe, show, delete, deliveries, replay, test, rotate, re-enable | [`Follower::create_webhook`] and the rest | [`webhooks`] |
+//! | deliver webhooks (one worker per process) | [`deliveries::spawn`] | [`deliveries`] |
+//! | issue registration tokens; readiness | [`Follower::issue_registration_token`], [`Follower::ready`] | [`owners`], here |
+//!
+//! Refusals are [`Error`]s, one variant per reason with a stable code; a pushed record's fate
+//! is a [`push::Verdict`]. Who reads a thread is decided here ([`access`]): public threads by
+//! anyone, private ones with their pull token.
+
+pub mod access;
+pub mod deliveries;
+pub mod error;
+pub mod live;
+pub mod owners;
+pub mod push;
+pub mod reads;
+pub mod webhooks;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use futures_util::future::BoxFuture;
+use threads_core::{LogId, ThreadId, UnverifiedRecord};
+use threads_store::{Quotas, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+pub use access::{decode_cursor, encode_cursor};
+pub use error::{Error, Result};
+pub use push::{Origin, PushItem, Pushed, Verdict};
+
+/// Milliseconds since the Unix epoch: the follower's clock for arrival times and request
+/// windows.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// Records stored from writers' pushes to public threads, in order: thread, log and nodes.
+pub type News = Vec<(ThreadId, LogId, UnverifiedRecord)>;
+
+/// What the follower tells the network it is part of (the libp2p host): records worth
+/// gossiping, and which threads' topics to be on. Set by the transport that has a network.
+pub trait Announce: Send + Sync + 'static {
+    /// Records a writer pushed to public threads, once stored. Must not block: a full queue
+    /// skips them (readers that miss a record pull it).
+    fn records(&self, news: News);
+    /// Be on a public thread's topic, or leave a private or deleted thread's (idempotent).
+    fn topic<'a>(&'a self, thread: &'a ThreadId, public: bool) -> BoxFuture<'a, ()>;
+}
+
+/// The follower. Cheap to clone.
+#[derive(Clone)]
+pub struct Follower(Arc<Inner>);
+
+struct Inner {
+    config: Config,
+    store: Arc<dyn Store>,
+    /// The audience signed requests must name; shared by every process on one database.
+    server_id: String,
+    hub: live::Hub,
+    quotas: Quotas,
+    shutdown: CancellationToken,
+    announce: Option<Arc<dyn Announce>>,
+}
+
+impl Follower {
+    /// Opens the store (running migrations) and starts live fan-out; `announce` is told what to
+    /// gossip, when there is a network to gossip on.
+    pub async fn open(
+        config: Config,
+        announce: Option<Arc<dyn Announce>>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let store = threads_store::open(config.database_url(), &config.data_dir)
+            .await
+            .context("opening the database")?;
+        let server_id = store.server_id().await.context("reading the server ID")?;
+        let limit = |n: u64| (n > 0).then_some(n);
+        let quotas = Quotas {
+            max_records_per_log: limit(config.quotas.max_records_per_log),
+            max_bytes_per_thread: limit(config.quotas.max_bytes_per_thread),
+        };
+        let hub = live::Hub::start(store.clone(), shutdown.clone());
+        Ok(Self(Arc::new(Inner {
+            config,
+            store,
+            server_id,
+            hub,
+            quotas,
+            shutdown,
+            announce,
+        })))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    /// The ID signed requests must name.
+    pub fn server_id(&self) -> &str {
+        &self.0.server_id
+    }
+
+    /// Cancelled when the process stops.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.0.shutdown
+    }
+
+    /// Ready when the database answers.
+    pub async fn ready(&self) -> Result<()> {
+        Ok(self.0.store.ping().await?)
+    }
+
+    /// Tells the network whether to be on a thread's topic.
+    async fn topic(&self, thread: &ThreadId, public: bool) {
+        if let Some(announce) = &self.0.announce {
+            announce.topic(thread, public).await;
+        }
+    }
+}
