@@ -23,6 +23,7 @@ pub struct Config {
     pub registration: RegistrationMode,
     pub admin_token: String,
     pub allow_legacy_signatures: bool,
+    pub trust_forwarded_headers: bool,
     pub limits: Limits,
     pub quotas: QuotaConfig,
     pub rate_limit: RateLimit,
@@ -119,6 +120,8 @@ pub struct Limits {
     pub max_page_records: u32,
     pub request_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
+    pub header_read_timeout_secs: u64,
+    pub max_connections_per_address: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -213,6 +216,9 @@ impl Config {
         if self.limits.max_body_bytes < 1024 {
             bail!("limits.max_body_bytes must be at least 1024");
         }
+        if self.limits.header_read_timeout_secs == 0 {
+            bail!("limits.header_read_timeout_secs must be at least 1");
+        }
         if self.websocket.buffer_messages == 0 {
             bail!("websocket.buffer_messages must be at least 1");
         }
@@ -296,6 +302,7 @@ impl fmt::Debug for Config {
                 },
             )
             .field("allow_legacy_signatures", &self.allow_legacy_signatures)
+            .field("trust_forwarded_headers", &self.trust_forwarded_headers)
             .field("limits", &self.limits)
             .field("quotas", &self.quotas)
             .field("rate_limit", &self.rate_limit)

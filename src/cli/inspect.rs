@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use serde_json::{json, Value};
 use threads_core::keys::KeyError;
-use threads_core::{Cid, Keypair, LogId, PublicKey, ThreadAddr, ThreadId, ThreadKey};
+use threads_core::{Keypair, LogId, PublicKey, ThreadAddr, ThreadId, ThreadKey};
 
 /// Print what a thread ID, thread key, log/peer ID, identity, CID or multiaddr is, as JSON.
 ///
@@ -117,7 +117,7 @@ fn inspect(s: &str, show_secrets: bool) -> Option<Value> {
             "read_key": key.read().map(|k| secret(k.as_bytes())),
         }));
     }
-    if let Ok(cid) = s.parse::<Cid>() {
+    if let Ok(cid) = threads_core::parse_cid(s) {
         let hash = cid.hash();
         return Some(json!({
             "kind": "cid",

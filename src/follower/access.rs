@@ -62,6 +62,10 @@ pub fn check_access(info: &ThreadInfo, token: Option<&str>) -> Result<()> {
     }
 }
 
+/// The largest sequence number or counter a thread or log can reach (storage keeps them as
+/// signed 64-bit integers); a cursor past it is refused rather than wrapped around.
+pub const MAX_POSITION: u64 = i64::MAX as u64;
+
 /// A thread cursor: opaque to clients, `created_ms || seq` inside, so a cursor from a deleted and
 /// re-created thread restarts from the beginning instead of skipping records.
 pub fn encode_cursor(info: &ThreadInfo, seq: u64) -> String {
@@ -83,5 +87,9 @@ pub fn decode_cursor(info: &ThreadInfo, cursor: Option<&str>) -> Result<u64> {
         .ok_or(Error::BadCursor("not a cursor from this server"))?;
     let created = i64::from_be_bytes(bytes[..8].try_into().unwrap());
     let seq = u64::from_be_bytes(bytes[8..].try_into().unwrap());
+    // Storage counts in signed 64 bits: this server never made a cursor past that.
+    if seq > MAX_POSITION {
+        return Err(Error::BadCursor("not a cursor from this server"));
+    }
     Ok(if created == info.created_ms { seq } else { 0 })
 }

@@ -15,7 +15,7 @@
 //! networks are refused unless the operator allows them.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,7 +81,9 @@ pub fn retry_delay_ms(
     delay.max(retry_after_ms.unwrap_or(0).min(max_ms))
 }
 
-/// Whether a webhook may be sent to this address (any, when the operator allows private ones).
+/// Whether a webhook may be sent to this address (any, when the operator allows private ones):
+/// a unicast address of the public internet. IPv6 forms that carry an IPv4 address (mapped,
+/// compatible, NAT64, 6to4) are judged by that address.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -92,18 +94,42 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_unspecified()
                 || v4.is_broadcast()
                 || v4.is_documentation()
+                || v4.is_multicast()
                 || a == 0
-                || (a == 100 && (64..128).contains(&b)))
+                || a >= 240
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (18..20).contains(&b))
+                || (a == 192 && b == 0 && v4.octets()[2] == 0))
         }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_public(IpAddr::V4(v4)),
-            None => {
-                !(v6.is_loopback()
-                    || v6.is_unspecified()
-                    || v6.is_unique_local()
-                    || v6.is_unicast_link_local())
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
             }
-        },
+            // IPv4-compatible ::a.b.c.d (deprecated, but still routed by some stacks).
+            if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                return is_public(IpAddr::V4(embedded(s[6], s[7])));
+            }
+            // NAT64 64:ff9b::/96 and 64:ff9b:1::/48 translate to the IPv4 address inside.
+            if s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0; 4] || s[2] == 1) {
+                return is_public(IpAddr::V4(embedded(s[6], s[7])));
+            }
+            // 6to4 2002:AABB:CCDD::/48 reaches the IPv4 address AABB:CCDD.
+            if s[0] == 0x2002 {
+                return is_public(IpAddr::V4(embedded(s[1], s[2])));
+            }
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_unique_local()
+                || v6.is_unicast_link_local()
+                || v6.is_multicast()
+                // Site-local fec0::/10: deprecated, private where it is still used.
+                || (s[0] & 0xffc0) == 0xfec0
+                // Documentation 2001:db8::/32, and discard-only 100::/64.
+                || (s[0] == 0x2001 && s[1] == 0xdb8)
+                || (s[0] == 0x100 && s[1..4] == [0; 3]))
+        }
     }
 }
 
@@ -710,10 +736,36 @@ mod tests {
             "fe80::1",
             "fd00::1",
             "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "64:ff9b:1::a00:1",
+            "2002:7f00:1::",
+            "2002:c0a8:101::1",
+            "224.0.0.1",
+            "239.255.255.250",
+            "ff02::1",
+            "ff05::2",
+            "198.18.0.1",
+            "198.19.255.255",
+            "240.0.0.1",
+            "255.255.255.255",
+            "192.0.0.8",
+            "fec0::1",
+            "2001:db8::1",
+            "100::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"] {
+        for ip in [
+            "93.184.216.34",
+            "2606:2800:220:1:248:1893:25c8:1946",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+            "::ffff:93.184.216.34",
+            "198.20.0.1",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
         assert!(check_url("http://127.0.0.1:9/hook", false).is_err());

@@ -41,6 +41,9 @@ pub enum Error {
     NotAWriter(&'static str),
     #[error("{0}")]
     BadLogId(String),
+    /// Other logs of the thread hold records: what was asked would decide for their writers.
+    #[error("other logs of this thread hold records: only a thread's sole writer may {0} (each writer can unregister its own log)")]
+    OtherWriters(&'static str),
     #[error("{0} is not a log of this thread here")]
     UnknownLog(String),
     #[error("{0}")]
@@ -82,6 +85,7 @@ impl Error {
             Error::NotAWriter(_) => "not_a_writer",
             Error::BadLogId(_) => "bad_log_id",
             Error::UnknownLog(_) => "unknown_log",
+            Error::OtherWriters(_) => "other_writers",
             Error::BadWebhookUrl(_) => "bad_webhook_url",
             Error::AdminTokenRequired => "unauthorized",
             Error::FollowKeyMismatch => "follow_key_mismatch",

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use threads_core::auth::check_pull_token;
 use threads_core::ThreadId;
 use threads_store::{Store, StoredRecord, ThreadInfo};
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -33,7 +34,10 @@ impl super::Follower {
     ) -> super::Result<(ThreadInfo, Subscription)> {
         let info = self.readable_thread(thread, token).await?;
         let after = super::decode_cursor(&info, cursor)?;
-        let subscription = Subscription::new(&self.0.hub, thread.clone(), after).await;
+        let mut subscription = Subscription::new(&self.0.hub, thread.clone(), after).await;
+        // Without the pull token, what is read depends on the thread staying public.
+        subscription.anonymous =
+            !token.is_some_and(|t| check_pull_token(&info.follow_key, &info.id, t));
         Ok((info, subscription))
     }
 }
@@ -46,8 +50,16 @@ struct Inner {
     tails: Mutex<HashMap<ThreadId, Tail>>,
 }
 
+/// A new record as the tail broadcasts it, with whether its thread was public once it had been
+/// read (so that subscribers without the pull token need not ask storage).
+#[derive(Clone)]
+struct Live {
+    record: Arc<StoredRecord>,
+    public: bool,
+}
+
 struct Tail {
-    sender: broadcast::Sender<Arc<StoredRecord>>,
+    sender: broadcast::Sender<Live>,
     /// Newest sequence number broadcast (or known when the tail started).
     last: u64,
 }
@@ -63,7 +75,7 @@ impl Hub {
     }
 
     /// Live records of `thread` from now on. Pair with [`Subscription`] for a gap-free stream.
-    async fn subscribe(&self, thread: &ThreadId) -> broadcast::Receiver<Arc<StoredRecord>> {
+    async fn subscribe(&self, thread: &ThreadId) -> broadcast::Receiver<Live> {
         if let Some(tail) = self.0.tails.lock().unwrap().get(thread) {
             return tail.sender.subscribe();
         }
@@ -140,6 +152,18 @@ impl Hub {
                 }
             };
             let full = page.len() == PAGE as usize;
+            // Read after the records: if the thread turned private before one of them was
+            // stored, this says so.
+            let public = match page.is_empty() {
+                true => false,
+                false => match self.0.store.thread(thread).await {
+                    Ok(info) => info.is_some_and(|t| t.public),
+                    Err(error) => {
+                        tracing::warn!(%error, "reading a watched thread failed");
+                        return;
+                    }
+                },
+            };
             let mut tails = self.0.tails.lock().unwrap();
             let Some(tail) = tails.get_mut(thread) else {
                 return;
@@ -148,7 +172,8 @@ impl Hub {
                 if record.seq > tail.last {
                     tail.last = record.seq;
                     // No receiver is fine; they replay from storage.
-                    let _ = tail.sender.send(Arc::new(record));
+                    let record = Arc::new(record);
+                    let _ = tail.sender.send(Live { record, public });
                 }
             }
             if !full {
@@ -163,12 +188,16 @@ impl Hub {
 pub struct Subscription {
     hub: Hub,
     thread: ThreadId,
-    live: broadcast::Receiver<Arc<StoredRecord>>,
+    live: broadcast::Receiver<Live>,
     /// Sequence number of the last record yielded.
     pub cursor: u64,
     /// Records read from storage, not yet yielded.
     backlog: std::collections::VecDeque<Arc<StoredRecord>>,
     replaying: bool,
+    /// Subscribed without the pull token, to a public thread: each record is yielded only if
+    /// the thread was still public after it was read (a thread that turns private, or is
+    /// deleted, stops reaching those who may no longer read it).
+    anonymous: bool,
 }
 
 impl Subscription {
@@ -182,11 +211,13 @@ impl Subscription {
             cursor,
             backlog: Default::default(),
             replaying: true,
+            anonymous: false,
         }
     }
 
-    /// The next record after the cursor. Errors only when storage fails.
-    pub async fn next(&mut self) -> Result<Arc<StoredRecord>, threads_store::StoreError> {
+    /// The next record after the cursor. Errors when the subscriber may read the thread no
+    /// more, or when storage fails.
+    pub async fn next(&mut self) -> super::Result<Arc<StoredRecord>> {
         loop {
             if let Some(record) = self.backlog.pop_front() {
                 self.cursor = record.seq;
@@ -197,15 +228,24 @@ impl Subscription {
                 let page = store
                     .records_by_thread(&self.thread, self.cursor, PAGE)
                     .await?;
+                if self.anonymous && !page.is_empty() {
+                    // Read after the page: a record stored after the thread turned private
+                    // is never shown.
+                    let info = store.thread(&self.thread).await?;
+                    still_public(info.is_some_and(|t| t.public))?;
+                }
                 self.replaying = page.len() == PAGE as usize;
                 self.backlog.extend(page.into_iter().map(Arc::new));
                 continue;
             }
             match self.live.recv().await {
-                Ok(record) if record.seq <= self.cursor => continue,
-                Ok(record) if record.seq == self.cursor + 1 => {
-                    self.cursor = record.seq;
-                    return Ok(record);
+                Ok(live) if live.record.seq <= self.cursor => continue,
+                Ok(live) if live.record.seq == self.cursor + 1 => {
+                    if self.anonymous {
+                        still_public(live.public)?;
+                    }
+                    self.cursor = live.record.seq;
+                    return Ok(live.record);
                 }
                 // Something was skipped, or this subscriber fell behind: back to storage.
                 Ok(_) | Err(RecvError::Lagged(_)) => self.replaying = true,
@@ -216,5 +256,13 @@ impl Subscription {
                 }
             }
         }
+    }
+}
+
+/// A subscriber without the pull token reads on only while the thread is public.
+fn still_public(public: bool) -> super::Result<()> {
+    match public {
+        true => Ok(()),
+        false => Err(super::Error::PullTokenRequired),
     }
 }

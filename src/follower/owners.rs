@@ -75,6 +75,13 @@ impl Follower {
                     addrs: checked_addrs(addrs)?,
                     public: *public,
                 };
+                // Anyone with the follow key can register a log: a thread's visibility is
+                // changed only by its sole writer.
+                if let Some(info) = self.0.store.thread(&thread).await? {
+                    if info.public != *public && self.others_hold_records(&thread, &log).await? {
+                        return Err(Error::OtherWriters("change its visibility"));
+                    }
+                }
                 self.spend_nonce(&payload, now).await?;
                 let created = self.adopt_log(&registration).await? == Registered::Created;
                 tracing::info!(%thread, %log, created, "log registered");
@@ -98,10 +105,15 @@ impl Follower {
                 Ok(OwnerAnswer::Unregistered { thread, log })
             }
             Action::DeleteThread => {
-                self.spend_nonce(&payload, now).await?;
                 if self.0.store.log(&thread, &log).await?.is_none() {
                     return Err(Error::NotAWriter("delete it"));
                 }
+                // A log can be registered by anyone with the follow key: it must not take
+                // other writers' records with it.
+                if self.others_hold_records(&thread, &log).await? {
+                    return Err(Error::OtherWriters("delete it"));
+                }
+                self.spend_nonce(&payload, now).await?;
                 self.0.store.delete_thread(&thread).await?;
                 self.topic(&thread, false).await;
                 tracing::info!(%thread, "thread deleted");
@@ -118,6 +130,12 @@ impl Follower {
         let registered = self.0.store.register(registration, now_ms()).await?;
         self.topic(&registration.thread, registration.public).await;
         Ok(registered)
+    }
+
+    /// Whether a log of the thread other than `log` holds records.
+    async fn others_hold_records(&self, thread: &ThreadId, log: &LogId) -> Result<bool> {
+        let logs = self.0.store.logs(thread).await?;
+        Ok(logs.iter().any(|l| &l.log != log && l.head.is_some()))
     }
 
     /// Spends a signed request's nonce: a request is honoured once.
@@ -141,18 +159,24 @@ impl Follower {
         !expected.is_empty() && token.is_some_and(|t| Sha256::digest(t) == Sha256::digest(expected))
     }
 
+    /// The operator's API answers only the admin token (and is not there when none is set).
+    pub fn check_admin(&self, token: Option<&str>) -> Result<()> {
+        if self.config().admin_token.is_empty() {
+            return Err(Error::NotFound("route"));
+        }
+        if !self.is_admin(token) {
+            return Err(Error::AdminTokenRequired);
+        }
+        Ok(())
+    }
+
     /// A new registration token, for the operator (`registration = "token"` servers).
     pub async fn issue_registration_token(
         &self,
         admin_token: Option<&str>,
         note: &str,
     ) -> Result<String> {
-        if self.config().admin_token.is_empty() {
-            return Err(Error::NotFound("route"));
-        }
-        if !self.is_admin(admin_token) {
-            return Err(Error::AdminTokenRequired);
-        }
+        self.check_admin(admin_token)?;
         let mut secret = [0u8; 32];
         OsRng.fill_bytes(&mut secret);
         let token = URL_SAFE_NO_PAD.encode(secret);

@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 use threads_core::{Cid, LogId, ThreadId};
 use threads_store::{ForkEvidence, LogInfo, StoredRecord, ThreadInfo};
 
-use super::access::{check_access, decode_cursor, encode_cursor};
+use super::access::{check_access, decode_cursor, encode_cursor, MAX_POSITION};
 use super::{now_ms, Error, Follower, Result};
 
 /// One page of records, the cursor after its last one, and whether more may follow.
@@ -74,7 +74,9 @@ impl Follower {
             None => 0,
             Some(a) => a
                 .parse()
-                .map_err(|_| Error::BadCursor("a log cursor is a record counter"))?,
+                .ok()
+                .filter(|counter| *counter <= MAX_POSITION)
+                .ok_or(Error::BadCursor("a log cursor is a record counter"))?,
         };
         let limit = self.page_size(limit);
         let records = self.records(thread, Some(log), after, limit).await?;

@@ -79,7 +79,11 @@ impl Follower {
             other => other.into(),
         })?;
         tracing::info!(webhook = %hook.id, thread = %hook.thread, "webhook created");
-        Ok(hook)
+        // As stored: its cursor starts at the thread's newest record.
+        store
+            .webhook(&hook.id)
+            .await?
+            .ok_or(Error::NotFound("webhook"))
     }
 
     /// The subscription, if `token` is its secret or the admin token. Unknown and

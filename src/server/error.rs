@@ -72,11 +72,14 @@ impl From<Error> for ApiError {
                 StatusCode::FORBIDDEN
             }
             Error::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Replayed | Error::FollowKeyMismatch | Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Replayed
+            | Error::FollowKeyMismatch
+            | Error::OtherWriters(_)
+            | Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Request(e) => match e {
-                RequestError::Payload(_) | RequestError::SignatureEncoding => {
-                    StatusCode::BAD_REQUEST
-                }
+                RequestError::Payload(_)
+                | RequestError::SignatureEncoding
+                | RequestError::BadNonce => StatusCode::BAD_REQUEST,
                 RequestError::BadSignature | RequestError::Expired => StatusCode::UNAUTHORIZED,
                 RequestError::WrongServer(_) => StatusCode::MISDIRECTED_REQUEST,
             },

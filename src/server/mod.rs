@@ -10,6 +10,7 @@
 //! | [`error`] | `ApiError`: status plus stable JSON error code, and the one mapping from the core's refusals |
 
 pub mod error;
+mod listener;
 pub mod ops;
 pub mod p2p;
 pub mod v1;
@@ -18,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -149,6 +150,8 @@ fn bounded(router: Router<AppState>, config: &Config) -> Router<AppState> {
             Duration::from_secs(config.limits.request_timeout_secs),
         ))
         .layer(RequestBodyLimitLayer::new(config.limits.max_body_bytes))
+        // The configured limit is the one: axum's own (2 MiB) would refuse bodies under it.
+        .layer(DefaultBodyLimit::max(config.limits.max_body_bytes))
         .layer(middleware::map_response(json_errors))
 }
 
@@ -248,15 +251,33 @@ pub async fn serve(
     }
     p2p::spawn(state.clone()).await?;
     let _deliveries = deliveries::spawn(state.follower.clone());
-    let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
-    tokio::select! {
-        result = &mut server => result?,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("shutdown grace period over; closing remaining connections");
+    let deadline = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            tokio::time::Instant::now() + grace
         }
+    });
+    let limits = state.config().limits.clone();
+    listener::serve(
+        listener,
+        app(state.clone()),
+        &limits,
+        shutdown.clone(),
+        grace,
+    )
+    .await?;
+    // Upgraded connections are no longer the HTTP server's: wait (within the grace period)
+    // for every WebSocket to have sent its 1001 close frame before the process ends.
+    let deadline = deadline
+        .await
+        .unwrap_or_else(|_| tokio::time::Instant::now());
+    let all = state.config().websocket.max_connections as u32;
+    if tokio::time::timeout_at(deadline, state.ws_slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("WebSocket connections still open at the end of the grace period");
     }
     Ok(())
 }

@@ -73,7 +73,8 @@ impl Node {
     /// Starts the host. Nothing is served until [`spawn`].
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
         // With Postgres nothing else may have made the data directory yet.
-        std::fs::create_dir_all(&config.data_dir)
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
         let key = threads_net::load_or_create_key(&config.data_dir.join("p2p.key"))?;
         let host_config = config.p2p.host_config(config.limits.max_body_bytes);
@@ -239,6 +240,11 @@ async fn serve_inbound(state: AppState, mut inbound: mpsc::Receiver<Inbound>) {
     }
 }
 
+/// The most records one message or page may carry: as many as one push.
+fn max_batch(state: &AppState) -> usize {
+    state.config().limits.max_batch_records
+}
+
 fn node(state: &AppState) -> &Handle {
     &state.p2p.as_ref().expect("a node").host
 }
@@ -308,7 +314,7 @@ fn code(response: &ApiResponse) -> String {
 /// peer that sent them; records this server does not follow, or cannot place yet, are
 /// dropped (and a gap wakes the thread's replica, if it has one).
 async fn take_gossip(state: &AppState, peer: PeerId, id: MessageId, topic: &str, data: Vec<u8>) {
-    let verdict = match decode_pushed_car(&data, Origin::Gossip).await {
+    let verdict = match decode_pushed_car(&data, Origin::Gossip, max_batch(state)).await {
         Err(_) => Verdict::Reject,
         Ok(records) if records.iter().any(|r| r.thread.to_string() != topic) => Verdict::Reject,
         Ok(records) => {
@@ -464,7 +470,13 @@ async fn catch_up_log(
     ));
     while let Some(page) = arrived.recv().await {
         let (next, car) = page?;
-        let refused = match decode_pushed_car(&car, Origin::Replica).await {
+        let refused = match decode_pushed_car(
+            &car,
+            Origin::Replica,
+            follower.config().limits.max_batch_records,
+        )
+        .await
+        {
             Ok(records) => match follower.push(records, Origin::Replica).await {
                 Ok(pushed) => pushed.first_failure().and_then(|v| v.code()),
                 Err(e) => Some(e.code()),

@@ -201,3 +201,49 @@ async fn feedparser_accepts_both_formats() {
         }
     }
 }
+
+/// Feed links name the host the client reached; `X-Forwarded-Host` and `-Proto` count only
+/// when the operator says a proxy sets them (a shared cache keeps archives for a year), and a
+/// token carried on in links is URL-encoded.
+#[tokio::test]
+async fn forwarding_headers_are_trusted_only_when_configured() {
+    let forged = [
+        (
+            header::HeaderName::from_static("x-forwarded-host"),
+            "evil.example",
+        ),
+        (
+            header::HeaderName::from_static("x-forwarded-proto"),
+            "https",
+        ),
+    ];
+    let server = Server::start(Backend::Sqlite).await;
+    let mut log = TestLog::new();
+    server.register(&log, true).await;
+    push(&server, &mut log, 150).await;
+    let path = format!("/v1/threads/{}/feed.atom", log.thread);
+    let response = get(&server, &path, &forged).await;
+    let feed = feed_rs::parser::parse(&response.bytes().await.unwrap()[..]).unwrap();
+    let prev = link(&feed, "prev-archive").unwrap();
+    assert!(prev.starts_with(&server.url), "{prev}");
+
+    // A public thread reads with any token, which is carried on in links: URL-encoded.
+    let token: String = url::form_urlencoded::byte_serialize(b"a&page=1 <b>").collect();
+    let feed = parsed(&server, &format!("{path}?token={token}")).await;
+    let prev = link(&feed, "prev-archive").unwrap();
+    assert!(prev.ends_with("token=a%26page%3D1+%3Cb%3E"), "{prev}");
+
+    let proxied = Server::start_with(
+        Backend::Sqlite,
+        &[("THREADS_TRUST_FORWARDED_HEADERS", "true")],
+    )
+    .await;
+    let mut log = TestLog::new();
+    proxied.register(&log, true).await;
+    push(&proxied, &mut log, 150).await;
+    let path = format!("/v1/threads/{}/feed.atom", log.thread);
+    let response = get(&proxied, &path, &forged).await;
+    let feed = feed_rs::parser::parse(&response.bytes().await.unwrap()[..]).unwrap();
+    let prev = link(&feed, "prev-archive").unwrap();
+    assert!(prev.starts_with("https://evil.example/"), "{prev}");
+}

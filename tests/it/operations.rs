@@ -162,3 +162,121 @@ async fn sigterm_shuts_down_gracefully() {
     let exit = server.wait().await;
     assert!(exit.success(), "{exit:?}");
 }
+
+/// The data files hold follow keys (pull tokens follow from them) and webhook secrets: the
+/// server's and the command line's are owner-only, and a directory the server makes is too.
+#[tokio::test]
+async fn data_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("data");
+    let server = Server::launch(None, &dir, &[]).await;
+    let log = TestLog::new();
+    assert!(server.register(&log, true).await.0.is_success());
+    assert_eq!(mode(&dir), 0o700);
+    for file in ["threads.db", "threads.db-wal", "threads.db-shm"] {
+        assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+    }
+
+    // A file left world-readable by an older version is tightened when it is opened again.
+    drop(server);
+    std::fs::set_permissions(
+        dir.join("threads.db"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let server = Server::launch(None, &dir, &[]).await;
+    assert_eq!(server.get("/readyz").await.0, StatusCode::OK);
+    assert_eq!(mode(&dir.join("threads.db")), 0o600);
+
+    let peer = crate::peers::Peer::new();
+    peer.ok(&["thread", "create"]).await;
+    assert_eq!(mode(&peer.home().join("local.db")), 0o600);
+}
+
+/// A client that drips a request's headers is cut off after `limits.header_read_timeout_secs`,
+/// and one address holds at most `limits.max_connections_per_address` connections (the next
+/// is answered 429 and closed, and a freed slot is usable again).
+#[tokio::test]
+async fn slow_headers_and_too_many_connections_are_cut_off() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let server = Server::start_with(
+        Backend::Sqlite,
+        &[("THREADS_LIMITS__HEADER_READ_TIMEOUT_SECS", "1")],
+    )
+    .await;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still open after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if slow.write_all(b"x-drip: 1\r\n").await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(10), slow.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => panic!("answered: {}", String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    let server = Server::start_with(
+        Backend::Sqlite,
+        &[("THREADS_LIMITS__MAX_CONNECTIONS_PER_ADDRESS", "3")],
+    )
+    .await;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    async fn healthz(stream: &mut TcpStream) -> String {
+        let _ = stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        assert!(healthz(&mut stream).await.starts_with("HTTP/1.1 200"));
+        held.push(stream);
+    }
+    let mut fourth = TcpStream::connect(&addr).await.unwrap();
+    let refused = healthz(&mut fourth).await;
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(refused.contains("too_many_connections"), "{refused}");
+    drop(held.pop());
+    let started = Instant::now();
+    loop {
+        let mut again = TcpStream::connect(&addr).await.unwrap();
+        if healthz(&mut again).await.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

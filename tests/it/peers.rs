@@ -27,6 +27,10 @@ impl Peer {
         }
     }
 
+    pub(crate) fn home(&self) -> &std::path::Path {
+        self.home.path()
+    }
+
     pub(crate) async fn run(&self, args: &[&str]) -> Run {
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_threads"))
             .args(args)

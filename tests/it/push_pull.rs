@@ -185,11 +185,32 @@ async fn push_and_pull_in_every_format(backend: Backend) {
     let again = server
         .http
         .get(&url)
-        .header("if-none-match", etag)
+        .header("if-none-match", etag.clone())
         .send()
         .await
         .unwrap();
     assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    // The CAR form is other bytes: its own ETag, and caches told that the answer varies by
+    // Accept.
+    let car = server
+        .http
+        .get(&url)
+        .header("accept", "application/vnd.ipld.car")
+        .header("if-none-match", etag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(car.status(), StatusCode::OK);
+    assert_ne!(car.headers()["etag"], etag);
+    assert_eq!(car.headers()["vary"], "accept");
+    // Bytes after a valid CID make another string, not the same block.
+    let (status, err) = server
+        .get(&format!("/v1/blocks/{}aaaa", a1.event_cid()))
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_cid"))
+    );
     let (status, err) = server
         .get(&format!("/v1/blocks/{}", threads_core::cid_of(b"nothing")))
         .await;
@@ -211,6 +232,56 @@ async fn push_and_pull_in_every_format(backend: Backend) {
     );
     let (_, list) = server.get("/v1/threads").await;
     assert_eq!(list["threads"][0]["id"], a.thread.to_string());
+}
+
+on_both_backends!(positions_past_what_storage_counts_are_refused_not_wrapped);
+/// Counters and sequence numbers are signed 64-bit in storage: a cursor at or past 2^63 is
+/// refused, never read as a negative number (which would start the page from the beginning).
+async fn positions_past_what_storage_counts_are_refused_not_wrapped(backend: Backend) {
+    use base64::Engine;
+    let server = Server::start(backend).await;
+    let mut a = TestLog::new();
+    server.register(&a, true).await;
+    let records: Vec<_> = (0..2).map(|_| a.next(8)).collect();
+    let pairs: Vec<_> = records.iter().map(|r| (&a, r)).collect();
+    assert_eq!(server.push(&pairs).await.0, StatusCode::OK);
+    let (_, thread) = server.get(&format!("/v1/threads/{}", a.thread)).await;
+    let created = thread["created_ms"].as_i64().unwrap();
+    for after in [u64::MAX, 1 << 63] {
+        let (status, err) = server
+            .get(&format!(
+                "/v1/threads/{}/logs/{}/records?after={after}",
+                a.thread, a.id
+            ))
+            .await;
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("bad_cursor")),
+            "{after}"
+        );
+        let mut cursor = created.to_be_bytes().to_vec();
+        cursor.extend(after.to_be_bytes());
+        let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cursor);
+        let (status, err) = server
+            .get(&format!("/v1/threads/{}/records?after={cursor}", a.thread))
+            .await;
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("bad_cursor")),
+            "{after}"
+        );
+    }
+    // The largest position storage counts is a cursor like any other: nothing after it.
+    let (status, page) = server
+        .get(&format!(
+            "/v1/threads/{}/logs/{}/records?after={}",
+            a.thread,
+            a.id,
+            i64::MAX
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["records"], json!([]));
 }
 
 on_both_backends!(every_refusal_is_clear_and_stores_nothing);
@@ -389,4 +460,30 @@ async fn every_refusal_is_clear_and_stores_nothing(backend: Backend) {
 
     // None of it changed what is stored.
     assert_eq!(pull_all(&server, &a, None).await, before);
+}
+
+/// A follower takes bodies up to its configured `limits.max_body_bytes` (16 MiB by default,
+/// not the framework's 2 MiB), and a writer batches pushes by bytes as well as by count: 500
+/// records of 3.5 KiB, and one record of 3 MiB, reach the follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_and_large_records_are_pushed() {
+    let server = Server::start(Backend::Sqlite).await;
+    let home = tempfile::tempdir().unwrap();
+    let client = threads_client::Client::open(home.path()).await.unwrap();
+    let thread = client.create_thread(true).await.unwrap().thread;
+    let text = "x".repeat(3584);
+    let bodies: Vec<Value> = (0..500).map(|i| json!({"i": i, "text": text})).collect();
+    client.write_many(&thread, &bodies).await.unwrap();
+    client
+        .write(&thread, &json!({"text": "y".repeat(3 << 20)}))
+        .await
+        .unwrap();
+    client
+        .add_follower(&thread, &server.url, None)
+        .await
+        .unwrap();
+    let pushed = client.push(&thread, |_, _| {}).await.unwrap();
+    assert_eq!(pushed, 501);
+    let (_, info) = server.get(&format!("/v1/threads/{thread}")).await;
+    assert_eq!(info["records"], 501);
 }

@@ -242,3 +242,66 @@ async fn owners_delete_their_data(backend: Backend) {
         StatusCode::NOT_FOUND
     );
 }
+
+on_both_backends!(a_follow_key_holder_cannot_destroy_or_republish_what_writers_stored);
+/// Anyone with the follow key can register a log of their own (a `--role follower` link is
+/// meant for servers): that log may not delete the thread nor change its visibility while
+/// other logs hold records. A thread's sole writer still can, and each writer can always
+/// unregister its own log.
+async fn a_follow_key_holder_cannot_destroy_or_republish_what_writers_stored(backend: Backend) {
+    let server = Server::start(backend).await;
+    let mut writer = TestLog::new();
+    server.register(&writer, false).await;
+    let w1 = writer.next(32);
+    assert_eq!(server.push(&[(&writer, &w1)]).await.0, StatusCode::OK);
+    let token = pull_token(writer.keys.service(), &writer.thread);
+
+    let holder = writer.sibling();
+    assert_eq!(server.register(&holder, false).await.0, StatusCode::CREATED);
+    let refused = |(status, body): (StatusCode, Value)| {
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::CONFLICT, Some("other_writers")),
+            "{body}"
+        );
+    };
+    refused(server.signed(&holder, Action::DeleteThread).await);
+    refused(server.register(&holder, true).await);
+    // Nothing changed: still private, the writer's record still there.
+    let (status, _) = server.get(&format!("/v1/threads/{}", writer.thread)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, page) = server
+        .get(&format!(
+            "/v1/threads/{}/records?token={token}",
+            writer.thread
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["records"].as_array().unwrap().len(), 1);
+    // The refused requests were not spent: corrected, they could be sent again.
+    assert_eq!(
+        server.signed(&holder, Action::Unregister).await.0,
+        StatusCode::OK
+    );
+
+    // The sole writer decides: public, then deleted.
+    assert_eq!(server.register(&writer, true).await.0, StatusCode::OK);
+    assert_eq!(
+        server
+            .get(&format!("/v1/threads/{}", writer.thread))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        server.signed(&writer, Action::DeleteThread).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        server
+            .get(&format!("/v1/threads/{}", writer.thread))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+}

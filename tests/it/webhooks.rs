@@ -261,21 +261,36 @@ async fn deliveries_are_signed_retried_and_listed() {
     assert!(verified_by_reference_library(new_secret, test).await);
     assert!(!verified_by_reference_library(secret, test).await);
 
-    // Replay from the start: every record again, with new delivery IDs.
+    // Replay from the start: every record again, as the same message (its first delivery's
+    // `webhook-id`, by which receivers de-duplicate), under new delivery rows.
     let (status, replayed) =
         manage(&server, reqwest::Method::POST, id, "/replay", new_secret).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{replayed}");
     assert_eq!(replayed["queued"], 3);
-    receiver
+    let got = receiver
         .until("the replay", |g| {
             g.iter()
-                .filter(|r| body(r)["type"] == "record.created")
-                .map(|r| r.headers["webhook-id"].clone())
-                .collect::<std::collections::HashSet<_>>()
-                .len()
-                == 6
+                .filter(|r| {
+                    body(r)["type"] == "record.created" && r.headers.contains_key("webhook-id")
+                })
+                .count()
+                >= 8
         })
         .await;
+    let mut sent: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for r in got.iter().filter(|r| body(r)["type"] == "record.created") {
+        let cid = body(r)["data"]["cid"].as_str().unwrap().to_owned();
+        sent.entry(cid)
+            .or_default()
+            .push(r.headers["webhook-id"].clone());
+    }
+    assert_eq!(sent.len(), 3);
+    for ids in sent.values() {
+        assert!(
+            ids.len() >= 2 && ids.iter().all(|i| *i == ids[0]),
+            "{ids:?}"
+        );
+    }
 
     // Deleted: gone for its secret too.
     let (status, _) = manage(&server, reqwest::Method::DELETE, id, "", new_secret).await;
@@ -398,6 +413,13 @@ async fn private_addresses_are_refused_unless_allowed() {
         "http://[::1]/hook",
         "http://169.254.169.254/latest",
         "http://10.0.0.1/hook",
+        "http://[::127.0.0.1]/hook",
+        "http://[64:ff9b::7f00:1]/hook",
+        "http://[2002:7f00:1::]/hook",
+        "http://224.0.0.1/hook",
+        "http://[ff02::1]/hook",
+        "http://198.18.0.1/hook",
+        "http://[fec0::1]/hook",
         "ftp://example.com/",
         "not a url",
     ] {
@@ -559,4 +581,56 @@ async fn a_log_filter_narrows_deliveries() {
         .collect();
     assert_eq!(got.len(), 2);
     assert_eq!(cids, vec![json!(a.cid().to_string()); 2]);
+}
+
+/// The answer to a subscription says where it starts: after the thread's newest record (the
+/// records that arrive later are delivered).
+#[tokio::test]
+async fn a_new_webhook_says_it_starts_at_the_threads_end() {
+    let server = Server::start_with(Backend::Sqlite, &FAST_RETRIES).await;
+    let mut log = TestLog::new();
+    server.register(&log, true).await;
+    let records: Vec<_> = (0..2).map(|_| log.next(10)).collect();
+    let batch: Vec<_> = records.iter().map(|r| (&log, r)).collect();
+    assert_eq!(server.push(&batch).await.0, StatusCode::OK);
+    let hook = subscribe(&server, &log, "http://127.0.0.1:9/hook").await;
+    assert_eq!(hook["cursor_seq"], 2, "{hook}");
+    let id = hook["id"].as_str().unwrap();
+    let (_, shown) = manage(
+        &server,
+        reqwest::Method::GET,
+        id,
+        "",
+        hook["secret"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(shown["cursor_seq"], 2, "{shown}");
+
+    // The scheme's name is case-insensitive; a replay's body is read only once the caller is
+    // known, and JSON is JSON whatever its content type (an empty or `null` body is none).
+    let secret = hook["secret"].as_str().unwrap();
+    let url = format!("{}/v1/webhooks/{id}", server.url);
+    let lower = server
+        .http
+        .get(&url)
+        .header("authorization", format!("bearer {secret}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), StatusCode::OK);
+    let replay = |auth: Option<&str>, body: &'static str| {
+        let mut request = server.http.post(format!("{url}/replay")).body(body);
+        if let Some(secret) = auth {
+            request = request.bearer_auth(secret);
+        }
+        request.send()
+    };
+    let stranger = replay(None, "null").await.unwrap();
+    assert_eq!(stranger.status(), StatusCode::NOT_FOUND);
+    for body in ["", "null", r#"{"after": ""}"#] {
+        let answer = replay(Some(secret), body).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::ACCEPTED, "{body:?}");
+    }
+    let answer = replay(Some(secret), "[1]").await.unwrap();
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
 }

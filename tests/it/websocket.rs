@@ -161,6 +161,78 @@ async fn a_stalled_subscriber_never_stalls_ingestion() {
     assert_eq!(records(&mut ws, 1500).await, expected);
 }
 
+/// However many messages a client pipelines without reading, while a backlog streams to it,
+/// each gets its answer and the connection keeps going: it never waits on a queue that only
+/// it drains.
+#[tokio::test]
+async fn pipelined_messages_never_stop_a_connection() {
+    let server = Server::start_with(
+        Backend::Sqlite,
+        &[("THREADS_WEBSOCKET__BUFFER_MESSAGES", "4")],
+    )
+    .await;
+    let mut log = TestLog::new();
+    server.register(&log, true).await;
+    let batch: Vec<_> = (0..100).map(|_| log.next(64)).collect();
+    let pairs: Vec<_> = batch.iter().map(|r| (&log, r)).collect();
+    assert_eq!(server.push(&pairs).await.0, StatusCode::OK);
+
+    let mut ws = connect(&server, &format!("?thread={}", log.thread)).await;
+    let unknown = TestLog::new().thread.to_string();
+    for _ in 0..500 {
+        let sub = json!({"type": "subscribe", "thread": unknown});
+        ws.send(Message::Text(sub.to_string().into()))
+            .await
+            .unwrap();
+    }
+    let bye = json!({"type": "unsubscribe", "thread": log.thread.to_string()});
+    ws.send(Message::Text(bye.to_string().into()))
+        .await
+        .unwrap();
+    let (mut refused, mut records) = (0, 0);
+    loop {
+        let m = next(&mut ws).await;
+        match m["type"].as_str().unwrap() {
+            "error" => {
+                assert_eq!(m["code"], "not_found", "{m}");
+                refused += 1;
+            }
+            "record" => records += 1,
+            "subscribed" => {}
+            "unsubscribed" => break,
+            other => panic!("{other}: {m}"),
+        }
+    }
+    assert_eq!(refused, 500);
+    assert!(records <= 100);
+}
+
+/// A subscriber without the pull token follows a public thread only while it stays public: a
+/// record stored after the thread turned private never reaches it. One with the token reads on.
+#[tokio::test]
+async fn a_thread_turned_private_stops_reaching_subscribers_without_its_token() {
+    let server = Server::start(Backend::Sqlite).await;
+    let mut log = TestLog::new();
+    server.register(&log, true).await;
+    let first = log.next(16);
+    assert_eq!(server.push(&[(&log, &first)]).await.0, StatusCode::OK);
+    let token = threads_core::auth::pull_token(log.keys.service(), &log.thread);
+    let mut anonymous = connect(&server, &format!("?thread={}", log.thread)).await;
+    let mut holder = connect(&server, &format!("?thread={}&token={token}", log.thread)).await;
+    for ws in [&mut anonymous, &mut holder] {
+        assert_eq!(next(ws).await["type"], "subscribed");
+        assert_eq!(records(ws, 1).await, [first.cid().to_string()]);
+    }
+
+    assert_eq!(server.register(&log, false).await.0, StatusCode::OK);
+    let second = log.next(16);
+    assert_eq!(server.push(&[(&log, &second)]).await.0, StatusCode::OK);
+    let refused = next(&mut anonymous).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "pull_token_required", "{refused}");
+    assert_eq!(records(&mut holder, 1).await, [second.cid().to_string()]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_follows_at_most_256_threads() {
     let server = Server::start(Backend::Sqlite).await;

@@ -6,7 +6,8 @@
 //! bytes, nodes as links); entries of stored records add `seq` and `counter`. Entries say which
 //! log and thread a record belongs to, which its encrypted nodes cannot.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ipld_core::ipld::Ipld;
 use iroh_car::{CarHeader, CarReader, CarWriter};
@@ -15,10 +16,17 @@ use threads_store::StoredRecord;
 
 pub const CAR: &str = "application/vnd.ipld.car";
 
-/// A CAR that does not hold records made like [`write_car`]'s; says what is wrong.
+/// A CAR that cannot be read as records.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct CarError(pub String);
+pub enum CarError {
+    /// It does not hold records made like [`write_car`]'s; says what is wrong.
+    #[error("{0}")]
+    Malformed(String),
+    /// It names more records than the reader takes at once (seen in its header, before any
+    /// block is read).
+    #[error("{records} records in one batch; the limit is {max}")]
+    TooManyRecords { records: usize, max: usize },
+}
 
 /// A record read from a CAR: where it claims to belong, and its four nodes, unverified.
 #[derive(Debug, Clone)]
@@ -122,20 +130,50 @@ pub async fn write_car(items: impl IntoIterator<Item = CarItem<'_>>) -> Vec<u8> 
 
 /// Reads records from a CAR made like [`write_car`]'s output. Nothing is verified.
 pub async fn read_car(bytes: &[u8]) -> Result<Vec<CarRecord>, CarError> {
-    let bad = CarError;
+    read_car_at_most(bytes, usize::MAX).await
+}
+
+/// [`read_car`], refusing a CAR that names more than `max_records` records before reading any
+/// of its blocks. A root named twice is one record, and the records never hold more node
+/// bytes than the CAR itself: blocks named again and again cannot multiply memory.
+pub async fn read_car_at_most(
+    bytes: &[u8],
+    max_records: usize,
+) -> Result<Vec<CarRecord>, CarError> {
+    let bad = CarError::Malformed;
     let mut reader = CarReader::new(bytes)
         .await
         .map_err(|e| bad(e.to_string()))?;
-    let roots = reader.header().roots().to_vec();
+    let mut seen = HashSet::new();
+    let roots: Vec<Cid> = reader
+        .header()
+        .roots()
+        .iter()
+        .filter(|root| seen.insert(**root))
+        .copied()
+        .collect();
+    if roots.len() > max_records {
+        return Err(CarError::TooManyRecords {
+            records: roots.len(),
+            max: max_records,
+        });
+    }
     let mut blocks: HashMap<Cid, Vec<u8>> = HashMap::new();
     while let Some((cid, data)) = reader.next_block().await.map_err(|e| bad(e.to_string()))? {
         blocks.insert(cid, data);
     }
+    let budget = Cell::new(bytes.len());
     let take = |cid: &Cid| {
-        blocks
+        let block = blocks
             .get(cid)
-            .cloned()
-            .ok_or_else(|| bad(format!("block {cid} is missing")))
+            .ok_or_else(|| bad(format!("block {cid} is missing")))?;
+        let left = budget.get().checked_sub(block.len()).ok_or_else(|| {
+            bad(format!(
+                "block {cid} is named by more records than the CAR can hold"
+            ))
+        })?;
+        budget.set(left);
+        Ok(block.clone())
     };
     // A log ID is a public key, and parsing one is a point decompression: a CAR of one log
     // repeats the same bytes in every entry, so each is parsed once.
@@ -178,4 +216,113 @@ pub async fn read_car(bytes: &[u8]) -> Result<Vec<CarRecord>, CarError> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use rand_core::OsRng;
+    use threads_core::{Keypair, Variant};
+
+    use super::*;
+
+    /// A CAR of one record whose header names its entry `times` times.
+    async fn named_again(times: usize) -> (Vec<u8>, Vec<u8>) {
+        let (thread, log) = (
+            ThreadId::random(Variant::Raw, &mut OsRng),
+            LogId::from(Keypair::generate(&mut OsRng).public()),
+        );
+        let blocks = UnverifiedRecord {
+            record: vec![1],
+            event: vec![2],
+            header: vec![3],
+            body: vec![4; 1024],
+        };
+        let once = write_car([CarItem::new(&log, &thread, &blocks)]).await;
+        let entry = serde_ipld_dagcbor::to_vec(&CarItem::new(&log, &thread, &blocks).entry())
+            .expect("IPLD encodes");
+        let root = cid_of(&entry);
+        let mut out = Vec::new();
+        let mut writer = CarWriter::new(CarHeader::new_v1(vec![root; times]), &mut out);
+        writer.write(root, &entry).await.unwrap();
+        for node in [&blocks.record, &blocks.event, &blocks.header, &blocks.body] {
+            writer.write(cid_of(node), node).await.unwrap();
+        }
+        writer.finish().await.unwrap();
+        (once, out)
+    }
+
+    #[tokio::test]
+    async fn a_root_named_many_times_is_one_record() {
+        let (once, many) = named_again(5000).await;
+        let records = read_car(&many).await.unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            records[0].blocks.body,
+            read_car(&once).await.unwrap()[0].blocks.body
+        );
+    }
+
+    #[tokio::test]
+    async fn records_over_the_limit_are_refused_before_their_blocks_are_read() {
+        let (once, _) = named_again(1).await;
+        let (thread, log) = (
+            ThreadId::random(Variant::Raw, &mut OsRng),
+            LogId::from(Keypair::generate(&mut OsRng).public()),
+        );
+        let blocks: Vec<UnverifiedRecord> = (0..3u8)
+            .map(|i| UnverifiedRecord {
+                record: vec![i],
+                event: vec![i, 1],
+                header: vec![i, 2],
+                body: vec![i, 3],
+            })
+            .collect();
+        let three = write_car(blocks.iter().map(|b| CarItem::new(&log, &thread, b))).await;
+        assert!(matches!(
+            read_car_at_most(&three, 2).await,
+            Err(CarError::TooManyRecords { records: 3, max: 2 })
+        ));
+        assert_eq!(read_car_at_most(&three, 3).await.unwrap().len(), 3);
+        assert_eq!(read_car_at_most(&once, 1).await.unwrap().len(), 1);
+    }
+
+    /// Entries that all name one large body would otherwise each get a copy of it.
+    #[tokio::test]
+    async fn blocks_named_by_many_records_cannot_multiply_memory() {
+        let thread = ThreadId::random(Variant::Raw, &mut OsRng);
+        let body = vec![7u8; 64 * 1024];
+        let logs: Vec<LogId> = (0..100)
+            .map(|_| LogId::from(Keypair::generate(&mut OsRng).public()))
+            .collect();
+        let shared = UnverifiedRecord {
+            record: vec![1],
+            event: vec![2],
+            header: vec![3],
+            body,
+        };
+        let entries: Vec<(Cid, Vec<u8>)> = logs
+            .iter()
+            .map(|log| {
+                let bytes =
+                    serde_ipld_dagcbor::to_vec(&CarItem::new(log, &thread, &shared).entry())
+                        .unwrap();
+                (cid_of(&bytes), bytes)
+            })
+            .collect();
+        let mut out = Vec::new();
+        let roots = entries.iter().map(|(cid, _)| *cid).collect();
+        let mut writer = CarWriter::new(CarHeader::new_v1(roots), &mut out);
+        for (cid, bytes) in &entries {
+            writer.write(*cid, bytes).await.unwrap();
+        }
+        for node in [&shared.record, &shared.event, &shared.header, &shared.body] {
+            writer.write(cid_of(node), node).await.unwrap();
+        }
+        writer.finish().await.unwrap();
+        let refused = read_car(&out).await.unwrap_err();
+        assert!(
+            matches!(&refused, CarError::Malformed(m) if m.contains("named by more records")),
+            "{refused}"
+        );
+    }
 }

@@ -48,6 +48,9 @@ pub use keystore::{Follower, Keystore, ThreadEntry};
 
 /// Records pushed per request, and pulled per page.
 const PUSH_BATCH: usize = 500;
+/// Node bytes pushed per request at most: as JSON (base64) about 5.4 MiB, well under a
+/// follower's default `limits.max_body_bytes` (16 MiB).
+const PUSH_BYTES: usize = 4 << 20;
 const PULL_PAGE: u32 = 1000;
 /// Pulled records stored per local transaction: each commit rewrites the store's hot index
 /// pages, so fewer, larger commits write far less.

@@ -38,7 +38,9 @@ impl Client {
     /// Imports records from a CAR into the local store, each verified with its thread's follow
     /// key first (the thread must be known here). Returns how many were new.
     pub async fn import(&self, bytes: &[u8], mut progress: impl FnMut(u64, u64)) -> Result<u64> {
-        let records = car::read_car(bytes).await.map_err(|e| Error::BadCar(e.0))?;
+        let records = car::read_car(bytes)
+            .await
+            .map_err(|e| Error::BadCar(e.to_string()))?;
         let total = records.len() as u64;
         let mut fresh = 0;
         let mut done = 0;

@@ -94,10 +94,22 @@ impl Client {
             };
             progress(after, local_head);
             while after < local_head {
-                let records = self
+                let mut records = self
                     .store
                     .records_by_log(thread, &log, after, PUSH_BATCH as u32)
                     .await?;
+                // As many as fit in [`PUSH_BYTES`], and always one (a record is at most
+                // 8 MiB of body, which fits in a follower's default 16 MiB request).
+                let mut bytes = 0;
+                let fit = records
+                    .iter()
+                    .take_while(|r| {
+                        let b = &r.blocks;
+                        bytes += b.record.len() + b.event.len() + b.header.len() + b.body.len();
+                        bytes <= PUSH_BYTES
+                    })
+                    .count();
+                records.truncate(fit.max(1));
                 let Some(last) = records.last().map(|r| r.counter) else {
                     break;
                 };

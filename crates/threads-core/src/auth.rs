@@ -86,7 +86,13 @@ pub enum RequestError {
     WrongServer(String),
     #[error("request time is more than 5 minutes from the server's clock")]
     Expired,
+    #[error("the nonce must be {min} to {max} printable ASCII characters (32 hex digits are made here)", min = NONCE_CHARS.start(), max = NONCE_CHARS.end())]
+    BadNonce,
 }
+
+/// How long a request's nonce may be: long enough to be unguessable, short enough that
+/// storing one per request costs little.
+pub const NONCE_CHARS: std::ops::RangeInclusive<usize> = 16..=64;
 
 impl RequestError {
     pub fn code(&self) -> &'static str {
@@ -95,6 +101,7 @@ impl RequestError {
             RequestError::BadSignature => "bad_signature",
             RequestError::WrongServer(_) => "wrong_server",
             RequestError::Expired => "expired",
+            RequestError::BadNonce => "bad_nonce",
         }
     }
 }
@@ -135,6 +142,10 @@ impl SignedRequest {
     pub fn verify(&self, server: &str, now_ms: i64) -> Result<RequestPayload, RequestError> {
         let payload: RequestPayload = serde_json::from_str(&self.payload)
             .map_err(|e| RequestError::Payload(e.to_string()))?;
+        let nonce = payload.nonce.as_bytes();
+        if !NONCE_CHARS.contains(&nonce.len()) || !nonce.iter().all(u8::is_ascii_graphic) {
+            return Err(RequestError::BadNonce);
+        }
         let signature: [u8; 64] = base64_decode(&self.signature)
             .and_then(|b| b.try_into().ok())
             .ok_or(RequestError::SignatureEncoding)?;
@@ -254,6 +265,39 @@ mod tests {
             junk.verify("server-1", 0),
             Err(RequestError::Payload(_))
         ));
+    }
+
+    /// A nonce is stored until its request expires: an empty one, or one of megabytes, is
+    /// refused before anything is checked or kept.
+    #[test]
+    fn nonces_are_bounded() {
+        let (req, _, log) = request(1_000_000);
+        let with_nonce = |nonce: &str| {
+            let mut payload: serde_json::Value = serde_json::from_str(&req.payload).unwrap();
+            payload["nonce"] = nonce.into();
+            let payload = payload.to_string();
+            SignedRequest {
+                signature: base64_encode(&log.sign(&request_message(&payload))),
+                payload,
+            }
+        };
+        for nonce in [
+            String::new(),
+            "x".repeat(15),
+            "x".repeat(65),
+            "x".repeat(1_500_000),
+            "a b c d e f g h i j".into(),
+        ] {
+            assert_eq!(
+                with_nonce(&nonce).verify("server-1", 1_000_000),
+                Err(RequestError::BadNonce),
+                "{} characters",
+                nonce.len()
+            );
+        }
+        for nonce in ["x".repeat(16), "f".repeat(64)] {
+            assert!(with_nonce(&nonce).verify("server-1", 1_000_000).is_ok());
+        }
     }
 
     #[test]

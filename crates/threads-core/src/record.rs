@@ -181,6 +181,19 @@ impl Head {
     }
 }
 
+/// Parses a CID's text exactly: bytes after a valid CID are refused, as go-cid and
+/// js-multiformats refuse them (the `cid` crate reads a CID from the front and stops).
+pub fn parse_cid(text: &str) -> Result<Cid, cid::Error> {
+    let cid = Cid::try_from(text)?;
+    if cid.version() == cid::Version::V1 {
+        let (_, bytes) = multibase::decode(text).map_err(|_| cid::Error::ParsingError)?;
+        if bytes.len() != cid.encoded_len() {
+            return Err(cid::Error::ParsingError);
+        }
+    }
+    Ok(cid)
+}
+
 /// The CIDv1 (dag-cbor, sha2-256) of a node's exact bytes.
 pub fn cid_of(bytes: &[u8]) -> Cid {
     let digest = Sha256::digest(bytes);

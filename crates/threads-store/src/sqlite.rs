@@ -30,9 +30,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`, and its parent directory.
     pub async fn open_file(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
-        }
+        private_file(path).map_err(sqlx::Error::Io)?;
         Self::with_options(SqliteConnectOptions::new().filename(path)).await
     }
 
@@ -114,3 +112,32 @@ impl SqliteStore {
 
 crate::sql::records::impl_store!(SqliteStore, sqlx::Sqlite);
 crate::sql::webhooks::impl_webhook_store!(SqliteStore, sqlx::Sqlite);
+
+/// Makes the database file owner-only (and its directory, when it is new): it holds follow
+/// keys, from which pull tokens follow, and webhook secrets. SQLite gives the `-wal` and
+/// `-shm` files it makes the database file's mode; ones left from before are tightened too.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?;
+    #[cfg(unix)]
+    for suffix in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        match std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! The operator's API, enabled by `admin_token`: issue registration tokens.
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
@@ -7,7 +8,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::presented_token;
+use super::{json_body, presented_token};
 use crate::server::error::ApiResult;
 use crate::server::AppState;
 
@@ -24,15 +25,17 @@ struct TokenRequest {
 async fn issue_token(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Option<Json<TokenRequest>>,
+    body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let note = body.map(|Json(b)| b.note).unwrap_or_default();
+    let admin = presented_token(&headers, None);
+    state.follower.check_admin(admin)?;
+    let request: TokenRequest = json_body(&body, "{note?}")?.unwrap_or_default();
     let token = state
         .follower
-        .issue_registration_token(presented_token(&headers, None), &note)
+        .issue_registration_token(admin, &request.note)
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"token": token, "note": note})),
+        Json(json!({"token": token, "note": request.note})),
     ))
 }

@@ -30,27 +30,31 @@ async fn block(
     Query(q): Query<BlockQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let cid: Cid = cid
-        .parse()
-        .map_err(|_| ApiError::bad_request("bad_cid", "not a CID"))?;
+    let cid: Cid =
+        threads_core::parse_cid(&cid).map_err(|_| ApiError::bad_request("bad_cid", "not a CID"))?;
     let token = presented_token(&headers, q.token.as_deref());
     let Block { bytes, public } = state.follower.block(&cid, token).await?;
 
-    let etag = format!("\"{cid}\"");
     let cache = if public {
         "public, max-age=31536000, immutable"
     } else {
         "private, max-age=31536000, immutable"
     };
-    let not_modified = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     let wants_car = q.format.as_deref() == Some("car")
         || headers
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains(CAR));
+    // The two forms are different bytes: each has its own tag, and caches key on Accept.
+    let etag = if wants_car {
+        format!("\"{cid}.car\"")
+    } else {
+        format!("\"{cid}\"")
+    };
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     let mut response = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else if wants_car {
@@ -71,6 +75,7 @@ async fn block(
         HeaderValue::from_str(&etag).expect("CIDs are ASCII"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    h.insert(header::VARY, HeaderValue::from_static("accept"));
     h.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),

@@ -137,7 +137,7 @@ async fn thread_feed(
         newest: info.seq,
         public: info.public,
         created_ms: info.created_ms,
-        base: origin(&headers),
+        base: origin(&state, &headers),
         token: q.token.clone(),
         version: format!("{}:{}:{}", info.seq, info.records, info.bytes),
     };
@@ -160,7 +160,7 @@ async fn log_feed(
         newest: info.head.map_or(0, |h| h.counter),
         public: thread_info.public,
         created_ms: info.registered_ms,
-        base: origin(&headers),
+        base: origin(&state, &headers),
         token: q.token.clone(),
         version: format!(
             "{}:{}:{}",
@@ -172,13 +172,15 @@ async fn log_feed(
     respond(&state, feed, q.page, &headers, format).await
 }
 
-/// Where the client reached this server: links in feeds must be absolute.
-fn origin(headers: &HeaderMap) -> String {
+/// Where the client reached this server: links in feeds must be absolute. The forwarding
+/// headers count only when the operator says a proxy sets them.
+fn origin(state: &AppState, headers: &HeaderMap) -> String {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let host = get("x-forwarded-host")
+    let forwarded = |name: &str| get(name).filter(|_| state.config().trust_forwarded_headers);
+    let host = forwarded("x-forwarded-host")
         .or_else(|| get(header::HOST.as_str()))
         .unwrap_or("localhost");
-    let scheme = get("x-forwarded-proto").unwrap_or("http");
+    let scheme = forwarded("x-forwarded-proto").unwrap_or("http");
     format!("{scheme}://{host}")
 }
 
@@ -194,6 +196,7 @@ impl Feed {
     fn url(&self, path: &str, query: &[(&str, String)]) -> String {
         let mut pairs: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
         if let Some(token) = &self.token {
+            let token: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
             pairs.push(format!("token={token}"));
         }
         if pairs.is_empty() {

@@ -82,12 +82,26 @@ pub fn parse_log(text: &str) -> ApiResult<threads_core::LogId> {
         .map_err(|e| ApiError::bad_request("bad_log_id", format!("bad log ID: {e}")))
 }
 
+/// An optional JSON body, read whatever its content type says (one rule for every endpoint
+/// that takes JSON): empty or `null` is none; anything else must be `shape`.
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> ApiResult<Option<T>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("bad_request", format!("expected {shape}: {e}")))
+}
+
 /// A bearer token from `Authorization`, or else the `token` query parameter (for feed readers
 /// and browsers, which cannot always set headers).
 pub fn presented_token<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            // The scheme's name is case-insensitive (RFC 9110).
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
         .or(query)
 }

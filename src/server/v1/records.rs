@@ -79,7 +79,12 @@ async fn push(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with(CAR));
     let items: Vec<PushItem> = if is_car {
-        decode_pushed_car(&body, Origin::Writer).await?
+        decode_pushed_car(
+            &body,
+            Origin::Writer,
+            state.config().limits.max_batch_records,
+        )
+        .await?
     } else {
         let batch: PushBatch = serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_request(

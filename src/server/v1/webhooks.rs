@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use threads_core::auth::SignedRequest;
 use threads_store::Webhook;
 
-use super::{parse_thread, presented_token};
+use super::{json_body, parse_thread, presented_token};
 use crate::follower::webhooks::Subscriber;
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::AppState;
@@ -170,12 +170,15 @@ async fn replay(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Option<Json<ReplayRequest>>,
+    body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let after = body.map(|Json(b)| b.after).unwrap_or_default();
+    let token = token(&headers);
+    // Who asks is checked before what they sent is read.
+    state.follower.webhook(&id, token).await?;
+    let request: ReplayRequest = json_body(&body, "{after?}")?.unwrap_or_default();
     let queued = state
         .follower
-        .replay_webhook(&id, token(&headers), &after)
+        .replay_webhook(&id, token, &request.after)
         .await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"queued": queued}))))
 }

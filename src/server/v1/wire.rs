@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use threads_client::car::CarError;
 pub use threads_client::car::{write_car, CarItem, CarRecord as PushItem, CAR};
 use threads_core::{LogId, ThreadId, UnverifiedRecord};
 use threads_store::StoredRecord;
 
-use crate::follower::Origin;
+use crate::follower::{Error, Origin};
 use crate::server::error::ApiError;
 
 pub const DAG_CBOR: &str = "application/vnd.ipld.dag-cbor";
@@ -123,19 +124,33 @@ impl RecordJson {
 
 /// Reads records from a CAR; a malformed one is a `bad_car` refusal.
 pub async fn read_car(bytes: &[u8]) -> Result<Vec<PushItem>, ApiError> {
-    threads_client::car::read_car(bytes)
-        .await
-        .map_err(|e| ApiError::bad_request("bad_car", e.0))
+    read_car_at_most(bytes, usize::MAX).await
 }
 
-/// [`read_car`] for a CAR on its way to the core's push, counted by origin in
-/// `threads_cars_decoded_total` (each CAR that arrives is decoded once, whatever its path).
-pub async fn decode_pushed_car(bytes: &[u8], origin: Origin) -> Result<Vec<PushItem>, ApiError> {
+async fn read_car_at_most(bytes: &[u8], max: usize) -> Result<Vec<PushItem>, ApiError> {
+    threads_client::car::read_car_at_most(bytes, max)
+        .await
+        .map_err(|e| match e {
+            CarError::Malformed(detail) => ApiError::bad_request("bad_car", detail),
+            CarError::TooManyRecords { records, max } => {
+                Error::BatchTooLarge { records, max }.into()
+            }
+        })
+}
+
+/// A CAR on its way to the core's push: refused before its blocks are read when it names more
+/// than `max_records` records, and counted by origin in `threads_cars_decoded_total` (each CAR
+/// that arrives is decoded once, whatever its path).
+pub async fn decode_pushed_car(
+    bytes: &[u8],
+    origin: Origin,
+    max_records: usize,
+) -> Result<Vec<PushItem>, ApiError> {
     let origin = match origin {
         Origin::Writer => "writer",
         Origin::Gossip => "gossip",
         Origin::Replica => "replica",
     };
     metrics::counter!("threads_cars_decoded_total", "origin" => origin).increment(1);
-    read_car(bytes).await
+    read_car_at_most(bytes, max_records).await
 }

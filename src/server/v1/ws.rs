@@ -7,7 +7,7 @@
 //! Server → client: `subscribed`, `record` (the JSON record plus the `cursor` after it),
 //! `unsubscribed` and `error` messages.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -16,6 +16,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -24,8 +25,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 
 use super::wire::RecordJson;
-use crate::follower::encode_cursor;
 use crate::follower::live::Subscription;
+use crate::follower::{encode_cursor, Error};
 use crate::server::error::ApiError;
 use crate::server::AppState;
 
@@ -93,10 +94,28 @@ async fn upgrade(
 
 struct Connection {
     state: AppState,
+    /// Records from the feeds; they wait when it is full.
     outgoing: mpsc::Sender<Message>,
     queue: mpsc::Receiver<Message>,
+    /// Answers to the client's own messages. The connection's loop sends them before it reads
+    /// the next message, so there is at most one or two here, and the loop never waits on a
+    /// queue only it drains.
+    replies: VecDeque<Message>,
     feeds: HashMap<ThreadId, JoinHandle<()>>,
     _permit: OwnedSemaphorePermit,
+}
+
+/// Sends one message, unless that cannot finish within `limit`: a client that stopped reading
+/// is let go rather than holding its slot forever. False when the message was not sent.
+async fn send_within(
+    sink: &mut SplitSink<WebSocket, Message>,
+    limit: Duration,
+    message: Message,
+) -> bool {
+    matches!(
+        tokio::time::timeout(limit, sink.send(message)).await,
+        Ok(Ok(()))
+    )
 }
 
 fn text(value: Value) -> Message {
@@ -114,6 +133,7 @@ impl Connection {
             state,
             outgoing,
             queue,
+            replies: VecDeque::new(),
             feeds: HashMap::new(),
             _permit: permit,
         }
@@ -131,23 +151,30 @@ impl Connection {
         let mut heard = Instant::now();
         let shutdown = self.state.follower.shutdown().clone();
         let close = loop {
+            // Answer what the client asked before reading what it asks next.
+            if let Some(reply) = self.replies.pop_front() {
+                if !send_within(&mut sink, idle, reply).await {
+                    break None;
+                }
+                continue;
+            }
             tokio::select! {
                 message = stream.next() => {
                     heard = Instant::now();
                     match message {
                         Some(Ok(Message::Text(t))) => match serde_json::from_str::<ClientMessage>(&t) {
                             Ok(m) => self.handle(m).await,
-                            Err(e) => { let _ = self.outgoing.try_send(error("bad_message", e.to_string())); }
+                            Err(e) => self.replies.push_back(error("bad_message", e.to_string())),
                         },
                         Some(Ok(Message::Binary(_))) => {
-                            let _ = self.outgoing.try_send(error("bad_message", "send JSON text messages"));
+                            self.replies.push_back(error("bad_message", "send JSON text messages"));
                         }
                         Some(Ok(_)) => {}
                         Some(Err(_)) | None => break None,
                     }
                 }
                 Some(message) = self.queue.recv() => {
-                    if sink.send(message).await.is_err() {
+                    if !send_within(&mut sink, idle, message).await {
                         break None;
                     }
                 }
@@ -155,7 +182,7 @@ impl Connection {
                     if heard.elapsed() > idle {
                         break Some((4000, "idle timeout: no pong received"));
                     }
-                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    if !send_within(&mut sink, idle, Message::Ping(Default::default())).await {
                         break None;
                     }
                 }
@@ -167,7 +194,7 @@ impl Connection {
                 code,
                 reason: Utf8Bytes::from_static(reason),
             };
-            let _ = sink.send(Message::Close(Some(frame))).await;
+            send_within(&mut sink, idle, Message::Close(Some(frame))).await;
         }
         for (_, feed) in self.feeds.drain() {
             feed.abort();
@@ -189,7 +216,7 @@ impl Connection {
                     Ok(()) => {}
                     Err(e) => {
                         let msg = json!({"type": "error", "code": e.code, "detail": e.detail, "thread": thread});
-                        let _ = self.outgoing.send(text(msg)).await;
+                        self.replies.push_back(text(msg));
                     }
                 }
             }
@@ -201,10 +228,8 @@ impl Connection {
                 {
                     feed.abort();
                 }
-                let _ = self
-                    .outgoing
-                    .send(text(json!({"type": "unsubscribed", "thread": thread})))
-                    .await;
+                self.replies
+                    .push_back(text(json!({"type": "unsubscribed", "thread": thread})));
             }
         }
     }
@@ -230,7 +255,7 @@ impl Connection {
             .await?;
         let after = encode_cursor(&info, subscription.cursor);
         let start = json!({"type": "subscribed", "thread": thread, "cursor": after});
-        let _ = self.outgoing.send(text(start)).await;
+        self.replies.push_back(text(start));
         let feed = tokio::spawn(feed(subscription, info, self.outgoing.clone()));
         if let Some(old) = self.feeds.insert(thread, feed) {
             old.abort();
@@ -249,7 +274,7 @@ async fn feed(
     loop {
         let record = match subscription.next().await {
             Ok(record) => record,
-            Err(e) => {
+            Err(Error::Store(e)) => {
                 tracing::warn!(error = %e, "subscription storage read failed");
                 let _ = out
                     .send(error(
@@ -257,6 +282,13 @@ async fn feed(
                         "storage unavailable; resubscribe with your cursor",
                     ))
                     .await;
+                return;
+            }
+            // The thread turned private, or was deleted: this subscriber may read no more.
+            Err(e) => {
+                let thread = info.id.to_string();
+                let msg = json!({"type": "error", "code": e.code(), "detail": e.to_string(), "thread": thread});
+                let _ = out.send(text(msg)).await;
                 return;
             }
         };

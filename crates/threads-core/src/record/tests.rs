@@ -515,3 +515,21 @@ fn envelope_with(
 fn legacy_sign(env: &mut Envelope, log: &Keypair) {
     env.sig = log.sign(&env.legacy_message()).to_vec();
 }
+
+/// Bytes after a valid CID are refused, as go-cid and js-multiformats refuse them.
+#[test]
+fn cid_text_with_trailing_bytes_is_refused() {
+    let cid = cid_of(b"a node");
+    let text = cid.to_string();
+    assert_eq!(parse_cid(&text).unwrap(), cid);
+    assert!(parse_cid(&format!("{text}aaaa")).is_err());
+    assert!(parse_cid(&format!("{text}a")).is_err());
+    // Another base of the same CID is the same CID.
+    let base58 = cid.to_string_of_base(multibase::Base::Base58Btc).unwrap();
+    assert_eq!(parse_cid(&base58).unwrap(), cid);
+    assert!(parse_cid(&format!("{base58}z")).is_err());
+    // A CIDv0 is exactly 46 characters.
+    let v0 = "QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n";
+    assert!(parse_cid(v0).is_ok());
+    assert!(parse_cid(&format!("{v0}a")).is_err());
+}

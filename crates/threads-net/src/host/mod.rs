@@ -401,8 +401,11 @@ impl EventLoop {
             }
             Command::Publish(topic, data, reply) => {
                 let gossip = &mut self.swarm.behaviour_mut().gossip;
+                // No peer on the topic is nobody to tell, not a failure.
                 let _ = reply.send(match gossip.publish(IdentTopic::new(topic), data) {
-                    Ok(_) | Err(gossipsub::PublishError::Duplicate) => Ok(()),
+                    Ok(_)
+                    | Err(gossipsub::PublishError::Duplicate)
+                    | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(()),
                     Err(e) => Err(Error::Publish(e.to_string())),
                 });
             }

@@ -159,11 +159,14 @@ macro_rules! impl_webhook_store {
                     .await?
                 } else {
                     let filter = if hook.log.is_some() { "AND log_id = $5" } else { "" };
-                    // Only what the cursor has passed: the records after it are on their way.
+                    // Only what the cursor has passed: the records after it are on their way. A
+                    // record is the same message each time it is sent: the `webhook-id` of its
+                    // first delivery, so receivers de-duplicate replays.
                     let cursor = hook.cursor;
                     let sql = format!(
-                        "INSERT INTO deliveries (webhook_id, event, thread_id, log_id, seq, counter, cid, created_at, next_at, state) \
-                         SELECT $1, 'record.created', thread_id, log_id, seq, counter, cid, $3, $3, '{state}' FROM records \
+                        "INSERT INTO deliveries (webhook_id, event, thread_id, log_id, seq, counter, cid, created_at, next_at, state, message_id) \
+                         SELECT $1, 'record.created', thread_id, log_id, seq, counter, cid, $3, $3, '{state}', \
+                         'msg_' || CAST($1 AS TEXT) || '_' || CAST(seq AS TEXT) FROM records \
                          WHERE thread_id = $2 AND seq > $4 AND seq <= {cursor} {filter} ORDER BY seq"
                     );
                     let mut query = sqlx::query(&sql)
