@@ -113,7 +113,7 @@ async fn main() {
         read += page.len();
     }
     let secs = started.elapsed().as_secs_f64();
-    assert_eq!((pulled as usize, read), (CATCH_UP, CATCH_UP));
+    assert_eq!((pulled.new as usize, read), (CATCH_UP, CATCH_UP));
     println!(
         "catch up {CATCH_UP} records from a local follower: pull and verify {pull_secs:.2} s, \
          then read and decrypt {:.2} s; {secs:.2} s in all = {:.0} records/s",

@@ -66,7 +66,14 @@ pub enum Command {
     /// Push your log to every follower of the thread, from where each one is.
     Push { thread: ThreadId },
     /// Pull what the thread's followers have that this peer lacks, verifying every record.
-    Pull { thread: ThreadId },
+    Pull {
+        thread: ThreadId,
+        /// Accept records signed under go-threads' weaker rule (js-threads and go-threads
+        /// write them), from now on for this thread: see docs/protocol.md for what it gives
+        /// away.
+        #[arg(long)]
+        allow_legacy_signatures: bool,
+    },
     /// Print a link (or, with --to, an invite sealed to an identity) to join the thread.
     Share {
         thread: ThreadId,
@@ -282,11 +289,17 @@ impl Peer {
                 json!({"removed": url})
             }
             Command::Push { thread } => json!({"pushed": self.push(&client, &thread).await?}),
-            Command::Pull { thread } => {
+            Command::Pull {
+                thread,
+                allow_legacy_signatures,
+            } => {
+                if allow_legacy_signatures {
+                    client.allow_legacy_signatures(&thread, true)?;
+                }
                 let bar = self.progress("pull");
                 let pulled = client.pull(&thread, |n| bar.set_position(n)).await?;
                 bar.finish_and_clear();
-                json!({"pulled": pulled})
+                json!({"pulled": pulled.new, "legacy_signatures": pulled.legacy})
             }
             Command::Share { thread, role, to } => {
                 json!({"invite": client.share(&thread, role, to.as_ref())?})

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 pub use access::{decode_cursor, encode_cursor};
 pub use error::{Error, Result};
-pub use push::{Origin, PushItem, Pushed, Verdict};
+pub use push::{Judged, Origin, PushItem, Pushed, Verdict};
 
 /// Milliseconds since the Unix epoch: the follower's clock for arrival times and request
 /// windows.

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 pub use threads_client::car::CarRecord as PushItem;
-use threads_core::{cid_of, verify_batch, Cid, RecordError, SignaturePolicy, ThreadId};
+use threads_core::{
+    cid_of, verify_batch, Cid, RecordError, SignaturePolicy, SignatureRule, ThreadId,
+};
 use threads_store::{Ingest, Outcome, ThreadInfo};
 
 use super::{now_ms, Error, Follower, Result};
@@ -49,10 +51,19 @@ impl Verdict {
     }
 }
 
-/// Every pushed record's CID and verdict, in the order pushed.
+/// One pushed record, judged.
+#[derive(Debug)]
+pub struct Judged {
+    pub cid: Cid,
+    pub verdict: Verdict,
+    /// The signature rule it passed, when it was verified and passed.
+    pub rule: Option<SignatureRule>,
+}
+
+/// Every pushed record's verdict, in the order pushed.
 #[derive(Debug)]
 pub struct Pushed {
-    pub results: Vec<(Cid, Verdict)>,
+    pub results: Vec<Judged>,
 }
 
 impl Pushed {
@@ -60,7 +71,7 @@ impl Pushed {
     pub fn first_failure(&self) -> Option<&Verdict> {
         self.results
             .iter()
-            .map(|(_, v)| v)
+            .map(|j| &j.verdict)
             .find(|v| v.code().is_some())
     }
 }
@@ -118,11 +129,13 @@ impl Follower {
         .await
         .map_err(|e| Error::Internal(format!("verifying a batch: {e}")))?;
 
+        let mut rules: Vec<Option<SignatureRule>> = vec![None; verdicts.len()];
         let mut batch = Vec::new();
         let mut positions = Vec::new();
         for ((i, thread, log, _), result) in meta.into_iter().zip(checked) {
             match result {
                 Ok(record) => {
+                    rules[i] = Some(record.rule());
                     positions.push(i);
                     batch.push(Ingest {
                         thread,
@@ -176,12 +189,17 @@ impl Follower {
                 Verdict::Refused(outcome)
             });
         }
-        let results: Vec<(Cid, Verdict)> = cids
+        let results: Vec<Judged> = cids
             .into_iter()
             .zip(verdicts)
-            .map(|(cid, v)| (cid, v.expect("every record judged")))
+            .zip(rules)
+            .map(|((cid, v), rule)| Judged {
+                cid,
+                verdict: v.expect("every record judged"),
+                rule,
+            })
             .collect();
-        for (_, verdict) in &results {
+        for Judged { verdict, .. } in &results {
             match verdict.code() {
                 None if matches!(verdict, Verdict::Stored(Outcome::Duplicate { .. })) => {
                     metrics::counter!("threads_records_duplicate_total").increment(1)

@@ -323,7 +323,7 @@ async fn take_gossip(state: &AppState, peer: PeerId, id: MessageId, topic: &str,
                 Err(Error::EmptyBatch | Error::BatchTooLarge { .. }) => Verdict::Reject,
                 Err(_) => Verdict::Ignore,
                 Ok(pushed) => {
-                    let verdicts = || pushed.results.iter().map(|(_, v)| v);
+                    let verdicts = || pushed.results.iter().map(|j| &j.verdict);
                     if verdicts().any(|v| matches!(v, RecordVerdict::Invalid(_))) {
                         Verdict::Reject
                     } else if pushed.first_failure().is_none() {

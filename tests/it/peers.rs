@@ -414,3 +414,65 @@ async fn tail_follows_live_and_survives_a_follower_restart() {
     assert_eq!(tail.next().await, json!({"n": 4}));
     drop(server);
 }
+
+/// Records written as js-threads and go-threads sign them (their weaker legacy rule) pass at a
+/// follower that allows them, which says which rule each passed; a reader refuses them until
+/// it is told, once per thread, to allow them; and a log ID in js-threads' CID form is the same
+/// log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_records_are_read_only_by_explicit_choice() {
+    use threads_store::testing::TestLog;
+    let server = Server::start_with(
+        Backend::Sqlite,
+        &[("THREADS_ALLOW_LEGACY_SIGNATURES", "true")],
+    )
+    .await;
+    let mut writer = TestLog::new();
+    server.register(&writer, true).await;
+    let (current, legacy) = (writer.next(16), writer.next_legacy(16));
+    let (status, pushed) = server
+        .push(&[(&writer, &current), (&writer, &legacy)])
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{pushed}");
+    assert_eq!(pushed["results"][0]["signature"], "current");
+    assert_eq!(pushed["results"][1]["signature"], "legacy");
+
+    let link = threads_client::Invite {
+        thread: writer.thread.clone(),
+        key: writer.keys.clone(),
+        earlier_read_keys: Vec::new(),
+        role: threads_client::Role::Reader,
+        snapshots_from: None,
+        public: true,
+        followers: vec![server.url.clone()],
+    }
+    .encode(None)
+    .unwrap();
+    let reader = Peer::new();
+    reader.ok(&["join", &link]).await;
+    let t = writer.thread.to_string();
+    let refused = reader.run(&["pull", &t]).await;
+    assert_eq!(refused.code, 3, "{} {}", refused.out, refused.stderr);
+    let pulled = reader.ok(&["pull", &t, "--allow-legacy-signatures"]).await;
+    assert_eq!(pulled, json!({"pulled": 2, "legacy_signatures": 1}));
+    // Remembered for the thread.
+    let more = writer.next_legacy(16);
+    assert_eq!(
+        server.push(&[(&writer, &more)]).await.0,
+        reqwest::StatusCode::OK
+    );
+    let pulled = reader.ok(&["pull", &t]).await;
+    assert_eq!(pulled, json!({"pulled": 1, "legacy_signatures": 1}));
+
+    // `LogID.toString()` in js-threads: a CIDv1 of the libp2p-key codec.
+    let cid_form =
+        threads_core::Cid::try_from(&[&[1u8, 0x72][..], &writer.id.to_bytes()].concat()[..])
+            .unwrap()
+            .to_string();
+    assert!(cid_form.starts_with("bafzaa"), "{cid_form}");
+    let (status, log) = server
+        .get(&format!("/v1/threads/{t}/logs/{cid_form}"))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{log}");
+    assert_eq!(log["log"], writer.id.to_string());
+}

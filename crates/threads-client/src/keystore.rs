@@ -31,6 +31,9 @@ pub struct ThreadEntry {
     pub snapshots_from: Option<LogId>,
     pub public: bool,
     pub followers: Vec<Follower>,
+    /// Records signed under go-threads' weaker rule are accepted from this thread's followers
+    /// (the user said so: js-threads and go-threads write them). See `docs/protocol.md`.
+    pub allow_legacy_signatures: bool,
 }
 
 /// A follower server this peer pushes to and pulls from, and how far it has pulled.
@@ -43,6 +46,14 @@ pub struct Follower {
 }
 
 impl ThreadEntry {
+    /// The signature rules this peer accepts in the thread's records.
+    pub fn signature_policy(&self) -> threads_core::SignaturePolicy {
+        match self.allow_legacy_signatures {
+            true => threads_core::SignaturePolicy::AllowLegacy,
+            false => threads_core::SignaturePolicy::CurrentOnly,
+        }
+    }
+
     /// The read keys to try on an event: the current one, then earlier ones, newest first.
     pub fn read_keys(&self) -> impl Iterator<Item = &ReadKey> {
         self.key.read().into_iter().chain(&self.earlier_read_keys)
@@ -77,6 +88,8 @@ struct ThreadFile {
     public: bool,
     #[serde(default)]
     followers: Vec<Follower>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    allow_legacy_signatures: bool,
 }
 
 /// A keystore directory.
@@ -155,6 +168,7 @@ impl Keystore {
                 .transpose()?,
             public: file.public,
             followers: file.followers,
+            allow_legacy_signatures: file.allow_legacy_signatures,
         })
     }
 
@@ -175,6 +189,7 @@ impl Keystore {
             snapshots_from: entry.snapshots_from.as_ref().map(ToString::to_string),
             public: entry.public,
             followers: entry.followers.clone(),
+            allow_legacy_signatures: entry.allow_legacy_signatures,
         };
         let text = serde_json::to_string_pretty(&file).expect("strings serialize");
         let path = self.thread_path(&entry.thread);

@@ -45,6 +45,7 @@ use threads_store::{Registration, SqliteStore, Store, StoreError};
 pub use follower::FollowerClient;
 pub use invite::{Invite, Role};
 pub use keystore::{Follower, Keystore, ThreadEntry};
+pub use sync::Pulled;
 
 /// Records pushed per request, and pulled per page.
 const PUSH_BATCH: usize = 500;
@@ -181,6 +182,7 @@ impl Client {
             snapshots_from: None,
             public,
             followers: Vec::new(),
+            allow_legacy_signatures: false,
         };
         self.adopt(&entry).await?;
         Ok(entry)

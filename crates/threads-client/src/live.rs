@@ -47,7 +47,7 @@ impl Client {
         let mut pause = FIRST_BACKOFF;
         loop {
             self.pull(thread, |_| {}).await.or_else(|e| match e {
-                Error::Network(_) => Ok(0),
+                Error::Network(_) => Ok(Default::default()),
                 other => Err(other),
             })?;
             // What the catch-up brought (and anything held before), in local order.
@@ -132,7 +132,13 @@ impl Client {
                 }
                 follower::PushedMessage::Record { record, cursor } => {
                     let url = entry.followers[at].url.clone();
-                    let mut verified = verify_page(&thread, entry.key.service(), &url, &[*record])?;
+                    let mut verified = verify_page(
+                        &thread,
+                        entry.key.service(),
+                        &url,
+                        &[*record],
+                        entry.signature_policy(),
+                    )?;
                     let item = verified.remove(0);
                     if known.insert(item.log.clone()) {
                         self.register_locally(entry, &item.log).await?;

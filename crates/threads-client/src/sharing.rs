@@ -2,7 +2,7 @@
 //! sharing (links carrying keys, invites sealed to an identity).
 
 use rand_core::OsRng;
-use threads_core::{cid_of, verify_batch, Keypair, LogId, PublicKey, SignaturePolicy, ThreadId};
+use threads_core::{cid_of, verify_batch, Keypair, LogId, PublicKey, ThreadId};
 use threads_store::{Ingest, Store};
 
 use crate::sync::store_pulled;
@@ -60,7 +60,7 @@ impl Client {
                 let service = entry.key.service();
                 let checked = verify_batch(
                     list.iter().map(|r| (r.blocks.clone(), service, &r.log)),
-                    SignaturePolicy::CurrentOnly,
+                    entry.signature_policy(),
                 );
                 let mut batch = Vec::with_capacity(list.len());
                 for (result, r) in checked.into_iter().zip(&list) {
@@ -101,6 +101,7 @@ impl Client {
                 snapshots_from: None,
                 public: invite.public,
                 followers: Vec::new(),
+                allow_legacy_signatures: false,
             },
             Err(e) => return Err(e),
         };

@@ -6,11 +6,21 @@ use std::sync::Arc;
 
 use threads_core::auth::Action;
 use threads_core::{
-    cid_of, verify_batch, Cid, Keypair, LogId, ServiceKey, SignaturePolicy, ThreadId,
+    cid_of, verify_batch, Cid, Keypair, LogId, ServiceKey, SignaturePolicy, SignatureRule, ThreadId,
 };
 use threads_store::{Ingest, Outcome, Quotas, SqliteStore, Store};
 
 use crate::*;
+
+/// What a pull brought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pulled {
+    /// Records stored that this peer did not have.
+    pub new: u64,
+    /// Records pulled that passed only under go-threads' legacy signature rule (accepted
+    /// because the thread allows it).
+    pub legacy: u64,
+}
 
 impl Client {
     /// Registers this peer's log at a follower (the follow key only) and remembers it.
@@ -158,9 +168,11 @@ impl Client {
     /// The next page is fetched while the last one is verified and stored; pages are stored
     /// several at a time (one transaction, then the cursor is saved), so an interrupted pull
     /// resumes from the last stored page.
-    pub async fn pull(&self, thread: &ThreadId, mut progress: impl FnMut(u64)) -> Result<u64> {
+    pub async fn pull(&self, thread: &ThreadId, mut progress: impl FnMut(u64)) -> Result<Pulled> {
         let mut entry = self.keys.thread(thread)?;
+        let policy = entry.signature_policy();
         let mut fresh = 0;
+        let mut legacy = 0;
         let mut known = self.known_logs(thread).await?;
         for i in 0..entry.followers.len() {
             let server = FollowerClient::new(&entry.followers[i].url)?;
@@ -182,10 +194,14 @@ impl Client {
                 let expected = thread.clone();
                 let records = page.records;
                 let verified = tokio::task::spawn_blocking(move || {
-                    verify_page(&expected, &service, &url, &records)
+                    verify_page(&expected, &service, &url, &records, policy)
                 })
                 .await
                 .map_err(|e| Error::Protocol(format!("verification stopped: {e}")))??;
+                legacy += verified
+                    .iter()
+                    .filter(|i| i.record.rule() == SignatureRule::Legacy)
+                    .count() as u64;
                 for item in &verified {
                     if known.insert(item.log.clone()) {
                         self.register_locally(&entry, &item.log).await?;
@@ -208,7 +224,18 @@ impl Client {
             }
             entry = self.keys.thread(thread)?;
         }
-        Ok(fresh)
+        Ok(Pulled { new: fresh, legacy })
+    }
+
+    /// Whether this thread's records may pass under go-threads' weaker signature rule, from
+    /// now on (remembered with the thread's keys).
+    pub fn allow_legacy_signatures(&self, thread: &ThreadId, allow: bool) -> Result<()> {
+        let mut entry = self.keys.thread(thread)?;
+        if entry.allow_legacy_signatures != allow {
+            entry.allow_legacy_signatures = allow;
+            self.keys.save(&entry)?;
+        }
+        Ok(())
     }
 
     /// Waits for a batch to be stored, then saves the cursor after it: the cursor moves only
@@ -270,6 +297,7 @@ pub(crate) fn verify_page(
     service: &ServiceKey,
     url: &str,
     records: &[follower::WireRecord],
+    policy: SignaturePolicy,
 ) -> Result<Vec<Ingest>> {
     let mut batch = Vec::with_capacity(records.len());
     // Parsing a log ID decompresses a curve point: once per distinct log in the page.
@@ -297,7 +325,7 @@ pub(crate) fn verify_page(
     let cids: Vec<Cid> = batch.iter().map(|(_, b)| cid_of(&b.record)).collect();
     let checked = verify_batch(
         batch.iter().map(|(log, b)| (b.clone(), service, log)),
-        SignaturePolicy::CurrentOnly,
+        policy,
     );
     checked
         .into_iter()

@@ -184,13 +184,26 @@ impl From<PublicKey> for LogId {
 impl FromStr for LogId {
     type Err = IdError;
 
+    /// The peer ID's base58 text (`12D3KooW…`), or its CIDv1 form with the `libp2p-key`
+    /// codec (`bafzaa…`, what js-threads' `LogID.toString()` prints).
     fn from_str(s: &str) -> Result<Self, IdError> {
+        if s.starts_with('b') {
+            if let Ok(cid) = crate::parse_cid(s) {
+                if cid.codec() != LIBP2P_KEY {
+                    return Err(IdError::NotIdentityMultihash);
+                }
+                return Self::from_bytes(&cid.hash().to_bytes());
+            }
+        }
         let bytes = bs58::decode(s)
             .into_vec()
             .map_err(|e| IdError::Base58(e.to_string()))?;
         Self::from_bytes(&bytes)
     }
 }
+
+/// The multicodec of a CID that names a libp2p public key.
+const LIBP2P_KEY: u64 = 0x72;
 
 impl fmt::Display for LogId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -297,6 +310,21 @@ mod tests {
         let id: LogId = s.parse().unwrap();
         assert_eq!(id.to_string(), s);
         assert_eq!(&id.to_bytes()[..6], &[0x00, 0x24, 0x08, 0x01, 0x12, 0x20]);
+    }
+
+    /// js-threads prints a log ID as a CIDv1 (`libp2p-key` codec, base32): the same key.
+    #[test]
+    fn log_ids_in_their_cid_form() {
+        let s = "12D3KooWFCXqmQTwvpfYFWK3DjXChEc4NoPt8pp5jjC8REZ3g6NZ";
+        let id: LogId = s.parse().unwrap();
+        let hash = multihash::Multihash::<64>::from_bytes(&id.to_bytes()).unwrap();
+        let text = cid::Cid::new_v1(LIBP2P_KEY, hash).to_string();
+        assert!(text.starts_with("bafzaa"), "{text}");
+        assert_eq!(text.parse::<LogId>().unwrap(), id);
+        // Another codec is not a key; trailing bytes are not a CID.
+        let other = cid::Cid::new_v1(0x71, hash).to_string();
+        assert!(other.parse::<LogId>().is_err());
+        assert!(format!("{text}aa").parse::<LogId>().is_err());
     }
 
     #[test]

@@ -289,6 +289,25 @@ impl Envelope {
     }
 }
 
+/// The record signed again as go-threads and js-threads sign (`block || prev`, or the author
+/// key alone for a log's first record), sealed anew: what those implementations write, for
+/// checking that the legacy rule is accepted only where it is allowed. The record node (and
+/// so the record's CID) changes; its event, header and body do not.
+pub fn resign_legacy(
+    blocks: &UnverifiedRecord,
+    service: &ServiceKey,
+    log: &Keypair,
+    rng: &mut impl CryptoRngCore,
+) -> Result<UnverifiedRecord, RecordError> {
+    let opened = blocks.clone().open(service)?;
+    let mut envelope = opened.envelope;
+    envelope.sig = log.sign(&envelope.legacy_message()).to_vec();
+    Ok(UnverifiedRecord {
+        record: encode_bytes_node(&crypto::seal(service.as_bytes(), &envelope.encode(), rng)),
+        ..blocks.clone()
+    })
+}
+
 /// `DOMAIN || event CID || (00 | 01 || prev CID) || author key`: injective, since CIDs delimit
 /// themselves and the author key comes last.
 fn signed_message(block: &Cid, prev: Option<&Cid>, author: &[u8]) -> Vec<u8> {

@@ -79,6 +79,28 @@ impl TestLog {
         record
     }
 
+    /// The next record of this log signed as go-threads and js-threads sign (their weaker
+    /// legacy rule), verified under that rule.
+    pub fn next_legacy(&mut self, len: usize) -> VerifiedRecord {
+        let record = self.after(self.head, len);
+        let blocks = threads_core::resign_legacy(
+            record.blocks(),
+            self.keys.service(),
+            &self.pair,
+            &mut OsRng,
+        )
+        .expect("a record of this log opens");
+        let record = blocks
+            .verify(
+                self.keys.service(),
+                &self.id,
+                threads_core::SignaturePolicy::AllowLegacy,
+            )
+            .expect("it verifies under the legacy rule");
+        self.head = Some(record.cid());
+        record
+    }
+
     /// A record with an arbitrary predecessor, for forks and gaps; the head does not move.
     pub fn after(&self, prev: Option<Cid>, len: usize) -> VerifiedRecord {
         let mut body = vec![0u8; len];

@@ -102,9 +102,12 @@ async fn push(
     let results: Vec<Value> = pushed
         .results
         .iter()
-        .map(|(cid, verdict)| {
-            let mut v = verdict_json(verdict);
-            v["cid"] = json!(cid.to_string());
+        .map(|judged| {
+            let mut v = verdict_json(&judged.verdict);
+            v["cid"] = json!(judged.cid.to_string());
+            if let Some(rule) = judged.rule {
+                v["signature"] = json!(rule);
+            }
             v
         })
         .collect();
