@@ -86,7 +86,7 @@ impl P2p {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 pub struct Webhooks {
     pub allow_private_addresses: bool,
     pub concurrency: usize,
@@ -97,6 +97,8 @@ pub struct Webhooks {
     pub disable_after_failures: u64,
     pub inline_max_bytes: usize,
     pub max_per_second: u32,
+    /// Seals webhook secrets at rest (64 hex digits); empty: stored as they are.
+    pub secret_key: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -228,6 +230,8 @@ impl Config {
         if self.rate_limit.per_second > 0 && self.rate_limit.burst == 0 {
             bail!("rate_limit.burst must be at least 1 when rate_limit.per_second is set");
         }
+        crate::follower::secrets::Secrets::from_hex(&self.webhooks.secret_key)
+            .map_err(|e| anyhow::anyhow!("webhooks.secret_key: {e}"))?;
         let w = &self.webhooks;
         if w.concurrency == 0 || w.max_attempts == 0 || w.timeout_secs == 0 {
             bail!("webhooks.concurrency, webhooks.max_attempts and webhooks.timeout_secs must be at least 1");
@@ -308,6 +312,31 @@ impl fmt::Debug for Config {
             .field("rate_limit", &self.rate_limit)
             .field("websocket", &self.websocket)
             .field("cors", &self.cors)
+            .finish()
+    }
+}
+
+/// The secret key never prints.
+impl fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Webhooks")
+            .field("allow_private_addresses", &self.allow_private_addresses)
+            .field("concurrency", &self.concurrency)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_base_ms", &self.retry_base_ms)
+            .field("retry_max_ms", &self.retry_max_ms)
+            .field("disable_after_failures", &self.disable_after_failures)
+            .field("inline_max_bytes", &self.inline_max_bytes)
+            .field("max_per_second", &self.max_per_second)
+            .field(
+                "secret_key",
+                &if self.secret_key.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
             .finish()
     }
 }

@@ -531,9 +531,12 @@ async fn deliver(
     let config = &state.config().webhooks;
     let started = Instant::now();
     let at_ms = now_ms();
-    let outcome = match body {
-        Ok(body) => send(http, hook, delivery, &body, config.allow_private_addresses).await,
-        Err(error) => Err((None, error, None)),
+    let outcome = match (body, state.0.secrets.open(&hook.secret)) {
+        (Ok(body), Ok(secret)) => {
+            let allow_private = config.allow_private_addresses;
+            send(http, hook, &secret, delivery, &body, allow_private).await
+        }
+        (Err(error), _) | (_, Err(error)) => Err((None, error, None)),
     };
     let duration_ms = started.elapsed().as_millis() as i64;
     let (attempt, result) = match outcome {
@@ -635,6 +638,7 @@ type SendError = (Option<u16>, String, Option<u64>);
 async fn send(
     http: &reqwest::Client,
     hook: &Webhook,
+    secret: &str,
     d: &Delivery,
     body: &[u8],
     allow_private: bool,
@@ -647,7 +651,7 @@ async fn send(
         .header("content-type", "application/json")
         .header("webhook-id", id)
         .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", sign(&hook.secret, id, timestamp, body))
+        .header("webhook-signature", sign(secret, id, timestamp, body))
         .body(body.to_vec())
         .send()
         .await

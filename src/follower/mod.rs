@@ -16,6 +16,8 @@
 //! | deliver webhooks (one worker per process) | [`deliveries::spawn`] | [`deliveries`] |
 //! | issue registration tokens; readiness | [`Follower::issue_registration_token`], [`Follower::ready`] | [`owners`], here |
 //!
+//! Webhook secrets are sealed at rest under the operator's key ([`secrets`]).
+//!
 //! Refusals are [`Error`]s, one variant per reason with a stable code; a pushed record's fate
 //! is a [`push::Verdict`]. Who reads a thread is decided here ([`access`]): public threads by
 //! anyone, private ones with their pull token.
@@ -27,6 +29,7 @@ pub mod live;
 pub mod owners;
 pub mod push;
 pub mod reads;
+pub mod secrets;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -77,6 +80,8 @@ struct Inner {
     quotas: Quotas,
     shutdown: CancellationToken,
     announce: Option<Arc<dyn Announce>>,
+    /// Seals webhook secrets at rest, when the operator gave a key.
+    secrets: secrets::Secrets,
 }
 
 impl Follower {
@@ -96,8 +101,11 @@ impl Follower {
             max_records_per_log: limit(config.quotas.max_records_per_log),
             max_bytes_per_thread: limit(config.quotas.max_bytes_per_thread),
         };
+        let secrets = secrets::Secrets::from_hex(&config.webhooks.secret_key)
+            .map_err(|e| anyhow::anyhow!("webhooks.secret_key: {e}"))?;
         let hub = live::Hub::start(store.clone(), shutdown.clone());
         Ok(Self(Arc::new(Inner {
+            secrets,
             config,
             store,
             server_id,

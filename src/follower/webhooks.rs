@@ -61,12 +61,13 @@ impl Follower {
         }
         let mut id = [0u8; 12];
         OsRng.fill_bytes(&mut id);
+        let secret = new_secret();
         let hook = Webhook {
             id: format!("wh_{}", hex::encode(id)),
             thread,
             log,
             url,
-            secret: new_secret(),
+            secret: self.0.secrets.seal(&secret),
             created_ms: now,
             failures: 0,
             disabled_ms: None,
@@ -80,25 +81,29 @@ impl Follower {
         })?;
         tracing::info!(webhook = %hook.id, thread = %hook.thread, "webhook created");
         // As stored: its cursor starts at the thread's newest record.
-        store
+        let mut stored = store
             .webhook(&hook.id)
             .await?
-            .ok_or(Error::NotFound("webhook"))
+            .ok_or(Error::NotFound("webhook"))?;
+        stored.secret = secret;
+        Ok(stored)
     }
 
     /// The subscription, if `token` is its secret or the admin token. Unknown and
     /// unauthorized look alike, so IDs cannot be probed.
     pub async fn webhook(&self, id: &str, token: Option<&str>) -> Result<Webhook> {
-        let hook = self.0.store.webhook(id).await?;
+        let Some(mut hook) = self.0.store.webhook(id).await? else {
+            return Err(Error::NotFound("webhook"));
+        };
+        // A secret this server cannot open matches no token.
+        hook.secret = self.0.secrets.open(&hook.secret).unwrap_or_default();
         let presented = token.unwrap_or_default();
-        match hook {
-            Some(hook)
-                if self.is_admin(token)
-                    || Sha256::digest(presented) == Sha256::digest(&hook.secret) =>
-            {
-                Ok(hook)
-            }
-            _ => Err(Error::NotFound("webhook")),
+        let by_secret =
+            !hook.secret.is_empty() && Sha256::digest(presented) == Sha256::digest(&hook.secret);
+        if self.is_admin(token) || by_secret {
+            Ok(hook)
+        } else {
+            Err(Error::NotFound("webhook"))
         }
     }
 
@@ -144,7 +149,8 @@ impl Follower {
     pub async fn rotate_webhook_secret(&self, id: &str, token: Option<&str>) -> Result<String> {
         self.webhook(id, token).await?;
         let secret = new_secret();
-        self.0.store.set_webhook_secret(id, &secret).await?;
+        let sealed = self.0.secrets.seal(&secret);
+        self.0.store.set_webhook_secret(id, &sealed).await?;
         Ok(secret)
     }
 
@@ -152,10 +158,6 @@ impl Follower {
     pub async fn enable_webhook(&self, id: &str, token: Option<&str>) -> Result<Webhook> {
         self.webhook(id, token).await?;
         self.0.store.enable_webhook(id, now_ms()).await?;
-        self.0
-            .store
-            .webhook(id)
-            .await?
-            .ok_or(Error::NotFound("webhook"))
+        self.webhook(id, token).await
     }
 }

@@ -7,6 +7,7 @@
 //! | [`v1`] | the HTTP API, one module per area, under the `/v1` prefix |
 //! | [`p2p`] | the same API over libp2p streams, gossip on each thread's topic, replication |
 //! | [`ops`] | `/healthz`, `/readyz`, `/metrics` |
+//! | `listener` | accepting HTTP connections: header-read timeout, connections per address, graceful shutdown |
 //! | [`error`] | `ApiError`: status plus stable JSON error code, and the one mapping from the core's refusals |
 
 pub mod error;

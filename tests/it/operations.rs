@@ -151,7 +151,14 @@ async fn bad_configuration_fails_fast_naming_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_shuts_down_gracefully() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
     let server = Server::start(Backend::Sqlite).await;
+    // Every WebSocket client is sent its 1001 before the process ends.
+    let mut sockets = Vec::new();
+    for _ in 0..24 {
+        sockets.push(crate::websocket::connect(&server, "").await);
+    }
     let pid = server.pid();
     let status = tokio::process::Command::new("kill")
         .arg(pid.to_string())
@@ -161,6 +168,16 @@ async fn sigterm_shuts_down_gracefully() {
     assert!(status.success());
     let exit = server.wait().await;
     assert!(exit.success(), "{exit:?}");
+    for (i, mut socket) in sockets.into_iter().enumerate() {
+        let close = loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => continue,
+                other => panic!("client {i}: {other:?} before a close frame"),
+            }
+        };
+        assert_eq!(close.map(|f| u16::from(f.code)), Some(1001), "client {i}");
+    }
 }
 
 /// The data files hold follow keys (pull tokens follow from them) and webhook secrets: the

@@ -634,3 +634,52 @@ async fn a_new_webhook_says_it_starts_at_the_threads_end() {
     let answer = replay(Some(secret), "[1]").await.unwrap();
     assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
 }
+
+/// With `webhooks.secret_key`, secrets are sealed in the database: a copy of its files does not
+/// hold them, deliveries are still signed with them, and a server without the key cannot use
+/// them.
+#[tokio::test]
+async fn secrets_are_sealed_at_rest_under_the_operators_key() {
+    let key = "42".repeat(32);
+    let mut env = FAST_RETRIES.to_vec();
+    env.push(("THREADS_WEBHOOKS__SECRET_KEY", &key));
+    let server = Server::start_with(Backend::Sqlite, &env).await;
+    let receiver = Receiver::start(vec![]).await;
+    let mut log = TestLog::new();
+    server.register(&log, true).await;
+    let hook = subscribe(&server, &log, &receiver.url).await;
+    let (id, secret) = (
+        hook["id"].as_str().unwrap().to_owned(),
+        hook["secret"].as_str().unwrap().to_owned(),
+    );
+    let record = log.next(10);
+    assert_eq!(server.push(&[(&log, &record)]).await.0, StatusCode::OK);
+    let got = receiver.until("the delivery", |g| !g.is_empty()).await;
+    assert!(verified_by_reference_library(&secret, &got[0]).await);
+    let (status, _) = manage(&server, reqwest::Method::GET, &id, "", &secret).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, rotated) = manage(
+        &server,
+        reqwest::Method::POST,
+        &id,
+        "/rotate-secret",
+        &secret,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let rotated = rotated["secret"].as_str().unwrap().to_owned();
+    for file in ["threads.db", "threads.db-wal"] {
+        let bytes = std::fs::read(server.data_dir.join(file)).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        for s in [&secret, &rotated] {
+            let key_part = s.trim_start_matches("whsec_");
+            assert!(!text.contains(key_part), "{file} holds a secret");
+        }
+    }
+
+    // Without the key (a restart with no settings), the sealed secret opens nothing.
+    let plain = server.restart().await;
+    let (status, _) = manage(&plain, reqwest::Method::GET, &id, "", &rotated).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

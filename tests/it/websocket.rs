@@ -252,3 +252,82 @@ async fn one_connection_follows_at_most_256_threads() {
         }
     }
 }
+
+/// The message handler under arbitrary traffic: sequences of well-formed, malformed and
+/// hostile client messages (subscriptions to known, unknown and malformed threads, bad
+/// cursors and tokens, unsubscriptions, garbage text, binary frames), pipelined without
+/// reading. Every message gets exactly one answer, in order, and the connection stays usable.
+/// The seed of a failing run is in the panic message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_handler_answers_arbitrary_traffic() {
+    let server = Server::start_with(
+        Backend::Sqlite,
+        &[("THREADS_WEBSOCKET__BUFFER_MESSAGES", "2")],
+    )
+    .await;
+    let mut log = TestLog::new();
+    server.register(&log, true).await;
+    let batch: Vec<_> = (0..20).map(|_| log.next(32)).collect();
+    let pairs: Vec<_> = batch.iter().map(|r| (&log, r)).collect();
+    assert_eq!(server.push(&pairs).await.0, StatusCode::OK);
+    let known = log.thread.to_string();
+    let unknown = TestLog::new().thread.to_string();
+
+    for run in 0..12 {
+        let seed = rand_core::RngCore::next_u64(&mut rand_core::OsRng) | 1;
+        let mut state = seed;
+        let mut next_u32 = move || {
+            // xorshift64: reproducible from the seed.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u32
+        };
+        let mut ws = connect(&server, "").await;
+        let n = 50 + next_u32() % 150;
+        for _ in 0..n {
+            let message = match next_u32() % 9 {
+                0 => json!({"type": "subscribe", "thread": known}).to_string(),
+                1 => json!({"type": "subscribe", "thread": unknown}).to_string(),
+                2 => json!({"type": "subscribe", "thread": "not a thread"}).to_string(),
+                3 => json!({"type": "subscribe", "thread": known, "cursor": "%%%"}).to_string(),
+                4 => json!({"type": "subscribe", "thread": known, "token": "x"}).to_string(),
+                5 => json!({"type": "unsubscribe", "thread": known}).to_string(),
+                6 => json!({"type": "unsubscribe", "thread": "?"}).to_string(),
+                7 => {
+                    let len = (next_u32() % 64) as usize;
+                    (0..len)
+                        .map(|_| (b' ' + (next_u32() % 95) as u8) as char)
+                        .collect()
+                }
+                _ => {
+                    let frame = vec![next_u32() as u8; (next_u32() % 32) as usize];
+                    ws.send(Message::Binary(frame.into())).await.unwrap();
+                    continue;
+                }
+            };
+            ws.send(Message::Text(message.into())).await.unwrap();
+        }
+        let mut answers = 0;
+        while answers < n {
+            let m = next(&mut ws).await;
+            match m["type"].as_str() {
+                Some("record") => {}
+                Some("subscribed" | "unsubscribed" | "error") => answers += 1,
+                _ => panic!("run {run} (seed {seed}): {m}"),
+            }
+        }
+        // Still usable: one more question, one more answer.
+        let bye = json!({"type": "unsubscribe", "thread": known});
+        ws.send(Message::Text(bye.to_string().into()))
+            .await
+            .unwrap();
+        loop {
+            let m = next(&mut ws).await;
+            if m["type"] == "unsubscribed" {
+                break;
+            }
+            assert_eq!(m["type"], "record", "run {run} (seed {seed}): {m}");
+        }
+    }
+}
