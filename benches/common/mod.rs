@@ -46,6 +46,8 @@ async fn launch(
     ])
     .arg(data_dir)
     .env("RUST_LOG", "warn")
+    // Every load generator connects from loopback: one address, thousands of connections.
+    .env("THREADS_LIMITS__MAX_CONNECTIONS_PER_ADDRESS", "0")
     .envs(env.iter().copied())
     .stdout(Stdio::piped())
     .kill_on_drop(true);
