@@ -151,8 +151,8 @@ fn bounded(router: Router<AppState>, config: &Config) -> Router<AppState> {
             Duration::from_secs(config.limits.request_timeout_secs),
         ))
         .layer(RequestBodyLimitLayer::new(config.limits.max_body_bytes))
-        // The configured limit is the one: axum's own (2 MiB) would refuse bodies under it.
-        .layer(DefaultBodyLimit::max(config.limits.max_body_bytes))
+        // The layer above is the one limit: axum's own (2 MiB) would refuse bodies under it.
+        .layer(DefaultBodyLimit::disable())
         .layer(middleware::map_response(json_errors))
 }
 

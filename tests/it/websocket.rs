@@ -5,6 +5,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use threads_core::VerifiedRecord;
 use threads_store::testing::TestLog;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -161,6 +162,20 @@ async fn a_stalled_subscriber_never_stalls_ingestion() {
     assert_eq!(records(&mut ws, 1500).await, expected);
 }
 
+/// A public thread with `n` records stored, on `server`.
+async fn public_thread_with(
+    server: &Server,
+    n: usize,
+    len: usize,
+) -> (TestLog, Vec<VerifiedRecord>) {
+    let mut log = TestLog::new();
+    server.register(&log, true).await;
+    let batch: Vec<_> = (0..n).map(|_| log.next(len)).collect();
+    let pairs: Vec<_> = batch.iter().map(|r| (&log, r)).collect();
+    assert_eq!(server.push(&pairs).await.0, StatusCode::OK);
+    (log, batch)
+}
+
 /// However many messages a client pipelines without reading, while a backlog streams to it,
 /// each gets its answer and the connection keeps going: it never waits on a queue that only
 /// it drains.
@@ -171,11 +186,7 @@ async fn pipelined_messages_never_stop_a_connection() {
         &[("THREADS_WEBSOCKET__BUFFER_MESSAGES", "4")],
     )
     .await;
-    let mut log = TestLog::new();
-    server.register(&log, true).await;
-    let batch: Vec<_> = (0..100).map(|_| log.next(64)).collect();
-    let pairs: Vec<_> = batch.iter().map(|r| (&log, r)).collect();
-    assert_eq!(server.push(&pairs).await.0, StatusCode::OK);
+    let (log, _) = public_thread_with(&server, 100, 64).await;
 
     let mut ws = connect(&server, &format!("?thread={}", log.thread)).await;
     let unknown = TestLog::new().thread.to_string();
@@ -265,11 +276,7 @@ async fn the_message_handler_answers_arbitrary_traffic() {
         &[("THREADS_WEBSOCKET__BUFFER_MESSAGES", "2")],
     )
     .await;
-    let mut log = TestLog::new();
-    server.register(&log, true).await;
-    let batch: Vec<_> = (0..20).map(|_| log.next(32)).collect();
-    let pairs: Vec<_> = batch.iter().map(|r| (&log, r)).collect();
-    assert_eq!(server.push(&pairs).await.0, StatusCode::OK);
+    let (log, _) = public_thread_with(&server, 20, 32).await;
     let known = log.thread.to_string();
     let unknown = TestLog::new().thread.to_string();
 
