@@ -14,13 +14,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use futures_util::StreamExt;
-use rand_core::OsRng;
 use serde_json::{json, Value};
-use threads_core::auth::{Action, SignedRequest};
-use threads_core::{Keypair, LogId, ThreadId, ThreadKey, Variant, VerifiedRecord};
+use threads_core::{ThreadId, VerifiedRecord};
 use tokio::process::Child;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
@@ -87,53 +83,6 @@ impl Server {
     }
 }
 
-struct Log {
-    thread: ThreadId,
-    keys: ThreadKey,
-    pair: Keypair,
-    id: LogId,
-}
-
-fn record_json(log: &Log, r: &VerifiedRecord) -> Value {
-    let b = r.blocks();
-    json!({
-        "thread": log.thread.to_string(), "log": log.id.to_string(),
-        "record": B64.encode(&b.record), "event": B64.encode(&b.event),
-        "header": B64.encode(&b.header), "body": B64.encode(&b.body),
-    })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-async fn register(http: &reqwest::Client, url: &str, server_id: &str, log: &Log) {
-    let action = Action::Register {
-        follow_key: log.keys.follow_only().to_multibase().to_string(),
-        addrs: vec![],
-        public: true,
-    };
-    let request = SignedRequest::sign(
-        server_id,
-        &log.thread,
-        &log.pair,
-        action,
-        now_ms(),
-        &mut OsRng,
-    );
-    let status = http
-        .post(format!("{url}/v1/registrations"))
-        .json(&request)
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert!(status.is_success(), "registration: {status}");
-}
-
 /// Pulls a whole thread by cursor; returns how many records came. Cursor, count and `more`
 /// come from the page headers, so `parse` decides only whether the reader decodes the pages.
 async fn catch_up(
@@ -178,10 +127,6 @@ async fn catch_up(
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
 async fn run(backend: &str, database_url: Option<String>, part: impl Fn(&str) -> bool) {
     println!("\n## backend: {backend}");
     let dir = tempfile::tempdir().unwrap();
@@ -195,53 +140,14 @@ async fn run(backend: &str, database_url: Option<String>, part: impl Fn(&str) ->
         ready_in.as_secs_f64() * 1e3,
         server.rss_mib()
     );
-    let server_id = common::get_json(&http, &format!("{}/v1/server", server.url)).await
-        ["server_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-
     // Records are built and signed before any clock starts.
-    let threads: Vec<(ThreadId, ThreadKey)> = (0..THREADS)
-        .map(|_| {
-            (
-                ThreadId::random(Variant::Raw, &mut OsRng),
-                ThreadKey::random(&mut OsRng),
-            )
-        })
-        .collect();
-    let logs: Vec<Log> = (0..LOGS)
-        .map(|i| {
-            let (thread, keys) = threads[i % THREADS].clone();
-            let pair = Keypair::generate(&mut OsRng);
-            Log {
-                thread,
-                keys,
-                id: LogId::from(pair.public()),
-                pair,
-            }
-        })
-        .collect();
-    let author = Keypair::generate(&mut OsRng).public();
-    let body = serde_ipld_dagcbor::to_vec(&ipld_core::ipld::Ipld::Bytes(vec![7u8; BODY])).unwrap();
+    let logs = common::logs(THREADS, LOGS / THREADS);
     let mut per_log: Vec<Vec<VerifiedRecord>> = logs
         .iter()
-        .map(|log| {
-            let mut prev = None;
-            (0..RECORDS_PER_LOG)
-                .map(|_| {
-                    let r = VerifiedRecord::create(
-                        &body, &log.keys, &log.pair, &author, prev, &mut OsRng,
-                    )
-                    .unwrap();
-                    prev = Some(r.cid());
-                    r
-                })
-                .collect()
-        })
+        .map(|log| common::records(log, RECORDS_PER_LOG, BODY, None))
         .collect();
     for log in &logs {
-        register(&http, &server.url, &server_id, log).await;
+        common::register(&http, &server.url, log).await;
     }
     // Batches: per thread, records interleaved across its logs in chain order.
     let mut batches: Vec<String> = Vec::new();
@@ -251,7 +157,7 @@ async fn run(backend: &str, database_url: Option<String>, part: impl Fn(&str) ->
         #[allow(clippy::needless_range_loop)]
         for round in 0..RECORDS_PER_LOG {
             for (i, log) in logs.iter().enumerate().filter(|(i, _)| i % THREADS == t) {
-                items.push(record_json(log, &per_log[i][round]));
+                items.push(common::record_json(log, &per_log[i][round]));
             }
         }
         for chunk in items.chunks(BATCH) {
@@ -312,7 +218,7 @@ async fn run(backend: &str, database_url: Option<String>, part: impl Fn(&str) ->
     ] {
         let started = Instant::now();
         let mut pulled = 0;
-        for (thread, _) in &threads {
+        for thread in logs.iter().take(THREADS).map(|l| &l.thread) {
             pulled += catch_up(&http, &server.url, thread, format, parse).await;
         }
         let secs = started.elapsed().as_secs_f64();
@@ -329,7 +235,7 @@ async fn run(backend: &str, database_url: Option<String>, part: impl Fn(&str) ->
     // Feeds: the current Atom and RSS feeds of a thread (100 entries), fetched whole (no
     // conditional GET) by concurrent readers.
     for format in ["atom", "rss"] {
-        let url = format!("{}/v1/threads/{}/feed.{format}", server.url, threads[0].0);
+        let url = format!("{}/v1/threads/{}/feed.{format}", server.url, logs[0].thread);
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..FEED_READERS {
@@ -390,23 +296,13 @@ async fn run(backend: &str, database_url: Option<String>, part: impl Fn(&str) ->
     for r in ready {
         r.await.unwrap();
     }
-    let extra: Vec<VerifiedRecord> = {
-        let mut prev = per_log[log_index].last().map(|r| r.cid());
-        (0..LATENCY_SAMPLES)
-            .map(|_| {
-                let r =
-                    VerifiedRecord::create(&body, &log.keys, &log.pair, &author, prev, &mut OsRng)
-                        .unwrap();
-                prev = Some(r.cid());
-                r
-            })
-            .collect()
-    };
+    let prev = per_log[log_index].last().map(|r| r.cid());
+    let extra = common::records(log, LATENCY_SAMPLES, BODY, prev);
     per_log[log_index].extend(extra.iter().cloned());
     let mut latencies = Vec::with_capacity(SUBSCRIBERS * LATENCY_SAMPLES);
     let mut sent_at = BTreeMap::new();
     for (i, record) in extra.iter().enumerate() {
-        let batch = json!({"records": [record_json(log, record)]}).to_string();
+        let batch = json!({"records": [common::record_json(log, record)]}).to_string();
         let at = Instant::now();
         sent_at.insert(i, at);
         let r = http
@@ -427,8 +323,8 @@ async fn run(backend: &str, database_url: Option<String>, part: impl Fn(&str) ->
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
         "push to {SUBSCRIBERS} WebSocket subscribers ({LATENCY_SAMPLES} records, push request to receipt): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
+        common::percentile(&latencies, 0.5),
+        common::percentile(&latencies, 0.99),
         latencies.last().unwrap()
     );
     drop(server);

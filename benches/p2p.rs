@@ -11,10 +11,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rand_core::OsRng;
 use threads_client::car::{read_car, write_car, CarItem, CAR};
-use threads_core::auth::{pull_token, Action, SignedRequest};
-use threads_core::{Cid, Keypair, LogId, ThreadId, ThreadKey, Variant, VerifiedRecord};
+use threads_core::auth::pull_token;
+use threads_core::{Cid, ThreadId, VerifiedRecord};
 use threads_net::{host, Config, Inbound, Verdict};
 use tokio::sync::mpsc;
 
@@ -25,76 +24,6 @@ const BODY: usize = 1024;
 /// Gossip: subscribers, and records pushed one at a time.
 const SUBSCRIBERS: usize = 50;
 const SAMPLES: usize = 200;
-
-struct Log {
-    thread: ThreadId,
-    keys: ThreadKey,
-    pair: Keypair,
-    id: LogId,
-}
-
-fn logs(n: usize) -> Vec<Log> {
-    let thread = ThreadId::random(Variant::Raw, &mut OsRng);
-    let keys = ThreadKey::random(&mut OsRng);
-    (0..n)
-        .map(|_| {
-            let pair = Keypair::generate(&mut OsRng);
-            Log {
-                thread: thread.clone(),
-                keys: keys.clone(),
-                id: LogId::from(pair.public()),
-                pair,
-            }
-        })
-        .collect()
-}
-
-/// `n` records of a log, in chain order.
-fn records(log: &Log, n: usize) -> Vec<VerifiedRecord> {
-    let author = Keypair::generate(&mut OsRng).public();
-    let body = serde_ipld_dagcbor::to_vec(&ipld_core::ipld::Ipld::Bytes(vec![7u8; BODY])).unwrap();
-    let mut prev = None;
-    (0..n)
-        .map(|_| {
-            let r = VerifiedRecord::create(&body, &log.keys, &log.pair, &author, prev, &mut OsRng)
-                .unwrap();
-            prev = Some(r.cid());
-            r
-        })
-        .collect()
-}
-
-async fn register(http: &reqwest::Client, url: &str, log: &Log) {
-    let info = common::get_json(http, &format!("{url}/v1/server")).await;
-    let action = Action::Register {
-        follow_key: log.keys.follow_only().to_multibase().to_string(),
-        addrs: vec![],
-        public: true,
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let request = SignedRequest::sign(
-        info["server_id"].as_str().unwrap(),
-        &log.thread,
-        &log.pair,
-        action,
-        now,
-        &mut OsRng,
-    );
-    let response = http
-        .post(format!("{url}/v1/registrations"))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "registration: {}",
-        response.status()
-    );
-}
 
 async fn push_car(http: &reqwest::Client, url: &str, items: Vec<CarItem<'_>>) {
     let response = http
@@ -121,11 +50,13 @@ async fn replication(database_url: Option<String>) {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let (_a, a_url, a_p2p) = common::serve_p2p(&dir.path().join("a"), None, &[]).await;
-    let logs = logs(LOGS);
-    let per_log: Vec<Vec<VerifiedRecord>> =
-        logs.iter().map(|l| records(l, RECORDS / LOGS)).collect();
+    let logs = common::logs(1, LOGS);
+    let per_log: Vec<Vec<VerifiedRecord>> = logs
+        .iter()
+        .map(|l| common::records(l, RECORDS / LOGS, BODY, None))
+        .collect();
     for log in &logs {
-        register(&http, &a_url, log).await;
+        common::register(&http, &a_url, log).await;
     }
     for (log, records) in logs.iter().zip(&per_log) {
         for chunk in records.chunks(1000) {
@@ -171,17 +102,13 @@ async fn replication(database_url: Option<String>) {
     );
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 async fn gossip() {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let (_server, url, p2p) = common::serve_p2p(dir.path(), None, &[]).await;
-    let log = &logs(1)[0];
-    register(&http, &url, log).await;
-    let samples = records(log, SAMPLES + 1);
+    let log = &common::logs(1, 1)[0];
+    common::register(&http, &url, log).await;
+    let samples = common::records(log, SAMPLES + 1, BODY, None);
     let topic = log.thread.to_string();
 
     // Every subscriber reports what it hears, with when, to one collector.
@@ -254,8 +181,8 @@ async fn gossip() {
         "gossip to {SUBSCRIBERS} subscribers, {SAMPLES} records pushed one at a time over HTTP: \
          {} of {expected} deliveries; push to delivery p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         latencies.len(),
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
+        common::percentile(&latencies, 0.5),
+        common::percentile(&latencies, 0.99),
         latencies.last().unwrap()
     );
 }

@@ -124,6 +124,7 @@ pub struct Limits {
     pub shutdown_grace_secs: u64,
     pub header_read_timeout_secs: u64,
     pub max_connections_per_address: usize,
+    pub max_queued_records: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

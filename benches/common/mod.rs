@@ -94,3 +94,114 @@ pub fn cpu_secs(pid: &str) -> f64 {
 pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
 }
+
+/// A log of a thread, with the keys to write it.
+#[allow(dead_code)]
+pub struct Log {
+    pub thread: threads_core::ThreadId,
+    pub keys: threads_core::ThreadKey,
+    pub pair: threads_core::Keypair,
+    pub id: threads_core::LogId,
+}
+
+/// `threads` new public threads of `per_thread` logs each; log `i` is in thread `i % threads`.
+#[allow(dead_code)]
+pub fn logs(threads: usize, per_thread: usize) -> Vec<Log> {
+    use rand_core::OsRng;
+    let made: Vec<_> = (0..threads)
+        .map(|_| {
+            (
+                threads_core::ThreadId::random(threads_core::Variant::Raw, &mut OsRng),
+                threads_core::ThreadKey::random(&mut OsRng),
+            )
+        })
+        .collect();
+    (0..threads * per_thread)
+        .map(|i| {
+            let (thread, keys) = made[i % threads].clone();
+            let pair = threads_core::Keypair::generate(&mut OsRng);
+            Log {
+                thread,
+                keys,
+                id: threads_core::LogId::from(pair.public()),
+                pair,
+            }
+        })
+        .collect()
+}
+
+/// `n` more records of a log with `body_bytes`-byte bodies, in chain order after `prev`.
+#[allow(dead_code)]
+pub fn records(
+    log: &Log,
+    n: usize,
+    body_bytes: usize,
+    prev: Option<threads_core::Cid>,
+) -> Vec<threads_core::VerifiedRecord> {
+    use rand_core::OsRng;
+    let author = threads_core::Keypair::generate(&mut OsRng).public();
+    let body =
+        serde_ipld_dagcbor::to_vec(&ipld_core::ipld::Ipld::Bytes(vec![7u8; body_bytes])).unwrap();
+    let mut prev = prev;
+    (0..n)
+        .map(|_| {
+            let r = threads_core::VerifiedRecord::create(
+                &body, &log.keys, &log.pair, &author, prev, &mut OsRng,
+            )
+            .unwrap();
+            prev = Some(r.cid());
+            r
+        })
+        .collect()
+}
+
+/// A record as `POST /v1/records` takes it in JSON.
+#[allow(dead_code)]
+pub fn record_json(log: &Log, r: &threads_core::VerifiedRecord) -> serde_json::Value {
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine;
+    let b = r.blocks();
+    serde_json::json!({
+        "thread": log.thread.to_string(), "log": log.id.to_string(),
+        "record": B64.encode(&b.record), "event": B64.encode(&b.event),
+        "header": B64.encode(&b.header), "body": B64.encode(&b.body),
+    })
+}
+
+/// Registers a log as public with the server at `url` (a signed request).
+#[allow(dead_code)]
+pub async fn register(http: &reqwest::Client, url: &str, log: &Log) {
+    use threads_core::auth::{Action, SignedRequest};
+    let info = get_json(http, &format!("{url}/v1/server")).await;
+    let action = Action::Register {
+        follow_key: log.keys.follow_only().to_multibase().to_string(),
+        addrs: vec![],
+        public: true,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let request = SignedRequest::sign(
+        info["server_id"].as_str().unwrap(),
+        &log.thread,
+        &log.pair,
+        action,
+        now,
+        &mut rand_core::OsRng,
+    );
+    let response = http
+        .post(format!("{url}/v1/registrations"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert!(status.is_success(), "registration: {status}");
+}
+
+/// The value at fraction `p` of sorted samples (nearest rank).
+#[allow(dead_code)]
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}

@@ -14,7 +14,7 @@
 //! it with the Standard Webhooks libraries. Addresses on loopback, private and link-local
 //! networks are refused unless the operator allows them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -213,7 +213,7 @@ async fn run(state: Follower) {
     let released = Arc::new(Notify::new());
     let recorder = tokio::spawn(record(state.clone(), outcomes, released.clone()));
     let mut changes = state.0.store.changes();
-    loop {
+    'work: loop {
         // Claim only what can be sent now: wait for a free slot first.
         let first = tokio::select! {
             _ = state.0.shutdown.cancelled() => break,
@@ -289,11 +289,28 @@ async fn run(state: Follower) {
         if full {
             continue;
         }
-        tokio::select! {
-            _ = state.0.shutdown.cancelled() => break,
-            _ = changes.recv() => {}
-            _ = released.notified() => {}
-            _ = tokio::time::sleep(poll) => {}
+        // A record stored in a thread without webhooks is no work: only changes of threads
+        // with one wake the worker. Webhooks made by other processes are seen at the next poll.
+        let hooked: HashSet<ThreadId> = match state.0.store.webhook_threads().await {
+            Ok(threads) => threads.into_iter().collect(),
+            Err(error) => {
+                tracing::warn!(%error, "listing webhooks' threads failed");
+                Default::default()
+            }
+        };
+        let pause = tokio::time::sleep(poll);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = state.0.shutdown.cancelled() => break 'work,
+                change = changes.recv() => match change {
+                    Ok(change) if !hooked.contains(&change.thread) => continue,
+                    _ => break,
+                },
+                _ = released.notified() => break,
+                _ = state.0.webhooks_changed.notified() => break,
+                _ = &mut pause => break,
+            }
         }
     }
     drop(done);

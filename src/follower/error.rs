@@ -56,6 +56,9 @@ pub enum Error {
     /// Another rule of the stored data; the string names it.
     #[error("{0}")]
     Conflict(&'static str),
+    /// Too many pushed records wait to be committed: try again shortly.
+    #[error("the server is busy storing other pushes; retry shortly")]
+    Busy,
     /// Storage failed: nothing about the request was wrong.
     #[error(transparent)]
     Store(StoreError),
@@ -90,6 +93,7 @@ impl Error {
             Error::AdminTokenRequired => "unauthorized",
             Error::FollowKeyMismatch => "follow_key_mismatch",
             Error::Conflict(rule) => rule,
+            Error::Busy => "busy",
             Error::Store(_) | Error::Internal(_) => "internal",
         }
     }

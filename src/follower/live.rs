@@ -7,7 +7,7 @@
 //! slow or lagging subscriber costs storage reads, never ingestion.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use threads_core::auth::check_pull_token;
@@ -50,11 +50,35 @@ struct Inner {
     tails: Mutex<HashMap<ThreadId, Tail>>,
 }
 
+/// A record as subscriptions yield it. One record broadcast live is one `LiveRecord` for every
+/// subscriber of its thread in this process, so its wire form is made once for all of them.
+pub struct LiveRecord {
+    pub record: StoredRecord,
+    wire: OnceLock<bytes::Bytes>,
+}
+
+impl LiveRecord {
+    fn new(record: StoredRecord) -> Arc<Self> {
+        Arc::new(Self {
+            record,
+            wire: OnceLock::new(),
+        })
+    }
+
+    /// The record as transports send it, encoded by the first subscriber that asks (the
+    /// encoding must depend on nothing but the record and its thread).
+    pub fn wire(&self, encode: impl FnOnce(&StoredRecord) -> String) -> bytes::Bytes {
+        self.wire
+            .get_or_init(|| encode(&self.record).into())
+            .clone()
+    }
+}
+
 /// A new record as the tail broadcasts it, with whether its thread was public once it had been
 /// read (so that subscribers without the pull token need not ask storage).
 #[derive(Clone)]
 struct Live {
-    record: Arc<StoredRecord>,
+    record: Arc<LiveRecord>,
     public: bool,
 }
 
@@ -172,7 +196,7 @@ impl Hub {
                 if record.seq > tail.last {
                     tail.last = record.seq;
                     // No receiver is fine; they replay from storage.
-                    let record = Arc::new(record);
+                    let record = LiveRecord::new(record);
                     let _ = tail.sender.send(Live { record, public });
                 }
             }
@@ -192,7 +216,7 @@ pub struct Subscription {
     /// Sequence number of the last record yielded.
     pub cursor: u64,
     /// Records read from storage, not yet yielded.
-    backlog: std::collections::VecDeque<Arc<StoredRecord>>,
+    backlog: std::collections::VecDeque<Arc<LiveRecord>>,
     replaying: bool,
     /// Subscribed without the pull token, to a public thread: each record is yielded only if
     /// the thread was still public after it was read (a thread that turns private, or is
@@ -217,10 +241,10 @@ impl Subscription {
 
     /// The next record after the cursor. Errors when the subscriber may read the thread no
     /// more, or when storage fails.
-    pub async fn next(&mut self) -> super::Result<Arc<StoredRecord>> {
+    pub async fn next(&mut self) -> super::Result<Arc<LiveRecord>> {
         loop {
             if let Some(record) = self.backlog.pop_front() {
-                self.cursor = record.seq;
+                self.cursor = record.record.seq;
                 return Ok(record);
             }
             if self.replaying {
@@ -235,16 +259,16 @@ impl Subscription {
                     still_public(info.is_some_and(|t| t.public))?;
                 }
                 self.replaying = page.len() == PAGE as usize;
-                self.backlog.extend(page.into_iter().map(Arc::new));
+                self.backlog.extend(page.into_iter().map(LiveRecord::new));
                 continue;
             }
             match self.live.recv().await {
-                Ok(live) if live.record.seq <= self.cursor => continue,
-                Ok(live) if live.record.seq == self.cursor + 1 => {
+                Ok(live) if live.record.record.seq <= self.cursor => continue,
+                Ok(live) if live.record.record.seq == self.cursor + 1 => {
                     if self.anonymous {
                         still_public(live.public)?;
                     }
-                    self.cursor = live.record.seq;
+                    self.cursor = live.record.record.seq;
                     return Ok(live.record);
                 }
                 // Something was skipped, or this subscriber fell behind: back to storage.

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | register a log, unregister it, delete a thread (a writer's signed request) | [`Follower::owner_request`] | [`owners`] |
 //! | take in a log found at another follower (replication) | [`Follower::adopt_log`] | [`owners`] |
-//! | push a batch of records, from a writer, a gossip peer or a replica | [`Follower::push`] | [`push`] |
+//! | push a batch of records, from a writer, a gossip peer or a replica (stored by group commit) | [`Follower::push`] | [`push`], [`commit`] |
 //! | pull a thread by cursor, a log by counter | [`Follower::pull_thread`], [`Follower::pull_log`] | [`reads`] |
 //! | follow a thread live from a cursor | [`Follower::subscribe`] | [`live`] |
 //! | a block by CID | [`Follower::block`] | [`reads`] |
@@ -23,6 +23,7 @@
 //! anyone, private ones with their pull token.
 
 pub mod access;
+pub mod commit;
 pub mod deliveries;
 pub mod error;
 pub mod live;
@@ -77,7 +78,10 @@ struct Inner {
     /// The audience signed requests must name; shared by every process on one database.
     server_id: String,
     hub: live::Hub,
-    quotas: Quotas,
+    /// Wakes this process's delivery worker when a webhook is made or enabled here.
+    webhooks_changed: tokio::sync::Notify,
+    /// Where verified pushes wait for the next group commit.
+    committer: commit::Committer,
     shutdown: CancellationToken,
     announce: Option<Arc<dyn Announce>>,
     /// Seals webhook secrets at rest, when the operator gave a key.
@@ -104,13 +108,16 @@ impl Follower {
         let secrets = secrets::Secrets::from_hex(&config.webhooks.secret_key)
             .map_err(|e| anyhow::anyhow!("webhooks.secret_key: {e}"))?;
         let hub = live::Hub::start(store.clone(), shutdown.clone());
+        let committer =
+            commit::Committer::start(store.clone(), quotas, config.limits.max_queued_records);
         Ok(Self(Arc::new(Inner {
+            webhooks_changed: Default::default(),
+            committer,
             secrets,
             config,
             store,
             server_id,
             hub,
-            quotas,
             shutdown,
             announce,
         })))

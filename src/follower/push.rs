@@ -1,6 +1,6 @@
 //! Pushing records: the batch is checked against the limits, every record verified with its
-//! thread's follow key (one Ed25519 batch), the valid ones stored in one transaction, and each
-//! record judged. Where the batch came from decides what is told to the network.
+//! thread's follow key (one Ed25519 batch), the valid ones stored in one transaction (with
+//! whatever other pushes are queued: [`super::commit`]), and each record judged. Where the batch came from decides what is told to the network.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -11,7 +11,11 @@ use threads_core::{
 };
 use threads_store::{Ingest, Outcome, ThreadInfo};
 
-use super::{now_ms, Error, Follower, Result};
+use super::{Error, Follower, Result};
+
+/// Records a push verifies on the task that received it (about 35 µs each); a larger batch is
+/// verified on the blocking pool.
+const VERIFY_INLINE: usize = 4;
 
 /// Where a pushed batch comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,17 +121,24 @@ impl Follower {
         } else {
             SignaturePolicy::CurrentOnly
         };
-        // Signature checks are CPU work: keep them off the async workers.
-        let (meta, checked) = tokio::task::spawn_blocking(move || {
+        let inline = meta.len() <= VERIFY_INLINE;
+        let verify = move || {
             let items = blocks
                 .into_iter()
                 .zip(&meta)
                 .map(|(b, (_, _, log, key))| (b, key, log));
             let checked = verify_batch(items, policy);
             (meta, checked)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("verifying a batch: {e}")))?;
+        };
+        // Signature checks are CPU work: a few records' worth is cheaper to do here than to
+        // hand to another thread; more are kept off the async workers.
+        let (meta, checked) = if inline {
+            verify()
+        } else {
+            tokio::task::spawn_blocking(verify)
+                .await
+                .map_err(|e| Error::Internal(format!("verifying a batch: {e}")))?
+        };
 
         let mut rules: Vec<Option<SignatureRule>> = vec![None; verdicts.len()];
         let mut batch = Vec::new();
@@ -153,10 +164,7 @@ impl Follower {
                 }
             }
         }
-        let sizes: Vec<usize> = batch
-            .iter()
-            .map(|b| record_size(b.record.blocks()))
-            .collect();
+        let sizes: Vec<usize> = batch.iter().map(super::commit::record_len).collect();
         // What to gossip once stored: records pushed by their writers to public threads.
         let gossip: Vec<_> = match &self.0.announce {
             Some(_) if origin == Origin::Writer => batch
@@ -171,7 +179,7 @@ impl Follower {
         let outcomes = if batch.is_empty() {
             Vec::new()
         } else {
-            store.ingest(batch, &self.0.quotas, now_ms()).await?
+            self.0.committer.commit(batch).await?
         };
         let (mut accepted, mut accepted_bytes) = (0u64, 0);
         let mut news = Vec::new();
@@ -217,8 +225,4 @@ impl Follower {
         metrics::histogram!("threads_push_seconds").record(started.elapsed().as_secs_f64());
         Ok(Pushed { results })
     }
-}
-
-fn record_size(b: &threads_core::UnverifiedRecord) -> usize {
-    b.record.len() + b.event.len() + b.header.len() + b.body.len()
 }

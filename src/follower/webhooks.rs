@@ -79,6 +79,7 @@ impl Follower {
             StoreError::NotFound => Error::NotFound("thread"),
             other => other.into(),
         })?;
+        self.0.webhooks_changed.notify_one();
         tracing::info!(webhook = %hook.id, thread = %hook.thread, "webhook created");
         // As stored: its cursor starts at the thread's newest record.
         let mut stored = store
@@ -158,6 +159,7 @@ impl Follower {
     pub async fn enable_webhook(&self, id: &str, token: Option<&str>) -> Result<Webhook> {
         self.webhook(id, token).await?;
         self.0.store.enable_webhook(id, now_ms()).await?;
+        self.0.webhooks_changed.notify_one();
         self.webhook(id, token).await
     }
 }

@@ -18,7 +18,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub detail: String,
-    /// Seconds a client should wait before retrying (429).
+    /// Seconds a client should wait before retrying (429, 503).
     pub retry_after: Option<u64>,
 }
 
@@ -64,6 +64,15 @@ impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         let status = match &error {
             Error::Store(_) | Error::Internal(_) => return Self::internal(error),
+            Error::Busy => {
+                let mut busy = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    error.code(),
+                    error.to_string(),
+                );
+                busy.retry_after = Some(crate::follower::commit::BUSY_RETRY_SECS);
+                return busy;
+            }
             Error::NotFound(_) | Error::UnknownLog(_) => StatusCode::NOT_FOUND,
             Error::PullTokenRequired
             | Error::RegistrationTokenRequired

@@ -6,6 +6,7 @@ mod harness;
 mod cluster;
 mod database;
 mod feeds;
+mod group_commit;
 mod interop;
 mod operations;
 mod p2p;

@@ -147,7 +147,7 @@ impl Client {
                     let log = item.log.clone();
                     let outcome = self
                         .store
-                        .ingest(vec![item], &Quotas::default(), now_ms())
+                        .ingest(&[item], &Quotas::default(), now_ms())
                         .await?
                         .remove(0);
                     entry.followers[at].cursor = cursor;

@@ -110,7 +110,7 @@ impl Client {
         let cids: Vec<Cid> = batch.iter().map(|i| i.record.cid()).collect();
         let outcomes = self
             .store
-            .ingest(batch, &Quotas::default(), now_ms())
+            .ingest(&batch, &Quotas::default(), now_ms())
             .await?;
         cids.into_iter()
             .zip(outcomes)

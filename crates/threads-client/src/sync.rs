@@ -262,7 +262,7 @@ pub(crate) async fn store_pulled(store: Arc<SqliteStore>, batch: Vec<Ingest>) ->
         return Ok(0);
     }
     let logs: Vec<LogId> = batch.iter().map(|i| i.log.clone()).collect();
-    let outcomes = store.ingest(batch, &Quotas::default(), now_ms()).await?;
+    let outcomes = store.ingest(&batch, &Quotas::default(), now_ms()).await?;
     let mut fresh = 0;
     for (outcome, log) in outcomes.into_iter().zip(logs) {
         match outcome {

@@ -81,12 +81,7 @@ pub trait Store: WebhookStore + Send + Sync + 'static {
     async fn log(&self, thread: &ThreadId, log: &LogId) -> Result<Option<LogInfo>>;
 
     /// Stores a batch in one transaction and says what became of each record, in order.
-    async fn ingest(
-        &self,
-        batch: Vec<Ingest>,
-        quotas: &Quotas,
-        now_ms: i64,
-    ) -> Result<Vec<Outcome>>;
+    async fn ingest(&self, batch: &[Ingest], quotas: &Quotas, now_ms: i64) -> Result<Vec<Outcome>>;
 
     /// Records of one log with `counter > after`, in log order.
     async fn records_by_log(
@@ -138,6 +133,8 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// record, so that it receives the records that arrive after it.
     async fn create_webhook(&self, hook: &Webhook) -> Result<()>;
     async fn webhook(&self, id: &str) -> Result<Option<Webhook>>;
+    /// Threads with an enabled webhook: those whose new records there is work for.
+    async fn webhook_threads(&self) -> Result<Vec<ThreadId>>;
     async fn delete_webhook(&self, id: &str) -> Result<()>;
     /// Replaces a webhook's secret.
     async fn set_webhook_secret(&self, id: &str, secret: &str) -> Result<()>;

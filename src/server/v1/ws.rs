@@ -292,12 +292,17 @@ async fn feed(
                 return;
             }
         };
-        let lag_ms = crate::follower::now_ms() - record.arrived_ms;
+        let lag_ms = crate::follower::now_ms() - record.record.arrived_ms;
         metrics::histogram!("threads_push_lag_seconds").record(lag_ms.max(0) as f64 / 1000.0);
-        let mut message = serde_json::to_value(RecordJson::from_stored(&record)).expect("JSON");
-        message["type"] = json!("record");
-        message["cursor"] = json!(encode_cursor(&info, record.seq));
-        if out.send(text(message)).await.is_err() {
+        // Made once per record, for every subscriber of its thread in this process.
+        let wire = record.wire(|r| {
+            let mut message = serde_json::to_value(RecordJson::from_stored(r)).expect("JSON");
+            message["type"] = json!("record");
+            message["cursor"] = json!(encode_cursor(&info, r.seq));
+            message.to_string()
+        });
+        let message = Message::Text(Utf8Bytes::try_from(wire).expect("JSON is UTF-8"));
+        if out.send(message).await.is_err() {
             return;
         }
     }

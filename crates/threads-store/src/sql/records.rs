@@ -219,7 +219,7 @@ macro_rules! impl_store {
 
             async fn ingest(
                 &self,
-                batch: Vec<$crate::model::Ingest>,
+                batch: &[$crate::model::Ingest],
                 quotas: &$crate::model::Quotas,
                 now_ms: i64,
             ) -> $crate::Result<Vec<$crate::model::Outcome>> {
@@ -277,7 +277,7 @@ macro_rules! impl_store {
                     // Only a record that does not extend its log's head can already be stored
                     // (a duplicate) or name a stored predecessor (a fork): look those up, by
                     // CID, in one query. The common batch (every record chains) reads nothing.
-                    let suspects = $crate::sql::rule::suspects(&thread, &indexes, &batch, &logs);
+                    let suspects = $crate::sql::rule::suspects(&thread, &indexes, batch, &logs);
                     let mut known: HashMap<Vec<u8>, u64> = HashMap::new();
                     let mut stored_in_log: std::collections::HashSet<(Vec<u8>, Vec<u8>)> = Default::default();
                     for chunk in suspects.chunks(500) {

@@ -37,6 +37,15 @@ macro_rules! impl_webhook_store {
                 row.map(|r| r.into_webhook()).transpose()
             }
 
+            async fn webhook_threads(&self) -> $crate::Result<Vec<threads_core::ThreadId>> {
+                let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
+                    "SELECT DISTINCT thread_id FROM webhooks WHERE disabled_at IS NULL",
+                )
+                .fetch_all(&self.read)
+                .await?;
+                rows.iter().map(|(id,)| $crate::sql::rows::thread_id(id)).collect()
+            }
+
             async fn delete_webhook(&self, id: &str) -> $crate::Result<()> {
                 // Its deliveries and their attempts go by cascade (both backends enforce
                 // foreign keys).

@@ -47,7 +47,7 @@ async fn story(store: Arc<dyn Store>) {
     // Accepted in order, with thread sequence and log counter.
     let (r1, r2, r3) = (a.next(100), a.next(100), a.next(100));
     let out = store
-        .ingest(vec![ingest(&a, &r1), ingest(&a, &r2)], &NO_QUOTAS, 10)
+        .ingest(&[ingest(&a, &r1), ingest(&a, &r2)], &NO_QUOTAS, 10)
         .await
         .unwrap();
     assert_eq!(
@@ -64,7 +64,7 @@ async fn story(store: Arc<dyn Store>) {
     let b1 = b.next(10);
     let out = store
         .ingest(
-            vec![ingest(&a, &r2), ingest(&a, &r3), ingest(&b, &b1)],
+            &[ingest(&a, &r2), ingest(&a, &r3), ingest(&b, &b1)],
             &NO_QUOTAS,
             11,
         )
@@ -83,12 +83,12 @@ async fn story(store: Arc<dyn Store>) {
     store.register(&b.registration(true), 12).await.unwrap();
     let b2 = b.next(10);
     let out = store
-        .ingest(vec![ingest(&b, &b2)], &NO_QUOTAS, 13)
+        .ingest(&[ingest(&b, &b2)], &NO_QUOTAS, 13)
         .await
         .unwrap();
     assert_eq!(out, [Outcome::Gap { head: None }]);
     let out = store
-        .ingest(vec![ingest(&b, &b1), ingest(&b, &b2)], &NO_QUOTAS, 14)
+        .ingest(&[ingest(&b, &b1), ingest(&b, &b2)], &NO_QUOTAS, 14)
         .await
         .unwrap();
     assert_eq!(
@@ -107,11 +107,7 @@ async fn story(store: Arc<dyn Store>) {
     let fork = a.after(Some(r1.cid()), 10);
     let genesis = a.after(None, 10);
     let out = store
-        .ingest(
-            vec![ingest(&a, &fork), ingest(&a, &genesis)],
-            &NO_QUOTAS,
-            15,
-        )
+        .ingest(&[ingest(&a, &fork), ingest(&a, &genesis)], &NO_QUOTAS, 15)
         .await
         .unwrap();
     assert_eq!(
@@ -130,7 +126,7 @@ async fn story(store: Arc<dyn Store>) {
     // A record after one the server lacks: a gap naming the head it has.
     let missing = a.after(Some(fork.cid()), 10);
     let out = store
-        .ingest(vec![ingest(&a, &missing)], &NO_QUOTAS, 16)
+        .ingest(&[ingest(&a, &missing)], &NO_QUOTAS, 16)
         .await
         .unwrap();
     assert_eq!(out, [Outcome::Gap { head: Some(head_a) }]);
@@ -141,19 +137,13 @@ async fn story(store: Arc<dyn Store>) {
         max_records_per_log: Some(3),
         max_bytes_per_thread: None,
     };
-    let out = store
-        .ingest(vec![ingest(&a, &r4)], &quotas, 17)
-        .await
-        .unwrap();
+    let out = store.ingest(&[ingest(&a, &r4)], &quotas, 17).await.unwrap();
     assert_eq!(out, [Outcome::QuotaExceeded(Quota::RecordsPerLog)]);
     let quotas = Quotas {
         max_records_per_log: None,
         max_bytes_per_thread: Some(100),
     };
-    let out = store
-        .ingest(vec![ingest(&a, &r4)], &quotas, 17)
-        .await
-        .unwrap();
+    let out = store.ingest(&[ingest(&a, &r4)], &quotas, 17).await.unwrap();
     assert_eq!(out, [Outcome::QuotaExceeded(Quota::BytesPerThread)]);
 
     // Pulls by log counter and by thread cursor.
@@ -224,7 +214,7 @@ async fn story(store: Arc<dyn Store>) {
         .is_empty());
     let p1 = private.next(10);
     let out = store
-        .ingest(vec![ingest(&private, &p1)], &NO_QUOTAS, 21)
+        .ingest(&[ingest(&private, &p1)], &NO_QUOTAS, 21)
         .await
         .unwrap();
     assert_eq!(out, [Outcome::Accepted { seq: 1, counter: 1 }]);

@@ -1,0 +1,331 @@
+//! Live writes: records pushed one per request, as an app writes each message when it happens,
+//! against the same records pushed in batches; and one record fanned out to WebSocket
+//! subscribers. Prints push rates, acknowledgement latencies, the server's CPU per push and
+//! fan-out latencies. The server is its own release process; writers and subscribers are Rust
+//! clients in this one.
+//!
+//! ```text
+//! cargo bench --bench live                      # both backends (Postgres needs THREADS_TEST_PG)
+//! cargo bench --bench live -- sqlite            # one backend
+//! cargo bench --bench live -- postgres fan-out  # one part (or: batched, concurrent, sequential)
+//! ```
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+const BODY: usize = 1024;
+/// Batched: 4 pushers, each pushing one thread of 25 logs in batches of 500 (50,000 records).
+const BATCH: usize = 500;
+const BATCH_THREADS: usize = 4;
+const BATCH_LOGS_PER_THREAD: usize = 25;
+const BATCH_RECORDS_PER_LOG: usize = 500;
+/// Concurrent: 64 writers (8 threads of 8 logs), each pushing its records one at a time.
+const WRITERS: usize = 64;
+const WRITER_THREADS: usize = 8;
+const RECORDS_PER_WRITER: usize = 150;
+/// Sequential: one writer, one record at a time.
+const SEQUENTIAL: usize = 2000;
+/// Fan-out: subscribers on one thread, records pushed one at a time.
+const SUBSCRIBERS: usize = 500;
+const FAN_OUT_SAMPLES: usize = 300;
+const CONNECT_WAVE: usize = 100;
+
+struct Run {
+    url: String,
+    pid: String,
+    http: reqwest::Client,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Run {
+    async fn start(database_url: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (child, url) = common::serve(dir.path(), database_url, &[]).await;
+        let http = reqwest::Client::new();
+        while !http
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Self {
+            url,
+            pid: child.id().unwrap().to_string(),
+            http,
+            _child: child,
+            _dir: dir,
+        }
+    }
+
+    fn cpu(&self) -> f64 {
+        common::cpu_secs(&self.pid)
+    }
+
+    /// Pushes one JSON batch; returns how long until it was acknowledged.
+    async fn push(&self, body: String) -> Duration {
+        let at = Instant::now();
+        let r = self
+            .http
+            .post(format!("{}/v1/records", self.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert!(status.is_success(), "push: {status} {text}");
+        at.elapsed()
+    }
+}
+
+/// One-record push bodies of each log, in chain order.
+fn single_pushes(logs: &[common::Log], per_log: usize) -> Vec<Vec<String>> {
+    logs.iter()
+        .map(|log| {
+            common::records(log, per_log, BODY, None)
+                .iter()
+                .map(|r| json!({"records": [common::record_json(log, r)]}).to_string())
+                .collect()
+        })
+        .collect()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// p50 and p99 of latencies in milliseconds, and the largest.
+fn spread(mut samples: Vec<f64>) -> String {
+    samples.sort_by(f64::total_cmp);
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        common::percentile(&samples, 0.5),
+        common::percentile(&samples, 0.99),
+        samples.last().unwrap()
+    )
+}
+
+/// Records per second of batched pushes.
+async fn batched(run: &Run) -> f64 {
+    let logs = common::logs(BATCH_THREADS, BATCH_LOGS_PER_THREAD);
+    for log in &logs {
+        common::register(&run.http, &run.url, log).await;
+    }
+    let per_log: Vec<_> = logs
+        .iter()
+        .map(|l| common::records(l, BATCH_RECORDS_PER_LOG, BODY, None))
+        .collect();
+    // Per thread, its logs' records interleaved, each log's in chain order.
+    let mut per_thread: Vec<Vec<String>> = vec![Vec::new(); BATCH_THREADS];
+    for (t, batches) in per_thread.iter_mut().enumerate() {
+        let mut items = Vec::new();
+        #[allow(clippy::needless_range_loop)]
+        for round in 0..BATCH_RECORDS_PER_LOG {
+            for (i, log) in logs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % BATCH_THREADS == t)
+            {
+                items.push(common::record_json(log, &per_log[i][round]));
+            }
+        }
+        for chunk in items.chunks(BATCH) {
+            batches.push(json!({ "records": chunk }).to_string());
+        }
+    }
+    let total = logs.len() * BATCH_RECORDS_PER_LOG;
+    let run = Arc::new(run);
+    let (cpu, started) = (run.cpu(), Instant::now());
+    let pushers = per_thread.into_iter().map(|batches| {
+        let run = run.clone();
+        async move {
+            for batch in batches {
+                run.push(batch).await;
+            }
+        }
+    });
+    futures_util::future::join_all(pushers).await;
+    let secs = started.elapsed().as_secs_f64();
+    let rate = total as f64 / secs;
+    println!(
+        "batched: {total} records in batches of {BATCH}, {BATCH_THREADS} pushers: {rate:.0} records/s; \
+         server CPU {:.1} µs per record",
+        (run.cpu() - cpu) / total as f64 * 1e6
+    );
+    rate
+}
+
+/// Records per second of one-record pushes from concurrent writers.
+async fn concurrent(run: &Run) -> f64 {
+    let logs = common::logs(WRITER_THREADS, WRITERS / WRITER_THREADS);
+    for log in &logs {
+        common::register(&run.http, &run.url, log).await;
+    }
+    let writers = single_pushes(&logs, RECORDS_PER_WRITER);
+    let total = WRITERS * RECORDS_PER_WRITER;
+    let (cpu, started) = (run.cpu(), Instant::now());
+    let tasks = writers.into_iter().map(|pushes| async move {
+        let mut acks = Vec::with_capacity(pushes.len());
+        for push in pushes {
+            acks.push(ms(run.push(push).await));
+        }
+        acks
+    });
+    let acks: Vec<f64> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let secs = started.elapsed().as_secs_f64();
+    let rate = total as f64 / secs;
+    println!(
+        "one record per push, {WRITERS} in flight: {total} records: {rate:.0} records/s; ack {}; \
+         server CPU {:.0} µs per push",
+        spread(acks),
+        (run.cpu() - cpu) / total as f64 * 1e6
+    );
+    rate
+}
+
+async fn sequential(run: &Run) {
+    let logs = common::logs(1, 1);
+    common::register(&run.http, &run.url, &logs[0]).await;
+    let pushes = single_pushes(&logs, SEQUENTIAL).remove(0);
+    let (cpu, started) = (run.cpu(), Instant::now());
+    let mut acks = Vec::with_capacity(pushes.len());
+    for push in pushes {
+        acks.push(ms(run.push(push).await));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "one record per push, 1 in flight: {SEQUENTIAL} records: {:.0} records/s; ack {}; \
+         server CPU {:.0} µs per push",
+        SEQUENTIAL as f64 / secs,
+        spread(acks),
+        (run.cpu() - cpu) / SEQUENTIAL as f64 * 1e6
+    );
+}
+
+/// Records pushed one at a time to a thread with subscribers: from the push to each receipt,
+/// and to the last subscriber's.
+async fn fan_out(run: &Run) {
+    let logs = common::logs(1, 1);
+    let log = &logs[0];
+    common::register(&run.http, &run.url, log).await;
+    let ws_url = format!(
+        "{}/v1/ws?thread={}",
+        run.url.replace("http://", "ws://"),
+        log.thread
+    );
+    let (heard, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let gate = Arc::new(Semaphore::new(CONNECT_WAVE));
+    let mut ready = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        let (url, heard, gate) = (ws_url.clone(), heard.clone(), gate.clone());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        ready.push(ready_rx);
+        tokio::spawn(async move {
+            let permit = gate.acquire_owned().await.unwrap();
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            let _ = ws.next().await; // subscribed
+            drop(permit);
+            let _ = ready_tx.send(());
+            while let Some(Ok(m)) = ws.next().await {
+                if let Message::Text(_) = m {
+                    let _ = heard.send(Instant::now());
+                }
+            }
+        });
+    }
+    for r in ready {
+        r.await.unwrap();
+    }
+    let pushes = single_pushes(&logs, FAN_OUT_SAMPLES).remove(0);
+    let (mut each, mut last) = (Vec::new(), Vec::new());
+    let cpu = run.cpu();
+    for push in pushes {
+        let at = Instant::now();
+        run.push(push).await;
+        let mut latest = at;
+        for _ in 0..SUBSCRIBERS {
+            let when = tokio::time::timeout(Duration::from_secs(10), arrivals.recv())
+                .await
+                .expect("every subscriber receives the record")
+                .unwrap();
+            each.push(ms(when - at));
+            latest = latest.max(when);
+        }
+        last.push(ms(latest - at));
+    }
+    println!(
+        "one record to {SUBSCRIBERS} WebSocket subscribers ({FAN_OUT_SAMPLES} records): to the last \
+         receipt {}; to each receipt {}; server CPU {:.1} µs per delivery",
+        spread(last),
+        spread(each),
+        (run.cpu() - cpu) / (SUBSCRIBERS * FAN_OUT_SAMPLES) as f64 * 1e6
+    );
+}
+
+async fn backend(name: &str, database_url: Option<String>, part: impl Fn(&str) -> bool) {
+    println!("\n## backend: {name}");
+    let run = Run::start(database_url.as_deref()).await;
+    let batched_rate = if part("batched") {
+        Some(batched(&run).await)
+    } else {
+        None
+    };
+    if part("concurrent") {
+        let rate = concurrent(&run).await;
+        if let Some(b) = batched_rate {
+            println!(
+                "one-record pushes ({WRITERS} in flight) against batched: {:.2}",
+                rate / b
+            );
+        }
+    }
+    if part("sequential") {
+        sequential(&run).await;
+    }
+    if part("fan-out") {
+        fan_out(&run).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let backends = ["sqlite", "postgres"];
+    let parts = ["batched", "concurrent", "sequential", "fan-out"];
+    let pick = |name: &str| {
+        !args.iter().any(|a| backends.contains(&a.as_str())) || args.iter().any(|a| a == name)
+    };
+    let part = |name: &str| {
+        !args.iter().any(|a| parts.contains(&a.as_str())) || args.iter().any(|a| a == name)
+    };
+    println!("live-write benchmark: {BODY} B bodies, JSON pushes over HTTP/1.1 keep-alive");
+    if pick("sqlite") {
+        backend("sqlite (embedded default, synchronous=FULL)", None, part).await;
+    }
+    if pick("postgres") {
+        if std::env::var_os(threads_store::testing::POSTGRES_ENV).is_some() {
+            let url = threads_store::testing::fresh_postgres_database().await;
+            backend("postgres", Some(url), part).await;
+        } else {
+            println!("\n(postgres skipped: set THREADS_TEST_PG, or run scripts/bench)");
+        }
+    }
+}
