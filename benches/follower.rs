@@ -14,12 +14,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 use threads_core::{ThreadId, VerifiedRecord};
 use tokio::process::Child;
-use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
 
 /// As the targets are stated: 1,000 logs, 1 KiB bodies.
 const LOGS: usize = 1000;
@@ -271,31 +268,7 @@ async fn run(backend: &str, database_url: Option<String>, part: impl Fn(&str) ->
         server.url.replace("http://", "ws://"),
         log.thread
     );
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
-    let gate = Arc::new(Semaphore::new(CONNECT_WAVE));
-    let mut ready = Vec::new();
-    for _ in 0..SUBSCRIBERS {
-        let (url, tx, gate) = (ws_url.clone(), tx.clone(), gate.clone());
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        ready.push(ready_rx);
-        tokio::spawn(async move {
-            let permit = gate.acquire_owned().await.unwrap();
-            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-            let _ = ws.next().await; // subscribed
-            drop(permit);
-            let _ = ready_tx.send(());
-            let mut n = 0;
-            while let Some(Ok(m)) = ws.next().await {
-                if let Message::Text(_) = m {
-                    let _ = tx.send((n, Instant::now()));
-                    n += 1;
-                }
-            }
-        });
-    }
-    for r in ready {
-        r.await.unwrap();
-    }
+    let mut rx = common::subscribers(&ws_url, SUBSCRIBERS, CONNECT_WAVE).await;
     let prev = per_log[log_index].last().map(|r| r.cid());
     let extra = common::records(log, LATENCY_SAMPLES, BODY, prev);
     per_log[log_index].extend(extra.iter().cloned());

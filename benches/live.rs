@@ -15,10 +15,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde_json::json;
-use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
 
 const BODY: usize = 1024;
 /// Batched: 4 pushers, each pushing one thread of 25 logs in batches of 500 (50,000 records).
@@ -174,7 +171,7 @@ async fn concurrent(run: &Run) -> f64 {
     }
     let writers = single_pushes(&logs, RECORDS_PER_WRITER);
     let total = WRITERS * RECORDS_PER_WRITER;
-    let (cpu, started) = (run.cpu(), Instant::now());
+    let (cpu, client, started) = (run.cpu(), common::cpu_secs("self"), Instant::now());
     let tasks = writers.into_iter().map(|pushes| async move {
         let mut acks = Vec::with_capacity(pushes.len());
         for push in pushes {
@@ -191,9 +188,10 @@ async fn concurrent(run: &Run) -> f64 {
     let rate = total as f64 / secs;
     println!(
         "one record per push, {WRITERS} in flight: {total} records: {rate:.0} records/s; ack {}; \
-         server CPU {:.0} µs per push",
+         CPU per push: server {:.0} µs, client {:.0} µs",
         spread(acks),
-        (run.cpu() - cpu) / total as f64 * 1e6
+        (run.cpu() - cpu) / total as f64 * 1e6,
+        (common::cpu_secs("self") - client) / total as f64 * 1e6
     );
     rate
 }
@@ -202,7 +200,7 @@ async fn sequential(run: &Run) {
     let logs = common::logs(1, 1);
     common::register(&run.http, &run.url, &logs[0]).await;
     let pushes = single_pushes(&logs, SEQUENTIAL).remove(0);
-    let (cpu, started) = (run.cpu(), Instant::now());
+    let (cpu, client, started) = (run.cpu(), common::cpu_secs("self"), Instant::now());
     let mut acks = Vec::with_capacity(pushes.len());
     for push in pushes {
         acks.push(ms(run.push(push).await));
@@ -210,10 +208,11 @@ async fn sequential(run: &Run) {
     let secs = started.elapsed().as_secs_f64();
     println!(
         "one record per push, 1 in flight: {SEQUENTIAL} records: {:.0} records/s; ack {}; \
-         server CPU {:.0} µs per push",
+         CPU per push: server {:.0} µs, client {:.0} µs",
         SEQUENTIAL as f64 / secs,
         spread(acks),
-        (run.cpu() - cpu) / SEQUENTIAL as f64 * 1e6
+        (run.cpu() - cpu) / SEQUENTIAL as f64 * 1e6,
+        (common::cpu_secs("self") - client) / SEQUENTIAL as f64 * 1e6
     );
 }
 
@@ -228,29 +227,7 @@ async fn fan_out(run: &Run) {
         run.url.replace("http://", "ws://"),
         log.thread
     );
-    let (heard, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-    let gate = Arc::new(Semaphore::new(CONNECT_WAVE));
-    let mut ready = Vec::new();
-    for _ in 0..SUBSCRIBERS {
-        let (url, heard, gate) = (ws_url.clone(), heard.clone(), gate.clone());
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        ready.push(ready_rx);
-        tokio::spawn(async move {
-            let permit = gate.acquire_owned().await.unwrap();
-            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-            let _ = ws.next().await; // subscribed
-            drop(permit);
-            let _ = ready_tx.send(());
-            while let Some(Ok(m)) = ws.next().await {
-                if let Message::Text(_) = m {
-                    let _ = heard.send(Instant::now());
-                }
-            }
-        });
-    }
-    for r in ready {
-        r.await.unwrap();
-    }
+    let mut arrivals = common::subscribers(&ws_url, SUBSCRIBERS, CONNECT_WAVE).await;
     let pushes = single_pushes(&logs, FAN_OUT_SAMPLES).remove(0);
     let (mut each, mut last) = (Vec::new(), Vec::new());
     let cpu = run.cpu();
@@ -262,7 +239,8 @@ async fn fan_out(run: &Run) {
             let when = tokio::time::timeout(Duration::from_secs(10), arrivals.recv())
                 .await
                 .expect("every subscriber receives the record")
-                .unwrap();
+                .unwrap()
+                .1;
             each.push(ms(when - at));
             latest = latest.max(when);
         }

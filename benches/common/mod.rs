@@ -205,3 +205,41 @@ pub async fn register(http: &reqwest::Client, url: &str, log: &Log) {
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
+
+/// Connects `n` WebSocket subscribers to `ws_url`, at most `wave` connecting at once, and
+/// returns once each has its subscription's answer. Each then reports every record message it
+/// receives: its own count of messages so far, and when.
+#[allow(dead_code)]
+pub async fn subscribers(
+    ws_url: &str,
+    n: usize,
+    wave: usize,
+) -> tokio::sync::mpsc::UnboundedReceiver<(usize, std::time::Instant)> {
+    use futures_util::StreamExt;
+    let (heard, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(wave));
+    let mut ready = Vec::new();
+    for _ in 0..n {
+        let (url, heard, gate) = (ws_url.to_owned(), heard.clone(), gate.clone());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        ready.push(ready_rx);
+        tokio::spawn(async move {
+            let permit = gate.acquire_owned().await.unwrap();
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            let _ = ws.next().await; // subscribed
+            drop(permit);
+            let _ = ready_tx.send(());
+            let mut count = 0;
+            while let Some(Ok(m)) = ws.next().await {
+                if let tokio_tungstenite::tungstenite::Message::Text(_) = m {
+                    let _ = heard.send((count, std::time::Instant::now()));
+                    count += 1;
+                }
+            }
+        });
+    }
+    for r in ready {
+        r.await.unwrap();
+    }
+    arrivals
+}

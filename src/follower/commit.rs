@@ -3,14 +3,18 @@
 //! one fsync, not sixty-four.
 //!
 //! Each push still gets only its own outcomes, and only once they are durable. A group that
-//! fails as a whole (the database refused the transaction) is committed again push by push, so
-//! one push's failure is never another's. Ordering is the store's: within a thread, sequence
-//! numbers follow commit order, across processes too. The queue is bounded in records: a push
-//! that would overfill it is refused with [`Error::Busy`] before it waits.
+//! fails as a whole (the database refused the transaction) is committed again push by push,
+//! so one push's failure is never another's. There are as many committers as the store has
+//! writers (one for SQLite; a few for Postgres, which overlaps the commits of big groups).
+//! Ordering is the store's: within a thread, sequence numbers follow commit order, across
+//! processes too. The queue is bounded in records: a push that would overfill it is refused
+//! with [`Error::Busy`] before it waits.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use threads_store::{Ingest, Outcome, Quotas, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,12 +23,14 @@ use super::{now_ms, Error, Result};
 /// Most records one group commits: big enough to gather every push in flight, small enough
 /// that one transaction stays short.
 const MAX_GROUP_RECORDS: usize = 5000;
+/// Groups at least this large may commit while another does (with several writers).
+const OVERLAP_RECORDS: usize = 256;
 /// Most bytes one group commits (a push may be several MiB).
 const MAX_GROUP_BYTES: usize = 32 << 20;
 /// How long a client should wait before retrying a push refused for a full queue.
 pub const BUSY_RETRY_SECS: u64 = 1;
 
-/// The queue into the committer task. Cheap to clone.
+/// The queue into the committer tasks. Cheap to clone.
 #[derive(Clone)]
 pub struct Committer {
     queue: mpsc::UnboundedSender<Job>,
@@ -40,11 +46,15 @@ struct Job {
 }
 
 impl Committer {
-    /// Starts the committer task; it ends when every `Committer` is dropped.
+    /// Starts as many committer tasks as the store has writers; they end when every
+    /// `Committer` is dropped.
     pub fn start(store: Arc<dyn Store>, quotas: Quotas, max_queued: usize) -> Self {
         let (queue, jobs) = mpsc::unbounded_channel();
+        let jobs = Arc::new(tokio::sync::Mutex::new(jobs));
         let queued = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(run(store, quotas, jobs, queued.clone()));
+        for _ in 0..store.writers().max(1) {
+            tokio::spawn(run(store.clone(), quotas, jobs.clone(), queued.clone()));
+        }
         Self {
             queue,
             queued,
@@ -84,36 +94,55 @@ impl Committer {
     }
 }
 
+/// One committer: takes the next job and everything queued behind it (while no other
+/// committer is taking), and commits them together.
 async fn run(
     store: Arc<dyn Store>,
     quotas: Quotas,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
+    jobs: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>,
     queued: Arc<AtomicUsize>,
 ) {
     let mut next: Option<Job> = None;
     loop {
-        let first = match next.take() {
-            Some(job) => job,
-            None => match jobs.recv().await {
+        let mut taking = jobs.lock().await;
+        let (group, records) = {
+            let jobs = &mut *taking;
+            let first = match next.take() {
                 Some(job) => job,
-                None => return,
-            },
-        };
-        // Everything that queued up meanwhile, within the group's bounds.
-        let (mut records, mut bytes) = (first.batch.len(), first.bytes);
-        let mut group = vec![first];
-        while let Ok(job) = jobs.try_recv() {
-            if records + job.batch.len() > MAX_GROUP_RECORDS || bytes + job.bytes > MAX_GROUP_BYTES
-            {
-                next = Some(job);
-                break;
+                None => match jobs.recv().await {
+                    Some(job) => job,
+                    None => return,
+                },
+            };
+            // Everything that queued up meanwhile, within the group's bounds.
+            let (mut records, mut bytes) = (first.batch.len(), first.bytes);
+            let mut group = vec![first];
+            while let Ok(job) = jobs.try_recv() {
+                if records + job.batch.len() > MAX_GROUP_RECORDS
+                    || bytes + job.bytes > MAX_GROUP_BYTES
+                {
+                    next = Some(job);
+                    break;
+                }
+                records += job.batch.len();
+                bytes += job.bytes;
+                group.push(job);
             }
-            records += job.batch.len();
-            bytes += job.bytes;
-            group.push(job);
+            (group, records)
+        };
+        // Small groups are committed one at a time (the next one gathers everything that
+        // arrives meanwhile; several at once would only queue on the same threads' rows);
+        // big ones may overlap, as Postgres overlaps their fsyncs.
+        if records >= OVERLAP_RECORDS {
+            drop(taking);
         }
         metrics::histogram!("threads_commit_group_pushes").record(group.len() as f64);
-        commit_group(store.as_ref(), &quotas, group).await;
+        // A bug that panics fails this group's pushes (their answers are dropped: an internal
+        // error), not every push after them.
+        let committed = AssertUnwindSafe(commit_group(store.as_ref(), &quotas, group));
+        if committed.catch_unwind().await.is_err() {
+            tracing::error!("a group commit panicked; its pushes were answered with an error");
+        }
         queued.fetch_sub(records, Ordering::AcqRel);
     }
 }

@@ -129,15 +129,7 @@ async fn pushes_in_flight_share_commits(backend: Backend) {
     }
 
     // Commits were shared: some group held more than one push.
-    let metrics = server
-        .http
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let value = |name: &str| -> f64 {
         metrics
             .lines()

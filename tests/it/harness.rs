@@ -155,6 +155,12 @@ impl Server {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// The Prometheus metrics page.
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(format!("{}/metrics", self.url)).send().await;
+        response.unwrap().text().await.unwrap()
+    }
+
     pub async fn post(&self, path: &str, body: impl serde::Serialize) -> (StatusCode, Value) {
         let response = self
             .http

@@ -21,15 +21,7 @@ async fn openapi_and_metrics_are_served() {
     server
         .push(&[(&log, &log.after(Some(threads_core::cid_of(b"x")), 10))])
         .await;
-    let metrics = server
-        .http
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("threads_records_ingested_total 1"),
         "{metrics}"

@@ -120,6 +120,8 @@ pub trait Store: WebhookStore + Send + Sync + 'static {
     /// The records of a thread at these sequence numbers (those that still exist).
     async fn records_at(&self, thread: &ThreadId, seqs: &[u64]) -> Result<Vec<StoredRecord>>;
 
+    /// How many write transactions are worth running at once (SQLite: one writer).
+    fn writers(&self) -> usize;
     /// Record changes from every process sharing this database.
     fn changes(&self) -> broadcast::Receiver<Change>;
     /// Cheap round trip to the database, for readiness checks.

@@ -27,6 +27,10 @@ impl PgStore {
     pub async fn connect(url: &str) -> Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            // sqlx checks a connection with a round trip on every acquire (and again on
+            // release): twice the round trips of a one-record push. A connection that died
+            // (Postgres restarted) fails its next query instead, and is then dropped.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
@@ -52,6 +56,11 @@ impl PgStore {
             .execute(&mut **tx)
             .await?;
         Ok(())
+    }
+
+    /// A connection for writing, from the pool.
+    async fn writer(&self) -> Result<sqlx::pool::PoolConnection<Postgres>> {
+        Ok(self.write.acquire().await?)
     }
 
     /// Every process, this one included, learns of changes through `LISTEN`.
@@ -98,6 +107,8 @@ impl PgStore {
     /// the queue was short would otherwise choose to sort a whole backlog (a large replay) at
     /// every claim. (The caller appends `RETURNING` and the delivery columns.)
     const CLAIM_SETUP: Option<&'static str> = Some("SET LOCAL enable_sort = off");
+    /// Ingest transactions committing at once: Postgres overlaps their fsyncs.
+    const WRITERS: usize = 4;
     const CLAIM_DELIVERIES: &'static str =
         "UPDATE deliveries SET leased_until = $2, attempts = attempts + 1 \
         WHERE id = ANY(ARRAY(SELECT id FROM deliveries \

@@ -5,9 +5,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{ConnectOptions, Sqlite, Transaction};
 use tokio::sync::broadcast;
 
 use crate::{Change, Result, CHANGE_CHANNEL};
@@ -22,7 +23,9 @@ const READ_MMAP_BYTES: u64 = 1 << 30;
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
 
 pub struct SqliteStore {
-    write: SqlitePool,
+    /// The one writer, held rather than pooled: a pool would ask its thread whether it is
+    /// alive each time it is handed back, a round trip per transaction.
+    write: tokio::sync::Mutex<SqliteConnection>,
     read: SqlitePool,
     changes: broadcast::Sender<Change>,
 }
@@ -49,20 +52,23 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         // The writer updates several indexes keyed by random CIDs: a page cache that holds them
         // avoids re-reading index pages on every insert.
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(
-                options
-                    .clone()
-                    .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
-                    .pragma("wal_autocheckpoint", "16384"),
-            )
+        let mut write = options
+            .clone()
+            .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
+            .pragma("wal_autocheckpoint", "16384")
+            // Statement journals (a multi-row insert keeps one) in memory, not in temporary
+            // files written on every statement.
+            .pragma("temp_store", "memory")
+            .connect()
             .await?;
         sqlx::migrate!("../../migrations/sqlite")
-            .run(&write)
+            .run(&mut write)
             .await?;
+        // An embedded connection cannot drop away: no round trip to its thread to check it on
+        // every acquire.
         let read = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
+            .test_before_acquire(false)
             // A page of records crosses from SQLite's thread in few hand-offs, not 50 rows at a time.
             // Readers map the file instead of copying each page through `pread`.
             .connect_with(
@@ -74,10 +80,15 @@ impl SqliteStore {
             .await?;
         let (changes, _) = broadcast::channel(CHANGE_CHANNEL);
         Ok(Self {
-            write,
+            write: tokio::sync::Mutex::new(write),
             read,
             changes,
         })
+    }
+
+    /// The writer connection, once the transaction before has ended.
+    async fn writer(&self) -> Result<tokio::sync::MutexGuard<'_, SqliteConnection>> {
+        Ok(self.write.lock().await)
     }
 
     /// One process owns the file, so changes are announced in-process after commit.
@@ -103,6 +114,8 @@ impl SqliteStore {
     /// Claims due deliveries (one writer connection: no two claims run at once).
     /// (The caller appends `RETURNING` and the delivery columns.)
     const CLAIM_SETUP: Option<&'static str> = None;
+    /// One connection writes.
+    const WRITERS: usize = 1;
     const CLAIM_DELIVERIES: &'static str =
         "UPDATE deliveries SET leased_until = $2, attempts = attempts + 1 \
         WHERE id IN (SELECT id FROM deliveries \

@@ -11,7 +11,8 @@ macro_rules! impl_store {
                 now_ms: i64,
             ) -> $crate::Result<$crate::model::Registered> {
                 use $crate::model::Registered;
-                let mut tx = self.write.begin().await?;
+                let mut writer = self.writer().await?;
+                let mut tx = sqlx::Connection::begin(&mut *writer).await?;
                 let thread = reg.thread.as_bytes();
                 let key: Option<(Vec<u8>,)> =
                     sqlx::query_as("SELECT follow_key FROM threads WHERE id = $1")
@@ -70,7 +71,8 @@ macro_rules! impl_store {
                 thread: &threads_core::ThreadId,
                 log: &threads_core::LogId,
             ) -> $crate::Result<()> {
-                let mut tx = self.write.begin().await?;
+                let mut writer = self.writer().await?;
+                let mut tx = sqlx::Connection::begin(&mut *writer).await?;
                 let (t, l) = (thread.as_bytes(), log.to_bytes());
                 let lock = sqlx::query("UPDATE threads SET seq = seq WHERE id = $1")
                     .bind(t)
@@ -118,7 +120,8 @@ macro_rules! impl_store {
             }
 
             async fn delete_thread(&self, thread: &threads_core::ThreadId) -> $crate::Result<()> {
-                let mut tx = self.write.begin().await?;
+                let mut writer = self.writer().await?;
+                let mut tx = sqlx::Connection::begin(&mut *writer).await?;
                 let t = thread.as_bytes();
                 for table in ["records", "forks", "logs"] {
                     sqlx::query(&format!("DELETE FROM {table} WHERE thread_id = $1"))
@@ -234,7 +237,8 @@ macro_rules! impl_store {
                     by_thread.entry(item.thread.as_bytes().to_vec()).or_default().push(i);
                 }
                 let mut changes = Vec::new();
-                let mut tx = self.write.begin().await?;
+                let mut writer = self.writer().await?;
+                let mut tx = sqlx::Connection::begin(&mut *writer).await?;
                 for (thread, indexes) in by_thread {
                     // Locks the thread row until commit: sequence numbers follow commit order.
                     let counters: Option<(i64, i64)> = sqlx::query_as(
@@ -478,7 +482,8 @@ macro_rules! impl_store {
             }
 
             async fn use_nonce(&self, nonce: &[u8], expires_ms: i64, now_ms: i64) -> $crate::Result<bool> {
-                let mut tx = self.write.begin().await?;
+                let mut writer = self.writer().await?;
+                let mut tx = sqlx::Connection::begin(&mut *writer).await?;
                 sqlx::query("DELETE FROM request_nonces WHERE expires_at < $1")
                     .bind(now_ms)
                     .execute(&mut *tx)
@@ -503,7 +508,7 @@ macro_rules! impl_store {
                 .bind(token_hash)
                 .bind(note)
                 .bind(now_ms)
-                .execute(&self.write)
+                .execute(&mut *self.writer().await?)
                 .await?;
                 Ok(())
             }
@@ -524,10 +529,10 @@ macro_rules! impl_store {
                 let fresh: String = random.iter().map(|b| format!("{b:02x}")).collect();
                 sqlx::query("INSERT INTO settings (name, value) VALUES ('server_id', $1) ON CONFLICT DO NOTHING")
                     .bind(format!("threads-{fresh}"))
-                    .execute(&self.write)
+                    .execute(&mut *self.writer().await?)
                     .await?;
                 let (id,): (String,) = sqlx::query_as("SELECT value FROM settings WHERE name = 'server_id'")
-                    .fetch_one(&self.write)
+                    .fetch_one(&mut *self.writer().await?)
                     .await?;
                 Ok(id)
             }
@@ -553,6 +558,10 @@ macro_rules! impl_store {
                     out.extend($crate::sql::rows::into_stored(thread, rows)?);
                 }
                 Ok(out)
+            }
+
+            fn writers(&self) -> usize {
+                <$store>::WRITERS
             }
 
             fn changes(&self) -> tokio::sync::broadcast::Receiver<$crate::Change> {

@@ -17,7 +17,7 @@ macro_rules! impl_webhook_store {
                 .bind(&hook.url)
                 .bind(&hook.secret)
                 .bind(hook.created_ms)
-                .execute(&self.write)
+                .execute(&mut *self.writer().await?)
                 .await?
                 .rows_affected();
                 if created == 0 {
@@ -51,7 +51,7 @@ macro_rules! impl_webhook_store {
                 // foreign keys).
                 let gone = sqlx::query("DELETE FROM webhooks WHERE id = $1")
                     .bind(id)
-                    .execute(&self.write)
+                    .execute(&mut *self.writer().await?)
                     .await?
                     .rows_affected();
                 if gone == 0 {
@@ -64,7 +64,7 @@ macro_rules! impl_webhook_store {
                 let updated = sqlx::query("UPDATE webhooks SET secret = $2 WHERE id = $1")
                     .bind(id)
                     .bind(secret)
-                    .execute(&self.write)
+                    .execute(&mut *self.writer().await?)
                     .await?
                     .rows_affected();
                 if updated == 0 {
@@ -74,7 +74,8 @@ macro_rules! impl_webhook_store {
             }
 
             async fn enable_webhook(&self, id: &str, now_ms: i64) -> $crate::Result<()> {
-                let mut tx = self.write.begin().await?;
+                let mut writer = self.writer().await?;
+                let mut tx = sqlx::Connection::begin(&mut *writer).await?;
                 let updated = sqlx::query(
                     "UPDATE webhooks SET disabled_at = NULL, disabled_reason = NULL, failures = 0 WHERE id = $1",
                 )
@@ -164,7 +165,7 @@ macro_rules! impl_webhook_store {
                     .bind(webhook)
                     .bind(hook.thread.as_bytes())
                     .bind(now_ms)
-                    .execute(&self.write)
+                    .execute(&mut *self.writer().await?)
                     .await?
                 } else {
                     let filter = if hook.log.is_some() { "AND log_id = $5" } else { "" };
@@ -186,7 +187,7 @@ macro_rules! impl_webhook_store {
                     if let Some(log) = &hook.log {
                         query = query.bind(log.to_bytes());
                     }
-                    query.execute(&self.write).await?
+                    query.execute(&mut *self.writer().await?).await?
                 };
                 Ok(queued.rows_affected())
             }
@@ -198,7 +199,8 @@ macro_rules! impl_webhook_store {
                 limit: u32,
             ) -> $crate::Result<Vec<($crate::model::Delivery, $crate::model::Webhook)>> {
                 let sql = format!("{} RETURNING {}", <$store>::CLAIM_DELIVERIES, $crate::sql::rows::DELIVERY_COLUMNS);
-                let mut tx = self.write.begin().await?;
+                let mut writer = self.writer().await?;
+                let mut tx = sqlx::Connection::begin(&mut *writer).await?;
                 if let Some(setup) = <$store>::CLAIM_SETUP {
                     sqlx::query(setup).execute(&mut *tx).await?;
                 }
@@ -255,7 +257,8 @@ macro_rules! impl_webhook_store {
                 limit: u32,
             ) -> $crate::Result<Vec<$crate::model::WebhookLease>> {
                 let leased_until = now_ms + lease_ms;
-                let mut tx = self.write.begin().await?;
+                let mut writer = self.writer().await?;
+                let mut tx = sqlx::Connection::begin(&mut *writer).await?;
                 let rows: Vec<$crate::sql::rows::WebhookRow> = sqlx::query_as(&format!(
                     "{} RETURNING {}",
                     <$store>::CLAIM_WEBHOOKS,
@@ -293,7 +296,8 @@ macro_rules! impl_webhook_store {
                     }
                 }
                 let delivered = |result: &AttemptResult| *result == AttemptResult::Delivered;
-                let mut tx = self.write.begin().await?;
+                let mut writer = self.writer().await?;
+                let mut tx = sqlx::Connection::begin(&mut *writer).await?;
                 // Each webhook's outcomes in order, for its count of failures in a row.
                 let mut by_hook: std::collections::HashMap<String, Vec<(&Attempt, &AttemptResult)>> = Default::default();
                 // Failed attempts are kept apart; a successful one lives in its delivery's row.
