@@ -1,6 +1,7 @@
 //! Pushing records: the batch is checked against the limits, every record verified with its
 //! thread's follow key (one Ed25519 batch), the valid ones stored in one transaction (with
-//! whatever other pushes are queued: [`super::commit`]), and each record judged. Where the batch came from decides what is told to the network.
+//! whatever other pushes are queued: [`super::commit`]), and each record judged. Where the
+//! batch came from decides what is told to the network.
 
 use std::collections::HashMap;
 use std::time::Instant;
