@@ -55,15 +55,6 @@ impl Server {
             &[("THREADS_WEBSOCKET__MAX_CONNECTIONS", "20000")],
         )
         .await;
-        let http = reqwest::Client::new();
-        while !http
-            .get(format!("{url}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
         (Self { url, child }, started.elapsed())
     }
 

@@ -46,19 +46,10 @@ impl Run {
     async fn start(database_url: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (child, url) = common::serve(dir.path(), database_url, &[]).await;
-        let http = reqwest::Client::new();
-        while !http
-            .get(format!("{url}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
         Self {
             url,
             pid: child.id().unwrap().to_string(),
-            http,
+            http: reqwest::Client::new(),
             _child: child,
             _dir: dir,
         }

@@ -8,7 +8,7 @@ use tokio::process::{Child, Command};
 
 /// Starts `threads serve` on a free port with no libp2p host, storing in `data_dir` (or the
 /// Postgres `database_url`), with extra environment settings; returns it with its URL once it
-/// has printed its address. Its later output is drained so it never blocks on a full pipe.
+/// is ready (`/readyz`). Its later output is drained so it never blocks on a full pipe.
 #[allow(dead_code)]
 pub async fn serve(
     data_dir: &Path,
@@ -72,6 +72,15 @@ async fn launch(
         p2p = line.strip_prefix("p2p ").expect("a p2p line").to_owned();
     }
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let http = reqwest::Client::new();
+    while !http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
     (child, url, p2p)
 }
 

@@ -66,17 +66,19 @@ impl Committer {
     /// once they are durable.
     pub async fn commit(&self, batch: Vec<Ingest>) -> Result<Vec<Outcome>> {
         let n = batch.len();
-        // A batch larger than the whole queue still goes through when the queue is empty.
+        // A batch larger than the whole queue still goes through when the queue is empty; a
+        // limit of 0 is none.
+        let max = self.max_queued;
         let admitted = self
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
-                (queued == 0 || queued + n <= self.max_queued).then_some(queued + n)
+                (max == 0 || queued == 0 || queued + n <= max).then_some(queued + n)
             });
         if admitted.is_err() {
             metrics::counter!("threads_pushes_busy_total").increment(1);
             return Err(Error::Busy);
         }
-        let bytes = batch.iter().map(record_len).sum();
+        let bytes = batch.iter().map(|i| i.record.blocks().byte_len()).sum();
         let (reply, answer) = oneshot::channel();
         let sent = self.queue.send(Job {
             batch,
@@ -169,10 +171,4 @@ async fn commit_group(store: &dyn Store, quotas: &Quotas, group: Vec<Job>) {
     for (range, reply) in batches.into_iter().zip(replies) {
         let _ = reply.send(store.ingest(&all[range], quotas, now_ms()).await);
     }
-}
-
-/// Bytes a record takes: what its group's byte bound counts.
-pub fn record_len(item: &Ingest) -> usize {
-    let b = item.record.blocks();
-    b.record.len() + b.event.len() + b.header.len() + b.body.len()
 }

@@ -165,7 +165,7 @@ impl Follower {
                 }
             }
         }
-        let sizes: Vec<usize> = batch.iter().map(super::commit::record_len).collect();
+        let sizes: Vec<usize> = batch.iter().map(|b| b.record.blocks().byte_len()).collect();
         // What to gossip once stored: records pushed by their writers to public threads.
         let gossip: Vec<_> = match &self.0.announce {
             Some(_) if origin == Origin::Writer => batch

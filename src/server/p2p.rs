@@ -183,9 +183,8 @@ async fn publish_news(host: Handle, mut queue: mpsc::Receiver<News>, max_bytes: 
             let thread = &news[start].0;
             let (mut end, mut size) = (start, 0);
             while end < news.len() && &news[end].0 == thread {
-                let b = &news[end].2;
                 // Node bytes, plus room for the entry block and CIDs.
-                let more = b.record.len() + b.event.len() + b.header.len() + b.body.len() + 512;
+                let more = news[end].2.byte_len() + 512;
                 if end > start && (size + more > max_bytes || end - start == MESSAGE_RECORDS) {
                     break;
                 }

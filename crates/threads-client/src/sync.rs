@@ -114,8 +114,7 @@ impl Client {
                 let fit = records
                     .iter()
                     .take_while(|r| {
-                        let b = &r.blocks;
-                        bytes += b.record.len() + b.event.len() + b.header.len() + b.body.len();
+                        bytes += r.byte_len();
                         bytes <= PUSH_BYTES
                     })
                     .count();

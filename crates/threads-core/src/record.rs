@@ -415,6 +415,11 @@ fn encode_header_plaintext(key: &ContentKey) -> zeroize::Zeroizing<Vec<u8>> {
 }
 
 impl UnverifiedRecord {
+    /// Bytes of the four nodes together: what size limits, quotas and batches count.
+    pub fn byte_len(&self) -> usize {
+        self.record.len() + self.event.len() + self.header.len() + self.body.len()
+    }
+
     /// Opens the header with the read key, revealing the event's content key. Checks nothing
     /// else: see [`UnverifiedRecord::read_content`].
     pub fn content_key(&self, read: &ReadKey) -> Result<ContentKey, RecordError> {

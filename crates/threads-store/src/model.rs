@@ -123,8 +123,7 @@ pub struct NodeCids {
 
 impl StoredRecord {
     pub fn byte_len(&self) -> usize {
-        let b = &self.blocks;
-        b.record.len() + b.event.len() + b.header.len() + b.body.len()
+        self.blocks.byte_len()
     }
 }
 

@@ -39,7 +39,7 @@ pub(crate) fn decide(
     }
     match Head::advance(state.head.as_ref(), &item.record) {
         Ok(head) => {
-            let len = record_len(item) as u64;
+            let len = item.record.blocks().byte_len() as u64;
             if quotas
                 .max_records_per_log
                 .is_some_and(|max| head.counter > max)
@@ -106,9 +106,4 @@ pub(crate) fn suspects(
     out.sort();
     out.dedup();
     out
-}
-
-pub(crate) fn record_len(item: &Ingest) -> usize {
-    let b = item.record.blocks();
-    b.record.len() + b.event.len() + b.header.len() + b.body.len()
 }
