@@ -60,6 +60,33 @@ impl Follower {
         })
     }
 
+    /// [`Follower::pull_thread`], except that a page with nothing after the cursor waits up
+    /// to `wait` for the thread's next record (long-poll), and is answered as soon as one is
+    /// stored, or empty when the time is up or the process stops.
+    pub async fn pull_thread_waiting(
+        &self,
+        thread: &ThreadId,
+        after: Option<&str>,
+        limit: Option<u32>,
+        token: Option<&str>,
+        wait: std::time::Duration,
+    ) -> Result<Page> {
+        let page = self.pull_thread(thread, after, limit, token).await?;
+        if !page.records.is_empty() || wait.is_zero() {
+            return Ok(page);
+        }
+        // Subscribed from the page's cursor, so a record stored between the pull above and
+        // this point is not missed.
+        let (_, mut subscription) = self.subscribe(thread, Some(&page.cursor), token).await?;
+        tokio::select! {
+            next = subscription.next() => { next?; }
+            _ = tokio::time::sleep(wait) => return Ok(page),
+            _ = self.shutdown().cancelled() => return Ok(page),
+        }
+        self.pull_thread(thread, Some(&page.cursor), limit, token)
+            .await
+    }
+
     /// Records of one log after a counter (the cursor is the counter itself).
     pub async fn pull_log(
         &self,

@@ -8,6 +8,7 @@ mod database;
 mod feeds;
 mod group_commit;
 mod interop;
+mod live_http;
 mod operations;
 mod p2p;
 mod peers;

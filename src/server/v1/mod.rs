@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod blocks;
+pub mod events;
 pub mod feeds;
 pub mod records;
 pub mod registrations;
@@ -29,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .merge(feeds::router())
         .merge(webhooks::router())
         .merge(ws::router())
+        .merge(events::router())
         .merge(admin::router())
 }
 

@@ -130,6 +130,25 @@ struct PullQuery {
     limit: Option<u32>,
     format: Option<String>,
     token: Option<String>,
+    /// Long-poll: seconds to wait for a record when there is nothing after the cursor.
+    wait: Option<u64>,
+}
+
+/// The longest long-poll a client may ask for.
+const MAX_WAIT_SECS: u64 = 60;
+
+/// How long a thread pull may wait: what the client asked for, within [`MAX_WAIT_SECS`] and a
+/// second short of the request timeout (so the answer is an empty page, not a 408).
+fn wait(q: &PullQuery, config: &crate::config::Config) -> ApiResult<std::time::Duration> {
+    let asked = q.wait.unwrap_or(0);
+    if asked > MAX_WAIT_SECS {
+        return Err(ApiError::bad_request(
+            "bad_wait",
+            format!("wait is at most {MAX_WAIT_SECS} seconds"),
+        ));
+    }
+    let within = config.limits.request_timeout_secs.saturating_sub(1);
+    Ok(std::time::Duration::from_secs(asked.min(within)))
 }
 
 #[derive(serde::Serialize)]
@@ -238,7 +257,8 @@ async fn respond(format: Format, page: Page) -> Response {
     response
 }
 
-/// Records of a thread in arrival order after an opaque cursor.
+/// Records of a thread in arrival order after an opaque cursor; with `wait`, a pull at the
+/// head waits for the next record.
 async fn pull_thread(
     State(state): State<AppState>,
     Path(thread): Path<String>,
@@ -248,9 +268,10 @@ async fn pull_thread(
     let thread = parse_thread(&thread)?;
     let format = format(&q, &headers)?;
     let token = presented_token(&headers, q.token.as_deref());
+    let wait = wait(&q, state.config())?;
     let page = state
         .follower
-        .pull_thread(&thread, q.after.as_deref(), q.limit, token)
+        .pull_thread_waiting(&thread, q.after.as_deref(), q.limit, token, wait)
         .await?;
     Ok(respond(format, page).await)
 }
@@ -263,6 +284,12 @@ async fn pull_log(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let format = format(&q, &headers)?;
+    if q.wait.is_some() {
+        return Err(ApiError::bad_request(
+            "bad_wait",
+            "wait is for thread pulls (/v1/threads/{thread}/records)",
+        ));
+    }
     let token = presented_token(&headers, q.token.as_deref());
     let (thread, log) = (parse_thread(&thread)?, parse_log(&log)?);
     let page = state

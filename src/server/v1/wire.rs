@@ -154,3 +154,17 @@ pub async fn decode_pushed_car(
     metrics::counter!("threads_cars_decoded_total", "origin" => origin).increment(1);
     read_car_at_most(bytes, max_records).await
 }
+
+/// A live record as WebSocket and SSE subscribers get it: the JSON record plus
+/// `"type": "record"` and the thread `cursor` after it. Made once per record for all of them.
+pub fn live_message(
+    info: &threads_store::ThreadInfo,
+    record: &crate::follower::live::LiveRecord,
+) -> bytes::Bytes {
+    record.wire(|r| {
+        let mut message = serde_json::to_value(RecordJson::from_stored(r)).expect("JSON");
+        message["type"] = "record".into();
+        message["cursor"] = crate::follower::encode_cursor(info, r.seq).into();
+        message.to_string()
+    })
+}

@@ -24,7 +24,6 @@ use threads_core::ThreadId;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 
-use super::wire::RecordJson;
 use crate::follower::live::Subscription;
 use crate::follower::{encode_cursor, Error};
 use crate::server::error::ApiError;
@@ -294,13 +293,7 @@ async fn feed(
         };
         let lag_ms = crate::follower::now_ms() - record.record.arrived_ms;
         metrics::histogram!("threads_push_lag_seconds").record(lag_ms.max(0) as f64 / 1000.0);
-        // Made once per record, for every subscriber of its thread in this process.
-        let wire = record.wire(|r| {
-            let mut message = serde_json::to_value(RecordJson::from_stored(r)).expect("JSON");
-            message["type"] = json!("record");
-            message["cursor"] = json!(encode_cursor(&info, r.seq));
-            message.to_string()
-        });
+        let wire = super::wire::live_message(&info, &record);
         let message = Message::Text(Utf8Bytes::try_from(wire).expect("JSON is UTF-8"));
         if out.send(message).await.is_err() {
             return;
