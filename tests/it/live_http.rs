@@ -119,7 +119,7 @@ async fn event_streams_replay_go_live_and_resume_across_a_restart(backend: Backe
     assert_eq!(events.next().await.id.as_deref(), Some(last.as_str()));
     assert_eq!(events.records(1).await.0, [r4.cid().to_string()]);
 
-    // `?after=` starts a first connection after a cursor (Last-Event-ID wins when both are sent).
+    // `?after=` starts a first connection after a cursor.
     let mut events = Events::connect(&server, &format!("{path}?after={last}"), None).await;
     events.next().await;
     assert_eq!(events.records(1).await.0, [r4.cid().to_string()]);
