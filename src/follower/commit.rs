@@ -50,7 +50,7 @@ impl Committer {
     /// `Committer` is dropped.
     pub fn start(store: Arc<dyn Store>, quotas: Quotas, max_queued: usize) -> Self {
         let (queue, jobs) = mpsc::unbounded_channel();
-        let jobs = Arc::new(tokio::sync::Mutex::new(jobs));
+        let jobs = Arc::new(tokio::sync::Mutex::new(Queue { jobs, next: None }));
         let queued = Arc::new(AtomicUsize::new(0));
         for _ in 0..store.writers().max(1) {
             tokio::spawn(run(store.clone(), quotas, jobs.clone(), queued.clone()));
@@ -96,22 +96,30 @@ impl Committer {
     }
 }
 
+/// What the committers take jobs from, one at a time.
+struct Queue {
+    jobs: mpsc::UnboundedReceiver<Job>,
+    /// A job that did not fit the last group: it starts the next one, whichever committer
+    /// takes it (kept here, not by the committer that cut it, so it never waits behind a
+    /// committer waiting for new jobs).
+    next: Option<Job>,
+}
+
 /// One committer: takes the next job and everything queued behind it (while no other
 /// committer is taking), and commits them together.
 async fn run(
     store: Arc<dyn Store>,
     quotas: Quotas,
-    jobs: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>,
+    queue: Arc<tokio::sync::Mutex<Queue>>,
     queued: Arc<AtomicUsize>,
 ) {
-    let mut next: Option<Job> = None;
     loop {
-        let mut taking = jobs.lock().await;
+        let mut taking = queue.lock().await;
         let (group, records) = {
-            let jobs = &mut *taking;
-            let first = match next.take() {
+            let queue = &mut *taking;
+            let first = match queue.next.take() {
                 Some(job) => job,
-                None => match jobs.recv().await {
+                None => match queue.jobs.recv().await {
                     Some(job) => job,
                     None => return,
                 },
@@ -119,11 +127,11 @@ async fn run(
             // Everything that queued up meanwhile, within the group's bounds.
             let (mut records, mut bytes) = (first.batch.len(), first.bytes);
             let mut group = vec![first];
-            while let Ok(job) = jobs.try_recv() {
+            while let Ok(job) = queue.jobs.try_recv() {
                 if records + job.batch.len() > MAX_GROUP_RECORDS
                     || bytes + job.bytes > MAX_GROUP_BYTES
                 {
-                    next = Some(job);
+                    queue.next = Some(job);
                     break;
                 }
                 records += job.batch.len();

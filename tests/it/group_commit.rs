@@ -283,3 +283,35 @@ async fn crash_during_group_commits_sqlite() {
 async fn crash_during_group_commits_postgres() {
     crash_during_group_commits(Backend::Postgres).await
 }
+
+/// Big batches at once on Postgres (several committers; groups cut at their record bound,
+/// committed side by side): every push is answered, none waits for a later one to arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_batches_at_once_are_all_committed() {
+    let server = Server::start(Backend::Postgres).await;
+    let mut logs = Vec::new();
+    for _ in 0..12 {
+        let mut log = TestLog::new();
+        server.register(&log, true).await;
+        let batch: Vec<_> = (0..1000).map(|_| log.next(10)).collect();
+        logs.push((log, batch));
+    }
+    let pushes = logs.iter().map(|(log, batch)| {
+        let pairs: Vec<_> = batch.iter().map(|r| (log, r)).collect();
+        let server = &server;
+        async move { server.push(&pairs).await.0 }
+    });
+    let statuses = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(pushes),
+    )
+    .await
+    .expect("every push is answered");
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    for (log, batch) in &logs {
+        assert_eq!(stored(&server, log).await.len(), batch.len());
+    }
+}
