@@ -1,0 +1,8 @@
+// threads-web: read, verify and write Threads logs with nothing but the platform's WebCrypto.
+
+export * from './bytes.js';
+export * from './cbor.js';
+export * from './cid.js';
+export * from './ids.js';
+export * from './link.js';
+export * from './record.js';
