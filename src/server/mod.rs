@@ -15,6 +15,7 @@ mod listener;
 pub mod ops;
 pub mod p2p;
 pub mod v1;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -134,7 +135,8 @@ pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .merge(v1::router())
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
-        .merge(ops::router());
+        .merge(ops::router())
+        .merge(web::router());
     bounded(api, config)
         .layer(cors)
         .layer(trace)

@@ -6,3 +6,6 @@ export * from './cid.js';
 export * from './ids.js';
 export * from './link.js';
 export * from './record.js';
+export * from './follower.js';
+export * from './reader.js';
+export * from './writer.js';
