@@ -14,5 +14,6 @@ mod p2p;
 mod peers;
 mod push_pull;
 mod registration;
+mod web_client;
 mod webhooks;
 mod websocket;

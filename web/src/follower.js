@@ -99,26 +99,14 @@ export class Follower {
   }
 
   /**
-   * Signs `action` with a log's Ed25519 key and sends it: `{payload, signature}` over
-   * `"/threads/request/1\n" || payload`, the payload naming this server, a time and a nonce.
+   * Signs `action` for this server with a log's key (see `signRequest`) and sends it.
    * @param {string} path `/v1/registrations` or `/v1/webhooks`
    * @param {{ thread: string, log: string, key: CryptoKey, action: object, token?: string }} request
    */
   async signed(path, { thread, log, key, action, token }) {
     const { server_id: server } = await this.server();
-    const payload = JSON.stringify({
-      server,
-      thread,
-      log,
-      timestamp_ms: Date.now(),
-      nonce: toHex(crypto.getRandomValues(new Uint8Array(16))),
-      ...action,
-    });
-    const message = new Uint8Array(REQUEST_DOMAIN.length + utf8.encode(payload).length);
-    message.set(REQUEST_DOMAIN);
-    message.set(utf8.encode(payload), REQUEST_DOMAIN.length);
-    const signature = new Uint8Array(await crypto.subtle.sign({ name: 'Ed25519' }, key, message));
-    return this.request(path, { method: 'POST', body: { payload, signature: base64.encode(signature) }, token });
+    const body = await signRequest({ server, thread, log, key, action });
+    return this.request(path, { method: 'POST', body, token });
   }
 
   /**
@@ -152,4 +140,28 @@ export function wireNodes(wire) {
     header: base64.decode(wire.header),
     body: base64.decode(wire.body),
   };
+}
+
+/**
+ * A request signed by a log's Ed25519 key: `{payload, signature}`, the signature over
+ * `"/threads/request/1\n" || payload`. The payload names the server it is for, a time and a
+ * fresh nonce, so it cannot be replayed elsewhere or twice.
+ * @param {{ server: string, thread: string, log: string, key: CryptoKey, action: object, now?: number }} request
+ * @returns {Promise<{ payload: string, signature: string }>}
+ */
+export async function signRequest({ server, thread, log, key, action, now = Date.now() }) {
+  const payload = JSON.stringify({
+    server,
+    thread,
+    log,
+    timestamp_ms: now,
+    nonce: toHex(crypto.getRandomValues(new Uint8Array(16))),
+    ...action,
+  });
+  const text = utf8.encode(payload);
+  const message = new Uint8Array(REQUEST_DOMAIN.length + text.length);
+  message.set(REQUEST_DOMAIN);
+  message.set(text, REQUEST_DOMAIN.length);
+  const signature = new Uint8Array(await crypto.subtle.sign({ name: 'Ed25519' }, key, message));
+  return { payload, signature: base64.encode(signature) };
 }

@@ -25,14 +25,18 @@ const ENVELOPE_KEYS = ['sig', 'prev', 'block', 'pubKey'];
 const EVENT_KEYS = ['body', 'header'];
 const HEADER_KEYS = ['key'];
 
-/** Why a record was refused: `code` is the API's, `node` the node at fault, if one is. */
+/**
+ * Why a record was refused: `code` is the API's, `node` the node at fault (record, event,
+ * header, body) if one is, and for `bad_link` the `link` that fails (block, header, body).
+ */
 export class RecordError extends Error {
-  /** @param {string} code @param {string} message @param {string | null} node */
-  constructor(code, message, node = null) {
+  /** @param {string} code @param {string} message @param {string | null} node @param {string | null} link */
+  constructor(code, message, node = null, link = null) {
     super(message);
     this.name = 'RecordError';
     this.code = code;
     this.node = node;
+    this.link = link;
   }
 }
 
@@ -231,9 +235,9 @@ export async function verifyRecord(nodes, follow, log, options = {}) {
     throw malformed('record', e);
   }
   const [cid, eventCid, headerCid, bodyCid] = await cids;
-  if (!envelope.block.equals(eventCid)) throw new RecordError('bad_link', 'the block link does not match the event node', null);
-  if (!links.header.equals(headerCid)) throw new RecordError('bad_link', 'the header link does not match the header node', null);
-  if (!links.body.equals(bodyCid)) throw new RecordError('bad_link', 'the body link does not match the body node', null);
+  if (!envelope.block.equals(eventCid)) throw new RecordError('bad_link', 'the block link does not match the event node', null, 'block');
+  if (!links.header.equals(headerCid)) throw new RecordError('bad_link', 'the header link does not match the header node', null, 'header');
+  if (!links.body.equals(bodyCid)) throw new RecordError('bad_link', 'the body link does not match the body node', null, 'body');
   if (envelope.sig.length !== 64) throw new RecordError('bad_signature', `signature is not 64 bytes long (${envelope.sig.length})`);
 
   const key = await verifyKey(log);

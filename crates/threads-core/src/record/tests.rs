@@ -5,6 +5,8 @@ use rand_core::OsRng;
 use super::*;
 use crate::cbor::Writer;
 
+mod vectors;
+
 struct Log {
     keys: ThreadKey,
     pair: Keypair,
