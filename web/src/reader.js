@@ -39,6 +39,8 @@ export class ThreadReader {
     this.allowLegacy = options.allowLegacy ?? false;
     this.pageSize = options.pageSize ?? 1000;
     this.heads = new Heads();
+    /** Log IDs parsed so far, by their text (a thread has few logs). */
+    this.logs = new Map();
     /** @type {string | null} the cursor after the last record handled */
     this.cursor = null;
     /** @type {Promise<string> | null} */
@@ -66,7 +68,7 @@ export class ThreadReader {
       const entry = { log: String(wires[i].log), cid: String(wires[i].cid), cursor, arrivedMs: wires[i].arrived_ms ?? null, error: null };
       if (o.error) return { ...entry, error: o.error };
       try {
-        const counter = this.heads.advance(o.log, o.verified);
+        const counter = this.heads.advance(entry.log, o.verified);
         const { verified } = o;
         return { ...entry, cid: verified.cid.toString(), rule: verified.rule, counter, prev: verified.prev?.toString() ?? null, author: verified.author, body: o.body, value: o.value };
       } catch (e) {
@@ -76,10 +78,20 @@ export class ThreadReader {
     });
   }
 
+  logId(text) {
+    let log = this.logs.get(text);
+    if (!log) {
+      if (this.logs.size >= 10_000) this.logs.clear();
+      log = LogId.parse(text);
+      this.logs.set(text, log);
+    }
+    return log;
+  }
+
   /** Verifies one record and opens it: `{verified, log, body, value}` or `{error}`. */
   async open(wire) {
     try {
-      const log = LogId.parse(String(wire.log));
+      const log = this.logId(String(wire.log));
       if (String(wire.thread ?? this.thread) !== this.thread) {
         throw new RecordError('wrong_thread', `the follower sent a record of thread ${wire.thread}`);
       }

@@ -157,10 +157,9 @@ function legacyMessage({ block, prev, author }) {
   return prev ? concat(block.bytes, prev.bytes) : author;
 }
 
-// Imported keys, cached by the key bytes' object: a reader passes the same object each time.
+// Imported keys, cached by the key's object: a reader passes the same objects each time.
 const aesKeys = new WeakMap();
-const verifyKeys = new Map();
-const MAX_VERIFY_KEYS = 10_000;
+const verifyKeys = new WeakMap();
 
 /** @param {Uint8Array | CryptoKey} key */
 async function aesKey(key) {
@@ -173,14 +172,12 @@ async function aesKey(key) {
   return imported;
 }
 
-/** A log's verifying key, cached by its bytes (a hostile server may name many logs). */
-async function verifyKey(log) {
-  const id = String.fromCharCode(...log.publicKey);
-  let imported = verifyKeys.get(id);
+/** A log's verifying key, imported once per LogId object. @param {LogId} log */
+function verifyKey(log) {
+  let imported = verifyKeys.get(log);
   if (!imported) {
-    if (verifyKeys.size >= MAX_VERIFY_KEYS) verifyKeys.clear();
     imported = crypto.subtle.importKey('raw', log.publicKey, { name: 'Ed25519' }, false, ['verify']);
-    verifyKeys.set(id, imported);
+    verifyKeys.set(log, imported);
   }
   return imported;
 }
