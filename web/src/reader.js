@@ -128,8 +128,16 @@ export class ThreadReader {
    */
   async *catchUp({ signal } = {}) {
     const token = await this.pullToken();
+    const pull = (after) => {
+      const page = this.follower.pull(this.thread, { after, limit: this.pageSize, token, signal });
+      page.catch(() => {}); // A prefetched page may go unread; its error is seen when awaited.
+      return page;
+    };
+    // The next page is fetched while this one is checked.
+    let next = pull(this.cursor);
     for (;;) {
-      const page = await this.follower.pull(this.thread, { after: this.cursor, limit: this.pageSize, token, signal });
+      const page = await next;
+      if (page.more) next = pull(page.cursor);
       if (page.records.length) yield await this.check(page.records, page.cursor);
       this.cursor = page.cursor;
       if (!page.more) return;
