@@ -27,11 +27,11 @@ async function freePort() {
 }
 
 /**
- * Starts `threads serve` on a loopback port with its own data directory; resolves once it is
- * ready. `server.output()` is everything it printed.
+ * Starts `threads serve` on a loopback port (a free one unless given) with its own data
+ * directory; resolves once it is ready. `server.output()` is everything it printed.
  */
-export async function startServer({ dataDir = tempDir('data'), env = {} } = {}) {
-  const port = await freePort();
+export async function startServer({ dataDir = tempDir('data'), env = {}, port = null } = {}) {
+  port ??= await freePort();
   const url = `http://127.0.0.1:${port}`;
   const child = spawn(bin, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, '--p2p-listen', 'none'], {
     env: { ...process.env, RUST_LOG: 'info', ...env },

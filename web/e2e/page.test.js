@@ -16,6 +16,7 @@ let alice;
 let thread;
 let readerLink;
 let writerLink;
+let earlierOutput = '';
 const secrets = [];
 
 before(async () => {
@@ -108,6 +109,25 @@ test('the page writes, and the command line reads it', async () => {
   await page.close();
 });
 
+test('a live page resumes after the server restarts, with no gap and no duplicate', async () => {
+  const { page, problems } = await openPage(readerLink);
+  const before = Number(await page.locator('#count-ok').textContent());
+  earlierOutput += server.output();
+  await server.stop();
+  await page.locator('#status[data-state="reconnecting"]').waitFor();
+  server = await startServer({ dataDir: server.dataDir, port: new URL(server.url).port });
+  await alice.run('write', thread, JSON.stringify({ text: 'plaintext-after-restart' }));
+  await alice.run('push', thread);
+  await page.locator('.event .text', { hasText: 'plaintext-after-restart' }).waitFor({ timeout: 15_000 });
+  assert.equal(await page.locator('#count-ok').textContent(), String(before + 1));
+  assert.equal(await page.locator('#status').getAttribute('data-state'), 'live');
+  const cids = await page.locator('.event').evaluateAll((items) => items.map((i) => i.dataset.cid));
+  assert.equal(new Set(cids).size, cids.length);
+  // The browser's failed reconnection attempts are reported as console errors; nothing else.
+  assert.deepEqual(problems.filter((p) => !/WebSocket|ERR_CONNECTION_REFUSED/.test(p)), []);
+  await page.close();
+});
+
 test('a record the follower altered is refused with the reason, and shows nothing', async () => {
   // The follower's database is changed behind its back: one byte of the first record's body.
   const db = join(server.dataDir, 'threads.db');
@@ -132,8 +152,8 @@ c.commit()
 });
 
 test('the server never holds the read key or a plaintext body', async () => {
-  const plain = ['plaintext-first-event', 'plaintext-key', 'plaintext-live-event', 'plaintext-from-the-browser'];
-  const haystacks = [['output', server.output()]];
+  const plain = ['plaintext-first-event', 'plaintext-key', 'plaintext-live-event', 'plaintext-from-the-browser', 'plaintext-after-restart'];
+  const haystacks = [['output', earlierOutput + server.output()]];
   for (const name of readdirSync(server.dataDir)) {
     haystacks.push([name, readFileSync(join(server.dataDir, name)).toString('latin1')]);
   }

@@ -157,8 +157,9 @@ export class ThreadReader {
     let delay = 250;
     while (!signal?.aborted) {
       try {
-        if (useSocket) await this.followSocket(onEntries, signal, onStatus, () => { delay = 250; });
-        else await this.followPolling(onEntries, signal, onStatus);
+        const connected = () => { delay = 250; };
+        if (useSocket) await this.followSocket(onEntries, signal, onStatus, connected);
+        else await this.followPolling(onEntries, signal, onStatus, connected);
       } catch (e) {
         if (signal?.aborted) return;
         if (e instanceof Error && 'status' in e && e.status >= 400 && e.status < 500 && e.status !== 429) {
@@ -172,11 +173,12 @@ export class ThreadReader {
     }
   }
 
-  async followPolling(onEntries, signal, onStatus) {
+  async followPolling(onEntries, signal, onStatus, connected) {
     const token = await this.pullToken();
     onStatus('live');
     while (!signal?.aborted) {
       const page = await this.follower.pull(this.thread, { after: this.cursor, limit: this.pageSize, wait: 25, token, signal });
+      connected();
       if (page.records.length) onEntries(await this.check(page.records, page.cursor));
       this.cursor = page.cursor;
     }
