@@ -569,6 +569,14 @@ async fn a_log_filter_narrows_deliveries() {
         hook["id"].as_str().unwrap(),
         hook["secret"].as_str().unwrap(),
     );
+    // The cursor moves once the delivery's outcome is written, a moment after it arrives.
+    for _ in 0..200 {
+        let (_, shown) = manage(&server, reqwest::Method::GET, id, "", secret).await;
+        if shown["cursor_seq"].as_u64() >= Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (status, replayed) = manage(&server, reqwest::Method::POST, id, "/replay", secret).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(replayed["queued"], 1);
