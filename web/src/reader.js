@@ -65,10 +65,10 @@ export class ThreadReader {
     return opened.map((o, i) => {
       const cursor = wires[i].cursor ?? (i === wires.length - 1 ? pageCursor : null);
       if (cursor) this.cursor = cursor;
-      const entry = { log: String(wires[i].log), cid: String(wires[i].cid), cursor, arrivedMs: wires[i].arrived_ms ?? null, error: null };
+      const entry = { log: o.log ?? String(wires[i].log), cid: String(wires[i].cid), cursor, arrivedMs: wires[i].arrived_ms ?? null, error: null };
       if (o.error) return { ...entry, error: o.error };
       try {
-        const counter = this.heads.advance(entry.log, o.verified);
+        const counter = this.heads.advance(o.log, o.verified);
         const { verified } = o;
         return { ...entry, cid: verified.cid.toString(), rule: verified.rule, counter, prev: verified.prev?.toString() ?? null, author: verified.author, body: o.body, value: o.value };
       } catch (e) {
@@ -78,11 +78,13 @@ export class ThreadReader {
     });
   }
 
+  /** The log a record names, parsed once per text form; chains are kept by its canonical text. */
   logId(text) {
     let log = this.logs.get(text);
     if (!log) {
       if (this.logs.size >= 10_000) this.logs.clear();
-      log = LogId.parse(text);
+      const id = LogId.parse(text);
+      log = { id, text: id.toString() };
       this.logs.set(text, log);
     }
     return log;
@@ -91,7 +93,7 @@ export class ThreadReader {
   /** Verifies one record and opens it: `{verified, log, body, value}` or `{error}`. */
   async open(wire) {
     try {
-      const log = this.logId(String(wire.log));
+      const { id: log, text: logText } = this.logId(String(wire.log));
       if (String(wire.thread ?? this.thread) !== this.thread) {
         throw new RecordError('wrong_thread', `the follower sent a record of thread ${wire.thread}`);
       }
@@ -114,7 +116,7 @@ export class ThreadReader {
       } catch {
         value = undefined;
       }
-      return { verified, log, body, value };
+      return { verified, log: logText, body, value };
     } catch (e) {
       if (e instanceof RecordError) return { error: { code: e.code, node: e.node, message: e.message } };
       return { error: { code: 'malformed', node: null, message: `the follower sent a record that does not parse: ${e.message}` } };
