@@ -109,7 +109,14 @@ async function open(text) {
   try {
     link = parseLink(text);
   } catch (e) {
+    link = null;
     $('open-error').textContent = `That is not a thread link: ${e.message}.`;
+  }
+  if (link && !link.key.read) {
+    link = null;
+    $('open-error').textContent = 'That link only follows the thread: it has no read key, so its events cannot be read. Ask for a reader link.';
+  }
+  if (!link) {
     $('open-error').hidden = false;
     return;
   }

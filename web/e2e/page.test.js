@@ -49,7 +49,7 @@ async function openPage(link) {
   return { page, problems };
 }
 
-test('the page is served with a strict policy', async () => {
+test('the page is served with a strict policy, and says why it cannot open a link', async () => {
   const response = await fetch(`${server.url}/`);
   assert.equal(response.status, 200);
   const csp = response.headers.get('content-security-policy');
@@ -57,6 +57,16 @@ test('the page is served with a strict policy', async () => {
   assert.match(csp, /connect-src 'self'/);
   assert.doesNotMatch(csp, /unsafe/);
   assert.equal(response.headers.get('x-content-type-options'), 'nosniff');
+  const page = await browser.newPage();
+  await page.goto(`${server.url}/`);
+  const followerLink = (await alice.run('share', thread, '--role', 'follower')).invite;
+  for (const [link, said] of [['threads:link:nonsense', /not a thread link/], [followerLink, /no read key/]]) {
+    await page.fill('#link', link);
+    await page.click('#open button');
+    await page.locator('#open-error', { hasText: said }).waitFor();
+    assert.equal(await page.locator('#thread').isHidden(), true);
+  }
+  await page.close();
   const missing = await fetch(`${server.url}/web/nothing.js`);
   assert.equal(missing.status, 404);
   assert.equal((await missing.json()).code, 'not_found');
