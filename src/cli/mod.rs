@@ -2,6 +2,7 @@
 
 mod db;
 mod inspect;
+mod ops;
 mod peer;
 mod serve;
 
@@ -27,6 +28,9 @@ struct BadInput(String);
 #[derive(Debug, Subcommand)]
 enum Command {
     Serve(serve::Args),
+    Healthcheck(ops::Healthcheck),
+    Migrate(ops::Migrate),
+    CheckConfig(ops::CheckConfig),
     Inspect(inspect::Args),
     #[command(flatten)]
     Peer(peer::Command),
@@ -36,6 +40,9 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         match self.command {
             Command::Serve(args) => serve::run(args),
+            Command::Healthcheck(c) => c.run(),
+            Command::Migrate(c) => c.run(),
+            Command::CheckConfig(c) => c.run(),
             Command::Inspect(args) => inspect::run(args),
             Command::Peer(command) => self.peer.run(command),
         }

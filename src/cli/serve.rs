@@ -12,6 +12,17 @@ use crate::config::{Config, LogFormat, Overrides};
 /// Run the follower server: verify, store and serve the records of logs registered with it.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    settings: Settings,
+    /// Print the built-in defaults (a commented config file) and exit.
+    #[arg(long)]
+    print_defaults: bool,
+}
+
+/// Where the server's settings come from: the layers below these flags, and the flags. Shared by
+/// `serve`, `migrate` and `check-config`, so that all three read the same configuration.
+#[derive(Debug, clap::Args)]
+pub struct Settings {
     /// A TOML file of settings (see `threads serve --print-defaults`).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -31,9 +42,32 @@ pub struct Args {
     /// Log output: pretty or json.
     #[arg(long, value_parser = ["pretty", "json"])]
     log_format: Option<String>,
-    /// Print the built-in defaults (a commented config file) and exit.
-    #[arg(long)]
-    print_defaults: bool,
+}
+
+impl Settings {
+    /// The layered configuration, validated.
+    pub fn load(self) -> anyhow::Result<Config> {
+        let overrides = Overrides {
+            listen: self.listen,
+            data_dir: self.data_dir,
+            database_url: self.database_url,
+            p2p: (!self.p2p_listen.is_empty()).then(|| crate::config::P2pOverrides {
+                listen: self
+                    .p2p_listen
+                    .into_iter()
+                    .filter(|a| a != "none")
+                    .collect(),
+            }),
+            log_format: self.log_format.map(|f| {
+                if f == "json" {
+                    LogFormat::Json
+                } else {
+                    LogFormat::Pretty
+                }
+            }),
+        };
+        Config::load(self.config.as_deref(), overrides)
+    }
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -41,7 +75,7 @@ pub fn run(args: Args) -> ExitCode {
         print!("{}", crate::config::DEFAULTS);
         return ExitCode::SUCCESS;
     }
-    match serve(args) {
+    match serve(args.settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("threads serve: {error:#}");
@@ -50,27 +84,8 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
-fn serve(args: Args) -> anyhow::Result<()> {
-    let overrides = Overrides {
-        listen: args.listen,
-        data_dir: args.data_dir,
-        database_url: args.database_url,
-        p2p: (!args.p2p_listen.is_empty()).then(|| crate::config::P2pOverrides {
-            listen: args
-                .p2p_listen
-                .into_iter()
-                .filter(|a| a != "none")
-                .collect(),
-        }),
-        log_format: args.log_format.map(|f| {
-            if f == "json" {
-                LogFormat::Json
-            } else {
-                LogFormat::Pretty
-            }
-        }),
-    };
-    let config = Config::load(args.config.as_deref(), overrides)?;
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    let config = settings.load()?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt()

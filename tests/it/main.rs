@@ -4,6 +4,7 @@
 mod harness;
 
 mod cluster;
+mod commands;
 mod database;
 mod feeds;
 mod group_commit;
