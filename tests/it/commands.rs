@@ -6,7 +6,7 @@ use std::process::Output;
 use tokio::process::Command;
 
 use crate::harness::{Backend, Server};
-use threads_store::testing::fresh_postgres_database;
+use threads_store::testing::{fresh_postgres_database, TestLog};
 
 async fn threads(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_threads"))
@@ -107,4 +107,29 @@ async fn check_config_prints_the_settings_without_secrets() {
     assert_eq!(bad.status.code(), Some(1));
     let said = text(&bad.stderr).to_lowercase();
     assert!(said.contains("max_batch_records"), "{said}");
+}
+
+/// As a hardened unit or a container runs it: not root, and nothing writable but the data
+/// directory. It serves, stores, and writes nowhere else.
+#[tokio::test]
+async fn the_server_runs_unprivileged_on_a_read_only_root() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    let server = Server::launch_confined(dir.path()).await;
+    let mut log = TestLog::new();
+    server.register(&log, true).await;
+    let record = log.next(10);
+    server.push(&[(&log, &record)]).await;
+    let (status, page) = server
+        .get(&format!("/v1/threads/{}/records", log.thread))
+        .await;
+    assert!(status.is_success(), "{page}");
+    assert_eq!(page["records"].as_array().unwrap().len(), 1);
+    let ok = threads(&["healthcheck", &server.url], &[]).await;
+    assert!(ok.status.success());
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let meta = entry.unwrap().metadata().unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((meta.uid(), meta.mode() & 0o077), (65534, 0));
+    }
 }

@@ -67,13 +67,48 @@ impl Server {
         next
     }
 
+    /// A server as an unprivileged user (nobody) whose whole file system is read-only but for
+    /// `data_dir` (bubblewrap and setpriv), as a hardened unit or container runs it.
+    pub async fn launch_confined(data_dir: &Path) -> Self {
+        let dir = data_dir.to_str().unwrap();
+        let mut cmd = Command::new("bwrap");
+        cmd.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"])
+            .args([
+                "--bind",
+                dir,
+                dir,
+                "--unshare-pid",
+                "--die-with-parent",
+                "--",
+            ])
+            .args([
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ])
+            .arg(env!("CARGO_BIN_EXE_threads"));
+        Self::spawn(cmd, "127.0.0.1:0", None, data_dir, &[]).await
+    }
+
     async fn launch_at(
         listen: &str,
         database_url: Option<String>,
         data_dir: &Path,
         env: &[(&str, &str)],
     ) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_threads"));
+        let cmd = Command::new(env!("CARGO_BIN_EXE_threads"));
+        Self::spawn(cmd, listen, database_url, data_dir, env).await
+    }
+
+    /// Runs `threads serve` through `cmd` (the binary, or a wrapper ending with it).
+    async fn spawn(
+        mut cmd: Command,
+        listen: &str,
+        database_url: Option<String>,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         cmd.args([
             "serve",
             "--listen",
