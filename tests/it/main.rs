@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod backup;
 mod cluster;
 mod commands;
 mod database;
