@@ -2,12 +2,11 @@
 //! server: every record comes back, each verifying and continuing its log's chain.
 
 use reqwest::StatusCode;
-use serde_json::Value;
 use sqlx::{Connection, SqliteConnection};
 use threads_core::{Head, SignaturePolicy, UnverifiedRecord, VerifiedRecord};
 use tokio::process::Command;
 
-use crate::harness::{Backend, Server};
+use crate::harness::{pull_all, Backend, Server};
 use threads_store::testing::{fresh_postgres_database, TestLog};
 
 const PER_LOG: usize = 60;
@@ -30,22 +29,7 @@ async fn fill(server: &Server) -> (TestLog, TestLog, Vec<VerifiedRecord>) {
 
 /// Pulls the whole thread and checks every record with the core, log by log.
 async fn check_restored(server: &Server, logs: [&TestLog; 2], written: &[VerifiedRecord]) {
-    let thread = &logs[0].thread;
-    let mut records = Vec::new();
-    let mut cursor = String::new();
-    loop {
-        let (status, page) = server
-            .get(&format!(
-                "/v1/threads/{thread}/records?limit=50&after={cursor}"
-            ))
-            .await;
-        assert_eq!(status, StatusCode::OK, "{page}");
-        records.extend(page["records"].as_array().unwrap().iter().cloned());
-        cursor = page["cursor"].as_str().unwrap().to_owned();
-        if page["more"] != Value::Bool(true) {
-            break;
-        }
-    }
+    let records = pull_all(server, logs[0], None).await;
     assert_eq!(records.len(), written.len());
     for log in logs {
         let mut head: Option<Head> = None;

@@ -187,3 +187,73 @@ async fn crash_mid_batch_sqlite() {
 async fn crash_mid_batch_postgres() {
     crash_mid_batch(Backend::Postgres).await
 }
+
+/// A rolling restart: two processes on one Postgres are stopped (SIGTERM) and started again one
+/// after the other while a writer pushes without pause, turning to the other process whenever
+/// one does not answer. Every push that was answered is stored, in its chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_loses_no_answered_push() {
+    let a = Server::start(Backend::Postgres).await;
+    let b = Server::launch(a.database_url.clone(), &a.data_dir, &[]).await;
+    let mut log = TestLog::new();
+    a.register(&log, true).await;
+    let urls = [a.url.clone(), b.url.clone()];
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let (mut answered, mut unanswered, mut turn) = (Vec::new(), 0usize, 0usize);
+            let mut pending = None;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // A push whose answer was lost is sent again: stored once, then a duplicate.
+                let record = pending.take().unwrap_or_else(|| log.next(100));
+                turn += 1;
+                let url = &urls[turn % 2];
+                let body = json!({"records": [record_json(&log, &record)]});
+                match http
+                    .post(format!("{url}/v1/records"))
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == StatusCode::OK => answered.push(record.cid()),
+                    Ok(r) => panic!("{} {}", r.status(), r.text().await.unwrap()),
+                    Err(_) => {
+                        unanswered += 1;
+                        pending = Some(record);
+                    }
+                }
+            }
+            (log, answered, unanswered)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let a = a.restart_gracefully().await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let b = b.restart_gracefully().await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (log, answered, unanswered) = writer.await.unwrap();
+    assert!(answered.len() > 50, "{} pushes answered", answered.len());
+
+    for server in [&a, &b] {
+        let stored = pull_all(server, &log, None).await;
+        let cids: HashSet<String> = stored
+            .iter()
+            .map(|r| r["cid"].as_str().unwrap().to_owned())
+            .collect();
+        for cid in &answered {
+            assert!(cids.contains(&cid.to_string()), "answered push {cid} lost");
+        }
+        let counters: Vec<u64> = stored
+            .iter()
+            .map(|r| r["counter"].as_u64().unwrap())
+            .collect();
+        assert_eq!(counters, (1..=stored.len() as u64).collect::<Vec<_>>());
+    }
+    eprintln!("{} pushes answered, {unanswered} retried", answered.len());
+}

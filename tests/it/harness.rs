@@ -67,6 +67,27 @@ impl Server {
         next
     }
 
+    /// Stops the server as an orchestrator does (SIGTERM, then waiting for it to exit) and
+    /// starts it again on the same address and data: one step of a rolling restart.
+    pub async fn restart_gracefully(mut self) -> Self {
+        let status = Command::new("kill")
+            .arg(self.pid().to_string())
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+        let exit = tokio::time::timeout(std::time::Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("the server exits within 15 s of SIGTERM")
+            .unwrap();
+        assert!(exit.success(), "{exit:?}");
+        let listen = self.url.trim_start_matches("http://").to_owned();
+        let mut next =
+            Self::launch_at(&listen, self.database_url.clone(), &self.data_dir, &[]).await;
+        next._dir = self._dir.take();
+        next
+    }
+
     /// A server as an unprivileged user (nobody) whose whole file system is read-only but for
     /// `data_dir` (bubblewrap and setpriv), as a hardened unit or container runs it.
     pub async fn launch_confined(data_dir: &Path) -> Self {
