@@ -199,8 +199,9 @@ async fn a_rolling_restart_loses_no_answered_push() {
     a.register(&log, true).await;
     let urls = [a.url.clone(), b.url.clone()];
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = tokio::spawn({
-        let stop = stop.clone();
+        let (stop, count) = (stop.clone(), count.clone());
         async move {
             let http = reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
@@ -220,7 +221,10 @@ async fn a_rolling_restart_loses_no_answered_push() {
                     .send()
                     .await
                 {
-                    Ok(r) if r.status() == StatusCode::OK => answered.push(record.cid()),
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        answered.push(record.cid());
+                        count.store(answered.len(), std::sync::atomic::Ordering::Relaxed);
+                    }
                     Ok(r) => panic!("{} {}", r.status(), r.text().await.unwrap()),
                     Err(_) => {
                         unanswered += 1;
@@ -231,14 +235,28 @@ async fn a_rolling_restart_loses_no_answered_push() {
             (log, answered, unanswered)
         }
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Each step waits for 20 more answered pushes, however fast the machine is.
+    let more = |n: usize| {
+        let count = count.clone();
+        async move {
+            let target = count.load(std::sync::atomic::Ordering::Relaxed) + n;
+            tokio::time::timeout(Duration::from_secs(60), async {
+                while count.load(std::sync::atomic::Ordering::Relaxed) < target {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .expect("the writer makes progress");
+        }
+    };
+    more(20).await;
     let a = a.restart_gracefully().await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    more(20).await;
     let b = b.restart_gracefully().await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    more(20).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (log, answered, unanswered) = writer.await.unwrap();
-    assert!(answered.len() > 50, "{} pushes answered", answered.len());
+    assert!(answered.len() >= 60, "{} pushes answered", answered.len());
 
     for server in [&a, &b] {
         let stored = pull_all(server, &log, None).await;
