@@ -72,3 +72,36 @@ test('a wrong pull token and a refused push are clear errors', async () => {
   await assert.rejects(writer.write({ n: 2 }), (e) => ['fork', 'gap'].includes(e.code));
   await server.stop();
 });
+
+test('a push whose answer is lost is sent again, and the log does not fork', async () => {
+  const server = await startServer();
+  let loseNext = false;
+  // The request reaches the server; its answer does not reach the writer.
+  const lossy = async (url, init) => {
+    const response = await fetch(url, init);
+    if (loseNext && url.endsWith('/v1/records')) {
+      loseNext = false;
+      await response.text();
+      throw new TypeError('the connection was reset');
+    }
+    return response;
+  };
+  const link = {
+    thread: new ThreadId(Uint8Array.of(1, 0x55, ...random(32))),
+    key: new ThreadKey(random(32), random(32)),
+    role: 'writer',
+    public: true,
+  };
+  const store = memoryStore();
+  const writer = await ThreadWriter.open(new Follower(server.url, { fetch: lossy }), link, store);
+  await writer.write({ n: 1 });
+  loseNext = true;
+  await assert.rejects(writer.write({ n: 2 }), /reset/);
+  // A fresh writer on the same store (a reload) finds the record it could not confirm.
+  const again = await ThreadWriter.open(new Follower(server.url), link, store);
+  assert.equal((await again.write({ n: 3 })).counter, 3);
+  const entries = [];
+  for await (const page of new ThreadReader(new Follower(server.url), link).catchUp()) entries.push(...page);
+  assert.deepEqual(entries.map((e) => [e.error, e.value?.n]), [[null, 1], [null, 2], [null, 3]]);
+  await server.stop();
+});

@@ -72,6 +72,7 @@ export class ThreadWriter {
     const log = await keyPair(store, `log:${thread}`);
     const writer = new ThreadWriter(follower, link, log.pair, new LogId(log.raw), marshalPublicKey(identity.raw), store);
     writer.head = (await store.get(`head:${thread}`)) ?? null;
+    writer.pending = (await store.get(`pending:${thread}`)) ?? null;
     await writer.register(options.registrationToken);
     if (!writer.head) {
       // A store that lost its head (or a log registered elsewhere first): the follower's word.
@@ -96,6 +97,8 @@ export class ThreadWriter {
     this.store = store;
     /** @type {{ cid: string, counter: number } | null} */
     this.head = null;
+    /** @type {{ cid: string, nodes: import('./record.js').Nodes } | null} made, not yet acknowledged */
+    this.pending = null;
   }
 
   token() {
@@ -118,15 +121,44 @@ export class ThreadWriter {
    * @returns {Promise<{ cid: string, counter: number }>}
    */
   async write(value) {
+    // A record whose push got no answer may be stored already: it is sent again (a duplicate
+    // then) before anything follows it, so that the log never forks.
+    await this.flush();
     const prev = this.head ? CID.parse(this.head.cid) : null;
     const { cid, nodes } = await createRecord(encodeValue(value), this.link.key, this.pair.privateKey, this.author, prev);
-    const answer = await this.follower.push([{ thread: this.thread, log: this.log.toString(), nodes }]);
-    const result = answer.results[0];
+    this.pending = { cid: cid.toString(), nodes };
+    await this.store.put(`pending:${this.thread}`, this.pending);
+    return this.flush();
+  }
+
+  /** Pushes the record written but not yet acknowledged, if there is one; answers the head. */
+  async flush() {
+    const pending = this.pending;
+    if (!pending) return this.head;
+    let result;
+    try {
+      const answer = await this.follower.push([{ thread: this.thread, log: this.log.toString(), nodes: pending.nodes }]);
+      result = answer.results[0];
+    } catch (e) {
+      // No answer: keep the record for the next attempt. A refusal: it will never be stored.
+      if (e instanceof ApiError) await this.settle(null);
+      throw e;
+    }
     if (result.outcome !== 'accepted' && result.outcome !== 'duplicate') {
+      await this.settle(null);
       throw new ApiError(409, result.code ?? result.outcome, result.detail ?? `the follower answered ${result.outcome}`);
     }
-    this.head = { cid: cid.toString(), counter: result.counter };
-    await this.store.put(`head:${this.thread}`, this.head);
+    await this.settle({ cid: pending.cid, counter: result.counter });
     return this.head;
+  }
+
+  /** Ends the pending record: stored (the new head) or refused (`null`: the head stays). */
+  async settle(head) {
+    this.pending = null;
+    await this.store.put(`pending:${this.thread}`, null);
+    if (head) {
+      this.head = head;
+      await this.store.put(`head:${this.thread}`, head);
+    }
   }
 }
