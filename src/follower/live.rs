@@ -34,7 +34,7 @@ impl super::Follower {
     ) -> super::Result<(ThreadInfo, Subscription)> {
         let info = self.readable_thread(thread, token).await?;
         let after = super::decode_cursor(&info, cursor)?;
-        let mut subscription = Subscription::new(&self.0.hub, thread.clone(), after).await;
+        let mut subscription = Subscription::new(&self.0.hub, &info, after).await;
         // Without the pull token, what is read depends on the thread staying public.
         subscription.anonymous =
             !token.is_some_and(|t| check_pull_token(&info.follow_key, &info.id, t));
@@ -86,6 +86,9 @@ struct Tail {
     sender: broadcast::Sender<Live>,
     /// Newest sequence number broadcast (or known when the tail started).
     last: u64,
+    /// The thread's `created_ms` when the tail started: a thread deleted and registered again
+    /// under the same ID counts from 1 again, so its tail must not go on from `last`.
+    created_ms: i64,
 }
 
 impl Hub {
@@ -104,14 +107,15 @@ impl Hub {
             return tail.sender.subscribe();
         }
         // Start a new tail at the thread's current end; followers replay the rest.
-        let last = match self.0.store.thread(thread).await {
-            Ok(Some(info)) => info.seq,
-            _ => 0,
+        let (last, created_ms) = match self.0.store.thread(thread).await {
+            Ok(Some(info)) => (info.seq, info.created_ms),
+            _ => (0, i64::MIN),
         };
         let mut tails = self.0.tails.lock().unwrap();
         let tail = tails.entry(thread.clone()).or_insert_with(|| Tail {
             sender: broadcast::channel(TAIL_CAPACITY).0,
             last,
+            created_ms,
         });
         tail.sender.subscribe()
     }
@@ -132,8 +136,8 @@ impl Hub {
         }
     }
 
-    /// Drops unwatched tails, then reads storage only for threads that moved past their tail:
-    /// one query for all watched threads, however many there are.
+    /// Drops unwatched tails, then reads storage only for threads that moved past their tail,
+    /// or are gone: one query for all watched threads, however many there are.
     async fn advance_all(&self) {
         let watched: Vec<ThreadId> = {
             let mut tails = self.0.tails.lock().unwrap();
@@ -151,10 +155,14 @@ impl Hub {
             }
         };
         let behind: Vec<ThreadId> = {
+            let seqs: HashMap<ThreadId, u64> = seqs.into_iter().collect();
             let tails = self.0.tails.lock().unwrap();
-            seqs.into_iter()
-                .filter(|(thread, seq)| tails.get(thread).is_some_and(|t| *seq > t.last))
-                .map(|(thread, _)| thread)
+            watched
+                .into_iter()
+                .filter(|thread| {
+                    let seq = seqs.get(thread);
+                    seq.is_none_or(|seq| tails.get(thread).is_some_and(|t| *seq != t.last))
+                })
                 .collect()
         };
         for thread in behind {
@@ -162,10 +170,19 @@ impl Hub {
         }
     }
 
-    /// Reads what is new in `thread` since the tail's last record and broadcasts it.
+    /// Reads what is new in `thread` since the tail's last record and broadcasts it. A thread
+    /// deleted, or registered again, since the tail started ends the tail: its subscribers
+    /// go back to storage, which tells them.
     async fn advance(&self, thread: &ThreadId) {
         loop {
-            let Some(last) = self.0.tails.lock().unwrap().get(thread).map(|t| t.last) else {
+            let Some((last, created_ms)) = self
+                .0
+                .tails
+                .lock()
+                .unwrap()
+                .get(thread)
+                .map(|t| (t.last, t.created_ms))
+            else {
                 return;
             };
             let page = match self.0.store.records_by_thread(thread, last, PAGE).await {
@@ -176,20 +193,21 @@ impl Hub {
                 }
             };
             let full = page.len() == PAGE as usize;
-            // Read after the records: if the thread turned private before one of them was
-            // stored, this says so.
-            let public = match page.is_empty() {
-                true => false,
-                false => match self.0.store.thread(thread).await {
-                    Ok(info) => info.is_some_and(|t| t.public),
-                    Err(error) => {
-                        tracing::warn!(%error, "reading a watched thread failed");
-                        return;
-                    }
-                },
+            // Read after the records: if the thread turned private (or was replaced) before
+            // one of them was stored, this says so.
+            let info = match self.0.store.thread(thread).await {
+                Ok(info) => info.filter(|t| t.created_ms == created_ms),
+                Err(error) => {
+                    tracing::warn!(%error, "reading a watched thread failed");
+                    return;
+                }
             };
             let mut tails = self.0.tails.lock().unwrap();
-            let Some(tail) = tails.get_mut(thread) else {
+            let Some(tail) = tails.get_mut(thread).filter(|t| t.created_ms == created_ms) else {
+                return;
+            };
+            let Some(ThreadInfo { public, .. }) = info else {
+                tails.remove(thread);
                 return;
             };
             for record in page {
@@ -222,20 +240,24 @@ pub struct Subscription {
     /// the thread was still public after it was read (a thread that turns private, or is
     /// deleted, stops reaching those who may no longer read it).
     anonymous: bool,
+    /// The thread's `created_ms` at subscribing: the subscription ends when the thread is
+    /// deleted or registered again under the same ID (a token for the old one opens nothing).
+    created_ms: i64,
 }
 
 impl Subscription {
-    async fn new(hub: &Hub, thread: ThreadId, cursor: u64) -> Self {
+    async fn new(hub: &Hub, info: &ThreadInfo, cursor: u64) -> Self {
         // Subscribe before the first storage read, so nothing falls between the two.
-        let live = hub.subscribe(&thread).await;
+        let live = hub.subscribe(&info.id).await;
         Self {
             hub: hub.clone(),
-            thread,
+            thread: info.id.clone(),
             live,
             cursor,
             backlog: Default::default(),
             replaying: true,
             anonymous: false,
+            created_ms: info.created_ms,
         }
     }
 
@@ -252,11 +274,13 @@ impl Subscription {
                 let page = store
                     .records_by_thread(&self.thread, self.cursor, PAGE)
                     .await?;
-                if self.anonymous && !page.is_empty() {
-                    // Read after the page: a record stored after the thread turned private
-                    // is never shown.
-                    let info = store.thread(&self.thread).await?;
-                    still_public(info.is_some_and(|t| t.public))?;
+                // Read after the page: a record stored after the thread turned private, or
+                // was replaced, is never shown.
+                let info = store.thread(&self.thread).await?;
+                match info.filter(|t| t.created_ms == self.created_ms) {
+                    None => return Err(super::Error::NotFound("thread")),
+                    Some(info) if self.anonymous => still_public(info.public)?,
+                    Some(_) => {}
                 }
                 self.replaying = page.len() == PAGE as usize;
                 self.backlog.extend(page.into_iter().map(LiveRecord::new));

@@ -76,14 +76,22 @@ impl Follower {
                     public: *public,
                 };
                 // Anyone with the follow key can register a log: a thread's visibility is
-                // changed only by its sole writer.
+                // changed only by its sole writer. (Under another key, storage decides: a
+                // squatter's thread gives way to the key its ID is bound to.)
                 if let Some(info) = self.0.store.thread(&thread).await? {
-                    if info.public != *public && self.others_hold_records(&thread, &log).await? {
+                    if info.follow_key == registration.follow_key
+                        && info.public != *public
+                        && self.others_hold_records(&thread, &log).await?
+                    {
                         return Err(Error::OtherWriters("change its visibility"));
                     }
                 }
                 self.spend_nonce(&payload, now).await?;
-                let created = self.adopt_log(&registration).await? == Registered::Created;
+                let registered = self.adopt_log(&registration).await?;
+                if registered == Registered::Replaced {
+                    tracing::warn!(%thread, "thread held under another follow key than the one its ID is bound to: that copy was dropped");
+                }
+                let created = registered != Registered::Updated;
                 tracing::info!(%thread, %log, created, "log registered");
                 Ok(OwnerAnswer::Registered {
                     thread,

@@ -305,3 +305,78 @@ async fn a_follow_key_holder_cannot_destroy_or_republish_what_writers_stored(bac
         StatusCode::NOT_FOUND
     );
 }
+
+on_both_backends!(a_squatter_cannot_lock_writers_out);
+/// Anyone may register a thread ID a follower does not have yet, under a follow key of their
+/// own. When the ID is bound to the real follow key (as the client makes them), the real
+/// writers' registration replaces what the squatter stored, and the squatter is then refused;
+/// the squatter's subscription ends without ever seeing the writers' records.
+async fn a_squatter_cannot_lock_writers_out(backend: Backend) {
+    let server = Server::start(backend).await;
+    let mut writer = TestLog::bound();
+    let mut squatter = writer.squatting();
+    assert_eq!(
+        server.register(&squatter, false).await.0,
+        StatusCode::CREATED
+    );
+    let s1 = squatter.next(32);
+    let (_, answer) = server.push(&[(&squatter, &s1)]).await;
+    assert_eq!(answer["results"][0]["outcome"], "accepted", "{answer}");
+    let squatter_token = pull_token(squatter.keys.service(), &squatter.thread);
+    let mut ws = crate::websocket::connect(
+        &server,
+        &format!("?thread={}&token={squatter_token}", squatter.thread),
+    )
+    .await;
+    assert_eq!(crate::websocket::next(&mut ws).await["type"], "subscribed");
+    assert_eq!(crate::websocket::next(&mut ws).await["type"], "record");
+
+    let (status, body) = server.register(&writer, false).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let w1 = writer.next(32);
+    assert_eq!(server.push(&[(&writer, &w1)]).await.0, StatusCode::OK);
+    let token = pull_token(writer.keys.service(), &writer.thread);
+    let records = pull_all(&server, &writer, Some(&token)).await;
+    let cids: Vec<&str> = records.iter().map(|r| r["cid"].as_str().unwrap()).collect();
+    assert_eq!(
+        cids,
+        [w1.cid().to_string()],
+        "only the writers' record is left"
+    );
+
+    // The squatter's token opens nothing now, its live subscription ended, and it cannot
+    // take the ID back.
+    let path = format!(
+        "/v1/threads/{}/records?token={squatter_token}",
+        writer.thread
+    );
+    let (status, body) = server.get(&path).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("bad_pull_token"))
+    );
+    let ended = crate::websocket::next(&mut ws).await;
+    assert_eq!(
+        (ended["type"].as_str(), ended["code"].as_str()),
+        (Some("error"), Some("not_found")),
+        "{ended}"
+    );
+    let (status, body) = server.register(&squatter.sibling(), true).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("follow_key_mismatch"))
+    );
+    let s2 = squatter.next(32);
+    let (_, answer) = server.push(&[(&squatter, &s2)]).await;
+    assert_ne!(answer["results"][0]["outcome"], "accepted", "{answer}");
+
+    // An ID bound to no key (go-threads and js-threads make random ones) stays first come,
+    // first served: the follower cannot tell whose it is.
+    let first = TestLog::new();
+    server.register(&first, false).await;
+    let (status, body) = server.register(&first.squatting(), false).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("follow_key_mismatch"))
+    );
+}

@@ -244,6 +244,40 @@ async fn a_thread_turned_private_stops_reaching_subscribers_without_its_token() 
     assert_eq!(records(&mut holder, 1).await, [second.cid().to_string()]);
 }
 
+on_both_backends!(a_deleted_thread_ends_its_subscriptions_and_a_new_one_streams_live);
+/// Deleting a thread ends every subscription to it, with the token or without; registered
+/// again under the same ID it counts from 1 again, and a new subscriber gets its new records.
+async fn a_deleted_thread_ends_its_subscriptions_and_a_new_one_streams_live(backend: Backend) {
+    let server = Server::start(backend).await;
+    let mut log = TestLog::new();
+    server.register(&log, false).await;
+    let old: Vec<_> = (0..3).map(|_| log.next(16)).collect();
+    let batch: Vec<_> = old.iter().map(|r| (&log, r)).collect();
+    assert_eq!(server.push(&batch).await.0, StatusCode::OK);
+    let token = threads_core::auth::pull_token(log.keys.service(), &log.thread);
+    let query = format!("?thread={}&token={token}", log.thread);
+    let mut before = connect(&server, &query).await;
+    assert_eq!(next(&mut before).await["type"], "subscribed");
+    assert_eq!(records(&mut before, 3).await.len(), 3);
+
+    let deleted = server
+        .signed(&log, threads_core::auth::Action::DeleteThread)
+        .await;
+    assert_eq!(deleted.0, StatusCode::OK);
+    let ended = next(&mut before).await;
+    assert_eq!(ended["code"], "not_found", "{ended}");
+
+    log.head = None;
+    server.register(&log, false).await;
+    let mut after = connect(&server, &query).await;
+    assert_eq!(next(&mut after).await["type"], "subscribed");
+    for _ in 0..2 {
+        let record = log.next(16);
+        assert_eq!(server.push(&[(&log, &record)]).await.0, StatusCode::OK);
+        assert_eq!(records(&mut after, 1).await, [record.cid().to_string()]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_follows_at_most_256_threads() {
     let server = Server::start(Backend::Sqlite).await;

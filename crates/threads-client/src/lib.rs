@@ -173,9 +173,11 @@ impl Client {
 
     /// A new thread with fresh keys and this peer's own log in it.
     pub async fn create_thread(&self, public: bool) -> Result<ThreadEntry> {
+        let key = ThreadKey::random(&mut OsRng);
         let entry = ThreadEntry {
-            thread: ThreadId::random(Variant::Raw, &mut OsRng),
-            key: ThreadKey::random(&mut OsRng),
+            // Bound to the follow key, so no follower can be made to hold it under another.
+            thread: ThreadId::bound_to(Variant::Raw, key.service()),
+            key,
             earlier_read_keys: Vec::new(),
             log: Some(Keypair::generate(&mut OsRng)),
             snapshot_log: None,

@@ -8,14 +8,17 @@ use std::str::FromStr;
 
 use rand_core::CryptoRngCore;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::keys::{KeyError, PublicKey};
+use crate::keys::{KeyError, PublicKey, ServiceKey};
 
 /// The only thread ID version there is.
 pub const THREAD_ID_VERSION: u64 = 1;
 /// Random bytes in a thread ID made by [`ThreadId::random`].
 pub const DEFAULT_RANDOM_LEN: usize = 32;
+/// What the random part of a bound thread ID hashes before the follow key.
+const BOUND_ID_DOMAIN: &[u8] = b"threads/thread-id-bound-to-follow-key/v1";
 /// A generous bound on the random part, so a hostile ID cannot be made arbitrarily large.
 pub const MAX_RANDOM_LEN: usize = 128;
 
@@ -79,6 +82,20 @@ impl ThreadId {
         Self::new(variant, &random).expect("32 random bytes are a valid random part")
     }
 
+    /// A new thread's ID bound to its follow key: the random part is
+    /// `SHA-256(domain || follow key)`. Anyone may register any ID at a follower first, with a
+    /// key of their own; a bound ID lets the follower tell the thread's real key from such a
+    /// squatter's. The hash says nothing of the key (32 random bytes).
+    pub fn bound_to(variant: Variant, follow: &ServiceKey) -> Self {
+        Self::new(variant, &bound_random_part(follow)).expect("32 bytes are a valid random part")
+    }
+
+    /// Whether this ID was made by [`ThreadId::bound_to`] for `follow`. IDs made elsewhere
+    /// (go-threads and js-threads pick random parts) are bound to no key.
+    pub fn is_bound_to(&self, follow: &ServiceKey) -> bool {
+        self.random_part() == bound_random_part(follow)
+    }
+
     pub fn new(variant: Variant, random: &[u8]) -> Result<Self, IdError> {
         check_random(random.len())?;
         let mut buf = unsigned_varint::encode::u64_buffer();
@@ -114,6 +131,14 @@ impl ThreadId {
     pub fn random_part(&self) -> &[u8] {
         &self.0[2..]
     }
+}
+
+fn bound_random_part(follow: &ServiceKey) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(BOUND_ID_DOMAIN)
+        .chain_update(follow.as_bytes())
+        .finalize()
+        .into()
 }
 
 fn check_random(len: usize) -> Result<(), IdError> {
@@ -279,6 +304,22 @@ mod tests {
 
         let zero = ThreadId::new(Variant::Raw, &[0; 16]).unwrap();
         assert_eq!(zero.to_string(), "bafkqaaaaaaaaaaaaaaaaaaaaaaaaa");
+    }
+
+    #[test]
+    fn a_bound_id_names_its_follow_key_only() {
+        let key = ServiceKey::from_bytes([7; 32]);
+        let id = ThreadId::bound_to(Variant::AccessControlled, &key);
+        assert_eq!(id.variant(), Variant::AccessControlled);
+        assert!(id.is_bound_to(&key));
+        assert!(!id.is_bound_to(&ServiceKey::from_bytes([8; 32])));
+        // SHA-256 of the domain and the key: other implementations can check the same binding.
+        assert_eq!(
+            hex::encode(id.random_part()),
+            "2d62aff671172d488e393dc4f4d5bceea32af97534aacd400a054dcab8d9800f"
+        );
+        let random = ThreadId::new(Variant::Raw, &[7; 32]).unwrap();
+        assert!(!random.is_bound_to(&key));
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub struct Registration {
 pub enum Registered {
     Created,
     Updated,
+    /// The thread was held under another follow key, and its ID is bound to this
+    /// registration's key: what was stored under the other key was a squatter's, and is gone.
+    Replaced,
 }
 
 /// A registered thread. Holds the follow key: never serialize it to clients.

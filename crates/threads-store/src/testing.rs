@@ -45,6 +45,17 @@ impl TestLog {
         )
     }
 
+    /// A log in a new thread whose ID is bound to its follow key, as the client makes them.
+    pub fn bound() -> Self {
+        let keys = ThreadKey::random(&mut OsRng);
+        Self::in_thread(ThreadId::bound_to(Variant::Raw, keys.service()), keys)
+    }
+
+    /// A log under the same thread ID with keys of its own: a squatter's.
+    pub fn squatting(&self) -> Self {
+        Self::in_thread(self.thread.clone(), ThreadKey::random(&mut OsRng))
+    }
+
     /// Another log in the same thread, sharing its keys.
     pub fn sibling(&self) -> Self {
         Self::in_thread(self.thread.clone(), self.keys.clone())

@@ -14,33 +14,49 @@ macro_rules! impl_store {
                 let mut writer = self.writer().await?;
                 let mut tx = sqlx::Connection::begin(&mut *writer).await?;
                 let thread = reg.thread.as_bytes();
-                let key: Option<(Vec<u8>,)> =
-                    sqlx::query_as("SELECT follow_key FROM threads WHERE id = $1")
+                let held: Option<(Vec<u8>, i64)> =
+                    sqlx::query_as("SELECT follow_key, created_at FROM threads WHERE id = $1")
                         .bind(thread)
                         .fetch_optional(&mut *tx)
                         .await?;
-                match key {
-                    None => {
-                        sqlx::query(
-                            "INSERT INTO threads (id, public, follow_key, created_at) VALUES ($1, $2, $3, $4)",
-                        )
-                        .bind(thread)
-                        .bind(reg.public)
-                        .bind(&reg.follow_key.as_bytes()[..])
-                        .bind(now_ms)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    Some((key,)) if key[..] != reg.follow_key.as_bytes()[..] => {
+                let mut created_at = now_ms;
+                let replaced = match &held {
+                    Some((key, _)) if key[..] == reg.follow_key.as_bytes()[..] => false,
+                    Some(_) if !reg.thread.is_bound_to(&reg.follow_key) => {
                         return Err($crate::StoreError::Conflict("follow_key_mismatch"));
                     }
-                    Some(_) => {
-                        sqlx::query("UPDATE threads SET public = $2 WHERE id = $1")
-                            .bind(thread)
-                            .bind(reg.public)
-                            .execute(&mut *tx)
-                            .await?;
+                    // The ID names this registration's key: the one stored is a squatter's.
+                    // Its logs, records and deliveries go, its webhooks by cascade.
+                    Some((_, squatted_at)) => {
+                        for table in ["records", "forks", "deliveries", "logs", "threads"] {
+                            let column = if table == "threads" { "id" } else { "thread_id" };
+                            sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1"))
+                                .bind(thread)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        // A new incarnation, so cursors into the squatter's restart.
+                        created_at = created_at.max(squatted_at + 1);
+                        true
                     }
+                    None => false,
+                };
+                if held.is_some() && !replaced {
+                    sqlx::query("UPDATE threads SET public = $2 WHERE id = $1")
+                        .bind(thread)
+                        .bind(reg.public)
+                        .execute(&mut *tx)
+                        .await?;
+                } else {
+                    sqlx::query(
+                        "INSERT INTO threads (id, public, follow_key, created_at) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(thread)
+                    .bind(reg.public)
+                    .bind(&reg.follow_key.as_bytes()[..])
+                    .bind(created_at)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 let addrs = serde_json::to_string(&reg.addrs).expect("strings serialize");
                 let updated = sqlx::query("UPDATE logs SET addrs = $3, addrs_at = $4 WHERE thread_id = $1 AND log_id = $2")
@@ -63,7 +79,11 @@ macro_rules! impl_store {
                     .await?;
                 }
                 tx.commit().await?;
-                Ok(if updated == 0 { Registered::Created } else { Registered::Updated })
+                Ok(match (replaced, updated) {
+                    (true, _) => Registered::Replaced,
+                    (false, 0) => Registered::Created,
+                    (false, _) => Registered::Updated,
+                })
             }
 
             async fn unregister_log(
