@@ -26,6 +26,7 @@ pub mod access;
 pub mod commit;
 pub mod deliveries;
 pub mod error;
+pub mod gauges;
 pub mod live;
 pub mod owners;
 pub mod push;

@@ -118,6 +118,9 @@ pub fn verdict_status(verdict: &Verdict) -> Option<StatusCode> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            metrics::counter!("threads_server_errors_total", "code" => self.code).increment(1);
+        }
         let mut response = (
             self.status,
             Json(json!({"code": self.code, "detail": self.detail})),

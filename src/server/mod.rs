@@ -14,11 +14,12 @@ pub mod error;
 mod listener;
 pub mod ops;
 pub mod p2p;
+pub mod telemetry;
 pub mod v1;
 mod web;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
@@ -27,7 +28,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -64,18 +65,6 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The process-wide Prometheus recorder (a recorder can be installed once per process).
-fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            PrometheusBuilder::new()
-                .install_recorder()
-                .expect("no other metrics recorder is installed")
-        })
-        .clone()
-}
-
 impl AppState {
     /// Starts the libp2p host (unless `p2p.listen` is empty), opens the follower's core and
     /// prepares the transports' shared state.
@@ -96,7 +85,7 @@ impl AppState {
             p2p,
             ws_slots,
             follower,
-            metrics: metrics_handle(),
+            metrics: telemetry::handle(),
             limiter,
             feeds: Default::default(),
         })))

@@ -359,12 +359,26 @@ async fn take_gossip(state: &AppState, peer: PeerId, id: MessageId, topic: &str,
 async fn replicate(state: AppState, replica: Arc<Replica>) {
     let interval = Duration::from_secs(state.config().p2p.sync_interval_secs);
     let shutdown = state.follower.shutdown().clone();
+    // Nothing is owed from before this process started: a replica that never syncs raises
+    // the alert as one that stopped would.
+    let started = crate::follower::now_ms() as f64 / 1000.0;
+    let thread = replica.thread.to_string();
+    metrics::gauge!("threads_replication_last_success_timestamp_seconds", "thread" => thread.clone())
+        .set(started);
     loop {
         match sync(&state, &replica).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(thread = %replica.thread, records = n, "replicated"),
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(%thread, records = n, "replicated");
+                }
+                let now = crate::follower::now_ms() as f64 / 1000.0;
+                metrics::gauge!("threads_replication_last_success_timestamp_seconds", "thread" => thread.clone())
+                    .set(now);
+            }
             Err(error) => {
-                tracing::warn!(thread = %replica.thread, error = format!("{error:#}"), "replication failed")
+                tracing::warn!(%thread, error = format!("{error:#}"), "replication failed");
+                metrics::counter!("threads_replication_failures_total", "thread" => thread.clone())
+                    .increment(1);
             }
         }
         tokio::select! {

@@ -691,3 +691,68 @@ async fn secrets_are_sealed_at_rest_under_the_operators_key() {
     let (status, _) = manage(&plain, reqwest::Method::GET, &id, "", &rotated).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+crate::push_pull::on_both_backends!(the_webhook_queue_is_on_the_metrics);
+/// What the operator's alerts watch: records waiting for enabled webhooks (here, behind a
+/// receiver that takes the connection and never answers) and webhooks disabled for failing.
+async fn the_webhook_queue_is_on_the_metrics(backend: Backend) {
+    let env = [
+        ("THREADS_WEBHOOKS__ALLOW_PRIVATE_ADDRESSES", "true"),
+        ("THREADS_WEBHOOKS__TIMEOUT_SECS", "60"),
+        ("THREADS_WEBHOOKS__DISABLE_AFTER_FAILURES", "1"),
+        ("THREADS_WEBHOOKS__RETRY_BASE_MS", "60000"),
+    ];
+    let server = Server::start_with(backend, &env).await;
+    let gauge = |metrics: &str, name: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} is not in {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let until = |name: &'static str, want: f64| {
+        let server = &server;
+        async move {
+            for _ in 0..300 {
+                if gauge(&server.metrics().await, name) == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("{name} never reached {want}: {}", server.metrics().await);
+        }
+    };
+    let metrics = server.metrics().await;
+    assert_eq!(gauge(&metrics, "threads_database_up"), 1.0);
+    assert_eq!(gauge(&metrics, "threads_webhook_backlog_records"), 0.0);
+    assert_eq!(gauge(&metrics, "threads_webhooks_disabled"), 0.0);
+
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/hook", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut slow = TestLog::new();
+    server.register(&slow, true).await;
+    subscribe(&server, &slow, &silent_url).await;
+    let records: Vec<_> = (0..3).map(|_| slow.next(10)).collect();
+    let batch: Vec<_> = records.iter().map(|r| (&slow, r)).collect();
+    assert_eq!(server.push(&batch).await.0, StatusCode::OK);
+    until("threads_webhook_backlog_records", 3.0).await;
+
+    let failing = Receiver::start(vec![(500, None)]).await;
+    let mut other = TestLog::new();
+    server.register(&other, true).await;
+    subscribe(&server, &other, &failing.url).await;
+    let record = other.next(10);
+    server.push(&[(&other, &record)]).await;
+    until("threads_webhooks_disabled", 1.0).await;
+    // The disabled webhook's retry is paused: not the workers' backlog.
+    assert_eq!(
+        gauge(&server.metrics().await, "threads_webhook_backlog_records"),
+        3.0
+    );
+}

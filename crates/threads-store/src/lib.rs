@@ -138,6 +138,8 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// Threads with an enabled webhook: those whose new records there is work for.
     async fn webhook_threads(&self) -> Result<Vec<ThreadId>>;
     async fn delete_webhook(&self, id: &str) -> Result<()>;
+    /// What an operator watches: work waiting for webhooks, and webhooks disabled.
+    async fn webhook_gauges(&self) -> Result<WebhookGauges>;
     /// Replaces a webhook's secret.
     async fn set_webhook_secret(&self, id: &str, secret: &str) -> Result<()>;
     /// Re-enables a disabled webhook (failures start again from zero); its paused deliveries

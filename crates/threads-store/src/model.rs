@@ -159,6 +159,15 @@ pub struct Webhook {
     pub cursor: u64,
 }
 
+/// The webhook queue at a glance, across every process sharing the database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WebhookGauges {
+    /// Records past enabled webhooks' cursors, plus deliveries waiting for a retry (an upper
+    /// bound: a webhook on one log counts the records of the thread's other logs too).
+    pub backlog_records: u64,
+    pub disabled: u64,
+}
+
 /// A webhook's cursor taken by a worker: the records after `webhook.cursor`, up to the
 /// thread's `seq` when claimed, are this worker's to send until `leased_until`.
 #[derive(Debug, Clone)]

@@ -46,6 +46,25 @@ macro_rules! impl_webhook_store {
                 rows.iter().map(|(id,)| $crate::sql::rows::thread_id(id)).collect()
             }
 
+            async fn webhook_gauges(&self) -> $crate::Result<$crate::model::WebhookGauges> {
+                let (behind, disabled): (i64, i64) = sqlx::query_as(
+                    "SELECT \
+                       CAST(COALESCE(SUM(CASE WHEN w.disabled_at IS NULL THEN t.seq - w.cursor_seq ELSE 0 END), 0) AS BIGINT), \
+                       CAST(COALESCE(SUM(CASE WHEN w.disabled_at IS NULL THEN 0 ELSE 1 END), 0) AS BIGINT) \
+                     FROM webhooks w JOIN threads t ON t.id = w.thread_id",
+                )
+                .fetch_one(&self.read)
+                .await?;
+                let (retrying,): (i64,) =
+                    sqlx::query_as("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'")
+                        .fetch_one(&self.read)
+                        .await?;
+                Ok($crate::model::WebhookGauges {
+                    backlog_records: (behind.max(0) + retrying) as u64,
+                    disabled: disabled as u64,
+                })
+            }
+
             async fn delete_webhook(&self, id: &str) -> $crate::Result<()> {
                 // Its deliveries and their attempts go by cascade (both backends enforce
                 // foreign keys).
