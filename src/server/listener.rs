@@ -98,6 +98,11 @@ pub async fn serve(
             tokio::spawn(refuse(stream));
             continue;
         };
+        // Each WebSocket message is its own small write: with Nagle's algorithm one sent
+        // right after another waits for the peer's delayed ACK (up to 40 ms on Linux).
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "setting TCP_NODELAY failed");
+        }
         let service = TowerToHyperService::new(app.clone().layer(Extension(ConnectInfo(peer))));
         let connection = http
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
