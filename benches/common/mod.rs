@@ -1,4 +1,5 @@
-//! What the benchmarks share: a release `threads serve` of their own.
+//! What the benchmarks share: a release `threads serve` of their own (or the one
+//! `THREADS_BENCH_BIN` names).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -35,7 +36,9 @@ async fn launch(
     env: &[(&str, &str)],
     p2p_listen: &str,
 ) -> (Child, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_threads"));
+    // Another build of the server can be measured under the same benchmark (before/after).
+    let bin = std::env::var_os("THREADS_BENCH_BIN").unwrap_or(env!("CARGO_BIN_EXE_threads").into());
+    let mut cmd = Command::new(bin);
     cmd.args([
         "serve",
         "--listen",
