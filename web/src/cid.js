@@ -1,6 +1,7 @@
 // CIDs: content identifiers of nodes, read exactly (nothing may follow a CID's bytes or text).
 
 import { base58btc, concat, equal, EncodingError, multibaseBase32, multibaseDecode, readVarint, writeVarint } from './bytes.js';
+import { sha256 } from './platform.js';
 
 /** Multicodec of DAG-CBOR, the codec of every record node. */
 export const DAG_CBOR = 0x71;
@@ -82,6 +83,5 @@ const DAG_PB = 0x70;
  * @returns {Promise<CID>}
  */
 export async function cidOf(bytes) {
-  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
-  return CID.v1(DAG_CBOR, digest);
+  return CID.v1(DAG_CBOR, await sha256(bytes));
 }

@@ -13,6 +13,7 @@ import { concat, utf8 } from './bytes.js';
 import { CborError, NOT_CANONICAL, Reader, readMap, Writer } from './cbor.js';
 import { cidOf } from './cid.js';
 import { LogId } from './ids.js';
+import { aesGcmOpen, aesGcmSeal, ed25519Verify } from './platform.js';
 
 export const MAX_RECORD_NODE = 4 * 1024;
 export const MAX_EVENT_NODE = 512;
@@ -157,43 +158,13 @@ function legacyMessage({ block, prev, author }) {
   return prev ? concat(block.bytes, prev.bytes) : author;
 }
 
-// Imported keys, cached by the key's object: a reader passes the same objects each time.
-const aesKeys = new WeakMap();
-const verifyKeys = new WeakMap();
-
-/** @param {Uint8Array | CryptoKey} key */
-async function aesKey(key) {
-  if (!(key instanceof Uint8Array)) return key;
-  let imported = aesKeys.get(key);
-  if (!imported) {
-    imported = crypto.subtle.importKey('raw', key, 'AES-GCM', false, ['encrypt', 'decrypt']);
-    aesKeys.set(key, imported);
-  }
-  return imported;
-}
-
-/** A log's verifying key, imported once per LogId object. @param {LogId} log */
-function verifyKey(log) {
-  let imported = verifyKeys.get(log);
-  if (!imported) {
-    imported = crypto.subtle.importKey('raw', log.publicKey, { name: 'Ed25519' }, false, ['verify']);
-    verifyKeys.set(log, imported);
-  }
-  return imported;
-}
-
 /** Opens AES-256-GCM `nonce || ciphertext || tag`. */
 async function open(node, key, sealed) {
   if (sealed.length < NONCE_LEN + TAG_LEN) {
     throw new RecordError('decrypt_failed', `${node} node cannot be opened: ciphertext is ${sealed.length} bytes, shorter than its nonce and tag`, node);
   }
   try {
-    const plain = await crypto.subtle.decrypt(
-      { name: 'AES-GCM', iv: sealed.subarray(0, NONCE_LEN) },
-      await aesKey(key),
-      sealed.subarray(NONCE_LEN),
-    );
-    return new Uint8Array(plain);
+    return await aesGcmOpen(key, sealed.subarray(0, NONCE_LEN), sealed.subarray(NONCE_LEN));
   } catch {
     throw new RecordError('decrypt_failed', `${node} node cannot be opened: wrong key or tampered ciphertext`, node);
   }
@@ -202,8 +173,7 @@ async function open(node, key, sealed) {
 /** Seals with AES-256-GCM under a fresh random nonce. */
 async function seal(key, plaintext) {
   const nonce = crypto.getRandomValues(new Uint8Array(NONCE_LEN));
-  const sealed = await crypto.subtle.encrypt({ name: 'AES-GCM', iv: nonce }, await aesKey(key), plaintext);
-  return concat(nonce, new Uint8Array(sealed));
+  return concat(nonce, await aesGcmSeal(key, nonce, plaintext));
 }
 
 /**
@@ -237,8 +207,7 @@ export async function verifyRecord(nodes, follow, log, options = {}) {
   if (!links.body.equals(bodyCid)) throw new RecordError('bad_link', 'the body link does not match the body node', null, 'body');
   if (envelope.sig.length !== 64) throw new RecordError('bad_signature', `signature is not 64 bytes long (${envelope.sig.length})`);
 
-  const key = await verifyKey(log);
-  const check = (message) => crypto.subtle.verify({ name: 'Ed25519' }, key, envelope.sig, message);
+  const check = (message) => ed25519Verify(log, log.publicKey, envelope.sig, message);
   let rule;
   if (await check(signedMessage(envelope.block, envelope.prev, envelope.author))) {
     rule = 'current';
