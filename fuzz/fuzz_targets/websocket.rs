@@ -24,6 +24,8 @@ use tokio_tungstenite::tungstenite::Message;
 const BACKLOG: usize = 60;
 /// Frames sent per run, at most.
 const MAX_FRAMES: usize = 300;
+/// The thread of the last message, whose answer closes a run.
+const LAST: &str = "last";
 /// How long the last message's answer may take.
 const ANSWER_WITHIN: Duration = Duration::from_secs(20);
 
@@ -191,18 +193,20 @@ impl Server {
     }
 
     /// Sends every frame and a last unsubscribe, reading all the while; returns the answers
-    /// (every message but records), in the order they came.
+    /// (every message but records), in the order they came, once there is one per message
+    /// sent (pings aside). Fewer within [`ANSWER_WITHIN`] is a failure.
     async fn run(&self, frames: &[Frame]) -> Vec<Value> {
         let (socket, _) = tokio_tungstenite::connect_async_with_config(&self.ws_url, None, true)
             .await
             .expect("the server takes a connection");
         let (mut sink, mut stream) = socket.split();
         let messages: Vec<Message> = frames.iter().map(|f| self.message(f)).collect();
+        let expected = 1 + messages.iter().filter(|m| !m.is_ping()).count();
         let send = async move {
             for message in messages {
                 sink.send(message).await.expect("the server reads on");
             }
-            let last = json!({"type": "unsubscribe", "thread": "last"});
+            let last = json!({"type": "unsubscribe", "thread": LAST});
             sink.send(Message::Text(last.to_string().into()))
                 .await
                 .expect("the server reads on");
@@ -210,7 +214,7 @@ impl Server {
         };
         let read = async move {
             let mut answers = Vec::new();
-            loop {
+            while answers.len() < expected {
                 let message = tokio::time::timeout(ANSWER_WITHIN, stream.next())
                     .await
                     .expect("the handler stopped answering")
@@ -220,15 +224,11 @@ impl Server {
                     continue;
                 };
                 let value: Value = serde_json::from_str(&text).expect("the server sends JSON");
-                if value["type"] == "record" {
-                    continue;
-                }
-                let last = value["type"] == "unsubscribed" && value["thread"] == "last";
-                answers.push(value);
-                if last {
-                    return answers;
+                if value["type"] != "record" {
+                    answers.push(value);
                 }
             }
+            answers
         };
         let (_sink, answers) = tokio::join!(send, read);
         answers
@@ -245,7 +245,12 @@ fuzz_target!(|frames: Vec<Frame>| {
         .iter()
         .filter(|f| !matches!(f, Frame::Ping(_)))
         .collect();
-    assert_eq!(answers.len(), asked.len() + 1, "{answers:?}");
+    let last = answers.last().expect("the last message was answered");
+    assert_eq!(
+        (&last["type"], &last["thread"]),
+        (&json!("unsubscribed"), &json!(LAST)),
+        "{answers:?}"
+    );
     for (frame, answer) in asked.iter().zip(&answers) {
         if let Frame::Unsubscribe { thread } = frame {
             assert_eq!(answer["type"], "unsubscribed", "{answer}");
