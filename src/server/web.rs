@@ -27,6 +27,7 @@ const FILES: &[(&str, &str)] = embedded![
     "src/bytes.js",
     "src/cbor.js",
     "src/cid.js",
+    "src/platform.js",
     "src/ids.js",
     "src/link.js",
     "src/record.js",
@@ -76,4 +77,23 @@ fn file(path: &str) -> Response {
     // Small files that change with the binary: always revalidated, never stale after an upgrade.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    /// A module left out of the list would be a 404 the page cannot get past.
+    #[test]
+    fn every_module_of_the_client_is_served() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/web/src");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name.ends_with(".js") {
+                let path = format!("src/{name}");
+                assert!(
+                    super::FILES.iter().any(|(p, _)| *p == path),
+                    "{path} is not in FILES"
+                );
+            }
+        }
+    }
 }
