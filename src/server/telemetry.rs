@@ -39,102 +39,49 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
-fn describe() {
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric: its kind, name, unit and help text.
+#[rustfmt::skip]
+const CATALOG: &[(Kind, &str, Unit, &str)] = {
+    use Kind::{Counter, Gauge, Histogram};
     use Unit::{Bytes, Count, Seconds};
-    let counters = [
-        (
-            "threads_records_ingested_total",
-            Count,
-            "Records stored (new, not duplicates).",
-        ),
-        (
-            "threads_records_duplicate_total",
-            Count,
-            "Pushed records already stored.",
-        ),
-        (
-            "threads_records_rejected_total",
-            Count,
-            "Pushed records refused, by reason (the push answer's code).",
-        ),
-        (
-            "threads_ingested_bytes_total",
-            Bytes,
-            "Bytes of the records stored.",
-        ),
-        (
-            "threads_pushes_busy_total",
-            Count,
-            "Pushes answered 503 busy: the commit queue was full.",
-        ),
-        (
-            "threads_cars_decoded_total",
-            Count,
-            "CARs decoded, by origin (writer, gossip, replica).",
-        ),
-        (
-            "threads_gossip_received_total",
-            Count,
-            "Gossip messages received, by verdict.",
-        ),
-        (
-            "threads_gossip_skipped_total",
-            Count,
-            "Gossip messages not taken in (thread not held here).",
-        ),
-        (
-            "threads_connections_refused_total",
-            Count,
-            "Connections closed at once: a client address held too many.",
-        ),
-        (
-            "threads_server_errors_total",
-            Count,
-            "Answers with a 5xx status, by error code.",
-        ),
-        (
-            "threads_webhook_deliveries_total",
-            Count,
-            "Webhook delivery attempts, by outcome.",
-        ),
-        (
-            "threads_replication_failures_total",
-            Count,
-            "Failed comparisons with a replicated thread's source, by thread.",
-        ),
-    ];
-    for (name, unit, help) in counters {
-        describe_counter!(name, unit, help);
-    }
-    let gauges = [
-        ("threads_ws_connections", Count, "Open WebSocket connections."),
-        ("threads_sse_connections", Count, "Open Server-Sent Events streams."),
-        ("threads_database_up", Count, "1 when the database answered at this scrape (within 3 s), else 0."),
-        ("threads_webhook_backlog_records", Count, "Records waiting for enabled webhooks, and deliveries waiting for a retry (the whole database)."),
-        ("threads_webhooks_disabled", Count, "Webhooks disabled after failing (the whole database)."),
-        ("threads_replication_last_success_timestamp_seconds", Seconds, "When a replicated thread last compared equal with, or caught up to, its source (the process's start before that), by thread."),
-    ];
-    for (name, unit, help) in gauges {
-        describe_gauge!(name, unit, help);
-    }
-    let histograms = [
-        (
-            "threads_push_seconds",
-            Seconds,
-            "Time to answer a push, from its request to its records durable.",
-        ),
-        (
-            "threads_push_lag_seconds",
-            Seconds,
-            "Time from a record's arrival to its sending to a live subscriber.",
-        ),
-        (
-            "threads_commit_group_pushes",
-            Count,
-            "Pushes committed together in one transaction.",
-        ),
-    ];
-    for (name, unit, help) in histograms {
-        describe_histogram!(name, unit, help);
+    &[
+        (Counter, "threads_records_ingested_total", Count, "Records stored (new, not duplicates)."),
+        (Counter, "threads_records_duplicate_total", Count, "Pushed records already stored."),
+        (Counter, "threads_records_rejected_total", Count, "Pushed records refused, by reason (the push answer's code)."),
+        (Counter, "threads_ingested_bytes_total", Bytes, "Bytes of the records stored."),
+        (Counter, "threads_pushes_busy_total", Count, "Pushes answered 503 busy: the commit queue was full."),
+        (Counter, "threads_cars_decoded_total", Count, "CARs decoded, by origin (writer, gossip, replica)."),
+        (Counter, "threads_gossip_received_total", Count, "Gossip messages received, by verdict."),
+        (Counter, "threads_gossip_skipped_total", Count, "Gossip messages not taken in (thread not held here)."),
+        (Counter, "threads_connections_refused_total", Count, "Connections closed at once: a client address held too many."),
+        (Counter, "threads_server_errors_total", Count, "Answers with a 5xx status, by error code."),
+        (Counter, "threads_webhook_deliveries_total", Count, "Webhook delivery attempts, by outcome."),
+        (Counter, "threads_replication_failures_total", Count, "Failed comparisons with a replicated thread's source, by thread."),
+        (Gauge, "threads_ws_connections", Count, "Open WebSocket connections."),
+        (Gauge, "threads_sse_connections", Count, "Open Server-Sent Events streams."),
+        (Gauge, "threads_database_up", Count, "1 when the database answered at this scrape (within 3 s), else 0."),
+        (Gauge, "threads_webhook_backlog_records", Count, "Records waiting for enabled webhooks, and deliveries waiting for a retry (the whole database)."),
+        (Gauge, "threads_webhooks_disabled", Count, "Webhooks disabled after failing (the whole database)."),
+        (Gauge, "threads_replication_last_success_timestamp_seconds", Seconds, "When a replicated thread last compared equal with, or caught up to, its source (the process's start before that), by thread."),
+        (Histogram, "threads_push_seconds", Seconds, "Time to answer a push, from its request to its records durable."),
+        (Histogram, "threads_push_lag_seconds", Seconds, "Time from a record's arrival to its sending to a live subscriber."),
+        (Histogram, "threads_commit_group_pushes", Count, "Pushes committed together in one transaction."),
+    ]
+};
+
+fn describe() {
+    for &(kind, name, unit, help) in CATALOG {
+        match kind {
+            Kind::Counter => describe_counter!(name, unit, help),
+            Kind::Gauge => describe_gauge!(name, unit, help),
+            Kind::Histogram => describe_histogram!(name, unit, help),
+        }
     }
 }
