@@ -437,6 +437,19 @@ async fn replicates(public: bool) {
     // The thread at B is as public or private as at A.
     let status = b.get(&format!("/v1/threads/{}", log.thread)).await.0;
     assert_eq!(status, if public { 200 } else { 401 });
+    // The operator's alert sees when B last compared with A: no later than now.
+    let metrics = b.metrics().await;
+    let series = format!(
+        "threads_replication_last_success_timestamp_seconds{{thread=\"{}\"}} ",
+        log.thread
+    );
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with(&series))
+        .unwrap_or_else(|| panic!("no {series} in {metrics}"));
+    let synced: f64 = line[series.len()..].parse().unwrap();
+    let now = crate::harness::now_ms() as f64 / 1000.0;
+    assert!(synced > now - 60.0 && synced <= now, "{line}");
 }
 
 #[tokio::test]
