@@ -1,9 +1,12 @@
 //! Backups an operator takes while the server runs (docs/operations.md), restored into a fresh
 //! server: every record comes back, each verifying and continuing its log's chain.
 
+use std::collections::HashSet;
+
 use reqwest::StatusCode;
 use sqlx::{Connection, SqliteConnection};
-use threads_core::{Head, SignaturePolicy, UnverifiedRecord, VerifiedRecord};
+use threads_client::follower::WireRecord;
+use threads_core::{Head, SignaturePolicy, VerifiedRecord};
 use tokio::process::Command;
 
 use crate::harness::{pull_all, Backend, Server};
@@ -34,19 +37,10 @@ async fn check_restored(server: &Server, logs: [&TestLog; 2], written: &[Verifie
     for log in logs {
         let mut head: Option<Head> = None;
         for r in records.iter().filter(|r| r["log"] == log.id.to_string()) {
-            let node = |k: &str| {
-                use base64::Engine;
-                base64::engine::general_purpose::STANDARD
-                    .decode(r[k].as_str().unwrap())
-                    .unwrap()
-            };
-            let blocks = UnverifiedRecord {
-                record: node("record"),
-                event: node("event"),
-                header: node("header"),
-                body: node("body"),
-            };
-            let verified = blocks
+            let wire: WireRecord = serde_json::from_value(r.clone()).unwrap();
+            let verified = wire
+                .blocks()
+                .unwrap()
                 .verify(log.keys.service(), &log.id, SignaturePolicy::CurrentOnly)
                 .unwrap();
             head = Some(Head::advance(head.as_ref(), &verified).unwrap());
@@ -54,8 +48,22 @@ async fn check_restored(server: &Server, logs: [&TestLog; 2], written: &[Verifie
         }
         assert_eq!(head.unwrap().counter, PER_LOG as u64);
     }
-    let cids: std::collections::HashSet<_> = written.iter().map(|r| r.cid()).collect();
-    assert_eq!(cids.len(), written.len());
+    let restored: HashSet<String> = records
+        .iter()
+        .map(|r| r["cid"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: HashSet<String> = written.iter().map(|r| r.cid().to_string()).collect();
+    assert_eq!(restored, expected);
+}
+
+/// Runs one of Postgres' tools; it must succeed.
+async fn run(command: &mut Command) {
+    let out = command.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -87,31 +95,17 @@ async fn a_pg_dump_taken_while_serving_restores_into_a_fresh_database() {
     let dump = tempfile::tempdir().unwrap();
     let file = dump.path().join("threads.dump");
     let source = server.database_url.clone().unwrap();
-    let out = Command::new("pg_dump")
+    run(Command::new("pg_dump")
         .args(["--format=custom", "--file"])
         .arg(&file)
-        .arg(&source)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(&source))
+    .await;
     drop(server);
     let target = fresh_postgres_database().await;
-    let out = Command::new("pg_restore")
+    run(Command::new("pg_restore")
         .args(["--no-owner", "--exit-on-error", "--dbname", &target])
-        .arg(&file)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(&file))
+    .await;
     let data = tempfile::tempdir().unwrap();
     let restored = Server::launch(Some(target), data.path(), &[]).await;
     check_restored(&restored, [&a, &b], &written).await;
