@@ -75,16 +75,17 @@ test('a wrong pull token and a refused push are clear errors', async () => {
 
 test('a push whose answer is lost is sent again, and the log does not fork', async () => {
   const server = await startServer();
-  let loseNext = false;
-  // The request reaches the server; its answer does not reach the writer.
+  let loseNext = null;
+  // The request reaches the server; its answer does not reach the writer: the connection is
+  // reset, or a proxy answers 502 in its place.
   const lossy = async (url, init) => {
     const response = await fetch(url, init);
-    if (loseNext && url.endsWith('/v1/records')) {
-      loseNext = false;
-      await response.text();
-      throw new TypeError('the connection was reset');
-    }
-    return response;
+    const lose = url.endsWith('/v1/records') && loseNext;
+    loseNext = null;
+    if (!lose) return response;
+    await response.text();
+    if (lose === 'reset') throw new TypeError('the connection was reset');
+    return new Response(JSON.stringify({ code: 'bad_gateway', detail: 'upstream went away' }), { status: 502 });
   };
   const link = {
     thread: new ThreadId(Uint8Array.of(1, 0x55, ...random(32))),
@@ -95,13 +96,17 @@ test('a push whose answer is lost is sent again, and the log does not fork', asy
   const store = memoryStore();
   const writer = await ThreadWriter.open(new Follower(server.url, { fetch: lossy }), link, store);
   await writer.write({ n: 1 });
-  loseNext = true;
+  loseNext = 'reset';
   await assert.rejects(writer.write({ n: 2 }), /reset/);
   // A fresh writer on the same store (a reload) finds the record it could not confirm.
-  const again = await ThreadWriter.open(new Follower(server.url), link, store);
+  const again = await ThreadWriter.open(new Follower(server.url, { fetch: lossy }), link, store);
   assert.equal((await again.write({ n: 3 })).counter, 3);
+  // A server error may come after the commit: the record is kept and sent again too.
+  loseNext = 'error';
+  await assert.rejects(again.write({ n: 4 }), (e) => e.status === 502);
+  assert.equal((await again.write({ n: 5 })).counter, 5);
   const entries = [];
   for await (const page of new ThreadReader(new Follower(server.url), link).catchUp()) entries.push(...page);
-  assert.deepEqual(entries.map((e) => [e.error, e.value?.n]), [[null, 1], [null, 2], [null, 3]]);
+  assert.deepEqual(entries.map((e) => [e.error, e.value?.n]), [[null, 1], [null, 2], [null, 3], [null, 4], [null, 5]]);
   await server.stop();
 });

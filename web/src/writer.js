@@ -140,8 +140,9 @@ export class ThreadWriter {
       const answer = await this.follower.push([{ thread: this.thread, log: this.log.toString(), nodes: pending.nodes }]);
       result = answer.results[0];
     } catch (e) {
-      // No answer: keep the record for the next attempt. A refusal: it will never be stored.
-      if (e instanceof ApiError) await this.settle(null);
+      // A refusal (4xx): it will never be stored. No answer, or a server error (which may
+      // come after the commit): keep it, and send it again before anything follows it.
+      if (e instanceof ApiError && e.status < 500) await this.settle(null);
       throw e;
     }
     if (result.outcome !== 'accepted' && result.outcome !== 'duplicate') {
