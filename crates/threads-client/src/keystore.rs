@@ -1,16 +1,19 @@
 //! Keys on disk: one identity, and per thread its key set, this peer's own log key, and the
 //! followers it pushes to. Files and the directory are readable by the owner only; secrets are
-//! written as multibase text and never printed unless the user asks (`share`).
+//! written as multibase text and never printed unless the user asks (`share`). With main keys
+//! ([`Keystore::open_sealed`]) every file is sealed at rest as [`crate::at_rest`] describes.
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use rand_core::OsRng;
 use serde::{Deserialize, Serialize};
 use threads_core::{Keypair, LogId, ReadKey, ThreadId, ThreadKey};
 
+use crate::at_rest::{self, MainKeys};
 use crate::{Error, Result};
 
 /// What this peer knows of one thread.
@@ -96,11 +99,28 @@ struct ThreadFile {
 #[derive(Debug, Clone)]
 pub struct Keystore {
     dir: PathBuf,
+    main: Option<MainKeys>,
+    /// Held while an entry is read, changed and written back, so two changes (a cursor moved,
+    /// a read key adopted) never overwrite each other.
+    updating: Arc<Mutex<()>>,
 }
 
+const IDENTITY: &str = "identity.key";
+
 impl Keystore {
-    /// Opens (creating if needed, owner-only) the keystore in `dir`.
+    /// Opens (creating if needed, owner-only) the keystore in `dir`; files are kept in clear.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, None)
+    }
+
+    /// Opens the keystore in `dir` with every file sealed under the current main key. Files
+    /// still in clear, or sealed under an earlier main key, open; [`Keystore::seal_all`]
+    /// seals them again.
+    pub fn open_sealed(dir: &Path, keys: MainKeys) -> Result<Self> {
+        Self::open_with(dir, Some(keys))
+    }
+
+    fn open_with(dir: &Path, main: Option<MainKeys>) -> Result<Self> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -108,23 +128,76 @@ impl Keystore {
             .map_err(|e| Error::io(dir, e))?;
         Ok(Self {
             dir: dir.to_owned(),
+            main,
+            updating: Arc::default(),
         })
+    }
+
+    /// Reads a file, opening it if it is sealed; `None` when there is none.
+    fn read(&self, path: &Path) -> Result<Option<at_rest::Contents>> {
+        match fs::read(path) {
+            Ok(bytes) => {
+                at_rest::read(bytes, self.main.as_ref(), &path.display().to_string()).map(Some)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    /// Writes a file whole (then renames it into place, so a crash never leaves half a key
+    /// file), sealed when the keystore has a main key.
+    fn write(&self, path: &Path, plain: &[u8]) -> Result<()> {
+        let tmp = path.with_extension("tmp");
+        write_private(&tmp, &at_rest::write(plain, self.main.as_ref()))?;
+        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    }
+
+    /// Seals every file that is in clear or sealed under an earlier main key, under the
+    /// current one. Returns how many were rewritten. Refuses (changing nothing more) at the
+    /// first file no given key opens.
+    pub fn seal_all(&self) -> Result<usize> {
+        let Some(keys) = &self.main else {
+            return Ok(0);
+        };
+        let _updating = self.updating.lock().expect("no panics while held");
+        let mut files = vec![self.dir.join(IDENTITY)];
+        let threads = self.dir.join("threads");
+        for item in fs::read_dir(&threads).map_err(|e| Error::io(&threads, e))? {
+            let path = item.map_err(|e| Error::io(&threads, e))?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                files.push(path);
+            }
+        }
+        let mut resealed = 0;
+        for path in files {
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(&path, e)),
+            };
+            if let Some(bytes) = at_rest::reseal(bytes, keys, &path.display().to_string())? {
+                let tmp = path.with_extension("tmp");
+                write_private(&tmp, &bytes)?;
+                fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+                resealed += 1;
+            }
+        }
+        Ok(resealed)
     }
 
     /// This peer's identity: made on first use.
     pub fn identity(&self) -> Result<Keypair> {
-        let path = self.dir.join("identity.key");
-        match fs::read_to_string(&path) {
-            Ok(text) => text
-                .trim()
-                .parse()
+        let path = self.dir.join(IDENTITY);
+        match self.read(&path)? {
+            Some(contents) => std::str::from_utf8(contents.plain())
+                .map_err(|e| e.to_string())
+                .and_then(|text| text.trim().parse().map_err(|e| format!("{e}")))
                 .map_err(|e| Error::Keystore(format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            None => {
                 let pair = Keypair::generate(&mut OsRng);
-                write_private(&path, pair.to_multibase().as_bytes())?;
+                self.write(&path, pair.to_multibase().as_bytes())?;
                 Ok(pair)
             }
-            Err(e) => Err(Error::io(&path, e)),
         }
     }
 
@@ -134,15 +207,11 @@ impl Keystore {
 
     pub fn thread(&self, thread: &ThreadId) -> Result<ThreadEntry> {
         let path = self.thread_path(thread);
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::UnknownThread(thread.to_string()))
-            }
-            Err(e) => return Err(Error::io(&path, e)),
-        };
+        let contents = self
+            .read(&path)?
+            .ok_or_else(|| Error::UnknownThread(thread.to_string()))?;
         let bad = |what: &str| Error::Keystore(format!("{}: bad {what}", path.display()));
-        let file: ThreadFile = serde_json::from_str(&text).map_err(|_| bad("file"))?;
+        let file: ThreadFile = serde_json::from_slice(contents.plain()).map_err(|_| bad("file"))?;
         Ok(ThreadEntry {
             thread: file.thread.parse().map_err(|_| bad("thread ID"))?,
             key: file.key.parse().map_err(|_| bad("thread key"))?,
@@ -191,12 +260,42 @@ impl Keystore {
             followers: entry.followers.clone(),
             allow_legacy_signatures: entry.allow_legacy_signatures,
         };
-        let text = serde_json::to_string_pretty(&file).expect("strings serialize");
-        let path = self.thread_path(&entry.thread);
-        // Write then rename, so a crash never leaves half a key file.
-        let tmp = path.with_extension("json.tmp");
-        write_private(&tmp, text.as_bytes())?;
-        fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+        let text = zeroize::Zeroizing::new(
+            serde_json::to_string_pretty(&file).expect("strings serialize"),
+        );
+        self.write(&self.thread_path(&entry.thread), text.as_bytes())
+    }
+
+    /// Reads a thread's entry, changes it and writes it back, with no other change between.
+    pub fn update<R>(
+        &self,
+        thread: &ThreadId,
+        change: impl FnOnce(&mut ThreadEntry) -> R,
+    ) -> Result<R> {
+        let _updating = self.updating.lock().expect("no panics while held");
+        let mut entry = self.thread(thread)?;
+        let answer = change(&mut entry);
+        self.save(&entry)?;
+        Ok(answer)
+    }
+
+    /// Remembers how far the thread was pulled from the follower at `url`.
+    pub fn save_cursor(&self, thread: &ThreadId, url: &str, cursor: &str) -> Result<()> {
+        self.update(thread, |entry| {
+            if let Some(f) = entry.followers.iter_mut().find(|f| f.url == url) {
+                f.cursor = cursor.to_owned();
+            }
+        })
+    }
+
+    /// Forgets a thread: its keys file is deleted.
+    pub fn remove(&self, thread: &ThreadId) -> Result<()> {
+        let _updating = self.updating.lock().expect("no panics while held");
+        let path = self.thread_path(thread);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
+            _ => Ok(()),
+        }
     }
 
     /// Every thread this peer knows, in ID order.

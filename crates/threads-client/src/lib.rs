@@ -4,6 +4,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`keystore`] | the identity and each thread's keys, in owner-only files |
+//! | [`at_rest`] | keystore files sealed under an operator's main key |
 //! | [`car`] | records as CAR files, for pages, pushes and exports |
 //! | [`follower`] | an HTTP client of one follower server |
 //! | [`invite`] | sharing a thread: links carrying keys, and invites sealed to an identity |
@@ -23,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod at_rest;
 pub mod car;
 pub mod follower;
 pub mod invite;
@@ -42,6 +44,7 @@ use serde_json::Value;
 use threads_core::{Keypair, LogId, PublicKey, ReadKey, RecordError, ThreadId, ThreadKey, Variant};
 use threads_store::{Registration, SqliteStore, Store, StoreError};
 
+pub use at_rest::{MainKey, MainKeys};
 pub use follower::FollowerClient;
 pub use invite::{Invite, Role};
 pub use keystore::{Follower, Keystore, ThreadEntry};
@@ -149,7 +152,11 @@ pub struct Client {
 impl Client {
     /// Opens the peer kept in `home` (created on first use).
     pub async fn open(home: &Path) -> Result<Self> {
-        let keys = Keystore::open(home)?;
+        Self::open_with(home, Keystore::open(home)?).await
+    }
+
+    /// Opens the peer kept in `home` with its keys in `keys` (e.g. a sealed keystore).
+    pub async fn open_with(home: &Path, keys: Keystore) -> Result<Self> {
         let identity = keys.identity()?;
         let store = Arc::new(SqliteStore::open_file(&home.join("local.db")).await?);
         Ok(Self {
@@ -226,16 +233,22 @@ impl Client {
     /// one, or one a member handed over); the current one is kept to read earlier events.
     /// Returns whether it was new.
     pub fn adopt_read_key(&self, thread: &ThreadId, key: ReadKey) -> Result<bool> {
-        let mut entry = self.keys.thread(thread)?;
-        if entry.read_keys().any(|k| *k == key) {
-            return Ok(false);
-        }
-        if let Some(current) = entry.key.read() {
-            entry.earlier_read_keys.insert(0, current.clone());
-        }
-        entry.key = ThreadKey::new(entry.key.service().clone(), Some(key));
-        self.keys.save(&entry)?;
-        Ok(true)
+        self.keys.update(thread, |entry| {
+            if entry.read_keys().any(|k| *k == key) {
+                return false;
+            }
+            if let Some(current) = entry.key.read() {
+                entry.earlier_read_keys.insert(0, current.clone());
+            }
+            entry.key = ThreadKey::new(entry.key.service().clone(), Some(key));
+            true
+        })
+    }
+
+    /// Forgets a thread: its records leave the local store, then its keys the keystore.
+    pub async fn forget(&self, thread: &ThreadId) -> Result<()> {
+        self.store.delete_thread(thread).await?;
+        self.keys.remove(thread)
     }
 
     /// Opens something sealed to this peer's identity (an invite, a handed-over key).

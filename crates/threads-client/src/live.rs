@@ -150,8 +150,9 @@ impl Client {
                         .ingest(&[item], &Quotas::default(), now_ms())
                         .await?
                         .remove(0);
+                    self.keys
+                        .save_cursor(&thread, &entry.followers[at].url, &cursor)?;
                     entry.followers[at].cursor = cursor;
-                    self.keys.save(entry)?;
                     let Outcome::Accepted { seq, counter } = outcome else {
                         continue;
                     };

@@ -250,7 +250,8 @@ impl Client {
             .await
             .map_err(|e| Error::Protocol(format!("storing stopped: {e}")))??;
         entry.followers[follower].cursor = cursor;
-        self.keys.save(entry)?;
+        let f = &entry.followers[follower];
+        self.keys.save_cursor(&entry.thread, &f.url, &f.cursor)?;
         Ok(fresh)
     }
 }
