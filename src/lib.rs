@@ -4,9 +4,11 @@
 //! |---|---|
 //! | [`follower`] | the follower's core: every operation it offers, whatever the transport |
 //! | [`server`] | the follower's transports: HTTP API, WebSocket push, libp2p, operations endpoints |
+//! | [`bot`] | the bot: a separate process holding read keys it was granted, serving views |
 //! | [`config`] | layered configuration (defaults < file < `THREADS_*` env < flags) |
 //! | [`cli`] | the `threads` subcommands |
 
+pub mod bot;
 pub mod cli;
 pub mod config;
 pub mod follower;

@@ -11,7 +11,7 @@ use threads_client::Client;
 use threads_core::{PublicKey, ThreadId};
 use threads_db::acl::{self, AclDoc};
 use threads_db::{
-    crdt, docs, kv, Action, Config, CrdtStore, Database, DocStore, KvStore, Position, View,
+    crdt, docs, kv, Action, Config, CrdtStore, Database, DocStore, KvStore, Position,
 };
 
 use tokio::sync::broadcast::error::TryRecvError;
@@ -176,15 +176,6 @@ impl Command {
     }
 }
 
-/// The stores every `threads db` database has.
-fn stores() -> Vec<(String, Box<dyn View>)> {
-    vec![
-        (kv::STORE.into(), Box::new(KvStore::default())),
-        (docs::STORE.into(), Box::new(DocStore::default())),
-        (crdt::STORE.into(), Box::new(CrdtStore::default())),
-    ]
-}
-
 pub async fn execute(
     client: Client,
     home: &Path,
@@ -199,7 +190,13 @@ pub async fn execute(
         ..Config::default()
     };
     let client = Arc::new(client);
-    let db = Database::open(client.clone(), thread.clone(), stores(), config).await?;
+    let db = Database::open(
+        client.clone(),
+        thread.clone(),
+        threads_db::standard_stores(),
+        config,
+    )
+    .await?;
     // The event's position, which `delete-event` takes.
     if let Some(after) = db.unreadable_after() {
         eprintln!(

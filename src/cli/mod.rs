@@ -1,5 +1,6 @@
 //! Command-line entry points. Each subcommand is a module.
 
+mod bot;
 mod db;
 mod inspect;
 mod ops;
@@ -32,6 +33,11 @@ enum Command {
     Migrate(ops::Migrate),
     CheckConfig(ops::CheckConfig),
     Inspect(inspect::Args),
+    /// A bot: the trusted reader writers grant threads to, serving their views.
+    Bot {
+        #[command(subcommand)]
+        command: bot::Command,
+    },
     #[command(flatten)]
     Peer(peer::Command),
 }
@@ -44,6 +50,7 @@ impl Cli {
             Command::Migrate(c) => c.run(),
             Command::CheckConfig(c) => c.run(),
             Command::Inspect(args) => inspect::run(args),
+            Command::Bot { command } => bot::run(command, self.peer.json),
             Command::Peer(command) => self.peer.run(command),
         }
     }

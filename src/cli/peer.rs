@@ -23,7 +23,7 @@ pub struct Peer {
     home: Option<PathBuf>,
     /// Print results as JSON (one document per command).
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]

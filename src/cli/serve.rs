@@ -107,7 +107,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
 }
 
 /// Ctrl-C or SIGTERM start a graceful shutdown.
-async fn stop_on_signal(shutdown: CancellationToken) {
+pub(crate) async fn stop_on_signal(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let term = async {

@@ -49,6 +49,11 @@ impl Follower {
         if matches!(payload.action, Action::Subscribe { .. }) {
             return Err(Error::BadAction("send subscribe requests to /v1/webhooks"));
         }
+        if matches!(payload.action, Action::Read { .. }) {
+            return Err(Error::BadAction(
+                "read requests are for a bot: a follower holds no read key",
+            ));
+        }
         if matches!(payload.action, Action::Register { .. })
             && self.config().registration == RegistrationMode::Token
         {
@@ -127,7 +132,7 @@ impl Follower {
                 tracing::info!(%thread, "thread deleted");
                 Ok(OwnerAnswer::ThreadDeleted { thread })
             }
-            Action::Subscribe { .. } => unreachable!("refused above"),
+            Action::Subscribe { .. } | Action::Read { .. } => unreachable!("refused above"),
         }
     }
 

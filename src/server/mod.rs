@@ -11,7 +11,7 @@
 //! | [`error`] | `ApiError`: status plus stable JSON error code, and the one mapping from the core's refusals |
 
 pub mod error;
-mod listener;
+pub(crate) mod listener;
 pub mod ops;
 pub mod p2p;
 pub mod telemetry;
@@ -159,7 +159,7 @@ pub fn p2p_app(state: AppState) -> Router {
 /// Errors produced by the framework's layers (a query that does not parse, a wrong method, a body
 /// over the limit, a timeout, a plain GET on the WebSocket route) get the same JSON body as the
 /// API's own errors: every error a client sees has a stable `code`.
-async fn json_errors(response: Response) -> Response {
+pub(crate) async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()

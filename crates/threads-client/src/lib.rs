@@ -207,6 +207,10 @@ impl Client {
     }
 
     /// The logs of a thread the local store holds.
+    pub async fn log_ids(&self, thread: &ThreadId) -> Result<HashSet<LogId>> {
+        self.known_logs(thread).await
+    }
+
     async fn known_logs(&self, thread: &ThreadId) -> Result<HashSet<LogId>> {
         Ok(self
             .store
@@ -245,9 +249,11 @@ impl Client {
         })
     }
 
-    /// Forgets a thread: its records leave the local store, then its keys the keystore.
+    /// Forgets a thread: its records leave the local store (and its write-ahead log), then
+    /// its keys the keystore.
     pub async fn forget(&self, thread: &ThreadId) -> Result<()> {
         self.store.delete_thread(thread).await?;
+        self.store.checkpoint().await?;
         self.keys.remove(thread)
     }
 

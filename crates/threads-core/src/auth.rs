@@ -48,6 +48,15 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         only_log: Option<String>,
     },
+    /// Read a view of the thread from a bot (which holds the read key): one HTTP request,
+    /// named by its method, its path with the query string, and the SHA-256 (hex) of its
+    /// body when it has one. Followers refuse it.
+    Read {
+        method: String,
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body_sha256: Option<String>,
+    },
 }
 
 /// The signed part of a request.

@@ -139,6 +139,26 @@ impl Acls {
         }
     }
 
+    /// Whether `key` may read `entity` (of `store`), or the thread when `None`: any role from
+    /// `read` up, by the entity's own ACL where one is set, else by the thread's. With no
+    /// ACL the thread is open to its members (the caller decides who they are).
+    pub fn may_read(&self, key: &[u8; 32], store: &str, entity: Option<&str>) -> bool {
+        let document = entity.and_then(|e| self.acls.get(&format!("{store}:{e}")));
+        match document.or_else(|| self.acls.get(THREAD)) {
+            Some(acl) => match acl.by_key.get(key) {
+                Some(roles) => roles.iter().any(|r| *r >= Role::Read),
+                None => acl.doc.default >= Role::Read,
+            },
+            None => true,
+        }
+    }
+
+    /// Whether any ACL names `key` among its peers (a reader with no log of its own is a
+    /// member that way).
+    pub fn names(&self, key: &[u8; 32]) -> bool {
+        self.acls.values().any(|acl| acl.by_key.contains_key(key))
+    }
+
     /// Whether `log` may change ACL `id`.
     fn may_set(&self, log: &[u8; 32], id: &str) -> bool {
         let own = if id.ends_with(GOVERNS) {

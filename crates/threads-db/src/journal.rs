@@ -40,7 +40,9 @@ impl Journal {
             None => SqliteConnectOptions::from_str("sqlite::memory:")?,
         };
         let mut conn = SqliteConnection::connect_with(&options).await?;
-        sqlx::migrate!("./migrations").run(&mut conn).await?;
+        // `run_direct`: `run` makes this future `Send` only for one lifetime, and the bot
+        // opens journals from axum handlers.
+        sqlx::migrate!("./migrations").run_direct(&mut conn).await?;
         Ok(Self { conn })
     }
 

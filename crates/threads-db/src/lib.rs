@@ -51,6 +51,16 @@ pub use docs::DocStore;
 pub use kv::KvStore;
 pub use view::{Change, Context, View};
 
+/// The stores of a thread's database as `threads db` and bots open it: key/value entries,
+/// document collections and CRDT documents.
+pub fn standard_stores() -> Vec<(String, Box<dyn View>)> {
+    vec![
+        (kv::STORE.into(), Box::new(KvStore::default())),
+        (docs::STORE.into(), Box::new(DocStore::default())),
+        (crdt::STORE.into(), Box::new(CrdtStore::default())),
+    ]
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("no store named {0} is registered")]

@@ -1,0 +1,357 @@
+//! The bot's HTTP API. Grants and tokens are the operator's (admin token); the views of each
+//! granted thread answer whoever [`super::access`] lets read.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use threads_core::ThreadId;
+use threads_db::{crdt, docs, kv, CrdtStore, DocStore, KvStore};
+
+use super::access::{self, Reader};
+use super::{now_ms, Bot, Error, Grant};
+
+/// Entries a key/value listing answers at most.
+const MAX_LIST: usize = 1000;
+
+pub fn router(bot: Bot) -> Router {
+    Router::new()
+        .route("/v1/bot", get(status))
+        .route("/v1/grants", post(grant).get(grants))
+        .route("/v1/grants/{thread}", delete(revoke))
+        .route("/v1/threads/{thread}", get(thread_status))
+        .route("/v1/threads/{thread}/tokens", post(issue_token))
+        .route("/v1/threads/{thread}/tokens/{id}", delete(revoke_token))
+        .route("/v1/threads/{thread}/kv", get(kv_list))
+        .route("/v1/threads/{thread}/kv/{*key}", get(kv_get))
+        .route("/v1/threads/{thread}/collections", get(collections))
+        .route(
+            "/v1/threads/{thread}/collections/{collection}/find",
+            get(find).post(find),
+        )
+        .route(
+            "/v1/threads/{thread}/collections/{collection}/docs/{id}",
+            get(doc_get),
+        )
+        .route("/v1/threads/{thread}/crdt/{doc}", get(crdt_get))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .with_state(bot)
+}
+
+fn parse_thread(text: &str) -> Result<ThreadId, Error> {
+    text.parse()
+        .map_err(|e| Error::BadQuery(format!("bad thread ID: {e}")))
+}
+
+/// The granted thread a request names, and who is reading it.
+struct Reading {
+    grant: Arc<Grant>,
+    reader: Reader,
+}
+
+async fn reading(
+    bot: &Bot,
+    thread: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Reading, Error> {
+    let grant = bot.grant_of(&parse_thread(thread)?)?;
+    let reader = access::reader(bot, &grant, method, uri, headers, body).await?;
+    Ok(Reading { grant, reader })
+}
+
+async fn status(State(bot): State<Bot>, headers: HeaderMap) -> Result<Json<Value>, Error> {
+    let settings = &bot.settings;
+    let mut out = json!({
+        "identity": bot.id,
+        "keys": if settings.main_keys.is_some() { "sealed" } else { "clear" },
+        "views": if settings.views_in_memory { "memory" } else { "disk" },
+        "grant_policy": if settings.open_grants || settings.admin_token.is_none() { "open" } else { "admin" },
+        "grants": bot.grant_count(),
+        "bridges": {"webhooks": 0, "feeds": 0},
+    });
+    // Which threads it reads, from where and how far: to its operator.
+    if access::is_admin(&bot, &headers) {
+        out["threads"] = json!(bot.statuses().await?);
+    }
+    Ok(Json(out))
+}
+
+async fn ready(State(bot): State<Bot>) -> Response {
+    match bot.state.grants().await {
+        Ok(_) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "bot.db does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"code": "not_ready", "detail": "the bot's state database does not answer"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantBody {
+    invite: String,
+    /// The follower to follow the thread from (default: the invite's first).
+    #[serde(default)]
+    follower: Option<String>,
+}
+
+async fn grant(
+    State(bot): State<Bot>,
+    headers: HeaderMap,
+    Json(body): Json<GrantBody>,
+) -> Result<Response, Error> {
+    let open = bot.settings.open_grants || bot.settings.admin_token.is_none();
+    if !open {
+        access::require_admin(&bot, &headers)?;
+    }
+    let (new, status) = bot.grant(&body.invite, body.follower.as_deref()).await?;
+    let code = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(status)).into_response())
+}
+
+async fn grants(State(bot): State<Bot>, headers: HeaderMap) -> Result<Json<Value>, Error> {
+    access::require_admin(&bot, &headers)?;
+    Ok(Json(json!({"grants": bot.statuses().await?})))
+}
+
+async fn revoke(
+    State(bot): State<Bot>,
+    headers: HeaderMap,
+    Path(thread): Path<String>,
+) -> Result<StatusCode, Error> {
+    access::require_admin(&bot, &headers)?;
+    bot.revoke(&parse_thread(&thread)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn issue_token(
+    State(bot): State<Bot>,
+    headers: HeaderMap,
+    Path(thread): Path<String>,
+) -> Result<Response, Error> {
+    access::require_admin(&bot, &headers)?;
+    let grant = bot.grant_of(&parse_thread(&thread)?)?;
+    let mut bytes = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+    let token = format!("rt_{}", hex::encode(bytes));
+    let id = hex::encode(&bytes[..8]);
+    bot.state
+        .add_token(&id, &grant.row.thread, &token, now_ms())
+        .await?;
+    let body = json!({"id": id, "token": token, "thread": grant.row.thread.to_string()});
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn revoke_token(
+    State(bot): State<Bot>,
+    headers: HeaderMap,
+    Path((thread, id)): Path<(String, String)>,
+) -> Result<StatusCode, Error> {
+    access::require_admin(&bot, &headers)?;
+    match bot.state.delete_token(&parse_thread(&thread)?, &id).await? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(Error::NotFound("token")),
+    }
+}
+
+async fn thread_status(
+    State(bot): State<Bot>,
+    Path(thread): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Error> {
+    let r = reading(&bot, &thread, &method, &uri, &headers, &[]).await?;
+    Ok(Json(json!(bot.status_of(&r.grant).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KvList {
+    #[serde(default)]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn kv_list(
+    State(bot): State<Bot>,
+    Path(thread): Path<String>,
+    Query(q): Query<KvList>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Error> {
+    let r = reading(&bot, &thread, &method, &uri, &headers, &[]).await?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return Err(Error::BadQuery(format!("limit is 1 to {MAX_LIST}")));
+    }
+    let listed = r
+        .grant
+        .db
+        .query(kv::STORE, |kv: &KvStore| {
+            kv.list(&q.prefix, q.after.as_deref())
+                .take(limit)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Vec<_>>()
+        })
+        .await?;
+    let mut entries = Vec::with_capacity(listed.len());
+    for (key, value) in listed {
+        if r.reader.may_read(&r.grant, kv::STORE, Some(&key)).await {
+            entries.push(json!({"key": key, "value": value}));
+        }
+    }
+    Ok(Json(json!({"entries": entries})))
+}
+
+async fn kv_get(
+    State(bot): State<Bot>,
+    Path((thread, key)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Error> {
+    let r = reading(&bot, &thread, &method, &uri, &headers, &[]).await?;
+    if !r.reader.may_read(&r.grant, kv::STORE, Some(&key)).await {
+        return Err(Error::NoReadRole);
+    }
+    let value = r
+        .grant
+        .db
+        .query(kv::STORE, |kv: &KvStore| kv.get(&key).cloned())
+        .await?
+        .ok_or(Error::NotFound("key"))?;
+    Ok(Json(json!({"key": key, "value": value})))
+}
+
+async fn collections(
+    State(bot): State<Bot>,
+    Path(thread): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Error> {
+    let r = reading(&bot, &thread, &method, &uri, &headers, &[]).await?;
+    let list = r
+        .grant
+        .db
+        .query(docs::STORE, |d: &DocStore| d.collections())
+        .await?;
+    Ok(Json(json!({"collections": list})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FindQuery {
+    query: Option<String>,
+}
+
+/// Finds documents with the query language of `threads db find`: the query is the body
+/// (POST) or the `query` parameter (GET), JSON either way.
+async fn find(
+    State(bot): State<Bot>,
+    Path((thread, collection)): Path<(String, String)>,
+    Query(q): Query<FindQuery>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, Error> {
+    let r = reading(&bot, &thread, &method, &uri, &headers, &body).await?;
+    let text = match (&method, q.query) {
+        (&Method::POST, None) if body.is_empty() => "{}".to_owned(),
+        (&Method::POST, None) => String::from_utf8(body.to_vec())
+            .map_err(|_| Error::BadQuery("the query is not UTF-8".into()))?,
+        (&Method::POST, Some(_)) => {
+            return Err(Error::BadQuery(
+                "send the query as the body or as ?query=, not both".into(),
+            ))
+        }
+        (_, query) => query.unwrap_or_else(|| "{}".to_owned()),
+    };
+    let query: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::BadQuery(format!("the query is not JSON: {e}")))?;
+    let page = r
+        .grant
+        .db
+        .query(docs::STORE, |d: &DocStore| d.find(&collection, &query))
+        .await?
+        .map_err(Error::BadQuery)?;
+    let mut found = Vec::with_capacity(page.docs.len());
+    for doc in page.docs {
+        let id = doc[docs::ID].as_str().unwrap_or_default();
+        let entity = format!("{collection}/{id}");
+        if r.reader
+            .may_read(&r.grant, docs::STORE, Some(&entity))
+            .await
+        {
+            found.push(doc);
+        }
+    }
+    Ok(Json(json!({"docs": found, "next": page.next})))
+}
+
+async fn doc_get(
+    State(bot): State<Bot>,
+    Path((thread, collection, id)): Path<(String, String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Error> {
+    let r = reading(&bot, &thread, &method, &uri, &headers, &[]).await?;
+    let entity = format!("{collection}/{id}");
+    if !r
+        .reader
+        .may_read(&r.grant, docs::STORE, Some(&entity))
+        .await
+    {
+        return Err(Error::NoReadRole);
+    }
+    let doc = r
+        .grant
+        .db
+        .query(docs::STORE, |d: &DocStore| d.get(&collection, &id).cloned())
+        .await?
+        .ok_or(Error::NotFound("document"))?;
+    Ok(Json(doc))
+}
+
+async fn crdt_get(
+    State(bot): State<Bot>,
+    Path((thread, doc)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Error> {
+    let r = reading(&bot, &thread, &method, &uri, &headers, &[]).await?;
+    if !r.reader.may_read(&r.grant, crdt::STORE, Some(&doc)).await {
+        return Err(Error::NoReadRole);
+    }
+    let value = r
+        .grant
+        .db
+        .query(crdt::STORE, |c: &CrdtStore| c.get(&doc))
+        .await?
+        .ok_or(Error::NotFound("document"))?;
+    Ok(Json(json!({"doc": doc, "value": value})))
+}

@@ -1,0 +1,398 @@
+//! The bot: the trusted half of the server (paper 5.1.1). A separate process from the
+//! follower, holding read keys a writer chose to hand it: it follows each granted thread from
+//! a follower like any reader (every record verified before it is kept), runs the thread's
+//! database, and answers queries on its views over HTTP to members and token holders.
+//!
+//! | module | what |
+//! |---|---|
+//! | this module | [`Bot`]: grants, following each thread, status |
+//! | [`access`] | who may read: read tokens, requests signed by members, the thread's ACLs |
+//! | [`api`] | the HTTP API |
+//! | [`state`] | `bot.db`: grants, read tokens, spent nonces |
+//! | [`error`] | every refusal with its status and stable code |
+//!
+//! On disk, in the data directory: `identity.key` and `threads/` (the keystore, sealed under
+//! the operator's main key unless told to keep it in clear), `local.db` (the records as
+//! pulled: still encrypted), `bot.db`, and `views/` (each thread's journal and views, in
+//! plaintext; absent when views are kept in memory).
+
+pub mod access;
+pub mod api;
+pub mod error;
+pub mod state;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use threads_client::{Client, Keystore, MainKeys};
+use threads_core::ThreadId;
+use threads_db::{Config, Database};
+
+pub use error::Error;
+use state::{GrantRow, State};
+
+/// Longest pause between attempts to follow a thread again after an error.
+const MAX_PAUSE: Duration = Duration::from_secs(60);
+
+/// What the operator decided when starting the bot.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    /// Seals the keystore; `None` keeps keys in clear (the operator said so explicitly).
+    pub main_keys: Option<MainKeys>,
+    /// Journals and views in memory only, rebuilt at each start from the stored records.
+    pub views_in_memory: bool,
+    /// Needed to grant (unless `open_grants`), revoke, issue tokens, and list grants.
+    pub admin_token: Option<String>,
+    /// Anyone holding an invite sealed to this bot's identity may grant.
+    pub open_grants: bool,
+}
+
+/// The bot's core: cheap to clone.
+#[derive(Clone)]
+pub struct Bot(Arc<Inner>);
+
+pub struct Inner {
+    pub settings: Settings,
+    pub client: Arc<Client>,
+    pub state: State,
+    /// The identity, as text: what invites are sealed to and signed requests name.
+    pub id: String,
+    grants: RwLock<HashMap<ThreadId, Arc<Grant>>>,
+}
+
+impl std::ops::Deref for Bot {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// A thread the bot was given to read, its database, and how following it goes.
+pub struct Grant {
+    pub row: GrantRow,
+    pub db: Database,
+    journal: Option<PathBuf>,
+    last_error: Mutex<Option<String>>,
+    following: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+/// Where one granted thread stands.
+#[derive(Debug, Serialize)]
+pub struct GrantStatus {
+    pub thread: String,
+    pub follower: String,
+    pub granted_ms: i64,
+    /// Records of the thread held here (the local sequence number reached).
+    pub held: u64,
+    /// Events reduced into the views.
+    pub applied: u64,
+    /// The last event applied (its position key, hex).
+    pub last: Option<String>,
+    /// Set when the writers rotated the read key without this bot: the local sequence number
+    /// after which it cannot read; the views stay as they were there.
+    pub unreadable_after: Option<u64>,
+    /// Why following the thread failed last, while it keeps trying.
+    pub error: Option<String>,
+}
+
+impl Bot {
+    /// Opens the bot kept in the data directory: seals any key file left in clear (or under
+    /// an earlier main key), and starts following every granted thread.
+    pub async fn open(settings: Settings) -> anyhow::Result<Self> {
+        let dir = &settings.data_dir;
+        let keys = match &settings.main_keys {
+            Some(main) => {
+                let keys = Keystore::open_sealed(dir, main.clone())?;
+                let resealed = keys.seal_all()?;
+                if resealed > 0 {
+                    tracing::info!(resealed, "key files sealed under the current main key");
+                }
+                keys
+            }
+            None => Keystore::open(dir)?,
+        };
+        let client = Arc::new(Client::open_with(dir, keys).await?);
+        std::fs::create_dir_all(dir.join("views"))?;
+        let state = State::open(&dir.join("bot.db")).await?;
+        let bot = Self(Arc::new(Inner {
+            id: client.identity().to_string(),
+            settings,
+            client,
+            state,
+            grants: RwLock::default(),
+        }));
+        for row in bot.state.grants().await? {
+            let thread = row.thread.clone();
+            match bot.open_grant(row).await {
+                Ok(grant) => bot.start(grant),
+                Err(error) => tracing::error!(%thread, %error, "a granted thread does not open"),
+            }
+        }
+        Ok(bot)
+    }
+
+    /// Takes a grant: an invite (sealed to this bot, or a link) carrying the read key. The
+    /// thread is pulled from its follower before the grant is kept, so a grant the bot
+    /// cannot follow is refused and leaves nothing behind. Granting a thread again takes the
+    /// keys it carries (a rotated read key, say). Returns whether it was new.
+    pub async fn grant(
+        &self,
+        invite: &str,
+        follower: Option<&str>,
+    ) -> Result<(bool, GrantStatus), Error> {
+        let opened = threads_client::Invite::decode(invite, &self.client_identity()?)
+            .map_err(|e| Error::BadInvite(strip_prefix(e.to_string())))?;
+        if opened.key.read().is_none() {
+            return Err(Error::FollowOnly);
+        }
+        let thread = opened.thread.clone();
+        let existing = self.grants.read().unwrap().get(&thread).cloned();
+        let follower = match follower
+            .map(str::to_owned)
+            .or_else(|| opened.followers.first().cloned())
+        {
+            Some(url) => threads_client::FollowerClient::new(&url)
+                .map_err(|e| Error::BadInvite(e.to_string()))?
+                .url()
+                .to_owned(),
+            None => return Err(Error::NoFollower),
+        };
+        let known_before = self.client.thread(&thread).is_ok();
+        self.client
+            .join(invite)
+            .await
+            .map_err(|e| Error::BadInvite(strip_prefix(e.to_string())))?;
+        self.client
+            .keystore()
+            .update(&thread, |entry| {
+                if !entry.followers.iter().any(|f| f.url == follower) {
+                    entry.followers.insert(
+                        0,
+                        threads_client::Follower {
+                            url: follower.clone(),
+                            cursor: String::new(),
+                        },
+                    );
+                }
+            })
+            .map_err(Error::internal)?;
+        if let Err(e) = self.reach(&thread).await {
+            if !known_before {
+                self.client.forget(&thread).await.map_err(Error::internal)?;
+            }
+            return Err(e);
+        }
+        if let Some(grant) = existing {
+            // New keys may open events that did not open before.
+            grant.db.sync().await?;
+            return Ok((false, self.status_of(&grant).await?));
+        }
+        let row = GrantRow {
+            thread: thread.clone(),
+            follower,
+            granted_ms: now_ms(),
+        };
+        let grant = self
+            .open_grant(row.clone())
+            .await
+            .map_err(Error::internal)?;
+        self.state.put_grant(&row).await?;
+        tracing::info!(%thread, follower = %row.follower, "thread granted");
+        let status = self.status_of(&grant).await?;
+        self.start(grant);
+        Ok((true, status))
+    }
+
+    /// Pulls what the thread's followers hold, as a check that the bot can follow it.
+    async fn reach(&self, thread: &ThreadId) -> Result<(), Error> {
+        match self.client.pull(thread, |_| {}).await {
+            Ok(_) => Ok(()),
+            Err(threads_client::Error::Network(e)) => Err(Error::Unreachable(e)),
+            Err(threads_client::Error::Server { code, detail, .. }) => {
+                Err(Error::FollowerRefused { code, detail })
+            }
+            Err(e @ threads_client::Error::Rejected { .. }) => Err(Error::FollowerRefused {
+                code: "bad_record".into(),
+                detail: e.to_string(),
+            }),
+            Err(e) => Err(Error::internal(e)),
+        }
+    }
+
+    fn client_identity(&self) -> Result<threads_core::Keypair, Error> {
+        self.client.keystore().identity().map_err(Error::internal)
+    }
+
+    /// Opens a granted thread's database (reducing what is held already).
+    async fn open_grant(&self, row: GrantRow) -> anyhow::Result<Arc<Grant>> {
+        let journal = (!self.settings.views_in_memory).then(|| {
+            self.settings
+                .data_dir
+                .join("views")
+                .join(format!("{}.sqlite", row.thread))
+        });
+        let config = Config {
+            path: journal.clone(),
+            ..Config::default()
+        };
+        let db = Database::open(
+            self.client.clone(),
+            row.thread.clone(),
+            threads_db::standard_stores(),
+            config,
+        )
+        .await?;
+        Ok(Arc::new(Grant {
+            row,
+            db,
+            journal,
+            last_error: Mutex::default(),
+            following: Mutex::default(),
+        }))
+    }
+
+    /// Follows the thread in a task of its own, and lists the grant.
+    fn start(&self, grant: Arc<Grant>) {
+        let task = tokio::spawn(follow(self.clone(), grant.clone()));
+        *grant.following.lock().unwrap() = Some(task.abort_handle());
+        self.grants
+            .write()
+            .unwrap()
+            .insert(grant.row.thread.clone(), grant);
+    }
+
+    /// Deletes a grant: stops following the thread, and deletes its views, records and keys.
+    pub async fn revoke(&self, thread: &ThreadId) -> Result<(), Error> {
+        let grant = self
+            .grants
+            .write()
+            .unwrap()
+            .remove(thread)
+            .ok_or(Error::NotFound("grant"))?;
+        if let Some(task) = grant.following.lock().unwrap().take() {
+            task.abort();
+        }
+        self.state.delete_grant(thread).await?;
+        if let Some(journal) = &grant.journal {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = journal.clone().into_os_string();
+                path.push(suffix);
+                remove_if_there(Path::new(&path)).map_err(Error::internal)?;
+            }
+        }
+        self.client.forget(thread).await.map_err(Error::internal)?;
+        tracing::info!(%thread, "grant deleted: keys, records and views wiped");
+        Ok(())
+    }
+
+    pub fn grant_of(&self, thread: &ThreadId) -> Result<Arc<Grant>, Error> {
+        self.grants
+            .read()
+            .unwrap()
+            .get(thread)
+            .cloned()
+            .ok_or(Error::NotFound("grant"))
+    }
+
+    pub fn grant_count(&self) -> usize {
+        self.grants.read().unwrap().len()
+    }
+
+    pub async fn statuses(&self) -> Result<Vec<GrantStatus>, Error> {
+        let mut grants: Vec<_> = self.grants.read().unwrap().values().cloned().collect();
+        grants.sort_by(|a, b| a.row.thread.as_bytes().cmp(b.row.thread.as_bytes()));
+        let mut out = Vec::with_capacity(grants.len());
+        for grant in grants {
+            out.push(self.status_of(&grant).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn status_of(&self, grant: &Grant) -> Result<GrantStatus, Error> {
+        let (applied, last) = grant.db.dispatcher().applied().await;
+        Ok(GrantStatus {
+            thread: grant.row.thread.to_string(),
+            follower: grant.row.follower.clone(),
+            granted_ms: grant.row.granted_ms,
+            held: grant.db.dispatcher().seen_seq().await?,
+            applied,
+            last: last.map(|p| hex::encode(p.key())),
+            unreadable_after: grant.db.unreadable_after(),
+            error: grant.last_error.lock().unwrap().clone(),
+        })
+    }
+}
+
+/// Follows one thread for as long as it is granted: pulls what is new in bulk, reduces it,
+/// then tails the follower and reduces each event as it arrives. After an error it waits
+/// (longer each time) and starts over from where it was.
+async fn follow(bot: Bot, grant: Arc<Grant>) {
+    let thread = grant.row.thread.clone();
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let ended = follow_once(&bot, &grant).await;
+        let error = match ended {
+            Ok(()) => "the follower ended the stream".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        tracing::warn!(%thread, %error, retry_in = ?pause, "following the thread stopped");
+        *grant.last_error.lock().unwrap() = Some(error);
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
+async fn follow_once(bot: &Bot, grant: &Grant) -> anyhow::Result<()> {
+    let thread = &grant.row.thread;
+    match bot.client.pull(thread, |_| {}).await {
+        // The tail below keeps trying to reach it.
+        Ok(_) | Err(threads_client::Error::Network(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    grant.db.sync().await?;
+    *grant.last_error.lock().unwrap() = None;
+    let seen = grant.db.dispatcher().seen_seq().await?;
+    let news = tokio::sync::Notify::new();
+    // Events stored after `seen` (by the tail's own catch-up, or live) each wake the reducer.
+    let tail = bot
+        .client
+        .tail(thread, Some(&grant.row.follower), seen, |_| {
+            news.notify_one()
+        });
+    let reduce = async {
+        loop {
+            news.notified().await;
+            if let Err(e) = grant.db.sync().await {
+                return anyhow::Result::<()>::Err(e.into());
+            }
+        }
+    };
+    tokio::select! {
+        ended = tail => Ok(ended?),
+        failed = reduce => failed,
+    }
+}
+
+fn remove_if_there(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// A client error's text without its "bad invite: " prefix (the bot's error adds its own).
+fn strip_prefix(text: String) -> String {
+    text.strip_prefix("bad invite: ")
+        .map(str::to_owned)
+        .unwrap_or(text)
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
