@@ -4,6 +4,7 @@
 mod harness;
 
 mod backup;
+mod bot;
 mod cluster;
 mod commands;
 mod database;

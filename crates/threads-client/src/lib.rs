@@ -252,7 +252,11 @@ impl Client {
     /// Forgets a thread: its records leave the local store (and its write-ahead log), then
     /// its keys the keystore.
     pub async fn forget(&self, thread: &ThreadId) -> Result<()> {
-        self.store.delete_thread(thread).await?;
+        match self.store.delete_thread(thread).await {
+            // Nothing of it was stored (a reader that pulled nothing yet).
+            Ok(()) | Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
         self.store.checkpoint().await?;
         self.keys.remove(thread)
     }
