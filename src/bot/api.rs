@@ -40,6 +40,7 @@ pub fn router(bot: Bot) -> Router {
             get(doc_get),
         )
         .route("/v1/threads/{thread}/crdt/{doc}", get(crdt_get))
+        .route("/v1/threads/{thread}/events", get(events))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .with_state(bot)
@@ -354,4 +355,87 @@ async fn crdt_get(
         .await?
         .ok_or(Error::NotFound("document"))?;
     Ok(Json(json!({"doc": doc, "value": value})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    after: Option<u64>,
+}
+
+/// How long an `EventSource` waits before reconnecting.
+const SSE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The thread's events, decrypted, as Server-Sent Events in the order they reached the bot:
+/// each event's `id` is its local sequence number, so a reconnection (`Last-Event-ID`, or
+/// `?after=` on the first connection) resumes with no gap and no duplicate. What is held is
+/// sent first, then each event once it is reduced into the views.
+async fn events(
+    State(bot): State<Bot>,
+    Path(thread): Path<String>,
+    Query(q): Query<EventsQuery>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let r = reading(&bot, &thread, &method, &uri, &headers, &[]).await?;
+    let resume = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| Error::BadQuery("Last-Event-ID is not an event ID".into()))
+        })
+        .transpose()?;
+    let after = resume.or(q.after).unwrap_or(0);
+    let reduced = r.grant.reduced.subscribe();
+    let (client, thread) = (bot.client.clone(), r.grant.row.thread.clone());
+    let start = (after, std::collections::VecDeque::new(), reduced);
+    let stream = futures_util::stream::unfold(start, move |(mut after, mut queue, mut reduced)| {
+        let (client, thread) = (client.clone(), thread.clone());
+        async move {
+            loop {
+                if let Some(event) = queue.pop_front() {
+                    let event: threads_client::Event = event;
+                    after = event.seq;
+                    let data = serde_json::to_string(&event).expect("events serialize");
+                    let sse = axum::response::sse::Event::default()
+                        .id(event.seq.to_string())
+                        .retry(SSE_RETRY)
+                        .data(data);
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(sse),
+                        (after, queue, reduced),
+                    ));
+                }
+                // Only what the views hold: a stream never runs ahead of the queries.
+                let upto = *reduced.borrow_and_update();
+                let page = match upto > after {
+                    true => client.read(&thread, after, 500).await,
+                    false => Ok(Vec::new()),
+                };
+                match page {
+                    Ok(page) if !page.is_empty() => {
+                        queue.extend(page.into_iter().filter(|e| e.seq <= upto));
+                        if queue.is_empty() {
+                            reduced.changed().await.ok()?;
+                        }
+                    }
+                    // Nothing new, or sealed with a key the bot was not handed: wait for news.
+                    Ok(_) | Err(threads_client::Error::Rejected { .. }) => {
+                        // Ends when the grant is deleted.
+                        reduced.changed().await.ok()?;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%thread, %error, "an event stream stopped");
+                        return None;
+                    }
+                }
+            }
+        }
+    });
+    let sse =
+        axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default());
+    Ok(sse.into_response())
 }

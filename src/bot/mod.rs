@@ -78,6 +78,18 @@ pub struct Grant {
     journal: Option<PathBuf>,
     last_error: Mutex<Option<String>>,
     following: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The local sequence number reduced so far, for event streams to wait on.
+    pub reduced: tokio::sync::watch::Sender<u64>,
+}
+
+impl Grant {
+    /// Reduces what reached the local store, and tells event streams how far that is.
+    async fn sync(&self) -> threads_db::Result<()> {
+        self.db.sync().await?;
+        let seen = self.db.dispatcher().seen_seq().await?;
+        self.reduced.send_replace(seen);
+        Ok(())
+    }
 }
 
 /// Where one granted thread stands.
@@ -136,9 +148,10 @@ impl Bot {
     }
 
     /// Takes a grant: an invite (sealed to this bot, or a link) carrying the read key. The
-    /// thread is pulled from its follower before the grant is kept, so a grant the bot
-    /// cannot follow is refused and leaves nothing behind. Granting a thread again takes the
-    /// keys it carries (a rotated read key, say). Returns whether it was new.
+    /// follower is asked for the thread's first page before the grant is kept, so a grant the
+    /// bot cannot follow is refused and leaves nothing behind; the catch-up itself runs in the
+    /// thread's own task (`GET /v1/threads/{id}` says how far it is). Granting a thread again
+    /// takes the keys it carries (a rotated read key, say). Returns whether it was new.
     pub async fn grant(
         &self,
         invite: &str,
@@ -150,18 +163,16 @@ impl Bot {
             return Err(Error::FollowOnly);
         }
         let thread = opened.thread.clone();
-        let existing = self.grants.read().unwrap().get(&thread).cloned();
         let follower = match follower
             .map(str::to_owned)
             .or_else(|| opened.followers.first().cloned())
         {
             Some(url) => threads_client::FollowerClient::new(&url)
-                .map_err(|e| Error::BadInvite(e.to_string()))?
-                .url()
-                .to_owned(),
+                .map_err(|e| Error::BadInvite(e.to_string()))?,
             None => return Err(Error::NoFollower),
         };
-        let known_before = self.client.thread(&thread).is_ok();
+        reach(&follower, &opened).await?;
+        let follower = follower.url().to_owned();
         self.client
             .join(invite)
             .await
@@ -180,15 +191,15 @@ impl Bot {
                 }
             })
             .map_err(Error::internal)?;
-        if let Err(e) = self.reach(&thread).await {
-            if !known_before {
-                self.client.forget(&thread).await.map_err(Error::internal)?;
-            }
-            return Err(e);
-        }
+        let existing = self.grants.read().unwrap().get(&thread).cloned();
         if let Some(grant) = existing {
-            // New keys may open events that did not open before.
-            grant.db.sync().await?;
+            // New keys may open events that did not open before: reduced in the background.
+            let again = grant.clone();
+            tokio::spawn(async move {
+                if let Err(error) = again.sync().await {
+                    tracing::warn!(%error, "reducing after a new grant failed");
+                }
+            });
             return Ok((false, self.status_of(&grant).await?));
         }
         let row = GrantRow {
@@ -205,22 +216,6 @@ impl Bot {
         let status = self.status_of(&grant).await?;
         self.start(grant);
         Ok((true, status))
-    }
-
-    /// Pulls what the thread's followers hold, as a check that the bot can follow it.
-    async fn reach(&self, thread: &ThreadId) -> Result<(), Error> {
-        match self.client.pull(thread, |_| {}).await {
-            Ok(_) => Ok(()),
-            Err(threads_client::Error::Network(e)) => Err(Error::Unreachable(e)),
-            Err(threads_client::Error::Server { code, detail, .. }) => {
-                Err(Error::FollowerRefused { code, detail })
-            }
-            Err(e @ threads_client::Error::Rejected { .. }) => Err(Error::FollowerRefused {
-                code: "bad_record".into(),
-                detail: e.to_string(),
-            }),
-            Err(e) => Err(Error::internal(e)),
-        }
     }
 
     fn client_identity(&self) -> Result<threads_core::Keypair, Error> {
@@ -246,12 +241,14 @@ impl Bot {
             config,
         )
         .await?;
+        let seen = db.dispatcher().seen_seq().await?;
         Ok(Arc::new(Grant {
             row,
             db,
             journal,
             last_error: Mutex::default(),
             following: Mutex::default(),
+            reduced: tokio::sync::watch::Sender::new(seen),
         }))
     }
 
@@ -353,7 +350,7 @@ async fn follow_once(bot: &Bot, grant: &Grant) -> anyhow::Result<()> {
         Ok(_) | Err(threads_client::Error::Network(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    grant.db.sync().await?;
+    grant.sync().await?;
     *grant.last_error.lock().unwrap() = None;
     let seen = grant.db.dispatcher().seen_seq().await?;
     let news = tokio::sync::Notify::new();
@@ -366,7 +363,7 @@ async fn follow_once(bot: &Bot, grant: &Grant) -> anyhow::Result<()> {
     let reduce = async {
         loop {
             news.notified().await;
-            if let Err(e) = grant.db.sync().await {
+            if let Err(e) = grant.sync().await {
                 return anyhow::Result::<()>::Err(e.into());
             }
         }
@@ -374,6 +371,27 @@ async fn follow_once(bot: &Bot, grant: &Grant) -> anyhow::Result<()> {
     tokio::select! {
         ended = tail => Ok(ended?),
         failed = reduce => failed,
+    }
+}
+
+/// Asks the follower for the thread's first record, as a check that the bot can follow it.
+async fn reach(
+    follower: &threads_client::FollowerClient,
+    invite: &threads_client::Invite,
+) -> Result<(), Error> {
+    match follower
+        .page(&invite.thread, invite.key.service(), "", 1)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(threads_client::Error::Network(e)) => Err(Error::Unreachable(e)),
+        Err(threads_client::Error::Server { code, detail, .. }) => {
+            Err(Error::FollowerRefused { code, detail })
+        }
+        Err(e) => Err(Error::FollowerRefused {
+            code: "bad_answer".into(),
+            detail: e.to_string(),
+        }),
     }
 }
 

@@ -176,6 +176,8 @@ pub(crate) async fn json_errors(response: Response) -> Response {
         StatusCode::REQUEST_TIMEOUT => "timeout",
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        // A JSON body of the wrong shape.
+        StatusCode::UNPROCESSABLE_ENTITY => "bad_request",
         StatusCode::UPGRADE_REQUIRED => "upgrade_required",
         s if s.is_server_error() => "internal",
         _ => "error",

@@ -285,7 +285,8 @@ async fn a_bot_answers_as_the_writers_own_database() {
     alice.ok(&["push", &thread]).await;
     let (status, granted) = bot.grant(&invite).await;
     assert_eq!(status, StatusCode::CREATED, "{granted}");
-    assert_eq!(granted["applied"], 2);
+    assert_eq!(granted["thread"], thread.as_str());
+    bot.applied(&thread, 2).await;
 
     // A second writer joins; both write while apart, and push late, in either order.
     let bob = Peer::new();
@@ -624,7 +625,11 @@ async fn bad_grants_are_refused_and_leave_nothing() {
             Some(json!({"invitation": invite})),
         )
         .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("bad_request")),
+        "{body}"
+    );
     // Without the admin token this bot takes no grant at all.
     let (status, body) = bot
         .call(
@@ -827,4 +832,113 @@ async fn views_kept_in_memory_touch_no_disk_and_come_back_at_start() {
         (StatusCode::OK, json!("plaintext-marker"))
     );
     drop(home);
+}
+
+/// Reads Server-Sent Events from a response until `n` have come (20 s at most): their IDs
+/// and data.
+async fn sse_events(response: &mut reqwest::Response, n: usize) -> Vec<(u64, Value)> {
+    let mut text = String::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while out.len() < n {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .expect("events within 20 s")
+            .unwrap()
+            .expect("the stream stays open");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let (mut id, mut data) = (None, None);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.parse().ok();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str(v).ok();
+                }
+            }
+            if let (Some(id), Some(data)) = (id, data) {
+                out.push((id, data));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_event_stream_resumes_with_no_gap_and_no_duplicate() {
+    let server = Server::start(Backend::Sqlite).await;
+    let bot = Bot::start(&[]).await;
+    let (alice, thread, invite) = writer_granting(&server, &bot).await;
+    for i in 0..3 {
+        alice
+            .ok(&["db", "put", &thread, &format!("k{i}"), &i.to_string()])
+            .await;
+    }
+    alice.ok(&["push", &thread]).await;
+    assert_eq!(bot.grant(&invite).await.0, StatusCode::CREATED);
+    let url = format!("{}/v1/threads/{thread}/events", bot.url);
+    let mut stream = bot.http.get(&url).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let first = sse_events(&mut stream, 3).await;
+    let ids: Vec<u64> = first.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    assert_eq!(
+        first[0].1["body"]["actions"][0]["payload"]["key"], "k0",
+        "{}",
+        first[0].1
+    );
+    // Live: an event pushed while the stream is open arrives on it.
+    alice.ok(&["db", "put", &thread, "live", "1"]).await;
+    alice.ok(&["push", &thread]).await;
+    assert_eq!(sse_events(&mut stream, 1).await[0].0, 4);
+    drop(stream);
+
+    // Disconnected, two more are written; the reconnection resumes after the last ID seen.
+    for key in ["while-away-1", "while-away-2"] {
+        alice.ok(&["db", "put", &thread, key, "1"]).await;
+    }
+    alice.ok(&["push", &thread]).await;
+    bot.applied(&thread, 6).await;
+    let mut stream = bot
+        .http
+        .get(&url)
+        .bearer_auth(ADMIN)
+        .header("last-event-id", "4")
+        .send()
+        .await
+        .unwrap();
+    let resumed = sse_events(&mut stream, 2).await;
+    assert_eq!(
+        resumed.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        [5, 6]
+    );
+    assert_eq!(
+        resumed[1].1["body"]["actions"][0]["payload"]["key"],
+        "while-away-2"
+    );
+    let mut from_query = bot
+        .http
+        .get(format!("{url}?after=5"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse_events(&mut from_query, 1).await[0].0, 6);
+    // Bad resumption points, and no reader, are refused.
+    let bad = bot
+        .http
+        .get(&url)
+        .bearer_auth(ADMIN)
+        .header("last-event-id", "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        bot.get(&format!("/v1/threads/{thread}/events"), Auth::None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
 }

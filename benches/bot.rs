@@ -1,0 +1,175 @@
+//! Bot benchmark: prints how fast a bot catches up a granted thread into its views, end to end
+//! from a follower on this machine, and how fast it answers indexed document queries.
+//!
+//! ```text
+//! cargo bench --bench bot
+//! ```
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use threads_client::{Client, Role};
+use threads_db::{docs, Envelope};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+/// As the targets are stated: 100,000 events of about 1 KiB from 10 writers.
+const EVENTS: usize = 100_000;
+const WRITERS: usize = 10;
+const WRITE_BATCH: usize = 1000;
+const QUERIES: usize = 2000;
+
+/// One document insert into `items`, about 1 KiB as an event body.
+fn event(writer: usize, i: usize) -> Value {
+    let doc = json!({"_id": format!("w{writer}-{i}"), "n": i * WRITERS + writer,
+        "writer": writer, "data": "x".repeat(900)});
+    Envelope::new(i as u64 + 2, 0, vec![docs::insert("items", doc)]).to_body()
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    println!("bot benchmark: {EVENTS} events of ~1 KiB from {WRITERS} writers");
+    let (_server, url) = common::serve(&dir.path().join("server"), None, &[]).await;
+
+    // Writers fill one thread at the follower: a collection indexed by `n`, then documents.
+    let first = Client::open(&dir.path().join("w0")).await.unwrap();
+    let thread = first.create_thread(true).await.unwrap().thread;
+    first.add_follower(&thread, &url, None).await.unwrap();
+    let create = Envelope::new(1, 0, vec![docs::create_collection("items", None, &["n"])]);
+    first.write(&thread, &create.to_body()).await.unwrap();
+    let link = first.share(&thread, Role::Writer, None).unwrap();
+    let mut writers = vec![first];
+    for i in 1..WRITERS {
+        let w = Client::open(&dir.path().join(format!("w{i}")))
+            .await
+            .unwrap();
+        w.join(&link).await.unwrap();
+        w.add_follower(&thread, &url, None).await.unwrap();
+        writers.push(w);
+    }
+    for round in 0..EVENTS / WRITERS / WRITE_BATCH {
+        for (n, w) in writers.iter().enumerate() {
+            let batch: Vec<Value> = (0..WRITE_BATCH)
+                .map(|i| event(n, round * WRITE_BATCH + i))
+                .collect();
+            w.write_many(&thread, &batch).await.unwrap();
+            w.push(&thread, |_, _| {}).await.unwrap();
+        }
+    }
+
+    // The bot: its own process, keys sealed under a main key, views on disk.
+    let bot_dir = dir.path().join("bot");
+    let key_file = dir.path().join("main.key");
+    std::fs::write(
+        &key_file,
+        threads_client::MainKey::random().to_base64().as_bytes(),
+    )
+    .unwrap();
+    let bin = std::env::var_os("THREADS_BENCH_BIN").unwrap_or(env!("CARGO_BIN_EXE_threads").into());
+    let mut bot = Command::new(bin)
+        .args([
+            "bot",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            "bench",
+        ])
+        .arg("--data-dir")
+        .arg(&bot_dir)
+        .arg("--main-key-file")
+        .arg(&key_file)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the bot starts");
+    let mut lines = BufReader::new(bot.stdout.take().unwrap()).lines();
+    let bot_url = lines.next_line().await.unwrap().unwrap();
+    let bot_url = bot_url.strip_prefix("listening on ").unwrap().to_owned();
+    let bot_id = lines.next_line().await.unwrap().unwrap();
+    let bot_id = bot_id.strip_prefix("identity ").unwrap().parse().unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let invite = writers[0]
+        .share(&thread, Role::Reader, Some(&bot_id))
+        .unwrap();
+
+    let http = reqwest::Client::new();
+    let bot_pid = bot.id().unwrap().to_string();
+    let cpu_before = common::cpu_secs(&bot_pid);
+    let started = Instant::now();
+    let granted: Value = http
+        .post(format!("{bot_url}/v1/grants"))
+        .bearer_auth("bench")
+        .json(&json!({"invite": invite}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let status_url = format!("{bot_url}/v1/threads/{thread}");
+    let mut applied = granted["applied"].as_u64().unwrap_or(0);
+    while applied < (EVENTS + 1) as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let status: Value = http
+            .get(&status_url)
+            .bearer_auth("bench")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        applied = status["applied"].as_u64().unwrap_or(0);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "catch up {} events into the views, end to end from the follower: {secs:.2} s = {:.0} \
+         events/s (bot CPU {:.2} s)",
+        EVENTS + 1,
+        (EVENTS + 1) as f64 / secs,
+        common::cpu_secs(&bot_pid) - cpu_before
+    );
+
+    // Indexed queries through the HTTP API, one at a time, with a read token.
+    let token: Value = http
+        .post(format!("{status_url}/tokens"))
+        .bearer_auth("bench")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let find = format!("{status_url}/collections/items/find");
+    let mut took = Vec::with_capacity(QUERIES);
+    for q in 0..QUERIES {
+        let n = (q * 7919) % EVENTS;
+        let query = json!({"where": {"field": "n", "eq": n}});
+        let started = Instant::now();
+        let page: Value = http
+            .post(&find)
+            .bearer_auth(&token)
+            .json(&query)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        took.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(page["docs"][0]["n"], n, "{page}");
+    }
+    took.sort_by(f64::total_cmp);
+    println!(
+        "indexed find over {EVENTS} documents, {QUERIES} queries one at a time: p50 {:.2} ms, \
+         p99 {:.2} ms",
+        common::percentile(&took, 0.50),
+        common::percentile(&took, 0.99)
+    );
+}
