@@ -43,6 +43,7 @@ pub fn router(bot: Bot) -> Router {
         .route("/v1/threads/{thread}/events", get(events))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
+        .route("/openapi.json", get(openapi))
         .with_state(bot)
 }
 
@@ -85,6 +86,13 @@ async fn status(State(bot): State<Bot>, headers: HeaderMap) -> Result<Json<Value
         out["threads"] = json!(bot.statuses().await?);
     }
     Ok(Json(out))
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
 }
 
 async fn ready(State(bot): State<Bot>) -> Response {

@@ -541,6 +541,8 @@ async fn the_thread_acls_decide_who_reads_through_the_bot() {
     );
     let (_, public) = bot.get("/v1/bot", Auth::None).await;
     assert_eq!(public["identity"], bot.id.as_str());
+    let (_, described) = bot.get("/openapi.json", Auth::None).await;
+    assert!(described["paths"]["/v1/threads/{thread}/kv"]["get"].is_object());
     assert!(public.get("threads").is_none(), "{public}");
 }
 
