@@ -52,23 +52,49 @@ fn parse_thread(text: &str) -> Result<ThreadId, Error> {
         .map_err(|e| Error::BadQuery(format!("bad thread ID: {e}")))
 }
 
+/// What a signed read request must match: the request's method, path and headers.
+struct Asked {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Asked {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
 /// The granted thread a request names, and who is reading it.
 struct Reading {
     grant: Arc<Grant>,
     reader: Reader,
 }
 
-async fn reading(
-    bot: &Bot,
-    thread: &str,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Reading, Error> {
-    let grant = bot.grant_of(&parse_thread(thread)?)?;
-    let reader = access::reader(bot, &grant, method, uri, headers, body).await?;
-    Ok(Reading { grant, reader })
+impl Reading {
+    async fn new(bot: &Bot, thread: &str, asked: &Asked, body: &[u8]) -> Result<Self, Error> {
+        let grant = bot.grant_of(&parse_thread(thread)?)?;
+        let (method, uri, headers) = (&asked.method, &asked.uri, &asked.headers);
+        let reader = access::reader(bot, &grant, method, uri, headers, body).await?;
+        Ok(Self { grant, reader })
+    }
+
+    /// Refuses a member whose ACLs keep `entity` of `store` from it.
+    async fn require(&self, store: &str, entity: &str) -> Result<(), Error> {
+        match self.reader.may_read(&self.grant, store, Some(entity)).await {
+            true => Ok(()),
+            false => Err(Error::NoReadRole),
+        }
+    }
 }
 
 async fn status(State(bot): State<Bot>, headers: HeaderMap) -> Result<Json<Value>, Error> {
@@ -184,11 +210,9 @@ async fn revoke_token(
 async fn thread_status(
     State(bot): State<Bot>,
     Path(thread): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    asked: Asked,
 ) -> Result<Json<Value>, Error> {
-    let r = reading(&bot, &thread, &method, &uri, &headers, &[]).await?;
+    let r = Reading::new(&bot, &thread, &asked, &[]).await?;
     Ok(Json(json!(bot.status_of(&r.grant).await?)))
 }
 
@@ -205,11 +229,9 @@ async fn kv_list(
     State(bot): State<Bot>,
     Path(thread): Path<String>,
     Query(q): Query<KvList>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    asked: Asked,
 ) -> Result<Json<Value>, Error> {
-    let r = reading(&bot, &thread, &method, &uri, &headers, &[]).await?;
+    let r = Reading::new(&bot, &thread, &asked, &[]).await?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_LIST).contains(&limit) {
         return Err(Error::BadQuery(format!("limit is 1 to {MAX_LIST}")));
@@ -236,14 +258,10 @@ async fn kv_list(
 async fn kv_get(
     State(bot): State<Bot>,
     Path((thread, key)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    asked: Asked,
 ) -> Result<Json<Value>, Error> {
-    let r = reading(&bot, &thread, &method, &uri, &headers, &[]).await?;
-    if !r.reader.may_read(&r.grant, kv::STORE, Some(&key)).await {
-        return Err(Error::NoReadRole);
-    }
+    let r = Reading::new(&bot, &thread, &asked, &[]).await?;
+    r.require(kv::STORE, &key).await?;
     let value = r
         .grant
         .db
@@ -256,11 +274,9 @@ async fn kv_get(
 async fn collections(
     State(bot): State<Bot>,
     Path(thread): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    asked: Asked,
 ) -> Result<Json<Value>, Error> {
-    let r = reading(&bot, &thread, &method, &uri, &headers, &[]).await?;
+    let r = Reading::new(&bot, &thread, &asked, &[]).await?;
     let list = r
         .grant
         .db
@@ -281,13 +297,11 @@ async fn find(
     State(bot): State<Bot>,
     Path((thread, collection)): Path<(String, String)>,
     Query(q): Query<FindQuery>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    asked: Asked,
     body: Bytes,
 ) -> Result<Json<Value>, Error> {
-    let r = reading(&bot, &thread, &method, &uri, &headers, &body).await?;
-    let text = match (&method, q.query) {
+    let r = Reading::new(&bot, &thread, &asked, &body).await?;
+    let text = match (&asked.method, q.query) {
         (&Method::POST, None) if body.is_empty() => "{}".to_owned(),
         (&Method::POST, None) => String::from_utf8(body.to_vec())
             .map_err(|_| Error::BadQuery("the query is not UTF-8".into()))?,
@@ -323,11 +337,9 @@ async fn find(
 async fn doc_get(
     State(bot): State<Bot>,
     Path((thread, collection, id)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    asked: Asked,
 ) -> Result<Json<Value>, Error> {
-    let r = reading(&bot, &thread, &method, &uri, &headers, &[]).await?;
+    let r = Reading::new(&bot, &thread, &asked, &[]).await?;
     let entity = format!("{collection}/{id}");
     if !r
         .reader
@@ -348,14 +360,10 @@ async fn doc_get(
 async fn crdt_get(
     State(bot): State<Bot>,
     Path((thread, doc)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    asked: Asked,
 ) -> Result<Json<Value>, Error> {
-    let r = reading(&bot, &thread, &method, &uri, &headers, &[]).await?;
-    if !r.reader.may_read(&r.grant, crdt::STORE, Some(&doc)).await {
-        return Err(Error::NoReadRole);
-    }
+    let r = Reading::new(&bot, &thread, &asked, &[]).await?;
+    r.require(crdt::STORE, &doc).await?;
     let value = r
         .grant
         .db
@@ -382,12 +390,11 @@ async fn events(
     State(bot): State<Bot>,
     Path(thread): Path<String>,
     Query(q): Query<EventsQuery>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    asked: Asked,
 ) -> Result<Response, Error> {
-    let r = reading(&bot, &thread, &method, &uri, &headers, &[]).await?;
-    let resume = headers
+    let r = Reading::new(&bot, &thread, &asked, &[]).await?;
+    let resume = asked
+        .headers
         .get("last-event-id")
         .map(|v| {
             v.to_str()

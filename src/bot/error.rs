@@ -14,6 +14,8 @@ pub enum Error {
     FollowOnly,
     #[error("the invite names no follower, and none was given: the bot cannot reach the thread")]
     NoFollower,
+    #[error("the follower: {0}")]
+    BadFollowerUrl(String),
     #[error("cannot reach the follower: {0}")]
     Unreachable(String),
     #[error("the follower refused ({code}): {detail}")]
@@ -55,6 +57,7 @@ impl Error {
             Error::BadInvite(_) => (S::BAD_REQUEST, "bad_invite"),
             Error::FollowOnly => (S::BAD_REQUEST, "not_readable"),
             Error::NoFollower => (S::UNPROCESSABLE_ENTITY, "no_follower"),
+            Error::BadFollowerUrl(_) => (S::BAD_REQUEST, "bad_follower_url"),
             Error::Unreachable(_) => (S::BAD_GATEWAY, "follower_unreachable"),
             Error::FollowerRefused { .. } => (S::BAD_GATEWAY, "follower_refused"),
             Error::NotFound(_) => (S::NOT_FOUND, "not_found"),

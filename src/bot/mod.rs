@@ -163,13 +163,12 @@ impl Bot {
             return Err(Error::FollowOnly);
         }
         let thread = opened.thread.clone();
-        let follower = match follower
-            .map(str::to_owned)
-            .or_else(|| opened.followers.first().cloned())
-        {
-            Some(url) => threads_client::FollowerClient::new(&url)
+        let follower = match (follower, opened.followers.first()) {
+            (Some(url), _) => threads_client::FollowerClient::new(url)
+                .map_err(|e| Error::BadFollowerUrl(e.to_string()))?,
+            (None, Some(url)) => threads_client::FollowerClient::new(url)
                 .map_err(|e| Error::BadInvite(e.to_string()))?,
-            None => return Err(Error::NoFollower),
+            (None, None) => return Err(Error::NoFollower),
         };
         reach(&follower, &opened).await?;
         let follower = follower.url().to_owned();

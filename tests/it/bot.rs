@@ -614,6 +614,12 @@ async fn bad_grants_are_refused_and_leave_nothing() {
         (StatusCode::BAD_GATEWAY, Some("follower_unreachable")),
         "{body}"
     );
+    let (status, body) = grant_from("not a url".into()).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_follower_url")),
+        "{body}"
+    );
     let (status, body) = grant_from(format!("{}/nowhere", server.url)).await;
     assert_eq!(
         (status, body["code"].as_str()),
