@@ -1,5 +1,8 @@
 //! Bot benchmark: prints how fast a bot catches up a granted thread into its views, end to end
-//! from a follower on this machine, and how fast it answers indexed document queries.
+//! from a follower on this machine, and how fast it answers indexed document queries. The
+//! catch-up is measured twice: writers who take turns and see each other's events (their
+//! clocks follow the arrival order), and writers who wrote apart (every writer's clocks
+//! overlap the others': most pages hold events that sort before what is applied already).
 //!
 //! ```text
 //! cargo bench --bench bot
@@ -21,11 +24,53 @@ const WRITERS: usize = 10;
 const WRITE_BATCH: usize = 1000;
 const QUERIES: usize = 2000;
 
-/// One document insert into `items`, about 1 KiB as an event body.
-fn event(writer: usize, i: usize) -> Value {
+/// One document insert into `items`, about 1 KiB as an event body, at logical clock `clock`.
+fn event(writer: usize, i: usize, clock: u64) -> Value {
     let doc = json!({"_id": format!("w{writer}-{i}"), "n": i * WRITERS + writer,
         "writer": writer, "data": "x".repeat(900)});
-    Envelope::new(i as u64 + 2, 0, vec![docs::insert("items", doc)]).to_body()
+    Envelope::new(clock, 0, vec![docs::insert("items", doc)]).to_body()
+}
+
+/// Ten writers fill a new thread at the follower: a collection indexed by `n`, then
+/// documents, in rounds of one batch per writer. `apart`: each writer's clocks start again
+/// from the same place (they never saw each other's events); otherwise each batch's clocks
+/// follow the one pushed before it. Returns the writers (the first made the thread).
+async fn fill(
+    dir: &std::path::Path,
+    url: &str,
+    apart: bool,
+) -> (Vec<Client>, threads_core::ThreadId) {
+    let first = Client::open(&dir.join("w0")).await.unwrap();
+    let thread = first.create_thread(true).await.unwrap().thread;
+    first.add_follower(&thread, url, None).await.unwrap();
+    let create = Envelope::new(1, 0, vec![docs::create_collection("items", None, &["n"])]);
+    first.write(&thread, &create.to_body()).await.unwrap();
+    let link = first.share(&thread, Role::Writer, None).unwrap();
+    let mut writers = vec![first];
+    for i in 1..WRITERS {
+        let w = Client::open(&dir.join(format!("w{i}"))).await.unwrap();
+        w.join(&link).await.unwrap();
+        w.add_follower(&thread, url, None).await.unwrap();
+        writers.push(w);
+    }
+    for round in 0..EVENTS / WRITERS / WRITE_BATCH {
+        for (n, w) in writers.iter().enumerate() {
+            let batch: Vec<Value> = (0..WRITE_BATCH)
+                .map(|i| {
+                    let at = round * WRITE_BATCH + i;
+                    let turn = if apart {
+                        at
+                    } else {
+                        (round * WRITERS + n) * WRITE_BATCH + i
+                    };
+                    event(n, at, turn as u64 + 2)
+                })
+                .collect();
+            w.write_many(&thread, &batch).await.unwrap();
+            w.push(&thread, |_, _| {}).await.unwrap();
+        }
+    }
+    (writers, thread)
 }
 
 #[tokio::main]
@@ -33,32 +78,6 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     println!("bot benchmark: {EVENTS} events of ~1 KiB from {WRITERS} writers");
     let (_server, url) = common::serve(&dir.path().join("server"), None, &[]).await;
-
-    // Writers fill one thread at the follower: a collection indexed by `n`, then documents.
-    let first = Client::open(&dir.path().join("w0")).await.unwrap();
-    let thread = first.create_thread(true).await.unwrap().thread;
-    first.add_follower(&thread, &url, None).await.unwrap();
-    let create = Envelope::new(1, 0, vec![docs::create_collection("items", None, &["n"])]);
-    first.write(&thread, &create.to_body()).await.unwrap();
-    let link = first.share(&thread, Role::Writer, None).unwrap();
-    let mut writers = vec![first];
-    for i in 1..WRITERS {
-        let w = Client::open(&dir.path().join(format!("w{i}")))
-            .await
-            .unwrap();
-        w.join(&link).await.unwrap();
-        w.add_follower(&thread, &url, None).await.unwrap();
-        writers.push(w);
-    }
-    for round in 0..EVENTS / WRITERS / WRITE_BATCH {
-        for (n, w) in writers.iter().enumerate() {
-            let batch: Vec<Value> = (0..WRITE_BATCH)
-                .map(|i| event(n, round * WRITE_BATCH + i))
-                .collect();
-            w.write_many(&thread, &batch).await.unwrap();
-            w.push(&thread, |_, _| {}).await.unwrap();
-        }
-    }
 
     // The bot: its own process, keys sealed under a main key, views on disk.
     let bot_dir = dir.path().join("bot");
@@ -93,47 +112,52 @@ async fn main() {
     let bot_id = lines.next_line().await.unwrap().unwrap();
     let bot_id = bot_id.strip_prefix("identity ").unwrap().parse().unwrap();
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let invite = writers[0]
-        .share(&thread, Role::Reader, Some(&bot_id))
-        .unwrap();
-
     let http = reqwest::Client::new();
     let bot_pid = bot.id().unwrap().to_string();
-    let cpu_before = common::cpu_secs(&bot_pid);
-    let started = Instant::now();
-    let granted: Value = http
-        .post(format!("{bot_url}/v1/grants"))
-        .bearer_auth("bench")
-        .json(&json!({"invite": invite}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let status_url = format!("{bot_url}/v1/threads/{thread}");
-    let mut applied = granted["applied"].as_u64().unwrap_or(0);
-    while applied < (EVENTS + 1) as u64 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let status: Value = http
-            .get(&status_url)
+    let mut first_thread = None;
+    for (apart, label) in [(false, "writers in turn"), (true, "writers apart")] {
+        let (writers, thread) = fill(&dir.path().join(label), &url, apart).await;
+        let invite = writers[0]
+            .share(&thread, Role::Reader, Some(&bot_id))
+            .unwrap();
+        let cpu_before = common::cpu_secs(&bot_pid);
+        let started = Instant::now();
+        let granted: Value = http
+            .post(format!("{bot_url}/v1/grants"))
             .bearer_auth("bench")
+            .json(&json!({"invite": invite}))
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap();
-        applied = status["applied"].as_u64().unwrap_or(0);
+        let status_url = format!("{bot_url}/v1/threads/{thread}");
+        let mut applied = granted["applied"].as_u64().unwrap_or(0);
+        while applied < (EVENTS + 1) as u64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let status: Value = http
+                .get(&status_url)
+                .bearer_auth("bench")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            applied = status["applied"].as_u64().unwrap_or(0);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "catch up {} events into the views, end to end from the follower, {label}: \
+             {secs:.2} s = {:.0} events/s (bot CPU {:.2} s)",
+            EVENTS + 1,
+            (EVENTS + 1) as f64 / secs,
+            common::cpu_secs(&bot_pid) - cpu_before
+        );
+        first_thread.get_or_insert(status_url);
     }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "catch up {} events into the views, end to end from the follower: {secs:.2} s = {:.0} \
-         events/s (bot CPU {:.2} s)",
-        EVENTS + 1,
-        (EVENTS + 1) as f64 / secs,
-        common::cpu_secs(&bot_pid) - cpu_before
-    );
+    let status_url = first_thread.expect("measured above");
 
     // Indexed queries through the HTTP API, one at a time, with a read token.
     let token: Value = http
