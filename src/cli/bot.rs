@@ -45,6 +45,17 @@ pub enum Command {
     },
     /// Print a fresh random main key (base64), to keep in a file or a secret store.
     NewMainKey,
+    /// Ask a bot about a thread as a member: the request is signed with this peer's log key
+    /// of the thread (the thread's ACLs decide what it may read). PATH is the bot API's, e.g.
+    /// `/v1/threads/T/kv/color`; with --body the request is a POST of that JSON.
+    Query {
+        /// The bot's URL.
+        bot: String,
+        thread: threads_core::ThreadId,
+        path: String,
+        #[arg(long)]
+        body: Option<String>,
+    },
 }
 
 /// Where the bot's files are and how its keys are sealed.
@@ -128,7 +139,8 @@ pub struct ServeArgs {
     log_format: String,
 }
 
-pub fn run(command: Command, json_output: bool) -> ExitCode {
+pub fn run(command: Command, peer: &super::peer::Peer) -> ExitCode {
+    let json_output = peer.json;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -138,6 +150,15 @@ pub fn run(command: Command, json_output: bool) -> ExitCode {
     };
     let result = match command {
         Command::Serve(args) => runtime.block_on(serve(args)).map(|()| Value::Null),
+        Command::Query {
+            bot,
+            thread,
+            path,
+            body,
+        } => runtime.block_on(async {
+            let home = peer.home()?;
+            query(&home, &bot, &thread, &path, body.as_deref()).await
+        }),
         other => runtime.block_on(execute(other)),
     };
     match result {
@@ -165,7 +186,7 @@ pub fn run(command: Command, json_output: bool) -> ExitCode {
 
 async fn execute(command: Command) -> anyhow::Result<Value> {
     match command {
-        Command::Serve(_) => unreachable!("run above"),
+        Command::Serve(_) | Command::Query { .. } => unreachable!("run above"),
         Command::Id { keys } => {
             let main = keys.main_keys()?;
             let store = open_keystore(&keys.data_dir, main)?;
@@ -217,6 +238,59 @@ async fn execute(command: Command) -> anyhow::Result<Value> {
             Ok(body)
         }
     }
+}
+
+/// A member's signed request to a bot; the bot's answer.
+async fn query(
+    home: &Path,
+    bot: &str,
+    thread: &threads_core::ThreadId,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<Value> {
+    let entry = Keystore::open(home)?.thread(thread)?;
+    let log = entry.log.as_ref().context(
+        "this peer has no log in the thread to sign with: ask the bot's operator for a read token",
+    )?;
+    let bot = bot.trim_end_matches('/');
+    let http = reqwest::Client::new();
+    let info: Value = http
+        .get(format!("{bot}/v1/bot"))
+        .send()
+        .await
+        .with_context(|| format!("reaching {bot}"))?
+        .json()
+        .await?;
+    let id = info["identity"]
+        .as_str()
+        .context("the bot did not say its identity")?;
+    let (method, bytes) = match body {
+        Some(body) => ("POST", body.as_bytes()),
+        None => ("GET", &b""[..]),
+    };
+    let header = crate::bot::access::sign_header(id, thread, log, method, path, bytes);
+    let mut request = match body {
+        Some(body) => http
+            .post(format!("{bot}{path}"))
+            .header("content-type", "application/json")
+            .body(body.to_owned()),
+        None => http.get(format!("{bot}{path}")),
+    };
+    request = request.header(crate::bot::access::REQUEST_HEADER, header);
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("reaching {bot}"))?;
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        anyhow::bail!(
+            "the bot refused ({status} {}): {}",
+            answer["code"].as_str().unwrap_or("?"),
+            answer["detail"].as_str().unwrap_or("")
+        );
+    }
+    Ok(answer)
 }
 
 fn open_keystore(dir: &Path, main: Option<MainKeys>) -> anyhow::Result<Keystore> {

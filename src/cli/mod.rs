@@ -50,7 +50,7 @@ impl Cli {
             Command::Migrate(c) => c.run(),
             Command::CheckConfig(c) => c.run(),
             Command::Inspect(args) => inspect::run(args),
-            Command::Bot { command } => bot::run(command, self.peer.json),
+            Command::Bot { command } => bot::run(command, &self.peer),
             Command::Peer(command) => self.peer.run(command),
         }
     }

@@ -156,7 +156,7 @@ impl Peer {
         }
     }
 
-    fn home(&self) -> anyhow::Result<PathBuf> {
+    pub(crate) fn home(&self) -> anyhow::Result<PathBuf> {
         match (&self.home, std::env::var_os("HOME")) {
             (Some(home), _) => Ok(home.clone()),
             (None, Some(home)) => Ok(PathBuf::from(home).join(".local/share/threads/peer")),

@@ -414,6 +414,21 @@ async fn the_thread_acls_decide_who_reads_through_the_bot() {
         (status, refused["code"].as_str()),
         (StatusCode::FORBIDDEN, Some("no_read_role"))
     );
+    // The same from the command line, as the members themselves ask.
+    let asked = bob.ok(&["bot", "query", &bot.url, &thread, &list]).await;
+    assert_eq!(asked["entries"], json!([{"key": "open", "value": 1}]));
+    let find = format!("/v1/threads/{thread}/collections");
+    assert_eq!(
+        bob.ok(&["bot", "query", &bot.url, &thread, &find]).await["collections"],
+        json!([])
+    );
+    let refused = carol.run(&["bot", "query", &bot.url, &thread, &list]).await;
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("no_read_role"),
+        "{}",
+        refused.stderr
+    );
     let (status, refused) = bot.get(&list, signed(&carol_key)).await;
     assert_eq!(
         (status, refused["code"].as_str()),
