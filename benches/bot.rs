@@ -73,6 +73,11 @@ async fn fill(
     (writers, thread)
 }
 
+/// The JSON a request to the bot is answered with.
+async fn answer(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
@@ -122,29 +127,17 @@ async fn main() {
             .unwrap();
         let cpu_before = common::cpu_secs(&bot_pid);
         let started = Instant::now();
-        let granted: Value = http
-            .post(format!("{bot_url}/v1/grants"))
-            .bearer_auth("bench")
-            .json(&json!({"invite": invite}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let granted = answer(
+            http.post(format!("{bot_url}/v1/grants"))
+                .bearer_auth("bench")
+                .json(&json!({"invite": invite})),
+        )
+        .await;
         let status_url = format!("{bot_url}/v1/threads/{thread}");
         let mut applied = granted["applied"].as_u64().unwrap_or(0);
         while applied < (EVENTS + 1) as u64 {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            let status: Value = http
-                .get(&status_url)
-                .bearer_auth("bench")
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let status = answer(http.get(&status_url).bearer_auth("bench")).await;
             applied = status["applied"].as_u64().unwrap_or(0);
         }
         let secs = started.elapsed().as_secs_f64();
@@ -160,15 +153,11 @@ async fn main() {
     let status_url = first_thread.expect("measured above");
 
     // Indexed queries through the HTTP API, one at a time, with a read token.
-    let token: Value = http
-        .post(format!("{status_url}/tokens"))
-        .bearer_auth("bench")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token = answer(
+        http.post(format!("{status_url}/tokens"))
+            .bearer_auth("bench"),
+    )
+    .await;
     let token = token["token"].as_str().unwrap().to_owned();
     let find = format!("{status_url}/collections/items/find");
     let mut took = Vec::with_capacity(QUERIES);
@@ -176,16 +165,7 @@ async fn main() {
         let n = (q * 7919) % EVENTS;
         let query = json!({"where": {"field": "n", "eq": n}});
         let started = Instant::now();
-        let page: Value = http
-            .post(&find)
-            .bearer_auth(&token)
-            .json(&query)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = answer(http.post(&find).bearer_auth(&token).json(&query)).await;
         took.push(started.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(page["docs"][0]["n"], n, "{page}");
     }

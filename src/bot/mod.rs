@@ -98,7 +98,7 @@ pub struct GrantStatus {
     pub thread: String,
     pub follower: String,
     pub granted_ms: i64,
-    /// Records of the thread held here (the local sequence number reached).
+    /// How far the views have read the thread's records (a local sequence number).
     pub held: u64,
     /// Events reduced into the views.
     pub applied: u64,
@@ -116,17 +116,11 @@ impl Bot {
     /// an earlier main key), and starts following every granted thread.
     pub async fn open(settings: Settings) -> anyhow::Result<Self> {
         let dir = &settings.data_dir;
-        let keys = match &settings.main_keys {
-            Some(main) => {
-                let keys = Keystore::open_sealed(dir, main.clone())?;
-                let resealed = keys.seal_all()?;
-                if resealed > 0 {
-                    tracing::info!(resealed, "key files sealed under the current main key");
-                }
-                keys
-            }
-            None => Keystore::open(dir)?,
-        };
+        let keys = Keystore::open_with(dir, settings.main_keys.clone())?;
+        let resealed = keys.seal_all()?;
+        if resealed > 0 {
+            tracing::info!(resealed, "key files sealed under the current main key");
+        }
         let client = Arc::new(Client::open_with(dir, keys).await?);
         std::fs::create_dir_all(dir.join("views"))?;
         let state = State::open(&dir.join("bot.db")).await?;

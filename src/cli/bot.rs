@@ -11,7 +11,7 @@ use threads_client::{Keystore, MainKey, MainKeys};
 use tokio_util::sync::CancellationToken;
 
 use crate::bot::{Bot, Settings};
-use crate::config::Limits;
+use crate::config::{Limits, LogFormat};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -95,8 +95,7 @@ impl KeyArgs {
             .map(|p| read_key(p))
             .collect::<anyhow::Result<Vec<_>>>()?;
         match current {
-            Some(current) if self.keys_in_clear => {
-                let _ = current;
+            Some(_) if self.keys_in_clear => {
                 anyhow::bail!("--keys-in-clear and a main key: choose one")
             }
             Some(current) => Ok(Some(MainKeys { current, earlier })),
@@ -189,7 +188,7 @@ async fn execute(command: Command) -> anyhow::Result<Value> {
         Command::Serve(_) | Command::Query { .. } => unreachable!("run above"),
         Command::Id { keys } => {
             let main = keys.main_keys()?;
-            let store = open_keystore(&keys.data_dir, main)?;
+            let store = Keystore::open_with(&keys.data_dir, main)?;
             Ok(json!({"identity": store.identity()?.public().to_string()}))
         }
         Command::RotateMainKey {
@@ -205,7 +204,7 @@ async fn execute(command: Command) -> anyhow::Result<Value> {
                 current: read_key(&new_main_key_file)?,
                 earlier,
             };
-            let store = Keystore::open_sealed(&keys.data_dir, rotated)?;
+            let store = Keystore::open_with(&keys.data_dir, Some(rotated))?;
             Ok(json!({"resealed": store.seal_all()?}))
         }
         Command::NewMainKey => Ok(json!({"main_key": MainKey::random().to_base64().as_str()})),
@@ -222,20 +221,7 @@ async fn execute(command: Command) -> anyhow::Result<Value> {
             if let Some(token) = token {
                 request = request.bearer_auth(token);
             }
-            let response = request
-                .send()
-                .await
-                .with_context(|| format!("reaching {bot}"))?;
-            let status = response.status();
-            let body: Value = response.json().await.unwrap_or(Value::Null);
-            if !status.is_success() {
-                anyhow::bail!(
-                    "the bot refused ({status} {}): {}",
-                    body["code"].as_str().unwrap_or("?"),
-                    body["detail"].as_str().unwrap_or("")
-                );
-            }
-            Ok(body)
+            answer(request, &bot).await
         }
     }
 }
@@ -269,47 +255,44 @@ async fn query(
         None => ("GET", &b""[..]),
     };
     let header = crate::bot::access::sign_header(id, thread, log, method, path, bytes);
-    let mut request = match body {
+    let request = match body {
         Some(body) => http
             .post(format!("{bot}{path}"))
             .header("content-type", "application/json")
             .body(body.to_owned()),
         None => http.get(format!("{bot}{path}")),
     };
-    request = request.header(crate::bot::access::REQUEST_HEADER, header);
+    answer(
+        request.header(crate::bot::access::REQUEST_HEADER, header),
+        bot,
+    )
+    .await
+}
+
+/// Sends a request to the bot: its JSON answer, or its refusal as an error.
+async fn answer(request: reqwest::RequestBuilder, bot: &str) -> anyhow::Result<Value> {
     let response = request
         .send()
         .await
         .with_context(|| format!("reaching {bot}"))?;
     let status = response.status();
-    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    let body: Value = response.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
         anyhow::bail!(
             "the bot refused ({status} {}): {}",
-            answer["code"].as_str().unwrap_or("?"),
-            answer["detail"].as_str().unwrap_or("")
+            body["code"].as_str().unwrap_or("?"),
+            body["detail"].as_str().unwrap_or("")
         );
     }
-    Ok(answer)
-}
-
-fn open_keystore(dir: &Path, main: Option<MainKeys>) -> anyhow::Result<Keystore> {
-    Ok(match main {
-        Some(main) => Keystore::open_sealed(dir, main)?,
-        None => Keystore::open(dir)?,
-    })
+    Ok(body)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    match args.log_format.as_str() {
-        "json" => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init(),
-        _ => tracing_subscriber::fmt().with_env_filter(filter).init(),
-    }
+    super::serve::init_logging(if args.log_format == "json" {
+        LogFormat::Json
+    } else {
+        LogFormat::Pretty
+    });
     let settings = Settings {
         main_keys: args.keys.main_keys()?,
         data_dir: args.keys.data_dir.clone(),
@@ -330,6 +313,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("identity {}", bot.id);
     let shutdown = CancellationToken::new();
     tokio::spawn(super::serve::stop_on_signal(shutdown.clone()));
+    // The bot takes no pushes or pages: the fields for those are 0.
     let limits = Limits {
         max_body_bytes: 1 << 20,
         max_batch_records: 0,
@@ -340,16 +324,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections_per_address: 256,
         max_queued_records: 0,
     };
-    let app = crate::bot::api::router(bot)
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(limits.request_timeout_secs),
-        ))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            limits.max_body_bytes,
-        ))
-        .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(axum::middleware::map_response(crate::server::json_errors))
+    let app = crate::server::bounded(crate::bot::api::router(bot), &limits)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .fallback(|| async { crate::server::error::ApiError::not_found("route") });
     let grace = Duration::from_secs(limits.shutdown_grace_secs);

@@ -86,14 +86,7 @@ pub fn run(args: Args) -> ExitCode {
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
     let config = settings.load()?;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    match config.log_format {
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init(),
-        LogFormat::Pretty => tracing_subscriber::fmt().with_env_filter(filter).init(),
-    }
+    init_logging(config.log_format);
     tracing::debug!(?config, "configuration");
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
@@ -104,6 +97,18 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         tokio::spawn(stop_on_signal(shutdown.clone()));
         crate::server::serve(config, listener, shutdown).await
     })
+}
+
+/// Logs to standard output in `format`, at the levels `RUST_LOG` names (default: info).
+pub(crate) fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+        LogFormat::Pretty => tracing_subscriber::fmt().with_env_filter(filter).init(),
+    }
 }
 
 /// Ctrl-C or SIGTERM start a graceful shutdown.

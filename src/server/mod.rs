@@ -126,7 +126,7 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
         .merge(ops::router())
         .merge(web::router());
-    bounded(api, config)
+    bounded(api, &config.limits)
         .layer(cors)
         .layer(trace)
         .fallback(|| async { ApiError::not_found("route") })
@@ -135,13 +135,16 @@ pub fn app(state: AppState) -> Router {
 
 /// The limits every request meets, whatever its transport: a timeout, a body limit, and JSON
 /// error bodies for what the framework refuses.
-fn bounded(router: Router<AppState>, config: &Config) -> Router<AppState> {
+pub(crate) fn bounded<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    limits: &crate::config::Limits,
+) -> Router<S> {
     router
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(config.limits.request_timeout_secs),
+            Duration::from_secs(limits.request_timeout_secs),
         ))
-        .layer(RequestBodyLimitLayer::new(config.limits.max_body_bytes))
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         // The layer above is the one limit: axum's own (2 MiB) would refuse bodies under it.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::map_response(json_errors))
@@ -151,7 +154,7 @@ fn bounded(router: Router<AppState>, config: &Config) -> Router<AppState> {
 /// push, threads and logs, pulls, blocks), behind the same limits and error bodies as HTTP.
 /// Per-peer rates are the host's.
 pub fn p2p_app(state: AppState) -> Router {
-    bounded(v1::p2p_router(), state.config())
+    bounded(v1::p2p_router(), &state.config().limits)
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }
@@ -159,7 +162,7 @@ pub fn p2p_app(state: AppState) -> Router {
 /// Errors produced by the framework's layers (a query that does not parse, a wrong method, a body
 /// over the limit, a timeout, a plain GET on the WebSocket route) get the same JSON body as the
 /// API's own errors: every error a client sees has a stable `code`.
-pub(crate) async fn json_errors(response: Response) -> Response {
+async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()

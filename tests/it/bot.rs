@@ -11,6 +11,7 @@ use threads_core::{Keypair, ThreadKey};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::database::views;
 use crate::harness::{Backend, Server};
 use crate::peers::Peer;
 
@@ -240,14 +241,6 @@ async fn writer_granting(server: &Server, bot: &Bot) -> (Peer, String, String) {
     (alice, thread, invite)
 }
 
-/// What a database answers: every entry, and the documents of `people` by age.
-async fn peer_views(peer: &Peer, thread: &str) -> (Value, Value) {
-    let entries = peer.ok(&["db", "list", thread, "--limit", "1000"]).await["entries"].clone();
-    let query = r#"{"sort": {"field": "age"}, "limit": 1000}"#;
-    let docs = peer.ok(&["db", "find", thread, "people", query]).await["docs"].clone();
-    (entries, docs)
-}
-
 async fn bot_views(bot: &Bot, thread: &str) -> (Value, Value) {
     let auth = Auth::Token(ADMIN);
     let (status, entries) = bot
@@ -307,8 +300,8 @@ async fn a_bot_answers_as_the_writers_own_database() {
     assert_eq!(status["unreadable_after"], Value::Null);
     assert_eq!(status["error"], Value::Null);
 
-    let mine = peer_views(&alice, &thread).await;
-    assert_eq!(mine, peer_views(&bob, &thread).await);
+    let mine = views(&alice, &thread).await;
+    assert_eq!(mine, views(&bob, &thread).await);
     assert_eq!(bot_views(&bot, &thread).await, mine);
     assert_eq!(mine.1.as_array().unwrap().len(), 2);
 
@@ -342,10 +335,7 @@ async fn a_bot_answers_as_the_writers_own_database() {
     alice.ok(&["push", &thread]).await;
     bot.applied(&thread, 7).await;
     alice.ok(&["pull", &thread]).await;
-    assert_eq!(
-        bot_views(&bot, &thread).await,
-        peer_views(&alice, &thread).await
-    );
+    assert_eq!(bot_views(&bot, &thread).await, views(&alice, &thread).await);
 
     // The follower never held a read key.
     assert!(!dir_holds(

@@ -35,7 +35,7 @@ impl Shared {
 }
 
 /// What a peer's database holds: every entry and every document of `people`, by age.
-async fn views(peer: &Peer, thread: &str) -> (Value, Value) {
+pub(crate) async fn views(peer: &Peer, thread: &str) -> (Value, Value) {
     let entries = peer.ok(&["db", "list", thread]).await["entries"].clone();
     let query = r#"{"sort": {"field": "age"}, "limit": 1000}"#;
     let docs = peer.ok(&["db", "find", thread, "people", query]).await["docs"].clone();

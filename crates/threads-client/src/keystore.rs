@@ -1,7 +1,7 @@
 //! Keys on disk: one identity, and per thread its key set, this peer's own log key, and the
 //! followers it pushes to. Files and the directory are readable by the owner only; secrets are
 //! written as multibase text and never printed unless the user asks (`share`). With main keys
-//! ([`Keystore::open_sealed`]) every file is sealed at rest as [`crate::at_rest`] describes.
+//! ([`Keystore::open_with`]) every file is sealed at rest as [`crate::at_rest`] describes.
 
 use std::fs;
 use std::io::Write;
@@ -113,14 +113,10 @@ impl Keystore {
         Self::open_with(dir, None)
     }
 
-    /// Opens the keystore in `dir` with every file sealed under the current main key. Files
-    /// still in clear, or sealed under an earlier main key, open; [`Keystore::seal_all`]
-    /// seals them again.
-    pub fn open_sealed(dir: &Path, keys: MainKeys) -> Result<Self> {
-        Self::open_with(dir, Some(keys))
-    }
-
-    fn open_with(dir: &Path, main: Option<MainKeys>) -> Result<Self> {
+    /// Opens the keystore in `dir`; with main keys every file is written sealed under the
+    /// current one. Files still in clear, or sealed under an earlier main key, open;
+    /// [`Keystore::seal_all`] seals them again.
+    pub fn open_with(dir: &Path, main: Option<MainKeys>) -> Result<Self> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
