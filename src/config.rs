@@ -231,15 +231,7 @@ impl Config {
         if self.rate_limit.per_second > 0 && self.rate_limit.burst == 0 {
             bail!("rate_limit.burst must be at least 1 when rate_limit.per_second is set");
         }
-        crate::follower::secrets::Secrets::from_hex(&self.webhooks.secret_key)
-            .map_err(|e| anyhow::anyhow!("webhooks.secret_key: {e}"))?;
-        let w = &self.webhooks;
-        if w.concurrency == 0 || w.max_attempts == 0 || w.timeout_secs == 0 {
-            bail!("webhooks.concurrency, webhooks.max_attempts and webhooks.timeout_secs must be at least 1");
-        }
-        if w.retry_base_ms == 0 || w.retry_max_ms < w.retry_base_ms {
-            bail!("webhooks.retry_base_ms must be at least 1 and at most webhooks.retry_max_ms");
-        }
+        self.webhooks.validate()?;
         for addr in &self.p2p.listen {
             if addr.parse::<threads_net::Multiaddr>().is_err() {
                 bail!("p2p.listen: {addr:?} is not a multiaddr (e.g. /ip4/0.0.0.0/tcp/4006)");
@@ -276,10 +268,6 @@ impl Config {
                 );
             }
         }
-        // Leases are derived from the timeout: keep them within reason (and within i64 ms).
-        if w.timeout_secs > 3600 {
-            bail!("webhooks.timeout_secs must be at most 3600");
-        }
         Ok(self)
     }
 
@@ -314,6 +302,35 @@ impl fmt::Debug for Config {
             .field("websocket", &self.websocket)
             .field("cors", &self.cors)
             .finish()
+    }
+}
+
+impl Webhooks {
+    /// The defaults, under environment variables `{prefix}WEBHOOKS__*` (the bot's settings,
+    /// which has no configuration file).
+    pub fn from_env(prefix: &str) -> anyhow::Result<Self> {
+        let webhooks: Webhooks = Figment::from(Toml::string(DEFAULTS))
+            .merge(Env::prefixed(prefix).split("__"))
+            .extract_inner("webhooks")
+            .context("invalid webhook settings")?;
+        webhooks.validate()?;
+        Ok(webhooks)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        crate::webhooks::secrets::Secrets::from_hex(&self.secret_key)
+            .map_err(|e| anyhow::anyhow!("webhooks.secret_key: {e}"))?;
+        if self.concurrency == 0 || self.max_attempts == 0 || self.timeout_secs == 0 {
+            bail!("webhooks.concurrency, webhooks.max_attempts and webhooks.timeout_secs must be at least 1");
+        }
+        if self.retry_base_ms == 0 || self.retry_max_ms < self.retry_base_ms {
+            bail!("webhooks.retry_base_ms must be at least 1 and at most webhooks.retry_max_ms");
+        }
+        // Leases are derived from the timeout: keep them within reason (and within i64 ms).
+        if self.timeout_secs > 3600 {
+            bail!("webhooks.timeout_secs must be at most 3600");
+        }
+        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`follower`] | the follower's core: every operation it offers, whatever the transport |
 //! | [`server`] | the follower's transports: HTTP API, WebSocket push, libp2p, operations endpoints |
+//! | [`webhooks`] | webhook subscriptions and deliveries, for the follower and the bot alike |
 //! | [`bot`] | the bot: a separate process holding read keys it was granted, serving views |
 //! | [`config`] | layered configuration (defaults < file < `THREADS_*` env < flags) |
 //! | [`cli`] | the `threads` subcommands |
@@ -13,3 +14,4 @@ pub mod cli;
 pub mod config;
 pub mod follower;
 pub mod server;
+pub mod webhooks;

@@ -41,22 +41,24 @@ pub fn router(bot: Bot) -> Router {
         )
         .route("/v1/threads/{thread}/crdt/{doc}", get(crdt_get))
         .route("/v1/threads/{thread}/events", get(events))
+        .route("/v1/webhooks", post(super::webhooks::subscribe))
+        .merge(crate::webhooks::routes::router())
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .route("/openapi.json", get(openapi))
         .with_state(bot)
 }
 
-fn parse_thread(text: &str) -> Result<ThreadId, Error> {
+pub(super) fn parse_thread(text: &str) -> Result<ThreadId, Error> {
     text.parse()
         .map_err(|e| Error::BadQuery(format!("bad thread ID: {e}")))
 }
 
 /// What a signed read request must match: the request's method, path and headers.
-struct Asked {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+pub(super) struct Asked {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
 }
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Asked {
@@ -105,7 +107,7 @@ async fn status(State(bot): State<Bot>, headers: HeaderMap) -> Result<Json<Value
         "views": if settings.views_in_memory { "memory" } else { "disk" },
         "grant_policy": if settings.open_grants || settings.admin_token.is_none() { "open" } else { "admin" },
         "grants": bot.grant_count(),
-        "bridges": {"webhooks": 0, "feeds": 0},
+        "bridges": {"webhooks": bot.webhook_count().await?, "feeds": 0},
     });
     // Which threads it reads, from where and how far: to its operator.
     if access::is_admin(&bot, &headers) {

@@ -42,6 +42,10 @@ pub enum Error {
     NoReadRole,
     #[error("{0}")]
     BadQuery(String),
+    #[error("a webhook receives the whole thread: subscribe with the admin token or a read token for the thread")]
+    TrustedOnly,
+    #[error(transparent)]
+    Hook(#[from] crate::webhooks::HookError),
     #[error("{0}")]
     Internal(String),
 }
@@ -76,6 +80,9 @@ impl Error {
             Error::NotAMember => (S::FORBIDDEN, "not_a_member"),
             Error::NoReadRole => (S::FORBIDDEN, "no_read_role"),
             Error::BadQuery(_) => (S::BAD_REQUEST, "bad_query"),
+            Error::TrustedOnly => (S::FORBIDDEN, "token_required"),
+            // Answered by the webhook API's own mapping.
+            Error::Hook(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
             Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -98,6 +105,7 @@ impl IntoResponse for Error {
         let (status, code) = self.status_and_code();
         match self {
             Error::Internal(_) => ApiError::internal(self),
+            Error::Hook(e) => e.into(),
             _ => ApiError::new(status, code, self.to_string()),
         }
         .into_response()

@@ -8,6 +8,7 @@
 //! | this module | [`Bot`]: grants, following each thread, status |
 //! | [`access`] | who may read: read tokens, requests signed by members, the thread's ACLs |
 //! | [`api`] | the HTTP API |
+//! | [`webhooks`] | decrypted webhooks, by the follower's delivery machinery |
 //! | [`state`] | `bot.db`: grants, read tokens, spent nonces |
 //! | [`error`] | every refusal with its status and stable code |
 //!
@@ -20,6 +21,7 @@ pub mod access;
 pub mod api;
 pub mod error;
 pub mod state;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -49,6 +51,8 @@ pub struct Settings {
     pub admin_token: Option<String>,
     /// Anyone holding an invite sealed to this bot's identity may grant.
     pub open_grants: bool,
+    /// How decrypted webhooks are delivered.
+    pub webhooks: crate::config::Webhooks,
 }
 
 /// The bot's core: cheap to clone.
@@ -62,6 +66,8 @@ pub struct Inner {
     /// The identity, as text: what invites are sealed to and signed requests name.
     pub id: String,
     grants: RwLock<HashMap<ThreadId, Arc<Grant>>>,
+    /// Decrypted webhooks, kept with the records in `local.db`.
+    pub hooks: crate::webhooks::Hooks,
 }
 
 impl std::ops::Deref for Bot {
@@ -107,6 +113,8 @@ pub struct GrantStatus {
     /// Set when the writers rotated the read key without this bot: the local sequence number
     /// after which it cannot read; the views stay as they were there.
     pub unreadable_after: Option<u64>,
+    /// The thread's bridges to the web: its webhooks, where they deliver, and whether on.
+    pub webhooks: Vec<serde_json::Value>,
     /// Why following the thread failed last, while it keeps trying.
     pub error: Option<String>,
 }
@@ -124,8 +132,16 @@ impl Bot {
         let client = Arc::new(Client::open_with(dir, keys).await?);
         std::fs::create_dir_all(dir.join("views"))?;
         let state = State::open(&dir.join("bot.db")).await?;
-        let bot = Self(Arc::new(Inner {
+        let secrets = webhooks::secrets(&client.keystore().identity()?);
+        let store: Arc<dyn threads_store::Store> = client.store().clone();
+        let bot = Self(Arc::new_cyclic(|inner| Inner {
             id: client.identity().to_string(),
+            hooks: crate::webhooks::Hooks::new(
+                store,
+                settings.webhooks.clone(),
+                secrets,
+                Arc::new(webhooks::Decrypted(inner.clone())),
+            ),
             settings,
             client,
             state,
@@ -292,6 +308,16 @@ impl Bot {
         self.grants.read().unwrap().len()
     }
 
+    /// Webhooks on every granted thread.
+    pub async fn webhook_count(&self) -> Result<usize, Error> {
+        let threads: Vec<ThreadId> = self.grants.read().unwrap().keys().cloned().collect();
+        let mut count = 0;
+        for thread in threads {
+            count += self.hooks.of_thread(&thread).await?.len();
+        }
+        Ok(count)
+    }
+
     pub async fn statuses(&self) -> Result<Vec<GrantStatus>, Error> {
         let mut grants: Vec<_> = self.grants.read().unwrap().values().cloned().collect();
         grants.sort_by(|a, b| a.row.thread.as_bytes().cmp(b.row.thread.as_bytes()));
@@ -312,6 +338,13 @@ impl Bot {
             applied,
             last: last.map(|p| hex::encode(p.key())),
             unreadable_after: grant.db.unreadable_after(),
+            webhooks: self
+                .hooks
+                .of_thread(&grant.row.thread)
+                .await?
+                .iter()
+                .map(crate::webhooks::routes::webhook_json)
+                .collect(),
             error: grant.last_error.lock().unwrap().clone(),
         })
     }

@@ -299,6 +299,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         views_in_memory: args.views_in_memory,
         admin_token: args.admin_token.filter(|t| !t.is_empty()),
         open_grants: args.open_grants,
+        webhooks: crate::config::Webhooks::from_env("THREADS_BOT_")?,
     };
     if settings.main_keys.is_none() {
         tracing::warn!("keys are kept in clear on disk (--keys-in-clear)");
@@ -313,6 +314,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("identity {}", bot.id);
     let shutdown = CancellationToken::new();
     tokio::spawn(super::serve::stop_on_signal(shutdown.clone()));
+    let _deliveries = bot.hooks.spawn(shutdown.clone());
     // The bot takes no pushes or pages: the fields for those are 0.
     let limits = Limits {
         max_body_bytes: 1 << 20,

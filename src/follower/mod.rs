@@ -12,11 +12,9 @@
 //! | follow a thread live from a cursor | [`Follower::subscribe`] | [`live`] |
 //! | a block by CID | [`Follower::block`] | [`reads`] |
 //! | listings: public threads, a thread and its logs (or just its heads digest), a log, its forks | [`Follower::threads`], [`Follower::thread`], [`Follower::log`], [`Follower::forks`] | [`reads`] |
-//! | webhooks: subscribe, show, delete, deliveries, replay, test, rotate, re-enable | [`Follower::create_webhook`] and the rest | [`webhooks`] |
-//! | deliver webhooks (one worker per process) | [`deliveries::spawn`] | [`deliveries`] |
+//! | subscribe a webhook (a writer's signed request, or the operator) | [`Follower::create_webhook`] | [`webhooks`] |
+//! | manage and deliver webhooks (one worker per process) | [`Follower::hooks`] | [`crate::webhooks`] |
 //! | issue registration tokens; readiness | [`Follower::issue_registration_token`], [`Follower::ready`] | [`owners`], here |
-//!
-//! Webhook secrets are sealed at rest under the operator's key ([`secrets`]).
 //!
 //! Refusals are [`Error`]s, one variant per reason with a stable code; a pushed record's fate
 //! is a [`push::Verdict`]. Who reads a thread is decided here ([`access`]): public threads by
@@ -24,14 +22,12 @@
 
 pub mod access;
 pub mod commit;
-pub mod deliveries;
 pub mod error;
 pub mod gauges;
 pub mod live;
 pub mod owners;
 pub mod push;
 pub mod reads;
-pub mod secrets;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -79,14 +75,12 @@ struct Inner {
     /// The audience signed requests must name; shared by every process on one database.
     server_id: String,
     hub: live::Hub,
-    /// Wakes this process's delivery worker when a webhook is made or enabled here.
-    webhooks_changed: tokio::sync::Notify,
     /// Where verified pushes wait for the next group commit.
     committer: commit::Committer,
     shutdown: CancellationToken,
     announce: Option<Arc<dyn Announce>>,
-    /// Seals webhook secrets at rest, when the operator gave a key.
-    secrets: secrets::Secrets,
+    /// Webhook subscriptions and their deliveries.
+    hooks: crate::webhooks::Hooks,
 }
 
 impl Follower {
@@ -106,15 +100,23 @@ impl Follower {
             max_records_per_log: limit(config.quotas.max_records_per_log),
             max_bytes_per_thread: limit(config.quotas.max_bytes_per_thread),
         };
-        let secrets = secrets::Secrets::from_hex(&config.webhooks.secret_key)
+        let secrets = crate::webhooks::secrets::Secrets::from_hex(&config.webhooks.secret_key)
             .map_err(|e| anyhow::anyhow!("webhooks.secret_key: {e}"))?;
+        let payloads = webhooks::Encrypted {
+            inline_max: config.webhooks.inline_max_bytes,
+        };
+        let hooks = crate::webhooks::Hooks::new(
+            store.clone(),
+            config.webhooks.clone(),
+            secrets,
+            Arc::new(payloads),
+        );
         let hub = live::Hub::start(store.clone(), shutdown.clone());
         let committer =
             commit::Committer::start(store.clone(), quotas, config.limits.max_queued_records);
         Ok(Self(Arc::new(Inner {
-            webhooks_changed: Default::default(),
             committer,
-            secrets,
+            hooks,
             config,
             store,
             server_id,

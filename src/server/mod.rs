@@ -38,7 +38,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
-use crate::follower::{deliveries, Announce, Follower};
+use crate::follower::{Announce, Follower};
 use error::ApiError;
 
 /// What every handler can reach. Cheap to clone.
@@ -247,7 +247,10 @@ pub async fn serve(
         }
     }
     p2p::spawn(state.clone()).await?;
-    let _deliveries = deliveries::spawn(state.follower.clone());
+    let _deliveries = state
+        .follower
+        .hooks()
+        .spawn(state.follower.shutdown().clone());
     let deadline = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {

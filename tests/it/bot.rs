@@ -15,12 +15,12 @@ use crate::database::views;
 use crate::harness::{Backend, Server};
 use crate::peers::Peer;
 
-const ADMIN: &str = "admin-token-for-tests";
+pub(crate) const ADMIN: &str = "admin-token-for-tests";
 
 /// A running `threads bot serve`. Killed when dropped.
-struct Bot {
-    url: String,
-    id: String,
+pub(crate) struct Bot {
+    pub(crate) url: String,
+    pub(crate) id: String,
     http: reqwest::Client,
     dir: PathBuf,
     main_key: PathBuf,
@@ -30,7 +30,7 @@ struct Bot {
 
 impl Bot {
     /// A bot with a fresh data directory and main key.
-    async fn start(extra: &[&str]) -> Self {
+    pub(crate) async fn start(extra: &[&str]) -> Self {
         let home = tempfile::tempdir().unwrap();
         let main_key = home.path().join("main.key");
         let key = run(&["bot", "new-main-key"], None).await;
@@ -57,6 +57,12 @@ impl Bot {
         .args(["--admin-token", ADMIN])
         .args(extra)
         .env("RUST_LOG", "warn")
+        // Tests deliver webhooks to receivers on loopback, and retry quickly.
+        .env("THREADS_BOT_WEBHOOKS__ALLOW_PRIVATE_ADDRESSES", "true")
+        .env("THREADS_BOT_WEBHOOKS__RETRY_BASE_MS", "50")
+        .env("THREADS_BOT_WEBHOOKS__RETRY_MAX_MS", "200")
+        // Short leases: a crashed bot's deliveries are taken up again sooner.
+        .env("THREADS_BOT_WEBHOOKS__TIMEOUT_SECS", "2")
         .env_remove("THREADS_BOT_MAIN_KEY")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -89,14 +95,14 @@ impl Bot {
     }
 
     /// Crashes the bot (kill -9) and starts it again on the same data.
-    async fn restart(mut self) -> Self {
+    pub(crate) async fn restart(mut self) -> Self {
         self.child.kill().await.unwrap();
         let mut next = Self::launch(&self.dir, &self.main_key, &[]).await.unwrap();
         next._home = self._home.take();
         next
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -132,11 +138,11 @@ impl Bot {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    async fn get(&self, path: &str, auth: Auth<'_>) -> (StatusCode, Value) {
+    pub(crate) async fn get(&self, path: &str, auth: Auth<'_>) -> (StatusCode, Value) {
         self.call(reqwest::Method::GET, path, auth, None).await
     }
 
-    async fn admin(
+    pub(crate) async fn admin(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -145,7 +151,7 @@ impl Bot {
         self.call(method, path, Auth::Token(ADMIN), body).await
     }
 
-    async fn grant(&self, invite: &str) -> (StatusCode, Value) {
+    pub(crate) async fn grant(&self, invite: &str) -> (StatusCode, Value) {
         self.admin(
             reqwest::Method::POST,
             "/v1/grants",
@@ -155,7 +161,7 @@ impl Bot {
     }
 
     /// Waits until the bot has applied `events` events of the thread (20 s at most).
-    async fn applied(&self, thread: &str, events: u64) -> Value {
+    pub(crate) async fn applied(&self, thread: &str, events: u64) -> Value {
         let path = format!("/v1/threads/{thread}");
         for _ in 0..200 {
             let (status, body) = self.get(&path, Auth::Token(ADMIN)).await;
@@ -170,7 +176,7 @@ impl Bot {
 }
 
 #[derive(Clone, Copy)]
-enum Auth<'a> {
+pub(crate) enum Auth<'a> {
     None,
     Token(&'a str),
     Signed { thread: &'a str, log: &'a Keypair },
@@ -198,7 +204,7 @@ fn key_file(peer: &Peer, thread: &str) -> Value {
     serde_json::from_str(&text.unwrap()).unwrap()
 }
 
-fn log_key(peer: &Peer, thread: &str) -> Keypair {
+pub(crate) fn log_key(peer: &Peer, thread: &str) -> Keypair {
     key_file(peer, thread)["log"]
         .as_str()
         .unwrap()
@@ -228,7 +234,7 @@ fn dir_holds(dir: &Path, needle: &[u8]) -> bool {
 }
 
 /// A follower and a writer whose thread it keeps, with a reader invite sealed to `bot`.
-async fn writer_granting(server: &Server, bot: &Bot) -> (Peer, String, String) {
+pub(crate) async fn writer_granting(server: &Server, bot: &Bot) -> (Peer, String, String) {
     let alice = Peer::new();
     let thread = alice.text(&["thread", "create"], "thread").await;
     alice.ok(&["follower", "add", &thread, &server.url]).await;
@@ -241,7 +247,7 @@ async fn writer_granting(server: &Server, bot: &Bot) -> (Peer, String, String) {
     (alice, thread, invite)
 }
 
-async fn bot_views(bot: &Bot, thread: &str) -> (Value, Value) {
+pub(crate) async fn bot_views(bot: &Bot, thread: &str) -> (Value, Value) {
     let auth = Auth::Token(ADMIN);
     let (status, entries) = bot
         .get(&format!("/v1/threads/{thread}/kv?limit=1000"), auth)
@@ -663,7 +669,8 @@ async fn bad_grants_are_refused_and_leave_nothing() {
     let key_files = std::fs::read_dir(bot.dir.join("threads")).unwrap().count();
     assert_eq!(key_files, 0);
     assert_eq!(bot.grant(&invite).await.0, StatusCode::CREATED);
-    assert_eq!(bot.grant(&invite).await.0, StatusCode::OK);
+    let (status, again) = bot.grant(&invite).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ mod harness;
 
 mod backup;
 mod bot;
+mod bot_bridges;
 mod cluster;
 mod commands;
 mod database;

@@ -18,25 +18,25 @@ use crate::harness::{now_ms, Backend, Server};
 
 /// One request the receiver got.
 #[derive(Clone, Debug)]
-struct Received {
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
+pub(crate) struct Received {
+    pub(crate) headers: HashMap<String, String>,
+    pub(crate) body: Vec<u8>,
 }
 
 /// A scripted answer: a status and an optional `Retry-After`.
-type Answer = (u16, Option<&'static str>);
+pub(crate) type Answer = (u16, Option<&'static str>);
 
 /// A webhook receiver on 127.0.0.1: answers with the scripted statuses first (status,
 /// Retry-After), then 200, and keeps every request.
 #[derive(Clone)]
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     got: Arc<Mutex<Vec<Received>>>,
     script: Arc<Mutex<Vec<Answer>>>,
 }
 
 impl Receiver {
-    async fn start(script: Vec<Answer>) -> Self {
+    pub(crate) async fn start(script: Vec<Answer>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let receiver = Receiver {
@@ -74,12 +74,16 @@ impl Receiver {
         receiver
     }
 
-    fn got(&self) -> Vec<Received> {
+    pub(crate) fn got(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
     }
 
     /// Waits until `check` holds for what was received (up to 30 s).
-    async fn until(&self, what: &str, check: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+    pub(crate) async fn until(
+        &self,
+        what: &str,
+        check: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
         for _ in 0..3000 {
             let got = self.got();
             if check(&got) {
@@ -91,12 +95,12 @@ impl Receiver {
     }
 }
 
-fn body(r: &Received) -> Value {
+pub(crate) fn body(r: &Received) -> Value {
     serde_json::from_slice(&r.body).unwrap()
 }
 
 /// Verifies a delivery with the Standard Webhooks reference library (Python).
-async fn verified_by_reference_library(secret: &str, r: &Received) -> bool {
+pub(crate) async fn verified_by_reference_library(secret: &str, r: &Received) -> bool {
     let headers = json!({
         "webhook-id": r.headers["webhook-id"],
         "webhook-timestamp": r.headers["webhook-timestamp"],

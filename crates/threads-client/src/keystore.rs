@@ -237,7 +237,15 @@ impl Keystore {
         })
     }
 
+    /// Writes a thread's entry whole. Writes of one keystore take turns: two at once would
+    /// share the temporary file.
     pub fn save(&self, entry: &ThreadEntry) -> Result<()> {
+        let _updating = self.updating.lock().expect("no panics while held");
+        self.save_held(entry)
+    }
+
+    /// [`Keystore::save`], with the turn already taken.
+    fn save_held(&self, entry: &ThreadEntry) -> Result<()> {
         let file = ThreadFile {
             thread: entry.thread.to_string(),
             key: entry.key.to_multibase().to_string(),
@@ -271,7 +279,7 @@ impl Keystore {
         let _updating = self.updating.lock().expect("no panics while held");
         let mut entry = self.thread(thread)?;
         let answer = change(&mut entry);
-        self.save(&entry)?;
+        self.save_held(&entry)?;
         Ok(answer)
     }
 

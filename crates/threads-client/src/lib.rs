@@ -174,6 +174,11 @@ impl Client {
         &self.keys
     }
 
+    /// The local store: every record held, as verified, still encrypted.
+    pub fn store(&self) -> &Arc<SqliteStore> {
+        &self.store
+    }
+
     pub fn thread(&self, thread: &ThreadId) -> Result<ThreadEntry> {
         self.keys.thread(thread)
     }

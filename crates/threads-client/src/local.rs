@@ -138,33 +138,43 @@ impl Client {
         }
         let stored = self.store.records_by_thread(thread, after, limit).await?;
         let mut events = Vec::with_capacity(stored.len());
-        for r in stored {
-            let mut opened = Err(RecordError::NoReadKey);
-            for key in entry.read_keys() {
-                opened = r.blocks.read_content(key);
-                if opened.is_ok() {
-                    break;
-                }
-            }
-            match opened {
-                Ok(body) => events.push(Event {
-                    log: r.log,
-                    counter: r.counter,
-                    seq: r.seq,
-                    cid: r.cid.to_string(),
-                    body: decode_body(&body),
-                }),
+        for r in &stored {
+            match open_with(&entry, r) {
+                Ok(event) => events.push(event),
                 Err(_) if !events.is_empty() => break,
-                Err(error) => {
-                    return Err(Error::Rejected {
-                        cid: r.cid.to_string(),
-                        source_url: "the local store".into(),
-                        error,
-                    })
-                }
+                Err(error) => return Err(error),
             }
         }
         Ok(events)
+    }
+
+    /// One stored record of a thread, decrypted with the current read key or an earlier one.
+    pub fn open_record(&self, record: &threads_store::StoredRecord) -> Result<Event> {
+        open_with(&self.keys.thread(&record.thread)?, record)
+    }
+}
+
+fn open_with(entry: &ThreadEntry, r: &threads_store::StoredRecord) -> Result<Event> {
+    let mut opened = Err(RecordError::NoReadKey);
+    for key in entry.read_keys() {
+        opened = r.blocks.read_content(key);
+        if opened.is_ok() {
+            break;
+        }
+    }
+    match opened {
+        Ok(body) => Ok(Event {
+            log: r.log.clone(),
+            counter: r.counter,
+            seq: r.seq,
+            cid: r.cid.to_string(),
+            body: decode_body(&body),
+        }),
+        Err(error) => Err(Error::Rejected {
+            cid: r.cid.to_string(),
+            source_url: "the local store".into(),
+            error,
+        }),
     }
 }
 

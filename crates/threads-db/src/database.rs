@@ -36,6 +36,11 @@ pub struct Database {
 /// Marks a record body of a snapshot log.
 const SNAPSHOT_TAG: &str = "threads-db-snapshot";
 
+/// Whether a record body is a published snapshot (of a snapshot log), not an event.
+pub fn is_snapshot(body: &serde_json::Value) -> bool {
+    body.get(SNAPSHOT_TAG).is_some()
+}
+
 /// The snapshot bytes of a published-snapshot body.
 fn published_snapshot(body: &serde_json::Value) -> Option<Vec<u8>> {
     (body.get(SNAPSHOT_TAG)? == 1)

@@ -45,7 +45,7 @@ pub mod view;
 
 pub use action::{Action, Envelope, Event, Position};
 pub use crdt::CrdtStore;
-pub use database::{Config, Database};
+pub use database::{is_snapshot, Config, Database};
 pub use dispatcher::{Applied, Dispatcher, Options};
 pub use docs::DocStore;
 pub use kv::KvStore;

@@ -156,6 +156,20 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Whether the ACLs in force let `log` write what `action` targets (of a registered
+    /// store other than the ACLs'): what the views decide when they reduce it.
+    pub async fn admits(&self, log: &[u8; 32], action: &Action) -> bool {
+        let state = self.state.read().await;
+        let views = &state.views;
+        match views.stores.get(&action.store) {
+            Some(view) => {
+                let entity = view.entity(action);
+                views.acls.may_write(log, &action.store, entity.as_deref())
+            }
+            None => false,
+        }
+    }
+
     /// Runs a query on the ACLs in force.
     pub async fn acls<R>(&self, f: impl FnOnce(&Acls) -> R) -> R {
         f(&self.state.read().await.views.acls)

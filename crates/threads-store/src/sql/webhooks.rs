@@ -37,6 +37,20 @@ macro_rules! impl_webhook_store {
                 row.map(|r| r.into_webhook()).transpose()
             }
 
+            async fn webhooks_of(
+                &self,
+                thread: &threads_core::ThreadId,
+            ) -> $crate::Result<Vec<$crate::model::Webhook>> {
+                let rows: Vec<$crate::sql::rows::WebhookRow> = sqlx::query_as(&format!(
+                    "SELECT {} FROM webhooks WHERE thread_id = $1 ORDER BY created_at, id",
+                    $crate::sql::rows::WEBHOOK_COLUMNS
+                ))
+                .bind(thread.as_bytes())
+                .fetch_all(&self.read)
+                .await?;
+                rows.into_iter().map(|r| r.into_webhook()).collect()
+            }
+
             async fn webhook_threads(&self) -> $crate::Result<Vec<threads_core::ThreadId>> {
                 let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
                     "SELECT DISTINCT thread_id FROM webhooks WHERE disabled_at IS NULL",

@@ -30,9 +30,9 @@ use threads_store::{
     Attempt, AttemptResult, CursorOutcome, Delivery, StoredRecord, Webhook, WebhookLease,
 };
 use tokio::sync::{mpsc, Notify, Semaphore};
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use super::{now_ms, Follower};
+use super::{now_ms, Hooks};
 
 /// How often the worker looks for due deliveries when nothing wakes it sooner: soon while
 /// there is work, rarely when idle.
@@ -180,13 +180,9 @@ impl reqwest::dns::Resolve for PublicOnly {
     }
 }
 
-/// Starts this process's delivery worker; it stops at shutdown.
-pub fn spawn(state: Follower) -> JoinHandle<()> {
-    tokio::spawn(run(state))
-}
-
-async fn run(state: Follower) {
-    let config = &state.config().webhooks;
+/// This process's delivery worker, until `shutdown`.
+pub(super) async fn run(hooks: Hooks, shutdown: CancellationToken) {
+    let config = &hooks.0.config;
     let mut builder = reqwest::Client::builder()
         .timeout(Duration::from_secs(config.timeout_secs))
         .redirect(reqwest::redirect::Policy::none())
@@ -195,7 +191,7 @@ async fn run(state: Follower) {
         builder = builder.dns_resolver(Arc::new(PublicOnly));
     }
     let sender = Sender {
-        state: state.clone(),
+        hooks: hooks.clone(),
         http: builder.build().expect("an HTTP client builds"),
         slots: Arc::new(Semaphore::new(config.concurrency)),
         pace: Arc::new(Pace::new(config.max_per_second)),
@@ -211,17 +207,17 @@ async fn run(state: Follower) {
     let (done, outcomes) = mpsc::channel(config.concurrency.max(CLAIM_BATCH));
     // A cursor is free again once its outcome is written: the recorder says so.
     let released = Arc::new(Notify::new());
-    let recorder = tokio::spawn(record(state.clone(), outcomes, released.clone()));
-    let mut changes = state.0.store.changes();
+    let recorder = tokio::spawn(record(hooks.clone(), outcomes, released.clone()));
+    let mut changes = hooks.0.store.changes();
     'work: loop {
         // Claim only what can be sent now: wait for a free slot first.
         let first = tokio::select! {
-            _ = state.0.shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break,
             permit = sender.slots.clone().acquire_owned() => permit.expect("never closed"),
         };
         let now = now_ms();
         // New records: each webhook's cursor, sent by its own task.
-        let leases = match state
+        let leases = match hooks
             .0
             .store
             .claim_webhooks(now, cursor_lease_ms, CURSOR_CLAIM)
@@ -245,7 +241,7 @@ async fn run(state: Follower) {
         let claimed = match free {
             0 => Ok(Vec::new()),
             _ => {
-                state
+                hooks
                     .0
                     .store
                     .claim_deliveries(now, lease_ms, free as u32)
@@ -262,7 +258,7 @@ async fn run(state: Follower) {
         } else {
             POLL_BUSY
         };
-        let mut bodies = payloads(&state, &claimed).await;
+        let mut bodies = payloads(&hooks, &claimed).await;
         let mut first = Some(first);
         for (delivery, hook) in claimed {
             let body = bodies
@@ -291,7 +287,7 @@ async fn run(state: Follower) {
         }
         // A record stored in a thread without webhooks is no work: only changes of threads
         // with one wake the worker. Webhooks made by other processes are seen at the next poll.
-        let hooked: HashSet<ThreadId> = match state.0.store.webhook_threads().await {
+        let hooked: HashSet<ThreadId> = match hooks.0.store.webhook_threads().await {
             Ok(threads) => threads.into_iter().collect(),
             Err(error) => {
                 tracing::warn!(%error, "listing webhooks' threads failed");
@@ -302,13 +298,13 @@ async fn run(state: Follower) {
         tokio::pin!(pause);
         loop {
             tokio::select! {
-                _ = state.0.shutdown.cancelled() => break 'work,
+                _ = shutdown.cancelled() => break 'work,
                 change = changes.recv() => match change {
                     Ok(change) if !hooked.contains(&change.thread) => continue,
                     _ => break,
                 },
                 _ = released.notified() => break,
-                _ = state.0.webhooks_changed.notified() => break,
+                _ = hooks.0.changed.notified() => break,
                 _ = &mut pause => break,
             }
         }
@@ -320,7 +316,7 @@ async fn run(state: Follower) {
 /// What a worker's tasks send with.
 #[derive(Clone)]
 struct Sender {
-    state: Follower,
+    hooks: Hooks,
     http: reqwest::Client,
     /// Deliveries in flight at once.
     slots: Arc<Semaphore>,
@@ -381,7 +377,7 @@ impl Sender {
     async fn send_cursor(self, lease: WebhookLease, done: mpsc::Sender<Done>) {
         let hook = Arc::new(lease.webhook);
         let records = match self
-            .state
+            .hooks
             .0
             .store
             .records_by_thread(&hook.thread, hook.cursor, CURSOR_BATCH)
@@ -401,12 +397,16 @@ impl Sender {
         } else {
             last.max(lease.seq)
         };
-        let inline_max = self.state.config().webhooks.inline_max_bytes;
         let mut sends = Vec::new();
         for record in records {
             if hook.log.as_ref().is_some_and(|log| *log != record.log) {
                 continue;
             }
+            let body = match self.hooks.0.payloads.record(&record).await {
+                Ok(None) => continue,
+                Ok(Some(body)) => Ok(body),
+                Err(error) => Err(error),
+            };
             let permit = self
                 .slots
                 .clone()
@@ -436,7 +436,6 @@ impl Sender {
                 delivered_ms: None,
                 message_id: format!("msg_{}_{}", hook.id, record.seq),
             };
-            let body = Ok(record_payload(&record, inline_max));
             let (sender, hook) = (self.clone(), hook.clone());
             sends.push(tokio::spawn(async move {
                 let (_, attempt, result) = deliver(&sender, &delivery, &hook, body).await;
@@ -466,7 +465,7 @@ enum Done {
 
 /// Writes delivery outcomes as they come, many per transaction. What is not written (the
 /// process dies first) is sent again when its lease runs out: at least once, never lost.
-async fn record(state: Follower, mut outcomes: mpsc::Receiver<Done>, released: Arc<Notify>) {
+async fn record(hooks: Hooks, mut outcomes: mpsc::Receiver<Done>, released: Arc<Notify>) {
     let (mut rows, mut cursors) = (Vec::new(), Vec::new());
     while let Some(first) = outcomes.recv().await {
         let mut next = Some(first);
@@ -486,7 +485,7 @@ async fn record(state: Follower, mut outcomes: mpsc::Receiver<Done>, released: A
                 next = outcomes.try_recv().ok();
             }
         }
-        if let Err(error) = state.0.store.finish_deliveries(&rows, &cursors).await {
+        if let Err(error) = hooks.0.store.finish_deliveries(&rows, &cursors).await {
             tracing::warn!(%error, deliveries = size, "recording webhook attempts failed");
         }
         if !cursors.is_empty() {
@@ -502,7 +501,7 @@ type Outcome = (i64, Attempt, AttemptResult);
 /// The JSON bodies of claimed deliveries, by delivery ID; records are read one query per
 /// thread.
 async fn payloads(
-    state: &Follower,
+    hooks: &Hooks,
     claimed: &[(Delivery, Webhook)],
 ) -> HashMap<i64, Result<Vec<u8>, String>> {
     let mut by_thread: HashMap<&ThreadId, Vec<u64>> = HashMap::new();
@@ -512,29 +511,32 @@ async fn payloads(
     let mut records: HashMap<(&ThreadId, u64), StoredRecord> = HashMap::new();
     let mut failed: HashMap<&ThreadId, String> = HashMap::new();
     for (thread, seqs) in by_thread {
-        match state.0.store.records_at(thread, &seqs).await {
+        match hooks.0.store.records_at(thread, &seqs).await {
             Ok(found) => records.extend(found.into_iter().map(|r| ((thread, r.seq), r))),
             Err(e) => {
                 failed.insert(thread, format!("reading the record: {e}"));
             }
         }
     }
-    claimed
-        .iter()
-        .map(|(d, _)| {
-            let body = if d.event == "webhook.test" {
-                Ok(test_payload(d))
-            } else if let Some(error) = failed.get(&d.thread) {
-                Err(error.clone())
-            } else {
-                records
-                    .get(&(&d.thread, d.seq))
-                    .map(|r| record_payload(r, state.config().webhooks.inline_max_bytes))
-                    .ok_or_else(|| "the record was deleted by its owner".to_owned())
-            };
-            (d.id, body)
-        })
-        .collect()
+    let mut bodies = HashMap::with_capacity(claimed.len());
+    for (d, _) in claimed {
+        let body = if d.event == "webhook.test" {
+            Ok(test_payload(d))
+        } else if let Some(error) = failed.get(&d.thread) {
+            Err(error.clone())
+        } else {
+            match records.get(&(&d.thread, d.seq)) {
+                None => Err("the record was deleted by its owner".to_owned()),
+                Some(r) => match hooks.0.payloads.record(r).await {
+                    Ok(Some(body)) => Ok(body),
+                    Ok(None) => Err("the record has nothing to deliver".to_owned()),
+                    Err(error) => Err(error),
+                },
+            }
+        };
+        bodies.insert(d.id, body);
+    }
+    bodies
 }
 
 /// Sends one delivery; says what to record of the attempt.
@@ -544,11 +546,11 @@ async fn deliver(
     hook: &Webhook,
     body: Result<Vec<u8>, String>,
 ) -> Outcome {
-    let (state, http) = (&sender.state, &sender.http);
-    let config = &state.config().webhooks;
+    let (hooks, http) = (&sender.hooks, &sender.http);
+    let config = &hooks.0.config;
     let started = Instant::now();
     let at_ms = now_ms();
-    let outcome = match (body, state.0.secrets.open(&hook.secret)) {
+    let outcome = match (body, hooks.0.secrets.open(&hook.secret)) {
         (Ok(body), Ok(secret)) => {
             let allow_private = config.allow_private_addresses;
             send(http, hook, &secret, delivery, &body, allow_private).await
@@ -602,7 +604,8 @@ async fn deliver(
     (delivery.id, attempt, result)
 }
 
-fn rfc3339(ms: i64) -> String {
+/// A time as Standard Webhooks' `timestamp` gives it.
+pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -614,37 +617,6 @@ fn test_payload(d: &Delivery) -> Vec<u8> {
         "timestamp": rfc3339(d.created_ms),
         "data": {"webhook": d.webhook, "thread": d.thread.to_string()},
     });
-    serde_json::to_vec(&body).expect("JSON serializes")
-}
-
-/// `{type, timestamp, data}` for a stored record: where it is, how to pull it, and (up to
-/// `inline_max` bytes) its four encrypted nodes.
-fn record_payload(record: &StoredRecord, inline_max: usize) -> Vec<u8> {
-    let mut data = json!({
-        "thread": record.thread.to_string(),
-        "log": record.log.to_string(),
-        "seq": record.seq,
-        "counter": record.counter,
-        "cid": record.cid.to_string(),
-        "arrived_ms": record.arrived_ms,
-        "href": format!(
-            "/v1/threads/{}/logs/{}/records?after={}&limit=1",
-            record.thread,
-            record.log,
-            record.counter - 1
-        ),
-    });
-    if record.byte_len() <= inline_max {
-        let b = &record.blocks;
-        data["record"] = json!({
-            "record": B64.encode(&b.record),
-            "event": B64.encode(&b.event),
-            "header": B64.encode(&b.header),
-            "body": B64.encode(&b.body),
-        });
-    }
-    let body =
-        json!({"type": "record.created", "timestamp": rfc3339(record.arrived_ms), "data": data});
     serde_json::to_vec(&body).expect("JSON serializes")
 }
 
