@@ -53,7 +53,7 @@ pub struct Inner {
     pub ws_slots: Arc<Semaphore>,
     pub limiter: Option<DefaultKeyedRateLimiter<std::net::IpAddr>>,
     /// Rendered feeds, until their records change.
-    pub feeds: v1::feeds::FeedCache,
+    pub feeds: crate::feeds::FeedCache,
     /// The libp2p side, unless `p2p.listen` is empty.
     pub p2p: Option<Arc<p2p::Node>>,
 }
