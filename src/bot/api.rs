@@ -15,7 +15,9 @@ use threads_core::ThreadId;
 use threads_db::{crdt, docs, kv, CrdtStore, DocStore, KvStore};
 
 use super::access::{self, Reader};
+use super::feeds;
 use super::{now_ms, Bot, Error, Grant};
+use crate::feeds::Format;
 
 /// Entries a key/value listing answers at most.
 const MAX_LIST: usize = 1000;
@@ -42,6 +44,18 @@ pub fn router(bot: Bot) -> Router {
         .route("/v1/threads/{thread}/crdt/{doc}", get(crdt_get))
         .route("/v1/threads/{thread}/events", get(events))
         .route("/v1/webhooks", post(super::webhooks::subscribe))
+        .route(
+            "/v1/threads/{thread}/feed",
+            axum::routing::put(feeds::publish).delete(feeds::unpublish),
+        )
+        .route(
+            "/v1/threads/{thread}/feed.atom",
+            get(|State(b), Path(t), Query(q), h| feeds::feed(b, t, q, h, Format::Atom)),
+        )
+        .route(
+            "/v1/threads/{thread}/feed.rss",
+            get(|State(b), Path(t), Query(q), h| feeds::feed(b, t, q, h, Format::Rss)),
+        )
         .merge(crate::webhooks::routes::router())
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
@@ -107,7 +121,10 @@ async fn status(State(bot): State<Bot>, headers: HeaderMap) -> Result<Json<Value
         "views": if settings.views_in_memory { "memory" } else { "disk" },
         "grant_policy": if settings.open_grants || settings.admin_token.is_none() { "open" } else { "admin" },
         "grants": bot.grant_count(),
-        "bridges": {"webhooks": bot.webhook_count().await?, "feeds": 0},
+        "bridges": {
+            "webhooks": bot.webhook_count().await?,
+            "feeds": bot.state.published_count().await?,
+        },
     });
     // Which threads it reads, from where and how far: to its operator.
     if access::is_admin(&bot, &headers) {

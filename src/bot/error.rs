@@ -42,6 +42,8 @@ pub enum Error {
     NoReadRole,
     #[error("{0}")]
     BadQuery(String),
+    #[error("this thread is not published as a feed")]
+    NotPublished,
     #[error("a webhook receives the whole thread: subscribe with the admin token or a read token for the thread")]
     TrustedOnly,
     #[error(transparent)]
@@ -81,6 +83,7 @@ impl Error {
             Error::NoReadRole => (S::FORBIDDEN, "no_read_role"),
             Error::BadQuery(_) => (S::BAD_REQUEST, "bad_query"),
             Error::TrustedOnly => (S::FORBIDDEN, "token_required"),
+            Error::NotPublished => (S::NOT_FOUND, "not_published"),
             // Answered by the webhook API's own mapping.
             Error::Hook(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
             Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
@@ -100,14 +103,19 @@ impl From<threads_db::Error> for Error {
     }
 }
 
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        let (status, code) = error.status_and_code();
+        match error {
+            Error::Internal(_) => ApiError::internal(error),
+            Error::Hook(e) => e.into(),
+            _ => ApiError::new(status, code, error.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        match self {
-            Error::Internal(_) => ApiError::internal(self),
-            Error::Hook(e) => e.into(),
-            _ => ApiError::new(status, code, self.to_string()),
-        }
-        .into_response()
+        ApiError::from(self).into_response()
     }
 }

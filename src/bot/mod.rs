@@ -9,6 +9,7 @@
 //! | [`access`] | who may read: read tokens, requests signed by members, the thread's ACLs |
 //! | [`api`] | the HTTP API |
 //! | [`webhooks`] | decrypted webhooks, by the follower's delivery machinery |
+//! | [`feeds`] | publishing a thread or a collection as a plaintext Atom and RSS feed |
 //! | [`state`] | `bot.db`: grants, read tokens, spent nonces |
 //! | [`error`] | every refusal with its status and stable code |
 //!
@@ -20,6 +21,7 @@
 pub mod access;
 pub mod api;
 pub mod error;
+pub mod feeds;
 pub mod state;
 pub mod webhooks;
 
@@ -68,6 +70,8 @@ pub struct Inner {
     grants: RwLock<HashMap<ThreadId, Arc<Grant>>>,
     /// Decrypted webhooks, kept with the records in `local.db`.
     pub hooks: crate::webhooks::Hooks,
+    /// Rendered feed documents of published threads.
+    pub feeds: crate::feeds::FeedCache,
 }
 
 impl std::ops::Deref for Bot {
@@ -113,8 +117,10 @@ pub struct GrantStatus {
     /// Set when the writers rotated the read key without this bot: the local sequence number
     /// after which it cannot read; the views stay as they were there.
     pub unreadable_after: Option<u64>,
-    /// The thread's bridges to the web: its webhooks, where they deliver, and whether on.
+    /// The thread's bridges to the web: its webhooks, where they deliver, and whether on;
+    /// its feed, when it is published.
     pub webhooks: Vec<serde_json::Value>,
+    pub feed: Option<state::Published>,
     /// Why following the thread failed last, while it keeps trying.
     pub error: Option<String>,
 }
@@ -146,6 +152,7 @@ impl Bot {
             client,
             state,
             grants: RwLock::default(),
+            feeds: Default::default(),
         }));
         for row in bot.state.grants().await? {
             let thread = row.thread.clone();
@@ -345,6 +352,7 @@ impl Bot {
                 .iter()
                 .map(crate::webhooks::routes::webhook_json)
                 .collect(),
+            feed: self.state.published(&grant.row.thread).await?,
             error: grant.last_error.lock().unwrap().clone(),
         })
     }

@@ -1,6 +1,6 @@
 //! What a bot remembers besides keys and records, in `bot.db` (SQLite): the grants it holds,
-//! the read tokens its operator issued (only their SHA-256), and the nonces of signed requests
-//! it has answered, until their window closes.
+//! the read tokens its operator issued (only their SHA-256), the threads it publishes as
+//! feeds, and the nonces of signed requests it has answered, until their window closes.
 
 use std::path::Path;
 
@@ -21,6 +21,12 @@ CREATE TABLE IF NOT EXISTS tokens (
     hash BLOB NOT NULL UNIQUE,
     created_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS feeds (
+    thread TEXT PRIMARY KEY REFERENCES grants (thread) ON DELETE CASCADE,
+    -- NULL: the whole thread.
+    collection TEXT,
+    published_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS nonces (
     nonce TEXT PRIMARY KEY,
     expires_ms INTEGER NOT NULL
@@ -34,6 +40,14 @@ pub struct GrantRow {
     /// The follower the bot follows the thread from.
     pub follower: String,
     pub granted_ms: i64,
+}
+
+/// A thread published as a feed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Published {
+    /// `None`: the whole thread.
+    pub collection: Option<String>,
+    pub published_ms: i64,
 }
 
 #[derive(Clone)]
@@ -124,6 +138,55 @@ impl State {
             .execute(&self.0)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Publishes a granted thread (or one collection of it) as a plaintext feed.
+    pub async fn publish(
+        &self,
+        thread: &ThreadId,
+        collection: Option<&str>,
+        now_ms: i64,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO feeds (thread, collection, published_ms) VALUES (?, ?, ?)
+             ON CONFLICT (thread) DO UPDATE SET collection = excluded.collection,
+                                              published_ms = excluded.published_ms",
+        )
+        .bind(thread.to_string())
+        .bind(collection)
+        .bind(now_ms)
+        .execute(&self.0)
+        .await?;
+        Ok(())
+    }
+
+    /// Stops publishing a thread. Returns whether it was published.
+    pub async fn unpublish(&self, thread: &ThreadId) -> sqlx::Result<bool> {
+        let done = sqlx::query("DELETE FROM feeds WHERE thread = ?")
+            .bind(thread.to_string())
+            .execute(&self.0)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// How a thread is published, if it is.
+    pub async fn published(&self, thread: &ThreadId) -> sqlx::Result<Option<Published>> {
+        let row = sqlx::query("SELECT collection, published_ms FROM feeds WHERE thread = ?")
+            .bind(thread.to_string())
+            .fetch_optional(&self.0)
+            .await?;
+        Ok(row.map(|row| Published {
+            collection: row.get(0),
+            published_ms: row.get(1),
+        }))
+    }
+
+    /// How many threads are published.
+    pub async fn published_count(&self) -> sqlx::Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM feeds")
+            .fetch_one(&self.0)
+            .await?;
+        Ok(row.get(0))
     }
 
     /// Spends a signed request's nonce: false when it was spent already. Expired nonces are

@@ -202,3 +202,187 @@ async fn decrypted_webhooks_deliver_each_event_in_plaintext_and_survive_a_crash(
         "{refused}"
     );
 }
+
+/// What Python's feedparser makes of a feed: version, bozo, entry titles and contents, and the
+/// feed's link relations.
+async fn feedparser(url: &str) -> Value {
+    let script = format!(
+        "import feedparser, json; d = feedparser.parse({url:?}); \
+         print(json.dumps({{'version': d.version, 'bozo': int(bool(d.bozo)), \
+           'error': repr(d.get('bozo_exception')), \
+           'titles': [e.title for e in d.entries], \
+           'contents': [e.content[0].value if 'content' in e else e.get('description') for e in d.entries], \
+           'links': [l.rel for l in d.feed.get('links', [])]}}))"
+    );
+    let output = tokio::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Waits until the bot holds `seq` records of the thread (20 s at most).
+async fn held(bot: &Bot, thread: &str, seq: u64) {
+    for _ in 0..200 {
+        let (_, status) = bot
+            .get(&format!("/v1/threads/{thread}"), Auth::Token(ADMIN))
+            .await;
+        if status["held"].as_u64() >= Some(seq) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the bot did not hold {seq} records of {thread}");
+}
+
+#[tokio::test]
+async fn a_published_thread_is_a_plaintext_feed_with_archives() {
+    let server = Server::start(Backend::Sqlite).await;
+    let bot = Bot::start(&[]).await;
+    let (alice, thread, invite) = writer_granting(&server, &bot).await;
+    let bob = crate::peers::Peer::new();
+    bob.ok(&["join", &alice.text(&["share", &thread], "invite").await])
+        .await;
+    let logs: Vec<String> = [&alice, &bob]
+        .iter()
+        .map(|p| threads_core::LogId::from(log_key(p, &thread).public()).to_string())
+        .collect();
+    // Bob may read, not write.
+    let acl = json!({"default": "no-access", "peers": {&logs[0]: ["write"], &logs[1]: ["read"]}});
+    alice
+        .ok(&["db", "acl-set", &thread, "thread", &acl.to_string()])
+        .await;
+    alice
+        .ok(&["db", "create-collection", &thread, "posts"])
+        .await;
+    alice.ok(&["push", &thread]).await;
+    assert_eq!(bot.grant(&invite).await.0, StatusCode::CREATED);
+    bot.applied(&thread, 2).await;
+    let atom = format!("{}/v1/threads/{thread}/feed.atom", bot.url);
+    let rss = format!("{}/v1/threads/{thread}/feed.rss", bot.url);
+
+    // Off by default, and only the operator turns it on.
+    let (status, body) = bot
+        .get(&format!("/v1/threads/{thread}/feed.atom"), Auth::None)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_published")),
+        "{body}"
+    );
+    let feed = format!("/v1/threads/{thread}/feed");
+    let posts = json!({"collection": "posts"});
+    let (status, body) = bot
+        .call(Method::PUT, &feed, Auth::None, Some(posts.clone()))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, body) = bot
+        .admin(Method::PUT, &feed, Some(json!({"collection": "drafts"})))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found")),
+        "{body}"
+    );
+    let (status, body) = bot
+        .admin(Method::PUT, &feed, Some(json!({"collections": "posts"})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = bot.admin(Method::PUT, &feed, Some(posts)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Alice's posts are the blog; Bob's forged insert (he lacks the write role) is not.
+    for n in 1..=3 {
+        let post = json!({"title": format!("Post {n}"), "content": format!("Hello {n}")});
+        alice
+            .ok(&["db", "insert", &thread, "posts", &post.to_string()])
+            .await;
+    }
+    alice.ok(&["db", "put", &thread, "color", r#""red""#]).await;
+    let forged = json!({"threads-db": 1, "clock": 99, "time": 1, "actions": [{"store": "docs",
+        "type": "insert", "payload": {"collection": "posts",
+        "doc": {"_id": "forged", "title": "Forged", "content": "not Alice's"}}}]});
+    bob.ok(&["pull", &thread]).await;
+    bob.ok(&["write", &thread, &forged.to_string()]).await;
+    bob.ok(&["push", &thread]).await;
+    alice.ok(&["push", &thread]).await;
+    held(&bot, &thread, 7).await;
+    for (url, version) in [(&atom, "atom10"), (&rss, "rss20")] {
+        let read = feedparser(url).await;
+        assert_eq!(read["version"], version, "{read}");
+        assert_eq!(read["bozo"], 0, "{read}");
+        assert_eq!(
+            read["titles"],
+            json!(["Post 3", "Post 2", "Post 1"]),
+            "{read}"
+        );
+    }
+    assert_eq!(feedparser(&atom).await["contents"][0], "Hello 3");
+
+    // The whole thread: an entry per event, newest first, with RFC 5005 archives.
+    let (status, _) = bot.admin(Method::PUT, &feed, None).await;
+    assert_eq!(status, StatusCode::OK);
+    for n in 0..100 {
+        alice
+            .ok(&["write", &thread, &json!({"note": n}).to_string()])
+            .await;
+    }
+    alice.ok(&["push", &thread]).await;
+    held(&bot, &thread, 107).await;
+    let current = feedparser(&atom).await;
+    assert_eq!(current["bozo"], 0, "{current}");
+    assert_eq!(current["titles"].as_array().unwrap().len(), 100);
+    assert!(current["links"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("prev-archive")));
+    assert!(current["contents"][0]
+        .as_str()
+        .unwrap()
+        .contains("\"note\": 99"));
+    let archive = feedparser(&format!("{atom}?page=1")).await;
+    assert_eq!(
+        archive["titles"].as_array().unwrap().len(),
+        100,
+        "{archive}"
+    );
+    let response = reqwest::get(format!("{atom}?page=1")).await.unwrap();
+    assert!(response.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("immutable"));
+    let etag = response.headers()["etag"].clone();
+    let again = reqwest::Client::new()
+        .get(format!("{atom}?page=1"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+
+    // Its status says it is published, until it is not.
+    let (_, status_now) = bot
+        .get(&format!("/v1/threads/{thread}"), Auth::Token(ADMIN))
+        .await;
+    assert_eq!(
+        status_now["feed"]["collection"],
+        Value::Null,
+        "{status_now}"
+    );
+    let (_, about) = bot.get("/v1/bot", Auth::None).await;
+    assert_eq!(about["bridges"]["feeds"], 1);
+    let (status, _) = bot.admin(Method::DELETE, &feed, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = bot
+        .get(&format!("/v1/threads/{thread}/feed.rss"), Auth::None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _) = bot.admin(Method::DELETE, &feed, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
