@@ -1,5 +1,6 @@
 //! Bot benchmark: prints how fast a bot catches up a granted thread into its views, end to end
-//! from a follower on this machine, and how fast it answers indexed document queries. The
+//! from a follower on this machine, how fast it answers indexed document queries, and how many
+//! decrypted webhook deliveries per second it sends to 50 endpoints. The
 //! catch-up is measured twice: writers who take turns and see each other's events (their
 //! clocks follow the arrival order), and writers who wrote apart (every writer's clocks
 //! overlap the others': most pages hold events that sort before what is applied already).
@@ -10,6 +11,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -23,6 +26,9 @@ const EVENTS: usize = 100_000;
 const WRITERS: usize = 10;
 const WRITE_BATCH: usize = 1000;
 const QUERIES: usize = 2000;
+/// Decrypted webhooks: 50 endpoints, each sent every one of 2,000 new events.
+const ENDPOINTS: usize = 50;
+const HOOKED_EVENTS: usize = 2000;
 
 /// One document insert into `items`, about 1 KiB as an event body, at logical clock `clock`.
 fn event(writer: usize, i: usize, clock: u64) -> Value {
@@ -107,6 +113,8 @@ async fn main() {
         .arg("--main-key-file")
         .arg(&key_file)
         .env("RUST_LOG", "warn")
+        // The receivers are on loopback.
+        .env("THREADS_BOT_WEBHOOKS__ALLOW_PRIVATE_ADDRESSES", "true")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -119,7 +127,7 @@ async fn main() {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let http = reqwest::Client::new();
     let bot_pid = bot.id().unwrap().to_string();
-    let mut first_thread = None;
+    let mut first = None;
     for (apart, label) in [(false, "writers in turn"), (true, "writers apart")] {
         let (writers, thread) = fill(&dir.path().join(label), &url, apart).await;
         let invite = writers[0]
@@ -148,9 +156,9 @@ async fn main() {
             (EVENTS + 1) as f64 / secs,
             common::cpu_secs(&bot_pid) - cpu_before
         );
-        first_thread.get_or_insert(status_url);
+        first.get_or_insert((status_url, writers, thread));
     }
-    let status_url = first_thread.expect("measured above");
+    let (status_url, writers, thread) = first.expect("measured above");
 
     // Indexed queries through the HTTP API, one at a time, with a read token.
     let token = answer(
@@ -175,5 +183,57 @@ async fn main() {
          p99 {:.2} ms",
         common::percentile(&took, 0.50),
         common::percentile(&took, 0.99)
+    );
+    // Decrypted webhooks: 50 endpoints on the thread, then new events; every event reaches
+    // every endpoint.
+    let received = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = format!("http://{}", listener.local_addr().unwrap());
+    let counter = received.clone();
+    let app = axum::Router::new().route(
+        "/hook/{n}",
+        axum::routing::post(move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::Relaxed);
+                "ok"
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    for n in 0..ENDPOINTS {
+        let hook = answer(
+            http.post(format!("{bot_url}/v1/webhooks"))
+                .bearer_auth("bench")
+                .json(
+                    &json!({"thread": thread.to_string(), "url": format!("{receiver}/hook/{n}")}),
+                ),
+        )
+        .await;
+        assert!(hook["secret"].is_string(), "{hook}");
+    }
+    let cpu_before = common::cpu_secs(&bot_pid);
+    let started = Instant::now();
+    for round in 0..HOOKED_EVENTS / WRITE_BATCH {
+        let batch: Vec<Value> = (0..WRITE_BATCH)
+            .map(|i| {
+                let at = EVENTS + round * WRITE_BATCH + i;
+                event(0, at, (EVENTS * 2 + at) as u64)
+            })
+            .collect();
+        writers[0].write_many(&thread, &batch).await.unwrap();
+        writers[0].push(&thread, |_, _| {}).await.unwrap();
+    }
+    let expected = HOOKED_EVENTS * ENDPOINTS;
+    while received.load(Ordering::Relaxed) < expected {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "decrypted webhooks, {HOOKED_EVENTS} new events to {ENDPOINTS} endpoints, from the first \
+         push to the last delivery: {expected} deliveries in {secs:.2} s = {:.0} deliveries/s \
+         (bot CPU {:.2} s)",
+        expected as f64 / secs,
+        common::cpu_secs(&bot_pid) - cpu_before
     );
 }

@@ -962,3 +962,51 @@ async fn the_event_stream_resumes_with_no_gap_and_no_duplicate() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// A bot given a follower's libp2p address follows the thread over libp2p: the catch-up by
+/// the API over streams, then what the follower gossips.
+#[tokio::test]
+async fn a_bot_follows_a_thread_over_libp2p() {
+    let server = Server::start(Backend::Sqlite).await;
+    let bot = Bot::start(&[]).await;
+    let (alice, thread, invite) = writer_granting(&server, &bot).await;
+    alice.ok(&["db", "put", &thread, "first", "1"]).await;
+    alice.ok(&["push", &thread]).await;
+    let info: Value = reqwest::get(format!("{}/v1/server", server.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let addr = info["p2p"]["addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|a| a.contains("/tcp/"))
+        .unwrap()
+        .to_owned();
+    let (status, granted) = bot
+        .admin(
+            reqwest::Method::POST,
+            "/v1/grants",
+            Some(json!({"invite": invite, "follower": addr})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{granted}");
+    assert_eq!(granted["follower"], addr.as_str());
+    bot.applied(&thread, 1).await;
+
+    // Live: a later event reaches the bot without any new grant.
+    alice.ok(&["db", "put", &thread, "second", "2"]).await;
+    alice.ok(&["push", &thread]).await;
+    let status = bot.applied(&thread, 2).await;
+    assert_eq!(status["error"], Value::Null, "{status}");
+    let (_, second) = bot
+        .get(
+            &format!("/v1/threads/{thread}/kv/second"),
+            Auth::Token(ADMIN),
+        )
+        .await;
+    assert_eq!(second["value"], 2);
+}
