@@ -379,21 +379,9 @@ async fn follow(bot: Bot, grant: Arc<Grant>) {
 
 async fn follow_once(bot: &Bot, grant: &Grant) -> anyhow::Result<()> {
     let thread = &grant.row.thread;
-    match bot.client.pull(thread, |_| {}).await {
-        // The tail below keeps trying to reach it.
-        Ok(_) | Err(threads_client::Error::Network(_)) => {}
-        Err(e) => return Err(e.into()),
-    }
-    grant.sync().await?;
-    *grant.last_error.lock().unwrap() = None;
-    let seen = grant.db.dispatcher().seen_seq().await?;
+    // Each batch the pull stores, and each event the tail stores, wakes the reducer: the views
+    // are built while the rest is still being fetched and verified.
     let news = tokio::sync::Notify::new();
-    // Events stored after `seen` (by the tail's own catch-up, or live) each wake the reducer.
-    let tail = bot
-        .client
-        .tail(thread, Some(&grant.row.follower), seen, |_| {
-            news.notify_one()
-        });
     let reduce = async {
         loop {
             news.notified().await;
@@ -402,8 +390,25 @@ async fn follow_once(bot: &Bot, grant: &Grant) -> anyhow::Result<()> {
             }
         }
     };
+    let fetch = async {
+        match bot.client.pull(thread, |_| news.notify_one()).await {
+            // The tail below keeps trying to reach it.
+            Ok(_) | Err(threads_client::Error::Network(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        news.notify_one();
+        *grant.last_error.lock().unwrap() = None;
+        let held = bot.client.held(thread).await?;
+        // Events stored after what the pull brought (by the tail's own catch-up, or live).
+        bot.client
+            .tail(thread, Some(&grant.row.follower), held, |_| {
+                news.notify_one()
+            })
+            .await?;
+        Ok(())
+    };
     tokio::select! {
-        ended = tail => Ok(ended?),
+        ended = fetch => ended,
         failed = reduce => failed,
     }
 }

@@ -148,6 +148,11 @@ impl Client {
         Ok(events)
     }
 
+    /// The local sequence number of the newest record held of a thread (0: none yet).
+    pub async fn held(&self, thread: &ThreadId) -> Result<u64> {
+        Ok(self.store.thread(thread).await?.map_or(0, |t| t.seq))
+    }
+
     /// One stored record of a thread, decrypted with the current read key or an earlier one.
     pub fn open_record(&self, record: &threads_store::StoredRecord) -> Result<Event> {
         open_with(&self.keys.thread(&record.thread)?, record)
