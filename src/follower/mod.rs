@@ -145,6 +145,11 @@ impl Follower {
         Ok(self.0.store.ping().await?)
     }
 
+    /// Records stored in any thread, by this process or another sharing the database.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<threads_store::Change> {
+        self.0.store.changes()
+    }
+
     /// Tells the network whether to be on a thread's topic.
     async fn topic(&self, thread: &ThreadId, public: bool) {
         if let Some(announce) = &self.0.announce {

@@ -21,7 +21,7 @@ use threads_core::auth::pull_token;
 use threads_core::{ServiceKey, ThreadId, ThreadKey};
 use threads_net::{ApiRequest, ApiResponse, Handle, Inbound, MessageId, PeerId, Verdict};
 use threads_store::{Outcome, Registration};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{broadcast, mpsc, Notify, Semaphore};
 use tower::ServiceExt;
 
 use super::v1::wire::decode_pushed_car;
@@ -133,10 +133,58 @@ pub async fn spawn(state: AppState) -> anyhow::Result<()> {
             None => break,
         }
     }
+    tokio::spawn(gossip_others(state.clone()));
     for replica in node.replicas.values() {
         tokio::spawn(replicate(state.clone(), replica.clone()));
     }
     Ok(())
+}
+
+/// Most records of one change read to gossip them (a larger change is left to pulls, as a
+/// full publish queue is).
+const OTHERS_BATCH: u64 = 1000;
+
+/// Records that other processes sharing the database stored: this host joins their public
+/// threads' topics and gossips them too, so a peer connected to any one process hears every
+/// public thread, wherever it was registered or pushed. (What this process stores from its
+/// writers it announces itself; a peer that hears a record from both processes stores it
+/// once.)
+async fn gossip_others(state: AppState) {
+    let mut changes = state.follower.changes();
+    loop {
+        let change = match changes.recv().await {
+            Ok(change) => change,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if change.here || change.seq <= change.after {
+            continue;
+        }
+        let Ok(info) = state.follower.known_thread(&change.thread).await else {
+            continue;
+        };
+        if !info.public {
+            continue;
+        }
+        let announce: &dyn Announce = state.p2p.as_deref().expect("p2p is on");
+        announce.topic(&change.thread, true).await;
+        let limit = (change.seq - change.after).min(OTHERS_BATCH) as u32;
+        match state
+            .follower
+            .records(&change.thread, None, change.after, limit)
+            .await
+        {
+            Ok(records) => announce.records(
+                records
+                    .into_iter()
+                    .map(|r| (r.thread, r.log, r.blocks))
+                    .collect(),
+            ),
+            Err(error) => {
+                tracing::warn!(thread = %change.thread, %error, "reading records to gossip failed")
+            }
+        }
+    }
 }
 
 impl Announce for Node {

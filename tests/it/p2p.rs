@@ -467,3 +467,55 @@ async fn a_writers_addresses_expire_unless_renewed() {
     assert!(server.register(&log, true).await.0.is_success());
     assert_eq!(addrs(server.get(&path).await), 1);
 }
+
+/// Two processes on one Postgres are one follower on libp2p too: a peer connected to the one
+/// where nothing was registered or pushed hears the records of a thread registered through the
+/// other, and pushed there.
+#[tokio::test]
+async fn every_process_on_one_database_gossips_every_public_thread() {
+    let a = Server::start(Backend::Postgres).await;
+    // Its own data directory: each process has its own libp2p identity.
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = Server::launch(a.database_url.clone(), b_dir.path(), &[]).await;
+    let (addr, b_peer) = tcp_addr(&b).await;
+    let (_, a_peer) = tcp_addr(&a).await;
+    assert_ne!(a_peer, b_peer);
+
+    // Registered through A after B started: B learns of it from the database.
+    let mut log = TestLog::new();
+    assert!(a.register(&log, true).await.0.is_success());
+    let topic = log.thread.to_string();
+    let (me, mut heard) = peer();
+    me.dial(addr.parse().unwrap()).await.unwrap();
+    me.subscribe(&topic).await.unwrap();
+    let first = log.next(64);
+    assert!(a.push(&[(&log, &first)]).await.0.is_success());
+    eventually("B subscribes to the thread's topic", || async {
+        me.subscribers(&topic).await.unwrap().contains(&b_peer)
+    })
+    .await;
+
+    // Once B is on the topic, what A stores reaches the peer through B.
+    let second = log.next(64);
+    assert!(a.push(&[(&log, &second)]).await.0.is_success());
+    let heard_cids = loop {
+        match tokio::time::timeout(Duration::from_secs(10), heard.recv())
+            .await
+            .expect("gossip from B within 10 s")
+        {
+            Some(Inbound::Gossip { peer, data, .. }) => {
+                assert_eq!(peer, b_peer);
+                let records = read_car(&data).await.unwrap();
+                let cids: Vec<_> = records
+                    .iter()
+                    .map(|r| threads_core::cid_of(&r.blocks.record))
+                    .collect();
+                if cids.contains(&second.cid()) {
+                    break cids;
+                }
+            }
+            _ => continue,
+        }
+    };
+    assert_eq!(heard_cids, vec![second.cid()]);
+}

@@ -59,6 +59,10 @@ pub struct Change {
     pub thread: ThreadId,
     /// The thread's newest sequence number after the change.
     pub seq: u64,
+    /// Its newest before: the change stored the records after this one, up to `seq`.
+    pub after: u64,
+    /// Whether this process stored them (not another process sharing the database).
+    pub here: bool,
 }
 
 /// Everything the follower keeps. Webhooks and their deliveries are [`WebhookStore`]'s.

@@ -21,6 +21,8 @@ pub struct PgStore {
     read: PgPool,
     changes: broadcast::Sender<Change>,
     listener: JoinHandle<()>,
+    /// Names this process in its notifications, so it tells its own changes from others'.
+    origin: u64,
 }
 
 impl PgStore {
@@ -40,19 +42,28 @@ impl PgStore {
         let (changes, _) = broadcast::channel(CHANGE_CHANNEL);
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(CHANNEL).await?;
-        let listener = tokio::spawn(listen(listener, changes.clone()));
+        let origin = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
+        let listener = tokio::spawn(listen(listener, changes.clone(), origin));
         Ok(Self {
             write: pool.clone(),
             read: pool,
             changes,
             listener,
+            origin,
         })
     }
 
-    async fn notify_in_tx(tx: &mut Transaction<'_, Postgres>, change: &Change) -> Result<()> {
+    async fn notify_in_tx(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        change: &Change,
+    ) -> Result<()> {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
-            .bind(format!("{} {}", change.thread, change.seq))
+            .bind(format!(
+                "{} {} {} {:x}",
+                change.thread, change.seq, change.after, self.origin
+            ))
             .execute(&mut **tx)
             .await?;
         Ok(())
@@ -75,16 +86,28 @@ impl Drop for PgStore {
 
 /// Rebroadcasts notifications in-process. A lost connection is re-established by `PgListener`;
 /// what was announced meanwhile is not lost for readers, who always read by cursor.
-async fn listen(mut listener: PgListener, changes: broadcast::Sender<Change>) {
+/// A notification is `thread seq after origin`; one from a process of an earlier version
+/// (`thread seq`, during a rolling upgrade) counts as another's, with nothing known before.
+async fn listen(mut listener: PgListener, changes: broadcast::Sender<Change>, origin: u64) {
     loop {
         match listener.recv().await {
             Ok(note) => {
-                let Some((thread, seq)) = note.payload().split_once(' ') else {
+                let mut fields = note.payload().split(' ');
+                let (Some(Ok(thread)), Some(Ok(seq))) = (
+                    fields.next().map(str::parse),
+                    fields.next().map(str::parse::<u64>),
+                ) else {
                     continue;
                 };
-                if let (Ok(thread), Ok(seq)) = (thread.parse(), seq.parse()) {
-                    let _ = changes.send(Change { thread, seq });
-                }
+                let after = fields.next().and_then(|a| a.parse().ok()).unwrap_or(seq);
+                let here = fields.next().and_then(|o| u64::from_str_radix(o, 16).ok());
+                let here = here == Some(origin);
+                let _ = changes.send(Change {
+                    thread,
+                    seq,
+                    after,
+                    here,
+                });
             }
             Err(error) => {
                 tracing::warn!(%error, "postgres change listener failed; retrying");

@@ -105,7 +105,11 @@ impl SqliteStore {
     }
 
     /// One process owns the file, so changes are announced in-process after commit.
-    async fn notify_in_tx(_tx: &mut Transaction<'_, Sqlite>, _change: &Change) -> Result<()> {
+    async fn notify_in_tx(
+        &self,
+        _tx: &mut Transaction<'_, Sqlite>,
+        _change: &Change,
+    ) -> Result<()> {
         Ok(())
     }
 

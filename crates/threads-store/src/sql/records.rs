@@ -416,8 +416,10 @@ macro_rules! impl_store {
                         let change = $crate::Change {
                             thread: $crate::sql::rows::thread_id(&thread)?,
                             seq: thread_seq,
+                            after: first_seq,
+                            here: true,
                         };
-                        Self::notify_in_tx(&mut tx, &change).await?;
+                        self.notify_in_tx(&mut tx, &change).await?;
                         changes.push(change);
                     }
                 }
