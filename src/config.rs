@@ -19,6 +19,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: String,
+    pub roles: Vec<Role>,
     pub log_format: LogFormat,
     pub registration: RegistrationMode,
     pub admin_token: String,
@@ -101,6 +102,20 @@ pub struct Webhooks {
     pub secret_key: String,
 }
 
+/// A part of the follower a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The HTTP API, WebSocket push and the page.
+    Api,
+    /// Delivering webhooks.
+    Webhooks,
+    /// The libp2p host: the API over streams, gossip.
+    P2p,
+    /// Following the threads of `[[p2p.replicate]]` from other followers.
+    Replication,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -163,6 +178,8 @@ pub struct Overrides {
     pub database_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<Role>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub p2p: Option<P2pOverrides>,
 }
@@ -232,6 +249,12 @@ impl Config {
             bail!("rate_limit.burst must be at least 1 when rate_limit.per_second is set");
         }
         self.webhooks.validate()?;
+        if self.roles.is_empty() {
+            bail!("roles: give at least one of api, webhooks, p2p, replication");
+        }
+        if self.runs(Role::Replication) && !self.runs(Role::P2p) && !self.p2p.replicate.is_empty() {
+            bail!("roles: replication needs p2p (the source followers are reached over libp2p)");
+        }
         for addr in &self.p2p.listen {
             if addr.parse::<threads_net::Multiaddr>().is_err() {
                 bail!("p2p.listen: {addr:?} is not a multiaddr (e.g. /ip4/0.0.0.0/tcp/4006)");
@@ -271,6 +294,11 @@ impl Config {
         Ok(self)
     }
 
+    /// Whether this process runs a role.
+    pub fn runs(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
     /// The database URL, or `None` for the embedded default.
     pub fn database_url(&self) -> Option<&str> {
         Some(self.database_url.as_str()).filter(|u| !u.is_empty())
@@ -284,6 +312,7 @@ impl fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
             .field("database_url", &redact_url(&self.database_url))
+            .field("roles", &self.roles)
             .field("log_format", &self.log_format)
             .field("registration", &self.registration)
             .field(

@@ -42,6 +42,9 @@ pub struct Settings {
     /// Log output: pretty or json.
     #[arg(long, value_parser = ["pretty", "json"])]
     log_format: Option<String>,
+    /// What this process runs (replaces the configured roles), e.g. `--role api,webhooks`.
+    #[arg(long = "role", value_enum, value_delimiter = ',')]
+    roles: Vec<crate::config::Role>,
 }
 
 impl Settings {
@@ -51,6 +54,7 @@ impl Settings {
             listen: self.listen,
             data_dir: self.data_dir,
             database_url: self.database_url,
+            roles: (!self.roles.is_empty()).then_some(self.roles),
             p2p: (!self.p2p_listen.is_empty()).then(|| crate::config::P2pOverrides {
                 listen: self
                     .p2p_listen

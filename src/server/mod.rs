@@ -37,7 +37,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::follower::{Announce, Follower};
 use error::ApiError;
 
@@ -69,7 +69,7 @@ impl AppState {
     /// Starts the libp2p host (unless `p2p.listen` is empty), opens the follower's core and
     /// prepares the transports' shared state.
     pub async fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let p2p = if config.p2p.listen.is_empty() {
+        let p2p = if config.p2p.listen.is_empty() || !config.runs(Role::P2p) {
             None
         } else {
             Some(Arc::new(p2p::Node::start(&config).await?))
@@ -121,15 +121,32 @@ pub fn app(state: AppState) -> Router {
             .unwrap_or("unmatched");
         tracing::info_span!("request", method = %req.method(), route)
     });
-    let api = Router::new()
-        .merge(v1::router())
-        .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
-        .merge(ops::router())
-        .merge(web::router());
+    // A process without the api role answers the operations endpoints only.
+    let api = match config.runs(Role::Api) {
+        true => Router::new()
+            .merge(v1::router())
+            .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
+            .merge(web::router()),
+        false => Router::new(),
+    }
+    .merge(ops::router());
+    let roles = config.roles.clone();
+    let fallback = move || async move {
+        match roles.contains(&Role::Api) {
+            true => ApiError::not_found("route"),
+            false => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_served_here",
+                format!(
+                    "this process runs {roles:?}, not the API: ask a process with the api role"
+                ),
+            ),
+        }
+    };
     bounded(api, &config.limits)
         .layer(cors)
         .layer(trace)
-        .fallback(|| async { ApiError::not_found("route") })
+        .fallback(fallback)
         .with_state(state)
 }
 
@@ -247,10 +264,12 @@ pub async fn serve(
         }
     }
     p2p::spawn(state.clone()).await?;
-    let _deliveries = state
-        .follower
-        .hooks()
-        .spawn(state.follower.shutdown().clone());
+    let _deliveries = state.config().runs(Role::Webhooks).then(|| {
+        state
+            .follower
+            .hooks()
+            .spawn(state.follower.shutdown().clone())
+    });
     let deadline = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {

@@ -134,6 +134,9 @@ pub async fn spawn(state: AppState) -> anyhow::Result<()> {
         }
     }
     tokio::spawn(gossip_others(state.clone()));
+    if !state.config().runs(crate::config::Role::Replication) {
+        return Ok(());
+    }
     for replica in node.replicas.values() {
         tokio::spawn(replicate(state.clone(), replica.clone()));
     }

@@ -275,3 +275,66 @@ async fn a_rolling_restart_loses_no_answered_push() {
     }
     eprintln!("{} pushes answered, {unanswered} retried", answered.len());
 }
+
+/// Roles split one follower across processes: one serves the API, another only delivers
+/// webhooks. Both answer probes; the worker says where the API is; only it delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_split_the_api_from_webhook_delivery() {
+    let private = ("THREADS_WEBHOOKS__ALLOW_PRIVATE_ADDRESSES", "true");
+    let api = Server::start_with(Backend::Postgres, &[("THREADS_ROLES", "[api]"), private]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let worker = Server::launch(
+        api.database_url.clone(),
+        dir.path(),
+        &[("THREADS_ROLES", "[webhooks]"), private],
+    )
+    .await;
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(worker.get(path).await.0, StatusCode::OK, "{path}");
+    }
+    let (status, refused) = worker.get("/v1/server").await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_served_here")),
+        "{refused}"
+    );
+    let (_, info) = api.get("/v1/server").await;
+    assert!(
+        info["p2p"].is_null(),
+        "no libp2p host without the p2p role: {info}"
+    );
+
+    let receiver = crate::webhooks::Receiver::start(vec![]).await;
+    let mut log = TestLog::new();
+    api.register(&log, true).await;
+    let request = threads_core::auth::SignedRequest::sign(
+        &api.server_id().await,
+        &log.thread,
+        &log.pair,
+        threads_core::auth::Action::Subscribe {
+            url: receiver.url.clone(),
+            only_log: None,
+        },
+        now_ms(),
+        &mut rand_core::OsRng,
+    );
+    let (status, hook) = api.post("/v1/webhooks", &request).await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
+    for _ in 0..3 {
+        let record = log.next(64);
+        assert!(api.push(&[(&log, &record)]).await.0.is_success());
+    }
+    receiver
+        .until("three deliveries", |got| got.len() >= 3)
+        .await;
+    let delivered = |metrics: String| {
+        metrics
+            .lines()
+            .any(|l| l.starts_with("threads_webhook_deliveries_total{outcome=\"delivered\"}"))
+    };
+    assert!(delivered(worker.metrics().await), "the worker delivered");
+    assert!(
+        !delivered(api.metrics().await),
+        "the API process delivered nothing"
+    );
+}
