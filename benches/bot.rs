@@ -11,8 +11,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -186,21 +185,7 @@ async fn main() {
     );
     // Decrypted webhooks: 50 endpoints on the thread, then new events; every event reaches
     // every endpoint.
-    let received = Arc::new(AtomicUsize::new(0));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let receiver = format!("http://{}", listener.local_addr().unwrap());
-    let counter = received.clone();
-    let app = axum::Router::new().route(
-        "/hook/{n}",
-        axum::routing::post(move || {
-            let counter = counter.clone();
-            async move {
-                counter.fetch_add(1, Ordering::Relaxed);
-                "ok"
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (receiver, received) = common::receiver().await;
     for n in 0..ENDPOINTS {
         let hook = answer(
             http.post(format!("{bot_url}/v1/webhooks"))

@@ -56,22 +56,8 @@ async fn main() {
         "sqlite"
     };
 
-    // The receiver: counts deliveries per endpoint path.
-    let received = Arc::new(AtomicUsize::new(0));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let receiver = format!("http://{}", listener.local_addr().unwrap());
-    let counter = received.clone();
-    let app = axum::Router::new().route(
-        "/hook/{n}",
-        axum::routing::post(move || {
-            let counter = counter.clone();
-            async move {
-                counter.fetch_add(1, Ordering::Relaxed);
-                "ok"
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    // The receiver: counts deliveries to its endpoints `/hook/{n}`.
+    let (receiver, received) = common::receiver().await;
 
     // Kept until the end: dropping it stops the server.
     let (_server, url) = common::serve(

@@ -255,3 +255,26 @@ pub async fn subscribers(
     }
     arrivals
 }
+
+/// A webhook receiver on loopback that answers 200 at `/hook/{n}` and counts what it got:
+/// its base URL and the count.
+#[allow(dead_code)]
+pub async fn receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let received = std::sync::Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let counter = received.clone();
+    let app = axum::Router::new().route(
+        "/hook/{n}",
+        axum::routing::post(move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::Relaxed);
+                "ok"
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}

@@ -972,20 +972,7 @@ async fn a_bot_follows_a_thread_over_libp2p() {
     let (alice, thread, invite) = writer_granting(&server, &bot).await;
     alice.ok(&["db", "put", &thread, "first", "1"]).await;
     alice.ok(&["push", &thread]).await;
-    let info: Value = reqwest::get(format!("{}/v1/server", server.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let addr = info["p2p"]["addrs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .find(|a| a.contains("/tcp/"))
-        .unwrap()
-        .to_owned();
+    let (addr, _) = crate::p2p::tcp_addr(&server).await;
     let (status, granted) = bot
         .admin(
             reqwest::Method::POST,

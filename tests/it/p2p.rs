@@ -78,7 +78,7 @@ async fn a_bad_p2p_address_fails_fast_naming_the_field() {
 }
 
 /// The server's libp2p address over TCP, and its peer ID.
-async fn tcp_addr(server: &Server) -> (String, PeerId) {
+pub(crate) async fn tcp_addr(server: &Server) -> (String, PeerId) {
     let p2p = p2p_info(server).await;
     let addr = p2p["addrs"]
         .as_array()
