@@ -81,6 +81,8 @@ struct Inner {
     announce: Option<Arc<dyn Announce>>,
     /// Webhook subscriptions and their deliveries.
     hooks: crate::webhooks::Hooks,
+    /// Names this process among those sharing the database, as the holder of leases.
+    instance: String,
 }
 
 impl Follower {
@@ -117,6 +119,9 @@ impl Follower {
         Ok(Self(Arc::new(Inner {
             committer,
             hooks,
+            instance: hex::encode(
+                rand_core::RngCore::next_u64(&mut rand_core::OsRng).to_be_bytes(),
+            ),
             config,
             store,
             server_id,
@@ -143,6 +148,16 @@ impl Follower {
     /// Ready when the database answers.
     pub async fn ready(&self) -> Result<()> {
         Ok(self.0.store.ping().await?)
+    }
+
+    /// Takes or renews a lease on work that one process of those sharing the database does
+    /// at a time: true while this process holds it.
+    pub async fn lease(&self, name: &str, lease_ms: i64) -> Result<bool> {
+        Ok(self
+            .0
+            .store
+            .lease(name, &self.0.instance, now_ms(), lease_ms)
+            .await?)
     }
 
     /// Records stored in any thread, by this process or another sharing the database.

@@ -416,8 +416,25 @@ async fn replicate(state: AppState, replica: Arc<Replica>) {
     let thread = replica.thread.to_string();
     metrics::gauge!("threads_replication_last_success_timestamp_seconds", "thread" => thread.clone())
         .set(started);
+    // Processes sharing the database take turns by lease: one replicates the thread, the
+    // others take over when its lease runs out (it stopped renewing: it stopped).
+    let lease = format!("replicate:{thread}");
+    let lease_ms = (interval.as_millis() as i64 * 3).max(3_000);
     loop {
-        match sync(&state, &replica).await {
+        let held = state.follower.lease(&lease, lease_ms).await;
+        let holds = matches!(held, Ok(true));
+        metrics::gauge!("threads_replication_held", "thread" => thread.clone()).set(if holds {
+            1.0
+        } else {
+            0.0
+        });
+        let outcome = match held {
+            Ok(true) => sync(&state, &replica).await,
+            // Another process replicates it, and says how that goes in its own metrics.
+            Ok(false) => Ok(0),
+            Err(error) => Err(error.into()),
+        };
+        match outcome {
             Ok(n) => {
                 if n > 0 {
                     tracing::info!(%thread, records = n, "replicated");

@@ -519,3 +519,80 @@ async fn every_process_on_one_database_gossips_every_public_thread() {
     };
     assert_eq!(heard_cids, vec![second.cid()]);
 }
+
+/// Processes sharing a database that are all told to replicate a thread take turns by lease:
+/// one replicates it, each record is taken in once, and when that one stops another takes
+/// over.
+#[tokio::test]
+async fn replicas_on_one_database_replicate_a_thread_once() {
+    let a = Server::start(Backend::Sqlite).await;
+    let (addr, _) = tcp_addr(&a).await;
+    let mut log = TestLog::new();
+    assert!(a.register(&log, false).await.0.is_success());
+    let push = |n: usize, log: &mut TestLog| -> Vec<_> { (0..n).map(|_| log.next(100)).collect() };
+    let first = push(50, &mut log);
+    let pairs: Vec<_> = first.iter().map(|r| (&log, r)).collect();
+    assert!(a.push(&pairs).await.0.is_success());
+
+    let from = format!("{addr}/thread/{}", log.thread);
+    let follow_key = log.keys.follow_only().to_multibase().to_string();
+    let replicate = format!("[{{from = \"{from}\", follow_key = \"{follow_key}\"}}]");
+    let env = [
+        ("THREADS_P2P__REPLICATE", replicate.as_str()),
+        ("THREADS_P2P__SYNC_INTERVAL_SECS", "1"),
+    ];
+    let b1 = Server::start_with(Backend::Postgres, &env).await;
+    let dir = tempfile::tempdir().unwrap();
+    let b2 = Server::launch(b1.database_url.clone(), dir.path(), &env).await;
+    let token = pull_token(log.keys.service(), &log.thread);
+    let path = format!("/v1/threads/{}?token={token}", log.thread);
+    async fn held(server: &Server, path: &str) -> u64 {
+        server.get(path).await.1["records"].as_u64().unwrap_or(0)
+    }
+    eventually("the database holds A's 50 records", || async {
+        held(&b1, &path).await == 50
+    })
+    .await;
+    let more = push(10, &mut log);
+    let pairs: Vec<_> = more.iter().map(|r| (&log, r)).collect();
+    assert!(a.push(&pairs).await.0.is_success());
+    eventually("and the next 10", || async { held(&b2, &path).await == 60 }).await;
+
+    let ingested = |metrics: String| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("threads_records_ingested_total "))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    let (n1, n2) = (ingested(b1.metrics().await), ingested(b2.metrics().await));
+    assert_eq!(n1 + n2, 60, "each record taken in once: {n1} + {n2}");
+    // Each says whether it holds the thread's replication; one does.
+    let series = format!("threads_replication_held{{thread=\"{}\"}} ", log.thread);
+    let holds = |metrics: String| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map(|v| v.trim() == "1")
+    };
+    let (h1, h2) = (holds(b1.metrics().await), holds(b2.metrics().await));
+    assert_eq!(
+        [h1, h2].iter().filter(|h| **h == Some(true)).count(),
+        1,
+        "{h1:?} {h2:?}"
+    );
+    assert!(h1.is_some() && h2.is_some(), "both try: {h1:?} {h2:?}");
+
+    // The one replicating stops; the other takes over once its lease runs out.
+    let (mut holder, survivor) = if h1 == Some(true) { (b1, b2) } else { (b2, b1) };
+    holder.kill9().await;
+    let last = push(10, &mut log);
+    let pairs: Vec<_> = last.iter().map(|r| (&log, r)).collect();
+    assert!(a.push(&pairs).await.0.is_success());
+    for _ in 0..300 {
+        if held(&survivor, &path).await == 70 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the survivor did not take over the replication");
+}

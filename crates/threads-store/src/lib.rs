@@ -130,6 +130,9 @@ pub trait Store: WebhookStore + Send + Sync + 'static {
     fn changes(&self) -> broadcast::Receiver<Change>;
     /// Cheap round trip to the database, for readiness checks.
     async fn ping(&self) -> Result<()>;
+    /// Takes or renews the lease `name` for `holder` until `now_ms + lease_ms`: true when
+    /// `holder` has it now (it was free, had run out, or was already its own).
+    async fn lease(&self, name: &str, holder: &str, now_ms: i64, lease_ms: i64) -> Result<bool>;
 }
 
 /// Webhook subscriptions, their cursors in their threads, and their deliveries.

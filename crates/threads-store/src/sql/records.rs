@@ -594,6 +594,28 @@ macro_rules! impl_store {
                 sqlx::query("SELECT 1").execute(&self.read).await?;
                 Ok(())
             }
+
+            async fn lease(
+                &self,
+                name: &str,
+                holder: &str,
+                now_ms: i64,
+                lease_ms: i64,
+            ) -> $crate::Result<bool> {
+                let taken = sqlx::query(
+                    "INSERT INTO leases (name, holder, until_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms \
+                     WHERE leases.holder = excluded.holder OR leases.until_ms <= $4",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(now_ms + lease_ms)
+                .bind(now_ms)
+                .execute(&mut *self.writer().await?)
+                .await?
+                .rows_affected();
+                Ok(taken == 1)
+            }
         }
     };
 }
