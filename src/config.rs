@@ -19,6 +19,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: String,
+    pub database_read_url: String,
     pub roles: Vec<Role>,
     pub log_format: LogFormat,
     pub registration: RegistrationMode,
@@ -227,6 +228,18 @@ impl Config {
         if url.starts_with("sqlite:") && (url.contains(":memory:") || url.contains("mode=memory")) {
             bail!("database_url: an in-memory SQLite database is not supported; leave it empty for the embedded file");
         }
+        let read = &self.database_read_url;
+        if !read.is_empty() {
+            if !(read.starts_with("postgres://") || read.starts_with("postgresql://")) {
+                bail!(
+                    "database_read_url: expected a postgres://... URL of a hot standby, got {:?}",
+                    redact_url(read)
+                );
+            }
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                bail!("database_read_url needs database_url to be Postgres: a standby is a Postgres replica of it");
+            }
+        }
         if self.limits.max_batch_records == 0 {
             bail!("limits.max_batch_records must be at least 1");
         }
@@ -294,6 +307,11 @@ impl Config {
         Ok(self)
     }
 
+    /// A hot standby of the database for reads, if one is set.
+    pub fn database_read_url(&self) -> Option<&str> {
+        Some(self.database_read_url.as_str()).filter(|u| !u.is_empty())
+    }
+
     /// Whether this process runs a role.
     pub fn runs(&self, role: Role) -> bool {
         self.roles.contains(&role)
@@ -312,6 +330,7 @@ impl fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
             .field("database_url", &redact_url(&self.database_url))
+            .field("database_read_url", &redact_url(&self.database_read_url))
             .field("roles", &self.roles)
             .field("log_format", &self.log_format)
             .field("registration", &self.registration)

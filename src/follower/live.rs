@@ -47,6 +47,8 @@ pub struct Hub(Arc<Inner>);
 
 struct Inner {
     store: Arc<dyn Store>,
+    /// Where catch-ups read records (the store, or a standby before it).
+    reads: super::replica::Reads,
     tails: Mutex<HashMap<ThreadId, Tail>>,
 }
 
@@ -92,9 +94,14 @@ struct Tail {
 }
 
 impl Hub {
-    pub fn start(store: Arc<dyn Store>, shutdown: CancellationToken) -> Self {
+    pub fn start(
+        store: Arc<dyn Store>,
+        reads: super::replica::Reads,
+        shutdown: CancellationToken,
+    ) -> Self {
         let hub = Hub(Arc::new(Inner {
             store,
+            reads,
             tails: Mutex::new(HashMap::new()),
         }));
         tokio::spawn(hub.clone().run(shutdown));
@@ -185,7 +192,7 @@ impl Hub {
             else {
                 return;
             };
-            let page = match self.0.store.records_by_thread(thread, last, PAGE).await {
+            let page = match self.0.reads.records_by_thread(thread, last, PAGE).await {
                 Ok(page) => page,
                 Err(error) => {
                     tracing::warn!(%error, "reading new records for subscribers failed");
@@ -271,7 +278,10 @@ impl Subscription {
             }
             if self.replaying {
                 let store = &self.hub.0.store;
-                let page = store
+                let page = self
+                    .hub
+                    .0
+                    .reads
                     .records_by_thread(&self.thread, self.cursor, PAGE)
                     .await?;
                 // Read after the page: a record stored after the thread turned private, or

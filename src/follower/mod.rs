@@ -28,6 +28,7 @@ pub mod live;
 pub mod owners;
 pub mod push;
 pub mod reads;
+pub mod replica;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -72,6 +73,8 @@ pub struct Follower(Arc<Inner>);
 struct Inner {
     config: Config,
     store: Arc<dyn Store>,
+    /// Where records, blocks and listings are read: the store, or a hot standby before it.
+    reads: replica::Reads,
     /// The audience signed requests must name; shared by every process on one database.
     server_id: String,
     hub: live::Hub,
@@ -97,6 +100,15 @@ impl Follower {
             .await
             .context("opening the database")?;
         let server_id = store.server_id().await.context("reading the server ID")?;
+        let standby = match config.database_read_url() {
+            Some(url) => Some(
+                threads_store::open_replica(url)
+                    .await
+                    .context("opening the standby (database_read_url)")?,
+            ),
+            None => None,
+        };
+        let reads = replica::Reads::new(store.clone(), standby);
         let limit = |n: u64| (n > 0).then_some(n);
         let quotas = Quotas {
             max_records_per_log: limit(config.quotas.max_records_per_log),
@@ -113,11 +125,12 @@ impl Follower {
             secrets,
             Arc::new(payloads),
         );
-        let hub = live::Hub::start(store.clone(), shutdown.clone());
+        let hub = live::Hub::start(store.clone(), reads.clone(), shutdown.clone());
         let committer =
             commit::Committer::start(store.clone(), quotas, config.limits.max_queued_records);
         Ok(Self(Arc::new(Inner {
             committer,
+            reads,
             hooks,
             instance: hex::encode(
                 rand_core::RngCore::next_u64(&mut rand_core::OsRng).to_be_bytes(),

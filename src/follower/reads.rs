@@ -124,10 +124,10 @@ impl Follower {
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredRecord>> {
-        let store = &self.0.store;
+        let reads = &self.0.reads;
         Ok(match log {
-            None => store.records_by_thread(thread, after, limit).await?,
-            Some(log) => store.records_by_log(thread, log, after, limit).await?,
+            None => reads.records_by_thread(thread, after, limit).await?,
+            Some(log) => reads.records_by_log(thread, log, after, limit).await?,
         })
     }
 
@@ -141,7 +141,7 @@ impl Follower {
         let limit = limit
             .unwrap_or(100)
             .clamp(1, self.config().limits.max_page_records);
-        let threads = self.0.store.public_threads(after, limit).await?;
+        let threads = self.0.reads.public_threads(after, limit).await?;
         let next = match threads.last() {
             Some(last) if threads.len() == limit as usize => Some(last.id.clone()),
             _ => None,
@@ -196,9 +196,11 @@ impl Follower {
 
     /// Any stored node (record, event, header or body) by its CID, if its thread is readable.
     pub async fn block(&self, cid: &Cid, token: Option<&str>) -> Result<Block> {
-        let store = &self.0.store;
-        let (thread, bytes) = store.block(cid).await?.ok_or(Error::NotFound("block"))?;
-        let info = store
+        let found = self.0.reads.block(cid).await?;
+        let (thread, bytes) = found.ok_or(Error::NotFound("block"))?;
+        let info = self
+            .0
+            .store
             .thread(&thread)
             .await?
             .ok_or(Error::NotFound("block"))?;

@@ -18,6 +18,7 @@ mod p2p;
 mod peers;
 mod push_pull;
 mod registration;
+mod replica;
 mod web_client;
 mod webhooks;
 mod websocket;

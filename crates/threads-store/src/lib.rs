@@ -214,5 +214,12 @@ pub async fn open(database_url: Option<&str>, data_dir: &Path) -> Result<Arc<dyn
     }
 }
 
+/// Opens a hot standby of a Postgres store, for reads only: no migrations (the primary runs
+/// them) and no change notifications (a standby cannot `LISTEN`; changes come from the
+/// primary).
+pub async fn open_replica(url: &str) -> Result<Arc<dyn Store>> {
+    Ok(Arc::new(PgStore::connect_replica(url).await?))
+}
+
 /// Capacity of the change channel: a receiver that falls further behind re-reads from storage.
 pub(crate) const CHANGE_CHANNEL: usize = 4096;

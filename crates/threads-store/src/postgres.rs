@@ -53,6 +53,24 @@ impl PgStore {
         })
     }
 
+    /// A standby, read only: see [`crate::open_replica`].
+    pub async fn connect_replica(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .test_before_acquire(false)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        let (changes, _) = broadcast::channel(1);
+        Ok(Self {
+            write: pool.clone(),
+            read: pool,
+            changes,
+            listener: tokio::spawn(async {}),
+            origin: 0,
+        })
+    }
+
     async fn notify_in_tx(
         &self,
         tx: &mut Transaction<'_, Postgres>,
