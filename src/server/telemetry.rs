@@ -69,6 +69,8 @@ const CATALOG: &[(Kind, &str, Unit, &str)] = {
         (Gauge, "threads_database_up", Count, "1 when the database answered at this scrape (within 3 s), else 0."),
         (Gauge, "threads_webhook_backlog_records", Count, "Records waiting for enabled webhooks, and deliveries waiting for a retry (the whole database)."),
         (Gauge, "threads_webhooks_disabled", Count, "Webhooks disabled after failing (the whole database)."),
+        (Gauge, "threads_replication_held", Count, "1 on the process that replicates a thread (holding its lease), 0 on the others that would, by thread."),
+        (Counter, "threads_standby_errors_total", Count, "Reads the hot standby failed, answered by the primary instead."),
         (Gauge, "threads_replication_last_success_timestamp_seconds", Seconds, "When a replicated thread last compared equal with, or caught up to, its source (the process's start before that), by thread."),
         (Histogram, "threads_push_seconds", Seconds, "Time to answer a push, from its request to its records durable."),
         (Histogram, "threads_push_lag_seconds", Seconds, "Time from a record's arrival to its sending to a live subscriber."),
