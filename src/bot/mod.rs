@@ -10,7 +10,7 @@
 //! | [`api`] | the HTTP API |
 //! | [`webhooks`] | decrypted webhooks, by the follower's delivery machinery |
 //! | [`feeds`] | publishing a thread or a collection as a plaintext Atom and RSS feed |
-//! | [`state`] | `bot.db`: grants, read tokens, spent nonces |
+//! | [`state`] | `bot.db`: grants, read tokens, published feeds, spent nonces |
 //! | [`error`] | every refusal with its status and stable code |
 //!
 //! On disk, in the data directory: `identity.key` and `threads/` (the keystore, sealed under

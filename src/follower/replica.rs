@@ -56,10 +56,11 @@ impl Reads {
         if let Some(standby) = &self.standby {
             if let Some(page) = usable(standby.records_by_log(thread, log, after, limit).await) {
                 let reached = page.last().map_or(after, |r| r.counter);
+                if page.len() == limit as usize {
+                    return Ok(page);
+                }
                 let head = self.primary.log(thread, log).await?;
-                if page.len() == limit as usize
-                    || head.and_then(|l| l.head).map_or(0, |h| h.counter) <= reached
-                {
+                if head.and_then(|l| l.head).map_or(0, |h| h.counter) <= reached {
                     return Ok(page);
                 }
             }
