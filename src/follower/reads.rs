@@ -194,6 +194,22 @@ impl Follower {
         Ok(self.0.store.forks(thread, log).await?)
     }
 
+    /// A stored node of one thread by its CID, if the thread is readable: the lookup a
+    /// database distributed by thread answers from one node.
+    pub async fn thread_block(
+        &self,
+        thread: &ThreadId,
+        cid: &Cid,
+        token: Option<&str>,
+    ) -> Result<Block> {
+        let info = self.readable_thread(thread, token).await?;
+        let bytes = self.0.reads.block_in(thread, cid).await?;
+        Ok(Block {
+            bytes: bytes.ok_or(Error::NotFound("block"))?,
+            public: info.public,
+        })
+    }
+
     /// Any stored node (record, event, header or body) by its CID, if its thread is readable.
     pub async fn block(&self, cid: &Cid, token: Option<&str>) -> Result<Block> {
         let found = self.0.reads.block(cid).await?;

@@ -79,6 +79,16 @@ impl Reads {
         self.primary.block(cid).await
     }
 
+    /// A stored node of one thread by CID, from the standby or else the primary.
+    pub async fn block_in(&self, thread: &ThreadId, cid: &Cid) -> Result<Option<Vec<u8>>> {
+        if let Some(standby) = &self.standby {
+            if let Some(Some(found)) = usable(standby.block_in(thread, cid).await) {
+                return Ok(Some(found));
+            }
+        }
+        self.primary.block_in(thread, cid).await
+    }
+
     /// Public threads in ID order: a listing, which may lag the primary by the standby's
     /// delay.
     pub async fn public_threads(

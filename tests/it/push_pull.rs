@@ -218,6 +218,31 @@ async fn push_and_pull_in_every_format(backend: Backend) {
         (status, err["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
+    // Under its thread: the same block; under another thread, none.
+    let scoped = format!("/v1/threads/{}/blocks/{}", a.thread, a1.event_cid());
+    let raw = server
+        .http
+        .get(format!("{}{scoped}", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), StatusCode::OK);
+    assert_eq!(raw.bytes().await.unwrap(), a1.blocks().event);
+    let other = TestLog::new();
+    server.register(&other, false).await;
+    let token = threads_core::auth::pull_token(other.keys.service(), &other.thread);
+    let (status, err) = server
+        .get(&format!(
+            "/v1/threads/{}/blocks/{}?token={token}",
+            other.thread,
+            a1.event_cid()
+        ))
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found")),
+        "{err}"
+    );
 
     // Listings with heads and counters.
     let (_, thread) = server.get(&format!("/v1/threads/{}", a.thread)).await;

@@ -104,6 +104,9 @@ pub trait Store: WebhookStore + Send + Sync + 'static {
     ) -> Result<Vec<StoredRecord>>;
     /// The bytes of any stored node (record, event, header or body) by its CID, and its thread.
     async fn block(&self, cid: &Cid) -> Result<Option<(ThreadId, Vec<u8>)>>;
+    /// A stored node of one thread by CID: the same lookup, confined to the thread (one node
+    /// of a database distributed by thread).
+    async fn block_in(&self, thread: &ThreadId, cid: &Cid) -> Result<Option<Vec<u8>>>;
     /// Second records claiming a taken predecessor, kept as evidence.
     async fn forks(&self, thread: &ThreadId, log: &LogId) -> Result<Vec<ForkEvidence>>;
 

@@ -1,4 +1,5 @@
 //! Raw blocks by CID, in the style of the IPFS trustless gateway: immutable, cacheable forever.
+//! `/v1/blocks/{cid}` finds a block in any thread; `/v1/threads/{id}/blocks/{cid}` in one.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -15,7 +16,26 @@ use crate::server::error::{ApiError, ApiResult};
 use crate::server::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/blocks/{cid}", get(block))
+    Router::new()
+        .route("/v1/blocks/{cid}", get(block))
+        .route("/v1/threads/{thread}/blocks/{cid}", get(thread_block))
+}
+
+async fn thread_block(
+    State(state): State<AppState>,
+    Path((thread, cid)): Path<(String, String)>,
+    Query(q): Query<BlockQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let thread = super::parse_thread(&thread)?;
+    let cid = parse(&cid)?;
+    let token = presented_token(&headers, q.token.as_deref());
+    let found = state.follower.thread_block(&thread, &cid, token).await?;
+    answer(cid, found, &q, &headers).await
+}
+
+fn parse(cid: &str) -> ApiResult<Cid> {
+    threads_core::parse_cid(cid).map_err(|_| ApiError::bad_request("bad_cid", "not a CID"))
 }
 
 #[derive(Deserialize)]
@@ -30,11 +50,19 @@ async fn block(
     Query(q): Query<BlockQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let cid: Cid =
-        threads_core::parse_cid(&cid).map_err(|_| ApiError::bad_request("bad_cid", "not a CID"))?;
+    let cid = parse(&cid)?;
     let token = presented_token(&headers, q.token.as_deref());
-    let Block { bytes, public } = state.follower.block(&cid, token).await?;
+    let found = state.follower.block(&cid, token).await?;
+    answer(cid, found, &q, &headers).await
+}
 
+/// A block as raw bytes or a one-block CAR, as the request asks.
+async fn answer(
+    cid: Cid,
+    Block { bytes, public }: Block,
+    q: &BlockQuery,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
     let cache = if public {
         "public, max-age=31536000, immutable"
     } else {

@@ -487,6 +487,26 @@ macro_rules! impl_store {
                     .transpose()
             }
 
+            async fn block_in(
+                &self,
+                thread: &threads_core::ThreadId,
+                cid: &threads_core::Cid,
+            ) -> $crate::Result<Option<Vec<u8>>> {
+                let row: Option<(Vec<u8>,)> = sqlx::query_as(
+                    "SELECT CASE WHEN cid = $1 THEN record WHEN event_cid = $1 THEN event \
+                     WHEN header_cid = $1 THEN header ELSE body END FROM records \
+                     WHERE thread_id = $3 AND (substr(cid, 5, 8) = $2 OR substr(event_cid, 5, 8) = $2 \
+                     OR substr(header_cid, 5, 8) = $2 OR substr(body_cid, 5, 8) = $2) \
+                     AND (cid = $1 OR event_cid = $1 OR header_cid = $1 OR body_cid = $1) LIMIT 1",
+                )
+                .bind(cid.to_bytes())
+                .bind($crate::sql::rule::cid_prefix(&cid.to_bytes()))
+                .bind(thread.as_bytes())
+                .fetch_optional(&self.read)
+                .await?;
+                Ok(row.map(|(bytes,)| bytes))
+            }
+
             async fn forks(
                 &self,
                 thread: &threads_core::ThreadId,
