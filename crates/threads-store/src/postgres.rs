@@ -20,14 +20,16 @@ pub struct PgStore {
     write: PgPool,
     read: PgPool,
     changes: broadcast::Sender<Change>,
-    listener: JoinHandle<()>,
+    /// Rebroadcasts `NOTIFY`s; none on a standby, which cannot `LISTEN`.
+    listener: Option<JoinHandle<()>>,
     /// Names this process in its notifications, so it tells its own changes from others'.
     origin: u64,
 }
 
 impl PgStore {
-    pub async fn connect(url: &str) -> Result<Self> {
-        let pool = PgPoolOptions::new()
+    /// The connection pool, for the primary and for a standby alike.
+    async fn pool(url: &str) -> Result<PgPool> {
+        Ok(PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             // sqlx checks a connection with a round trip on every acquire (and again on
             // release): twice the round trips of a one-record push. A connection that died
@@ -35,7 +37,11 @@ impl PgStore {
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
-            .await?;
+            .await?)
+    }
+
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = Self::pool(url).await?;
         sqlx::migrate!("../../migrations/postgres")
             .run(&pool)
             .await?;
@@ -48,25 +54,19 @@ impl PgStore {
             write: pool.clone(),
             read: pool,
             changes,
-            listener,
+            listener: Some(listener),
             origin,
         })
     }
 
     /// A standby, read only: see [`crate::open_replica`].
     pub async fn connect_replica(url: &str) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await?;
-        let (changes, _) = broadcast::channel(1);
+        let pool = Self::pool(url).await?;
         Ok(Self {
             write: pool.clone(),
             read: pool,
-            changes,
-            listener: tokio::spawn(async {}),
+            changes: broadcast::channel(1).0,
+            listener: None,
             origin: 0,
         })
     }
@@ -98,7 +98,9 @@ impl PgStore {
 
 impl Drop for PgStore {
     fn drop(&mut self) {
-        self.listener.abort();
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
     }
 }
 
