@@ -157,10 +157,15 @@ async fn entries(
         .records_by_thread(&grant.row.thread, first - 1, FEED_PAGE as u32)
         .await
         .map_err(ApiError::internal)?;
+    let records: Vec<StoredRecord> = records.into_iter().filter(|r| r.seq <= last).collect();
+    let opened = bot
+        .client
+        .open_records(&grant.row.thread, &records)
+        .map_err(ApiError::internal)?;
     let mut entries = Vec::new();
-    for record in records.iter().filter(|r| r.seq <= last) {
+    for (record, event) in records.iter().zip(opened) {
         // Sealed with a read key the bot was not handed: nothing to publish.
-        let Ok(event) = bot.client.open_record(record) else {
+        let Some(event) = event else {
             continue;
         };
         let envelope = Envelope::from_body(event.body.clone());

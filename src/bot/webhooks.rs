@@ -79,10 +79,12 @@ impl Payloads for Decrypted {
             if !reached {
                 return Err("the bot's views have not reached this event yet".into());
             }
-            let event = match bot.client.open_record(record) {
-                Ok(event) => event,
-                Err(threads_client::Error::Rejected { .. }) => return Ok(None),
-                Err(e) => return Err(format!("opening the event: {e}")),
+            let opened = bot
+                .client
+                .open_records(&record.thread, std::slice::from_ref(record))
+                .map_err(|e| format!("opening the event: {e}"))?;
+            let Some(Some(event)) = opened.into_iter().next() else {
+                return Ok(None);
             };
             let (body, changes) = match Envelope::from_body(event.body.clone()) {
                 Some(envelope) => {

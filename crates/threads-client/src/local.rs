@@ -153,9 +153,15 @@ impl Client {
         Ok(self.store.thread(thread).await?.map_or(0, |t| t.seq))
     }
 
-    /// One stored record of a thread, decrypted with the current read key or an earlier one.
-    pub fn open_record(&self, record: &threads_store::StoredRecord) -> Result<Event> {
-        open_with(&self.keys.thread(&record.thread)?, record)
+    /// Stored records of one thread, decrypted with the current read key or an earlier one
+    /// (the thread's keys read once): `None` for a record none of them opens.
+    pub fn open_records(
+        &self,
+        thread: &ThreadId,
+        records: &[threads_store::StoredRecord],
+    ) -> Result<Vec<Option<Event>>> {
+        let entry = self.keys.thread(thread)?;
+        Ok(records.iter().map(|r| open_with(&entry, r).ok()).collect())
     }
 }
 
