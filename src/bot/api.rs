@@ -122,7 +122,8 @@ async fn status(State(bot): State<Bot>, headers: HeaderMap) -> Result<Json<Value
         "grant_policy": if settings.open_grants || settings.admin_token.is_none() { "open" } else { "admin" },
         "grants": bot.grant_count(),
         "bridges": {
-            "webhooks": bot.webhook_count().await?,
+            // The local store holds granted threads only: its webhooks are theirs.
+            "webhooks": bot.hooks.count().await?,
             "feeds": bot.state.published_count().await?,
         },
     });

@@ -315,16 +315,6 @@ impl Bot {
         self.grants.read().unwrap().len()
     }
 
-    /// Webhooks on every granted thread.
-    pub async fn webhook_count(&self) -> Result<usize, Error> {
-        let threads: Vec<ThreadId> = self.grants.read().unwrap().keys().cloned().collect();
-        let mut count = 0;
-        for thread in threads {
-            count += self.hooks.of_thread(&thread).await?.len();
-        }
-        Ok(count)
-    }
-
     pub async fn statuses(&self) -> Result<Vec<GrantStatus>, Error> {
         let mut grants: Vec<_> = self.grants.read().unwrap().values().cloned().collect();
         grants.sort_by(|a, b| a.row.thread.as_bytes().cmp(b.row.thread.as_bytes()));

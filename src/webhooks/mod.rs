@@ -160,6 +160,11 @@ impl Hooks {
         }
     }
 
+    /// How many subscriptions there are, over every thread.
+    pub async fn count(&self) -> Result<u64> {
+        Ok(self.0.store.webhook_count().await?)
+    }
+
     /// A thread's subscriptions, without their secrets: what bridges it has.
     pub async fn of_thread(&self, thread: &ThreadId) -> Result<Vec<Webhook>> {
         let mut hooks = self.0.store.webhooks_of(thread).await?;

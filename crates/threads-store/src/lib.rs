@@ -145,6 +145,8 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// record, so that it receives the records that arrive after it.
     async fn create_webhook(&self, hook: &Webhook) -> Result<()>;
     async fn webhook(&self, id: &str) -> Result<Option<Webhook>>;
+    /// How many webhooks there are, enabled or not.
+    async fn webhook_count(&self) -> Result<u64>;
     /// A thread's webhooks, oldest first.
     async fn webhooks_of(&self, thread: &ThreadId) -> Result<Vec<Webhook>>;
     /// Threads with an enabled webhook: those whose new records there is work for.

@@ -37,6 +37,13 @@ macro_rules! impl_webhook_store {
                 row.map(|r| r.into_webhook()).transpose()
             }
 
+            async fn webhook_count(&self) -> $crate::Result<u64> {
+                let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM webhooks")
+                    .fetch_one(&self.read)
+                    .await?;
+                Ok(count as u64)
+            }
+
             async fn webhooks_of(
                 &self,
                 thread: &threads_core::ThreadId,
