@@ -162,4 +162,18 @@ async fn readers_miss_nothing_however_far_the_standby_lags() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(cids(&pull_all(&server, &log, None).await), all);
+
+    // A standby that does not answer keeps no process from starting: the primary reads.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = nowhere.local_addr().unwrap().port();
+    drop(nowhere);
+    let dead = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let dir = tempfile::tempdir().unwrap();
+    let alone = Server::launch(
+        Some(db),
+        dir.path(),
+        &[("THREADS_DATABASE_READ_URL", &dead)],
+    )
+    .await;
+    assert_eq!(cids(&pull_all(&alone, &log, None).await), all);
 }

@@ -27,21 +27,19 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    /// The connection pool, for the primary and for a standby alike.
-    async fn pool(url: &str) -> Result<PgPool> {
-        Ok(PgPoolOptions::new()
+    /// How pools connect, to the primary and to a standby alike.
+    fn pool_options() -> PgPoolOptions {
+        PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             // sqlx checks a connection with a round trip on every acquire (and again on
             // release): twice the round trips of a one-record push. A connection that died
             // (Postgres restarted) fails its next query instead, and is then dropped.
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await?)
     }
 
     pub async fn connect(url: &str) -> Result<Self> {
-        let pool = Self::pool(url).await?;
+        let pool = Self::pool_options().connect(url).await?;
         sqlx::migrate!("../../migrations/postgres")
             .run(&pool)
             .await?;
@@ -59,9 +57,18 @@ impl PgStore {
         })
     }
 
-    /// A standby, read only: see [`crate::open_replica`].
+    /// A standby, read only: see [`crate::open_replica`]. One that does not answer at start
+    /// is connected to when it does: until then the primary answers its reads.
     pub async fn connect_replica(url: &str) -> Result<Self> {
-        let pool = Self::pool(url).await?;
+        // A standby that does not answer gives up soon: the primary answers instead.
+        let options = || Self::pool_options().acquire_timeout(Duration::from_secs(2));
+        let pool = match options().connect(url).await {
+            Ok(pool) => pool,
+            Err(error) => {
+                tracing::warn!(%error, "the standby does not answer; the primary reads until it does");
+                options().connect_lazy(url)?
+            }
+        };
         Ok(Self {
             write: pool.clone(),
             read: pool,
