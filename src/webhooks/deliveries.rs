@@ -1,10 +1,10 @@
 //! Webhook deliveries, as the Standard Webhooks specification describes them.
 //!
 //! Each webhook has a cursor in its thread's arrival order: the stored records past it are its
-//! pending work, so storing a record writes nothing more and loses nothing. Each server
-//! process runs one worker: it leases cursors (no other worker, in any process, takes them
-//! meanwhile), sends the records after them with bounded concurrency, and moves each cursor in
-//! the transaction that writes what was sent as delivery rows. A failure is retried from its
+//! pending work, so storing a record writes nothing more and loses nothing. Each process with
+//! the webhooks role (and each bot) runs one worker: it leases cursors (no other worker, in
+//! any process, takes them meanwhile), sends the records after them with bounded concurrency,
+//! and moves each cursor in the transaction that writes what was sent as delivery rows. A failure is retried from its
 //! row after a doubling, jittered pause (or the receiver's longer `Retry-After`), leased the
 //! same way; replays and test events are rows too. A webhook failing too often in a row is
 //! disabled.
