@@ -164,6 +164,12 @@ impl PgStore {
         WHERE id = ANY(ARRAY(SELECT id FROM deliveries \
         WHERE state = 'pending' AND next_at <= $1 AND leased_until <= $1 \
         ORDER BY next_at LIMIT $3 FOR UPDATE SKIP LOCKED))";
+    /// Forgets some expired nonces. Every signed request prunes a few, and requests running at
+    /// once skip each other's rows: all deleting the same expired rows, they would wait on each
+    /// other and deadlock.
+    const PRUNE_NONCES: &'static str = "DELETE FROM request_nonces \
+        WHERE nonce = ANY(ARRAY(SELECT nonce FROM request_nonces WHERE expires_at < $1 \
+        LIMIT 100 FOR UPDATE SKIP LOCKED))";
 }
 
 crate::sql::records::impl_store!(PgStore, sqlx::Postgres);

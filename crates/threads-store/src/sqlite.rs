@@ -138,6 +138,9 @@ impl SqliteStore {
         WHERE id IN (SELECT id FROM deliveries \
         WHERE state = 'pending' AND next_at <= $1 AND leased_until <= $1 \
         ORDER BY next_at LIMIT $3)";
+    /// Forgets some expired nonces (every signed request prunes a few).
+    const PRUNE_NONCES: &'static str = "DELETE FROM request_nonces \
+        WHERE nonce IN (SELECT nonce FROM request_nonces WHERE expires_at < $1 LIMIT 100)";
 }
 
 crate::sql::records::impl_store!(SqliteStore, sqlx::Sqlite);

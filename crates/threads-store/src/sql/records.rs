@@ -305,7 +305,9 @@ macro_rules! impl_store {
                     let mut known: HashMap<Vec<u8>, u64> = HashMap::new();
                     let mut stored_in_log: std::collections::HashSet<(Vec<u8>, Vec<u8>)> = Default::default();
                     for chunk in suspects.chunks(500) {
-                        let mut q = sqlx::QueryBuilder::<$db>::new("SELECT thread_id, log_id, cid, counter FROM records WHERE substr(cid, 5, 8) IN (");
+                        // Naming the thread keeps the lookup in its partition (or its node).
+                        let mut q = sqlx::QueryBuilder::<$db>::new("SELECT thread_id, log_id, cid, counter FROM records WHERE thread_id = ");
+                        q.push_bind(&thread).push(" AND substr(cid, 5, 8) IN (");
                         let mut sep = q.separated(", ");
                         for cid in chunk {
                             sep.push_bind($crate::sql::rule::cid_prefix(cid));
@@ -525,21 +527,23 @@ macro_rules! impl_store {
 
             async fn use_nonce(&self, nonce: &[u8], expires_ms: i64, now_ms: i64) -> $crate::Result<bool> {
                 let mut writer = self.writer().await?;
-                let mut tx = sqlx::Connection::begin(&mut *writer).await?;
-                sqlx::query("DELETE FROM request_nonces WHERE expires_at < $1")
+                sqlx::query(<$store>::PRUNE_NONCES)
                     .bind(now_ms)
-                    .execute(&mut *tx)
+                    .execute(&mut *writer)
                     .await?;
+                // A nonce is fresh if unknown, or known but expired (not pruned yet).
                 let fresh = sqlx::query(
-                    "INSERT INTO request_nonces (nonce, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    "INSERT INTO request_nonces (nonce, expires_at) VALUES ($1, $2) \
+                     ON CONFLICT (nonce) DO UPDATE SET expires_at = excluded.expires_at \
+                     WHERE request_nonces.expires_at < $3",
                 )
                 .bind(nonce)
                 .bind(expires_ms)
-                .execute(&mut *tx)
+                .bind(now_ms)
+                .execute(&mut *writer)
                 .await?
                 .rows_affected()
                     == 1;
-                tx.commit().await?;
                 Ok(fresh)
             }
 

@@ -281,3 +281,45 @@ async fn story_on_postgres() {
     )
     .await;
 }
+
+/// Signed requests arriving together while nonces expire: each prunes some, and none waits
+/// on another's rows (requests all deleting the same expired rows once deadlocked on Postgres).
+async fn concurrent_nonces(store: Arc<dyn Store>) {
+    for i in 0..4000i64 {
+        assert!(store.use_nonce(&i.to_be_bytes(), i, 0).await.unwrap());
+    }
+    let uses = (0..64i64).map(|task| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for n in 0..40i64 {
+                // Time moves on as the requests come in: each finds a few more expired.
+                let now = n * 100 + task;
+                let nonce = format!("fresh-{task}-{n}");
+                assert!(store.use_nonce(nonce.as_bytes(), 10_000, now).await.unwrap());
+            }
+        })
+    });
+    for used in uses.collect::<Vec<_>>() {
+        used.await.unwrap();
+    }
+    // An expired nonce is fresh again; an unexpired one is not.
+    assert!(store.use_nonce(&1i64.to_be_bytes(), 20_000, 9_000).await.unwrap());
+    assert!(!store.use_nonce(b"fresh-0-0", 20_000, 9_000).await.unwrap());
+}
+
+#[tokio::test]
+async fn concurrent_nonces_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    concurrent_nonces(open(None, dir.path()).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_nonces_on_postgres() {
+    let url = fresh_postgres_database().await;
+    concurrent_nonces(
+        open(Some(&url), std::path::Path::new("/nonexistent"))
+            .await
+            .unwrap(),
+    )
+    .await;
+}
