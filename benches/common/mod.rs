@@ -102,6 +102,22 @@ pub fn cpu_secs(pid: &str) -> f64 {
     ticks / 100.0
 }
 
+/// User and system CPU time so far of every process named `postgres` on this machine (the
+/// cluster's backends live as long as the server's pooled connections).
+#[allow(dead_code)]
+pub fn postgres_cpu_secs() -> f64 {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(|pid| std::panic::catch_unwind(|| cpu_secs(&pid)).unwrap_or(0.0))
+        .sum()
+}
+
 #[allow(dead_code)]
 pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
