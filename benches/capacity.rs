@@ -133,7 +133,7 @@ async fn main() {
         })
         .unwrap_or(vec![1_000, 10_000, 100_000]);
     if std::env::var_os(threads_store::testing::POSTGRES_ENV).is_none() {
-        println!("capacity benchmark: needs THREADS_TEST_PG (or run it under scripts/bench)");
+        println!("capacity benchmark: needs THREADS_TEST_PG (eval \"$(scripts/postgres start DIR)\" sets it)");
         return;
     }
     println!(

@@ -204,6 +204,8 @@ struct Ingest {
 }
 
 /// Pushes 100,000 new records in batches to the server `pid` at `url`.
+// `round` picks the same record of each log in turn, across logs.
+#[allow(clippy::needless_range_loop)]
 async fn ingest(http: &reqwest::Client, url: &str, pid: &str) -> Ingest {
     let logs = common::logs(THREADS, LOGS / THREADS);
     for log in &logs {
@@ -533,7 +535,7 @@ async fn main() {
         })
         .unwrap_or(vec![1, 5, 10, 20]);
     if std::env::var_os(threads_store::testing::POSTGRES_ENV).is_none() {
-        println!("storage benchmark: needs THREADS_TEST_PG (or run it under scripts/bench)");
+        println!("storage benchmark: needs THREADS_TEST_PG (eval \"$(scripts/postgres start DIR)\" sets it)");
         return;
     }
     println!(

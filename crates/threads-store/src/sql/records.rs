@@ -527,9 +527,11 @@ macro_rules! impl_store {
 
             async fn use_nonce(&self, nonce: &[u8], expires_ms: i64, now_ms: i64) -> $crate::Result<bool> {
                 let mut writer = self.writer().await?;
+                // One transaction: one commit to flush.
+                let mut tx = sqlx::Connection::begin(&mut *writer).await?;
                 sqlx::query(<$store>::PRUNE_NONCES)
                     .bind(now_ms)
-                    .execute(&mut *writer)
+                    .execute(&mut *tx)
                     .await?;
                 // A nonce is fresh if unknown, or known but expired (not pruned yet).
                 let fresh = sqlx::query(
@@ -540,10 +542,11 @@ macro_rules! impl_store {
                 .bind(nonce)
                 .bind(expires_ms)
                 .bind(now_ms)
-                .execute(&mut *writer)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected()
                     == 1;
+                tx.commit().await?;
                 Ok(fresh)
             }
 

@@ -295,7 +295,10 @@ async fn concurrent_nonces(store: Arc<dyn Store>) {
                 // Time moves on as the requests come in: each finds a few more expired.
                 let now = n * 100 + task;
                 let nonce = format!("fresh-{task}-{n}");
-                assert!(store.use_nonce(nonce.as_bytes(), 10_000, now).await.unwrap());
+                assert!(store
+                    .use_nonce(nonce.as_bytes(), 10_000, now)
+                    .await
+                    .unwrap());
             }
         })
     });
@@ -303,7 +306,10 @@ async fn concurrent_nonces(store: Arc<dyn Store>) {
         used.await.unwrap();
     }
     // An expired nonce is fresh again; an unexpired one is not.
-    assert!(store.use_nonce(&1i64.to_be_bytes(), 20_000, 9_000).await.unwrap());
+    assert!(store
+        .use_nonce(&1i64.to_be_bytes(), 20_000, 9_000)
+        .await
+        .unwrap());
     assert!(!store.use_nonce(b"fresh-0-0", 20_000, 9_000).await.unwrap());
 }
 
