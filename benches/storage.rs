@@ -504,13 +504,7 @@ async fn run(layout: &str, sizes: &[i64]) {
     }
     // The next layout needs the disk.
     drop((db, server));
-    let admin = std::env::var(threads_store::testing::POSTGRES_ENV).unwrap();
-    let mut admin = PgConnection::connect(&admin).await.unwrap();
-    let name = url.rsplit_once('/').unwrap().1;
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    common::drop_postgres_database(&url).await;
 }
 
 #[tokio::main]

@@ -118,6 +118,20 @@ pub fn postgres_cpu_secs() -> f64 {
         .sum()
 }
 
+/// Drops a database made by `threads_store::testing::fresh_postgres_database` (large ones
+/// would otherwise keep their disk after the benchmark).
+#[allow(dead_code)]
+pub async fn drop_postgres_database(url: &str) {
+    use sqlx::Connection;
+    let admin = std::env::var(threads_store::testing::POSTGRES_ENV).unwrap();
+    let mut admin = sqlx::PgConnection::connect(&admin).await.unwrap();
+    let name = url.rsplit_once('/').unwrap().1;
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
 #[allow(dead_code)]
 pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
