@@ -11,7 +11,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -137,55 +136,12 @@ async fn run(backend: &str, database_url: Option<String>, part: impl Fn(&str) ->
     for log in &logs {
         common::register(&http, &server.url, log).await;
     }
-    // Batches: per thread, records interleaved across its logs in chain order.
-    let mut batches: Vec<String> = Vec::new();
-    for t in 0..THREADS {
-        let mut items = Vec::new();
-        // Round-robin across the thread's logs, each log's records in chain order.
-        #[allow(clippy::needless_range_loop)]
-        for round in 0..RECORDS_PER_LOG {
-            for (i, log) in logs.iter().enumerate().filter(|(i, _)| i % THREADS == t) {
-                items.push(common::record_json(log, &per_log[i][round]));
-            }
-        }
-        for chunk in items.chunks(BATCH) {
-            batches.push(json!({"records": chunk}).to_string());
-        }
-    }
+    let batches = common::thread_batches(&logs, THREADS, &per_log, BATCH);
     let total = LOGS * RECORDS_PER_LOG;
 
-    // Ingest: concurrent pushers; each takes the next thread not yet pushed and pushes its
-    // batches in order (a log's records must arrive in chain order).
-    let batches = Arc::new(batches);
-    let next_thread = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Ingest: concurrent pushers, each taking the next thread not yet pushed.
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..PUSHERS {
-        let (http, url, batches) = (http.clone(), server.url.clone(), batches.clone());
-        let next_thread = next_thread.clone();
-        tasks.push(tokio::spawn(async move {
-            let per_thread = batches.len() / THREADS;
-            loop {
-                let t = next_thread.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if t >= THREADS {
-                    break;
-                }
-                for batch in &batches[t * per_thread..(t + 1) * per_thread] {
-                    let r = http
-                        .post(format!("{url}/v1/records"))
-                        .header("content-type", "application/json")
-                        .body(batch.clone())
-                        .send()
-                        .await
-                        .unwrap();
-                    assert!(r.status().is_success(), "push: {}", r.text().await.unwrap());
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    common::push_threads(&http, &server.url, batches, PUSHERS).await;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "ingest: {total} records in {secs:.2} s = {:.0} records/s (verified, durable)",

@@ -114,24 +114,7 @@ async fn batched(run: &Run) -> f64 {
         .iter()
         .map(|l| common::records(l, BATCH_RECORDS_PER_LOG, BODY, None))
         .collect();
-    // Per thread, its logs' records interleaved, each log's in chain order.
-    let mut per_thread: Vec<Vec<String>> = vec![Vec::new(); BATCH_THREADS];
-    for (t, batches) in per_thread.iter_mut().enumerate() {
-        let mut items = Vec::new();
-        #[allow(clippy::needless_range_loop)]
-        for round in 0..BATCH_RECORDS_PER_LOG {
-            for (i, log) in logs
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| i % BATCH_THREADS == t)
-            {
-                items.push(common::record_json(log, &per_log[i][round]));
-            }
-        }
-        for chunk in items.chunks(BATCH) {
-            batches.push(json!({ "records": chunk }).to_string());
-        }
-    }
+    let per_thread = common::thread_batches(&logs, BATCH_THREADS, &per_log, BATCH);
     let total = logs.len() * BATCH_RECORDS_PER_LOG;
     let run = Arc::new(run);
     let (cpu, started) = (run.cpu(), Instant::now());

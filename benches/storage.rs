@@ -14,10 +14,8 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use threads_core::{Cid, VerifiedRecord};
 
@@ -131,7 +129,7 @@ async fn fill(url: &str, from: i64, to: i64, sample: &VerifiedRecord, logs: &[Ve
         sqlx::query(&format!(
             "INSERT INTO records (thread_id, seq, log_id, counter, cid, prev, event_cid, header_cid,
                                   body_cid, record, event, header, body, arrived_at)
-             SELECT {id}, s, ($1::bytea[])[1 + s % {FILL_LOGS}], 1 + s / {FILL_LOGS}, {},
+             SELECT {id}, s, ($1::bytea[])[1 + (s - 1) % {FILL_LOGS}], 1 + (s - 1) / {FILL_LOGS}, {},
                     CASE WHEN s > {FILL_LOGS} THEN {} END, {}, {}, {}, $2, $3, $4, $5, 0
              FROM generate_series(1, $6::bigint) s, generate_series($7::bigint, $8::bigint) t",
             cid(1, "s"),
@@ -204,8 +202,6 @@ struct Ingest {
 }
 
 /// Pushes 100,000 new records in batches to the server `pid` at `url`.
-// `round` picks the same record of each log in turn, across logs.
-#[allow(clippy::needless_range_loop)]
 async fn ingest(http: &reqwest::Client, url: &str, pid: &str) -> Ingest {
     let logs = common::logs(THREADS, LOGS / THREADS);
     for log in &logs {
@@ -215,48 +211,10 @@ async fn ingest(http: &reqwest::Client, url: &str, pid: &str) -> Ingest {
         .iter()
         .map(|log| common::records(log, RECORDS_PER_LOG, BODY, None))
         .collect();
-    // Per thread, records interleaved across its logs in chain order.
-    let mut batches: Vec<Vec<String>> = vec![Vec::new(); THREADS];
-    for (t, thread_batches) in batches.iter_mut().enumerate() {
-        let mut items = Vec::new();
-        for round in 0..RECORDS_PER_LOG {
-            for (i, log) in logs.iter().enumerate().filter(|(i, _)| i % THREADS == t) {
-                items.push(common::record_json(log, &per_log[i][round]));
-            }
-        }
-        for chunk in items.chunks(BATCH) {
-            thread_batches.push(json!({"records": chunk}).to_string());
-        }
-    }
-    let batches = Arc::new(tokio::sync::Mutex::new(batches));
+    let batches = common::thread_batches(&logs, THREADS, &per_log, BATCH);
     let (server_cpu, database_cpu) = (common::cpu_secs(pid), common::postgres_cpu_secs());
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..PUSHERS {
-        let (http, url, batches) = (http.clone(), url.to_owned(), batches.clone());
-        tasks.push(tokio::spawn(async move {
-            // Each pusher takes a whole thread: a log's records must arrive in chain order.
-            loop {
-                // (Not in a `while let`: its guard would be held for the whole thread.)
-                let Some(thread) = batches.lock().await.pop() else {
-                    break;
-                };
-                for batch in thread {
-                    let r = http
-                        .post(format!("{url}/v1/records"))
-                        .header("content-type", "application/json")
-                        .body(batch)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert!(r.status().is_success(), "push: {}", r.text().await.unwrap());
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    common::push_threads(http, url, batches, PUSHERS).await;
     let n = (LOGS * RECORDS_PER_LOG) as f64;
     Ingest {
         rate: n / started.elapsed().as_secs_f64(),

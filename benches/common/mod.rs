@@ -210,6 +210,72 @@ pub fn record_json(log: &Log, r: &threads_core::VerifiedRecord) -> serde_json::V
     })
 }
 
+/// JSON batches of at most `batch` records for each of `threads` threads: a thread's logs
+/// (log `i` is in thread `i % threads`, as [`logs`] makes them) taken in turn, one record of
+/// each per round, so every log's records stay in chain order.
+#[allow(dead_code)]
+pub fn thread_batches(
+    logs: &[Log],
+    threads: usize,
+    per_log: &[Vec<threads_core::VerifiedRecord>],
+    batch: usize,
+) -> Vec<Vec<String>> {
+    let rounds = per_log.iter().map(Vec::len).max().unwrap_or(0);
+    (0..threads)
+        .map(|t| {
+            let items: Vec<serde_json::Value> = (0..rounds)
+                .flat_map(|round| {
+                    (t..logs.len())
+                        .step_by(threads)
+                        .filter_map(move |i| Some(record_json(&logs[i], per_log[i].get(round)?)))
+                })
+                .collect();
+            items
+                .chunks(batch)
+                .map(|chunk| serde_json::json!({ "records": chunk }).to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// Pushes each thread's batches in order, `pushers` at once, each taking the next thread not
+/// yet pushed (a log's records must arrive in chain order); panics on any refused push.
+#[allow(dead_code)]
+pub async fn push_threads(
+    http: &reqwest::Client,
+    url: &str,
+    batches: Vec<Vec<String>>,
+    pushers: usize,
+) {
+    let threads = std::sync::Arc::new(std::sync::Mutex::new(batches));
+    let tasks: Vec<_> = (0..pushers)
+        .map(|_| {
+            let (http, url, threads) = (http.clone(), url.to_owned(), threads.clone());
+            tokio::spawn(async move {
+                loop {
+                    // (Not a `while let`: its guard would be held over the pushes.)
+                    let Some(thread) = threads.lock().unwrap().pop() else {
+                        break;
+                    };
+                    for batch in thread {
+                        let r = http
+                            .post(format!("{url}/v1/records"))
+                            .header("content-type", "application/json")
+                            .body(batch)
+                            .send()
+                            .await
+                            .unwrap();
+                        assert!(r.status().is_success(), "push: {}", r.text().await.unwrap());
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
 /// Registers a log as public with the server at `url` (a signed request).
 #[allow(dead_code)]
 pub async fn register(http: &reqwest::Client, url: &str, log: &Log) {

@@ -305,17 +305,17 @@ macro_rules! impl_store {
                     let mut known: HashMap<Vec<u8>, u64> = HashMap::new();
                     let mut stored_in_log: std::collections::HashSet<(Vec<u8>, Vec<u8>)> = Default::default();
                     for chunk in suspects.chunks(500) {
-                        // Naming the thread keeps the lookup in its partition (or its node).
-                        let mut q = sqlx::QueryBuilder::<$db>::new("SELECT thread_id, log_id, cid, counter FROM records WHERE thread_id = ");
+                        // Naming the thread keeps the lookup on one node of a distributed Postgres.
+                        let mut q = sqlx::QueryBuilder::<$db>::new("SELECT log_id, cid, counter FROM records WHERE thread_id = ");
                         q.push_bind(&thread).push(" AND substr(cid, 5, 8) IN (");
                         let mut sep = q.separated(", ");
                         for cid in chunk {
                             sep.push_bind($crate::sql::rule::cid_prefix(cid));
                         }
                         sep.push_unseparated(")");
-                        let rows: Vec<(Vec<u8>, Vec<u8>, Vec<u8>, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
+                        let rows: Vec<(Vec<u8>, Vec<u8>, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
                         // The prefix narrows; the whole CID decides.
-                        for (_, log, cid, counter) in rows.into_iter().filter(|r| r.0 == thread && chunk.contains(&r.2)) {
+                        for (log, cid, counter) in rows.into_iter().filter(|r| chunk.contains(&r.1)) {
                             stored_in_log.insert((log, cid.clone()));
                             known.insert(cid, counter as u64);
                         }
