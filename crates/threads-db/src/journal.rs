@@ -15,6 +15,10 @@ use crate::{Error, Result};
 /// Rows per INSERT: three parameters each, well under SQLite's 32,766.
 const INSERT_CHUNK: usize = 1000;
 
+/// The journal's schema.
+const MIGRATIONS: threads_store::migrations::Files =
+    threads_store::migration_files!("../migrations": "0001_journal.sql", "0002_covered.sql");
+
 pub struct Journal {
     conn: SqliteConnection,
 }
@@ -42,7 +46,10 @@ impl Journal {
         let mut conn = SqliteConnection::connect_with(&options).await?;
         // `run_direct`: `run` makes this future `Send` only for one lifetime, and the bot
         // opens journals from axum handlers.
-        sqlx::migrate!("./migrations").run_direct(&mut conn).await?;
+        threads_store::migrations::migrator(MIGRATIONS)
+            .await?
+            .run_direct(&mut conn)
+            .await?;
         Ok(Self { conn })
     }
 
@@ -284,4 +291,14 @@ fn encode_actions(actions: &[Action]) -> Result<Vec<u8>> {
 fn decode_actions(bytes: &[u8]) -> Result<Vec<Action>> {
     serde_ipld_dagcbor::from_slice(bytes)
         .map_err(|e| Error::Corrupt(format!("a journaled event: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn every_migration_file_is_compiled_in() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let matched = threads_store::migrations::match_directory(super::MIGRATIONS, &dir).await;
+        assert!(matched.unwrap());
+    }
 }

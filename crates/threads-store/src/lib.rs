@@ -9,6 +9,7 @@
 //! |---|---|
 //! | [`model`] | the values stored and returned: registrations, heads, outcomes, stored records |
 //! | `sql` | the SQL both backends share: rows, the ingest rule (one transaction per batch, duplicate/gap/fork decisions), the two traits' implementations |
+//! | [`migrations`] | the schema's migrations, compiled in |
 //! | [`sqlite`], [`postgres`] | connection set-up and the backend-specific parts |
 //!
 //! Only [`threads_core::VerifiedRecord`]s can be ingested: verification happens before storage.
@@ -18,6 +19,7 @@
 //! `seq > cursor` can therefore never skip a record that commits late, even with several server
 //! processes writing to one Postgres.
 
+pub mod migrations;
 pub mod model;
 pub mod postgres;
 pub mod sqlite;

@@ -40,7 +40,8 @@ impl PgStore {
 
     pub async fn connect(url: &str) -> Result<Self> {
         let pool = Self::pool_options().connect(url).await?;
-        sqlx::migrate!("../../migrations/postgres")
+        crate::migrations::migrator(crate::migrations::POSTGRES)
+            .await?
             .run(&pool)
             .await?;
         let (changes, _) = broadcast::channel(CHANGE_CHANNEL);

@@ -64,7 +64,8 @@ impl SqliteStore {
             .pragma("secure_delete", "fast")
             .connect()
             .await?;
-        sqlx::migrate!("../../migrations/sqlite")
+        crate::migrations::migrator(crate::migrations::SQLITE)
+            .await?
             .run(&mut write)
             .await?;
         // An embedded connection cannot drop away: no round trip to its thread to check it on

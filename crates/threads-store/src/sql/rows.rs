@@ -2,11 +2,29 @@
 
 use std::collections::HashMap;
 
-use sqlx::FromRow;
 use threads_core::{Cid, Head, LogId, ServiceKey, ThreadId, UnverifiedRecord};
 
 use crate::model::*;
 use crate::{Result, StoreError};
+
+/// Declares a row and its `sqlx::FromRow`, each field read from the column of its name: what
+/// sqlx's derive makes, without building sqlx's proc macros (and its drivers again) for the host.
+macro_rules! row {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($fvis:vis $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        $vis struct $name { $($fvis $field: $ty,)* }
+
+        impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for $name
+        where
+            &'r str: sqlx::ColumnIndex<R>,
+            $($ty: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,)*
+        {
+            fn from_row(row: &'r R) -> sqlx::Result<Self> {
+                Ok(Self { $($field: row.try_get(stringify!($field))?,)* })
+            }
+        }
+    };
+}
 
 pub(crate) fn decode_err(what: &'static str) -> StoreError {
     StoreError::Other(sqlx::Error::Decode(
@@ -26,15 +44,16 @@ pub(crate) fn log_id(bytes: &[u8]) -> Result<LogId> {
     LogId::from_bytes(bytes).map_err(|_| decode_err("log ID"))
 }
 
-#[derive(FromRow)]
-pub(crate) struct ThreadRow {
-    id: Vec<u8>,
-    public: bool,
-    follow_key: Vec<u8>,
-    seq: i64,
-    record_count: i64,
-    byte_count: i64,
-    created_at: i64,
+row! {
+    pub(crate) struct ThreadRow {
+        id: Vec<u8>,
+        public: bool,
+        follow_key: Vec<u8>,
+        seq: i64,
+        record_count: i64,
+        byte_count: i64,
+        created_at: i64,
+    }
 }
 
 impl ThreadRow {
@@ -52,16 +71,17 @@ impl ThreadRow {
     }
 }
 
-#[derive(FromRow)]
-pub(crate) struct LogRow {
-    thread_id: Vec<u8>,
-    log_id: Vec<u8>,
-    addrs: String,
-    head_cid: Option<Vec<u8>>,
-    head_counter: i64,
-    byte_count: i64,
-    registered_at: i64,
-    addrs_at: i64,
+row! {
+    pub(crate) struct LogRow {
+        thread_id: Vec<u8>,
+        log_id: Vec<u8>,
+        addrs: String,
+        head_cid: Option<Vec<u8>>,
+        head_counter: i64,
+        byte_count: i64,
+        registered_at: i64,
+        addrs_at: i64,
+    }
 }
 
 impl LogRow {
@@ -85,20 +105,21 @@ impl LogRow {
     }
 }
 
-#[derive(FromRow)]
-pub(crate) struct RecordRow {
-    seq: i64,
-    log_id: Vec<u8>,
-    counter: i64,
-    cid: Vec<u8>,
-    event_cid: Vec<u8>,
-    header_cid: Vec<u8>,
-    body_cid: Vec<u8>,
-    record: Vec<u8>,
-    event: Vec<u8>,
-    header: Vec<u8>,
-    body: Vec<u8>,
-    arrived_at: i64,
+row! {
+    pub(crate) struct RecordRow {
+        seq: i64,
+        log_id: Vec<u8>,
+        counter: i64,
+        cid: Vec<u8>,
+        event_cid: Vec<u8>,
+        header_cid: Vec<u8>,
+        body_cid: Vec<u8>,
+        record: Vec<u8>,
+        event: Vec<u8>,
+        header: Vec<u8>,
+        body: Vec<u8>,
+        arrived_at: i64,
+    }
 }
 
 /// Turns rows of one thread into stored records. Log IDs repeat across a page and parsing one
@@ -139,15 +160,16 @@ pub(crate) fn into_stored(thread: &ThreadId, rows: Vec<RecordRow>) -> Result<Vec
         .collect()
 }
 
-#[derive(FromRow)]
-pub(crate) struct ForkRow {
-    cid: Vec<u8>,
-    prev: Option<Vec<u8>>,
-    record: Vec<u8>,
-    event: Vec<u8>,
-    header: Vec<u8>,
-    body: Vec<u8>,
-    arrived_at: i64,
+row! {
+    pub(crate) struct ForkRow {
+        cid: Vec<u8>,
+        prev: Option<Vec<u8>>,
+        record: Vec<u8>,
+        event: Vec<u8>,
+        header: Vec<u8>,
+        body: Vec<u8>,
+        arrived_at: i64,
+    }
 }
 
 impl ForkRow {
@@ -169,18 +191,19 @@ impl ForkRow {
 pub(crate) const WEBHOOK_COLUMNS: &str =
     "id, thread_id, log_id, url, secret, created_at, failures, disabled_at, disabled_reason, cursor_seq";
 
-#[derive(FromRow)]
-pub(crate) struct WebhookRow {
-    id: String,
-    thread_id: Vec<u8>,
-    log_id: Option<Vec<u8>>,
-    url: String,
-    secret: String,
-    created_at: i64,
-    failures: i64,
-    disabled_at: Option<i64>,
-    disabled_reason: Option<String>,
-    cursor_seq: i64,
+row! {
+    pub(crate) struct WebhookRow {
+        id: String,
+        thread_id: Vec<u8>,
+        log_id: Option<Vec<u8>>,
+        url: String,
+        secret: String,
+        created_at: i64,
+        failures: i64,
+        disabled_at: Option<i64>,
+        disabled_reason: Option<String>,
+        cursor_seq: i64,
+    }
 }
 
 impl WebhookRow {
@@ -204,25 +227,26 @@ pub(crate) const DELIVERY_COLUMNS: &str =
     "id, webhook_id, event, thread_id, log_id, seq, counter, cid, created_at, state, attempts, \
      next_at, last_status, last_error, delivered_at, message_id, duration_ms";
 
-#[derive(FromRow)]
-pub(crate) struct DeliveryRow {
-    pub(crate) id: i64,
-    webhook_id: String,
-    event: String,
-    thread_id: Vec<u8>,
-    log_id: Option<Vec<u8>>,
-    seq: i64,
-    counter: i64,
-    cid: Option<Vec<u8>>,
-    created_at: i64,
-    state: String,
-    attempts: i32,
-    next_at: i64,
-    last_status: Option<i32>,
-    last_error: Option<String>,
-    delivered_at: Option<i64>,
-    message_id: Option<String>,
-    duration_ms: Option<i64>,
+row! {
+    pub(crate) struct DeliveryRow {
+        pub(crate) id: i64,
+        webhook_id: String,
+        event: String,
+        thread_id: Vec<u8>,
+        log_id: Option<Vec<u8>>,
+        seq: i64,
+        counter: i64,
+        cid: Option<Vec<u8>>,
+        created_at: i64,
+        state: String,
+        attempts: i32,
+        next_at: i64,
+        last_status: Option<i32>,
+        last_error: Option<String>,
+        delivered_at: Option<i64>,
+        message_id: Option<String>,
+        duration_ms: Option<i64>,
+    }
 }
 
 impl DeliveryRow {
