@@ -89,7 +89,7 @@ pub struct DocStore {
 
 struct Collection {
     schema: Option<Value>,
-    validator: Option<jsonschema::Validator>,
+    validator: Option<Validator>,
     docs: BTreeMap<String, Value>,
     /// Per indexed field: (the field's order key, `_id`). Every document is in every index
     /// (a missing field has the empty key, first), so an index walk sees them all.
@@ -121,11 +121,62 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+/// A collection's compiled JSON Schema (draft 2020-12 unless `$schema` names another). A
+/// schema is one document: it may not refer to files or URLs, which every reader of the
+/// thread would have to fetch alike.
+struct Validator {
+    schemas: boon::Schemas,
+    index: boon::SchemaIndex,
+}
+
+/// Where a collection's schema sits for the compiler; `.invalid` is never looked up.
+const SCHEMA_URL: &str = "https://collection.invalid/schema.json";
+
+struct NoLoader;
+
+impl boon::UrlLoader for NoLoader {
+    fn load(&self, _: &str) -> Result<Value, Box<dyn std::error::Error>> {
+        Err("a schema may not refer to another document".into())
+    }
+}
+
+impl Validator {
+    fn new(schema: &Value) -> Result<Self, String> {
+        let mut compiler = boon::Compiler::new();
+        compiler.use_loader(Box::new(NoLoader));
+        let mut schemas = boon::Schemas::new();
+        let reason = |e: boon::CompileError| match std::error::Error::source(&e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        };
+        compiler
+            .add_resource(SCHEMA_URL, schema.clone())
+            .map_err(reason)?;
+        let index = compiler.compile(SCHEMA_URL, &mut schemas).map_err(reason)?;
+        Ok(Self { schemas, index })
+    }
+
+    /// Names each failed keyword and where in the document it failed, on one line.
+    fn check(&self, doc: &Value) -> Result<(), String> {
+        fn leaves(e: &boon::ValidationError, out: &mut Vec<String>) {
+            if e.causes.is_empty() {
+                out.push(format!("at '{}': {}", e.instance_location, e.kind));
+            }
+            e.causes.iter().for_each(|c| leaves(c, out));
+        }
+        self.schemas.validate(doc, self.index).map_err(|e| {
+            let mut out = Vec::new();
+            leaves(&e, &mut out);
+            out.join("; ")
+        })
+    }
+}
+
 impl Collection {
     fn new(schema: Option<Value>, indexes: &[String]) -> Result<Self, String> {
         let validator = schema
             .as_ref()
-            .map(|s| jsonschema::validator_for(s).map_err(|e| format!("the schema: {e}")))
+            .map(|s| Validator::new(s).map_err(|e| format!("the schema: {e}")))
             .transpose()?;
         let mut collection = Self {
             schema,
@@ -162,7 +213,7 @@ impl Collection {
         }
         if let Some(validator) = &self.validator {
             validator
-                .validate(doc)
+                .check(doc)
                 .map_err(|e| format!("the document does not match the schema: {e}"))?;
         }
         Ok(id.to_owned())
@@ -838,12 +889,42 @@ mod tests {
         let bad = insert("people", json!({"name": 42}));
         let err = s.check(&bad).unwrap_err();
         assert!(err.contains("does not match the schema"), "{err}");
+        assert!(err.contains("at '/name'"), "{err}");
         assert!(s.reduce(&at(), &bad).is_err());
         assert_eq!(s.collections()[0].documents, 0);
         assert!(s
             .check(&create_collection("odd", Some(json!({"type": 12})), &[]))
             .unwrap_err()
             .contains("the schema"));
+        for elsewhere in [
+            "file:///etc/passwd",
+            "https://example.com/schema.json",
+            "other.json",
+        ] {
+            let schema = json!({"$ref": elsewhere});
+            let err = s
+                .check(&create_collection("far", Some(schema), &[]))
+                .unwrap_err();
+            assert!(err.contains("may not refer to another document"), "{err}");
+        }
+        // Patterns are refused when Rust's regex cannot take them; formats assert in draft 7.
+        let look_ahead = json!({"properties": {"a": {"pattern": "^(?=x)"}}});
+        assert!(s
+            .check(&create_collection("la", Some(look_ahead), &[]))
+            .is_err());
+        for (draft, asserted) in [
+            ("http://json-schema.org/draft-07/schema#", true),
+            ("https://json-schema.org/draft/2020-12/schema", false),
+        ] {
+            let schema = json!({"$schema": draft, "properties": {"at": {"format": "email"}}});
+            let mut s = store(&[create_collection("f", Some(schema), &[])]);
+            let doc = insert("f", json!({"at": "nowhere"}));
+            assert_eq!(s.check(&doc).is_err(), asserted, "{draft}");
+        }
+        let digits = json!({"properties": {"n": {"pattern": "^\\d+$"}}});
+        let mut d = store(&[create_collection("n", Some(digits), &[])]);
+        assert!(d.check(&insert("n", json!({"n": "12a"}))).is_err());
+        d.reduce(&at(), &insert("n", json!({"n": "12"}))).unwrap();
         assert!(s
             .check(&insert("nowhere", json!({})))
             .unwrap_err()
