@@ -917,7 +917,7 @@ mod tests {
             ("https://json-schema.org/draft/2020-12/schema", false),
         ] {
             let schema = json!({"$schema": draft, "properties": {"at": {"format": "email"}}});
-            let mut s = store(&[create_collection("f", Some(schema), &[])]);
+            let s = store(&[create_collection("f", Some(schema), &[])]);
             let doc = insert("f", json!({"at": "nowhere"}));
             assert_eq!(s.check(&doc).is_err(), asserted, "{draft}");
         }
