@@ -169,7 +169,7 @@ async fn refused_actions_are_explained_and_write_nothing() {
     for (args, said) in [
         (
             vec!["db", "insert", &thread, "people", r#"{"age": 3}"#],
-            "required property",
+            "missing properties 'name'",
         ),
         (
             vec!["db", "insert", &thread, "nobody", "{}"],
