@@ -23,23 +23,23 @@ macro_rules! migration_files {
     };
 }
 
+/// The follower's files: each migration is written once per backend, under the same name.
+macro_rules! follower_files {
+    ($dir:literal) => {
+        migration_files!($dir:
+            "0001_follower.sql",
+            "0002_cid_prefix_indexes.sql",
+            "0003_webhooks.sql",
+            "0004_webhook_cursors.sql",
+            "0005_addrs_renewed.sql",
+            "0006_leases.sql",
+        )
+    };
+}
+
 /// The follower's schema, per backend.
-pub(crate) const SQLITE: Files = migration_files!("../../../migrations/sqlite":
-    "0001_follower.sql",
-    "0002_cid_prefix_indexes.sql",
-    "0003_webhooks.sql",
-    "0004_webhook_cursors.sql",
-    "0005_addrs_renewed.sql",
-    "0006_leases.sql",
-);
-pub(crate) const POSTGRES: Files = migration_files!("../../../migrations/postgres":
-    "0001_follower.sql",
-    "0002_cid_prefix_indexes.sql",
-    "0003_webhooks.sql",
-    "0004_webhook_cursors.sql",
-    "0005_addrs_renewed.sql",
-    "0006_leases.sql",
-);
+pub(crate) const SQLITE: Files = follower_files!("../../../migrations/sqlite");
+pub(crate) const POSTGRES: Files = follower_files!("../../../migrations/postgres");
 
 /// A migrator over embedded files.
 pub async fn migrator(files: Files) -> Result<Migrator, MigrateError> {
