@@ -145,9 +145,19 @@ impl Validator {
         let mut compiler = boon::Compiler::new();
         compiler.use_loader(Box::new(NoLoader));
         let mut schemas = boon::Schemas::new();
-        let reason = |e: boon::CompileError| match std::error::Error::source(&e) {
-            Some(cause) => format!("{e}: {cause}"),
-            None => e.to_string(),
+        // On one line, naming places inside the schema rather than the URL it sits at here.
+        let reason = |e: boon::CompileError| match &e {
+            boon::CompileError::ValidationError { src, .. } => {
+                format!(
+                    "it does not match its draft's meta-schema: {}",
+                    failures(src)
+                )
+            }
+            _ => match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            }
+            .replace(SCHEMA_URL, ""),
         };
         compiler
             .add_resource(SCHEMA_URL, schema.clone())
@@ -156,20 +166,24 @@ impl Validator {
         Ok(Self { schemas, index })
     }
 
-    /// Names each failed keyword and where in the document it failed, on one line.
     fn check(&self, doc: &Value) -> Result<(), String> {
-        fn leaves(e: &boon::ValidationError, out: &mut Vec<String>) {
-            if e.causes.is_empty() {
-                out.push(format!("at '{}': {}", e.instance_location, e.kind));
-            }
-            e.causes.iter().for_each(|c| leaves(c, out));
-        }
-        self.schemas.validate(doc, self.index).map_err(|e| {
-            let mut out = Vec::new();
-            leaves(&e, &mut out);
-            out.join("; ")
-        })
+        self.schemas
+            .validate(doc, self.index)
+            .map_err(|e| failures(&e))
     }
+}
+
+/// Names each failed keyword and where in the value it failed, on one line.
+fn failures(e: &boon::ValidationError) -> String {
+    fn leaves(e: &boon::ValidationError, out: &mut Vec<String>) {
+        if e.causes.is_empty() {
+            out.push(format!("at '{}': {}", e.instance_location, e.kind));
+        }
+        e.causes.iter().for_each(|c| leaves(c, out));
+    }
+    let mut out = Vec::new();
+    leaves(e, &mut out);
+    out.join("; ")
 }
 
 impl Collection {
@@ -896,6 +910,20 @@ mod tests {
             .check(&create_collection("odd", Some(json!({"type": 12})), &[]))
             .unwrap_err()
             .contains("the schema"));
+        let odd = s
+            .check(&create_collection("odd", Some(json!({"type": 12})), &[]))
+            .unwrap_err();
+        assert!(odd.contains("meta-schema: at '/type'"), "{odd}");
+        assert!(!odd.contains('\n') && !odd.contains(SCHEMA_URL), "{odd}");
+        let dangling = s
+            .check(&create_collection(
+                "odd",
+                Some(json!({"$ref": "#/nowhere"})),
+                &[],
+            ))
+            .unwrap_err();
+        assert!(dangling.contains("#/nowhere not found"), "{dangling}");
+        assert!(!dangling.contains(SCHEMA_URL), "{dangling}");
         for elsewhere in [
             "file:///etc/passwd",
             "https://example.com/schema.json",
