@@ -9,6 +9,9 @@ pub enum Error {
     /// What was asked for is not here (or the caller may not know it is).
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A thread-less block lookup finds records only: the other nodes are indexed per thread.
+    #[error("no record has this CID (a record's event, header and body are found within its thread: /v1/threads/{{id}}/blocks/{{cid}})")]
+    NoRecordCid,
     #[error("this thread is private: present its pull token")]
     PullTokenRequired,
     #[error("the pull token does not match this thread")]
@@ -71,7 +74,7 @@ impl Error {
     /// The stable code clients match on.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::NotFound(_) => "not_found",
+            Error::NotFound(_) | Error::NoRecordCid => "not_found",
             Error::PullTokenRequired => "pull_token_required",
             Error::BadPullToken => "bad_pull_token",
             Error::BadCursor(_) => "bad_cursor",

@@ -210,16 +210,17 @@ impl Follower {
         })
     }
 
-    /// Any stored node (record, event, header or body) by its CID, if its thread is readable.
+    /// A stored record by its CID, in any thread, if its thread is readable. (A record's other
+    /// nodes are indexed within their thread: [`Self::thread_block`] finds them.)
     pub async fn block(&self, cid: &Cid, token: Option<&str>) -> Result<Block> {
         let found = self.0.reads.block(cid).await?;
-        let (thread, bytes) = found.ok_or(Error::NotFound("block"))?;
+        let (thread, bytes) = found.ok_or(Error::NoRecordCid)?;
         let info = self
             .0
             .store
             .thread(&thread)
             .await?
-            .ok_or(Error::NotFound("block"))?;
+            .ok_or(Error::NoRecordCid)?;
         check_access(&info, token)?;
         Ok(Block {
             bytes,

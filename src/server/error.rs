@@ -73,7 +73,7 @@ impl From<Error> for ApiError {
                 busy.retry_after = Some(crate::follower::commit::BUSY_RETRY_SECS);
                 return busy;
             }
-            Error::NotFound(_) | Error::UnknownLog(_) => StatusCode::NOT_FOUND,
+            Error::NotFound(_) | Error::NoRecordCid | Error::UnknownLog(_) => StatusCode::NOT_FOUND,
             Error::PullTokenRequired
             | Error::RegistrationTokenRequired
             | Error::AdminTokenRequired => StatusCode::UNAUTHORIZED,

@@ -85,6 +85,17 @@ async fn atom_feeds_page_into_immutable_archives() {
         .unwrap();
     assert_eq!(record.cid(), records[249].cid());
     assert_eq!(record.read(log.keys.read().unwrap()).unwrap().len(), 66);
+    // Its four nodes link to raw blocks within the thread, and each link answers.
+    let related: Vec<_> = entry
+        .links
+        .iter()
+        .filter(|l| l.rel.as_deref() == Some("related"))
+        .collect();
+    assert_eq!(related.len(), 4);
+    for l in related {
+        let block = server.http.get(&l.href).send().await.unwrap();
+        assert_eq!(block.status(), StatusCode::OK, "{}", l.href);
+    }
 
     // Archives: complete pages only, linked both ways, immutable.
     let page2 = get(&server, &format!("{base}?page=2"), &[]).await;

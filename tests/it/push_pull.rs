@@ -171,8 +171,14 @@ async fn push_and_pull_in_every_format(backend: Backend) {
         other => panic!("{other:?}"),
     }
 
-    // Raw blocks: immutable, cacheable, 304 on a matching ETag.
-    let url = format!("{}/v1/blocks/{}", server.url, a1.event_cid());
+    // Raw blocks: immutable, cacheable, 304 on a matching ETag. A record is found in any
+    // thread, its other nodes within their thread.
+    let url = format!(
+        "{}/v1/threads/{}/blocks/{}",
+        server.url,
+        a.thread,
+        a1.event_cid()
+    );
     let raw = server.http.get(&url).send().await.unwrap();
     assert_eq!(raw.status(), StatusCode::OK);
     assert_eq!(raw.headers()["content-type"], "application/vnd.ipld.raw");
@@ -218,16 +224,37 @@ async fn push_and_pull_in_every_format(backend: Backend) {
         (status, err["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
-    // Under its thread: the same block; under another thread, none.
-    let scoped = format!("/v1/threads/{}/blocks/{}", a.thread, a1.event_cid());
+    // By CID alone: the record, not its other nodes; under another thread, none.
     let raw = server
         .http
-        .get(format!("{}{scoped}", server.url))
+        .get(format!("{}/v1/blocks/{}", server.url, a1.cid()))
         .send()
         .await
         .unwrap();
     assert_eq!(raw.status(), StatusCode::OK);
-    assert_eq!(raw.bytes().await.unwrap(), a1.blocks().event);
+    assert_eq!(raw.bytes().await.unwrap(), a1.blocks().record);
+    let (status, err) = server.get(&format!("/v1/blocks/{}", a1.event_cid())).await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    assert!(
+        err["detail"]
+            .as_str()
+            .unwrap()
+            .contains("within its thread"),
+        "{err}"
+    );
+    for (cid, bytes) in [
+        (a1.cid(), &a1.blocks().record),
+        (a1.content_cids().0, &a1.blocks().header),
+        (a1.content_cids().1, &a1.blocks().body),
+    ] {
+        let scoped = format!("{}/v1/threads/{}/blocks/{cid}", server.url, a.thread);
+        let raw = server.http.get(scoped).send().await.unwrap();
+        assert_eq!(raw.status(), StatusCode::OK);
+        assert_eq!(raw.bytes().await.unwrap(), bytes);
+    }
     let other = TestLog::new();
     server.register(&other, false).await;
     let token = threads_core::auth::pull_token(other.keys.service(), &other.thread);

@@ -104,10 +104,11 @@ pub trait Store: WebhookStore + Send + Sync + 'static {
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredRecord>>;
-    /// The bytes of any stored node (record, event, header or body) by its CID, and its thread.
+    /// A stored record's bytes by its CID, in any thread, and its thread. (Its event, header
+    /// and body are indexed within their thread only: [`Store::block_in`] finds them.)
     async fn block(&self, cid: &Cid) -> Result<Option<(ThreadId, Vec<u8>)>>;
-    /// A stored node of one thread by CID: the same lookup, confined to the thread (one node
-    /// of a database distributed by thread).
+    /// Any stored node (record, event, header or body) of one thread by its CID: confined to
+    /// the thread, so one node of a database distributed by thread answers.
     async fn block_in(&self, thread: &ThreadId, cid: &Cid) -> Result<Option<Vec<u8>>>;
     /// Second records claiming a taken predecessor, kept as evidence.
     async fn forks(&self, thread: &ThreadId, log: &LogId) -> Result<Vec<ForkEvidence>>;

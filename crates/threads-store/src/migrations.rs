@@ -33,6 +33,7 @@ macro_rules! follower_files {
             "0004_webhook_cursors.sql",
             "0005_addrs_renewed.sql",
             "0006_leases.sql",
+            "0007_node_cids_within_thread.sql",
         )
     };
 }

@@ -1,5 +1,6 @@
 //! Raw blocks by CID, in the style of the IPFS trustless gateway: immutable, cacheable forever.
-//! `/v1/blocks/{cid}` finds a block in any thread; `/v1/threads/{id}/blocks/{cid}` in one.
+//! `/v1/blocks/{cid}` finds a record in any thread; `/v1/threads/{id}/blocks/{cid}` any of a
+//! record's four nodes in one thread.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};

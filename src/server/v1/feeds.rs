@@ -188,7 +188,7 @@ async fn entry(links: &Links, r: &StoredRecord) -> Entry {
     .into_iter()
     .map(|(name, cid)| Link {
         rel: "related".into(),
-        href: links.url(&format!("/v1/blocks/{cid}"), &[]),
+        href: links.url(&format!("/v1/threads/{}/blocks/{cid}", r.thread), &[]),
         mime: RAW.into(),
         title: Some(name.into()),
     })

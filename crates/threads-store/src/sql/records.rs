@@ -474,12 +474,9 @@ macro_rules! impl_store {
                 &self,
                 cid: &threads_core::Cid,
             ) -> $crate::Result<Option<(threads_core::ThreadId, Vec<u8>)>> {
+                // Only a record's own CID is indexed across threads (see migration 0007).
                 let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
-                    "SELECT thread_id, CASE WHEN cid = $1 THEN record WHEN event_cid = $1 THEN event \
-                     WHEN header_cid = $1 THEN header ELSE body END FROM records \
-                     WHERE (substr(cid, 5, 8) = $2 OR substr(event_cid, 5, 8) = $2 \
-                     OR substr(header_cid, 5, 8) = $2 OR substr(body_cid, 5, 8) = $2) \
-                     AND (cid = $1 OR event_cid = $1 OR header_cid = $1 OR body_cid = $1) LIMIT 1",
+                    "SELECT thread_id, record FROM records WHERE substr(cid, 5, 8) = $2 AND cid = $1 LIMIT 1",
                 )
                 .bind(cid.to_bytes())
                 .bind($crate::sql::rule::cid_prefix(&cid.to_bytes()))
@@ -494,12 +491,15 @@ macro_rules! impl_store {
                 thread: &threads_core::ThreadId,
                 cid: &threads_core::Cid,
             ) -> $crate::Result<Option<Vec<u8>>> {
+                // One indexed probe per kind of node; the first that holds the CID answers.
                 let row: Option<(Vec<u8>,)> = sqlx::query_as(
-                    "SELECT CASE WHEN cid = $1 THEN record WHEN event_cid = $1 THEN event \
-                     WHEN header_cid = $1 THEN header ELSE body END FROM records \
-                     WHERE thread_id = $3 AND (substr(cid, 5, 8) = $2 OR substr(event_cid, 5, 8) = $2 \
-                     OR substr(header_cid, 5, 8) = $2 OR substr(body_cid, 5, 8) = $2) \
-                     AND (cid = $1 OR event_cid = $1 OR header_cid = $1 OR body_cid = $1) LIMIT 1",
+                    "SELECT record FROM records WHERE substr(cid, 5, 8) = $2 AND cid = $1 AND thread_id = $3 \
+                     UNION ALL SELECT event FROM records \
+                     WHERE thread_id = $3 AND substr(event_cid, 5, 8) = $2 AND event_cid = $1 \
+                     UNION ALL SELECT header FROM records \
+                     WHERE thread_id = $3 AND substr(header_cid, 5, 8) = $2 AND header_cid = $1 \
+                     UNION ALL SELECT body FROM records \
+                     WHERE thread_id = $3 AND substr(body_cid, 5, 8) = $2 AND body_cid = $1 LIMIT 1",
                 )
                 .bind(cid.to_bytes())
                 .bind($crate::sql::rule::cid_prefix(&cid.to_bytes()))

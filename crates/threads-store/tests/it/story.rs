@@ -176,11 +176,15 @@ async fn story(store: Arc<dyn Store>) {
         (body, &blocks.body),
     ] {
         assert_eq!(
-            store.block(&cid).await.unwrap(),
-            Some((a.thread.clone(), bytes.clone()))
+            store.block_in(&a.thread, &cid).await.unwrap().as_ref(),
+            Some(bytes)
         );
+        // By CID alone, only a record is found.
+        let anywhere = (cid == r1.cid()).then(|| (a.thread.clone(), bytes.clone()));
+        assert_eq!(store.block(&cid).await.unwrap(), anywhere);
     }
     assert_eq!(store.block(&fork.cid()).await.unwrap(), None);
+    assert_eq!(store.block_in(&a.thread, &fork.cid()).await.unwrap(), None);
 
     // Listings.
     let info = store.thread(&a.thread).await.unwrap().unwrap();
