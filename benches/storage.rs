@@ -371,8 +371,12 @@ async fn run(layout: &str, sizes: &[i64]) {
         };
         let by_cid: Vec<String> = picks
             .iter()
-            .enumerate()
-            .map(|(_, p)| format!("{server_url}/v1/blocks/{}", pick(0, p).1))
+            .map(|p| {
+                format!(
+                    "{server_url}/v1/blocks/{}",
+                    Cid::try_from(&p.1[..]).unwrap()
+                )
+            })
             .collect();
         let in_thread: Vec<String> = picks
             .iter()
