@@ -93,19 +93,109 @@ impl<'a> CarItem<'a> {
     }
 }
 
+impl CarItem<'_> {
+    /// [`Self::entry`] as canonical DAG-CBOR, written directly: a map of fixed keys in DAG-CBOR's
+    /// order (shorter keys first, then bytewise). A page writes one entry per record, and the
+    /// generic encoder's maps and strings cost more than the rest of the page's CAR.
+    fn entry_bytes(&self) -> Vec<u8> {
+        let [record, event, header, body] = self.cids;
+        let mut out = Vec::with_capacity(64 + 4 * record.encoded_len());
+        head(&mut out, MAP, if self.position.is_some() { 8 } else { 6 });
+        text(&mut out, "log");
+        bytes(&mut out, &self.log.to_bytes());
+        if let Some((seq, _)) = self.position {
+            text(&mut out, "seq");
+            head(&mut out, UINT, seq);
+        }
+        for (key, cid) in [
+            ("body", body),
+            ("event", event),
+            ("header", header),
+            ("record", record),
+        ] {
+            text(&mut out, key);
+            link(&mut out, &cid);
+        }
+        text(&mut out, "thread");
+        bytes(&mut out, self.thread.as_bytes());
+        if let Some((_, counter)) = self.position {
+            text(&mut out, "counter");
+            head(&mut out, UINT, counter);
+        }
+        out
+    }
+}
+
+/// CBOR major types (RFC 8949, section 3.1).
+const UINT: u8 = 0;
+const BYTES: u8 = 2;
+const TEXT: u8 = 3;
+const MAP: u8 = 5;
+
+/// A CBOR head in its shortest form, as DAG-CBOR requires.
+fn head(out: &mut Vec<u8>, major: u8, n: u64) {
+    let major = major << 5;
+    match n {
+        0..=23 => out.push(major | n as u8),
+        24..=0xff => out.extend([major | 24, n as u8]),
+        0x100..=0xffff => {
+            out.push(major | 25);
+            out.extend((n as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(major | 26);
+            out.extend((n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(major | 27);
+            out.extend(n.to_be_bytes());
+        }
+    }
+}
+
+fn text(out: &mut Vec<u8>, s: &str) {
+    head(out, TEXT, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+    head(out, BYTES, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+/// A link: tag 42 over the CID's bytes after a zero byte (the identity multibase prefix).
+fn link(out: &mut Vec<u8>, cid: &Cid) {
+    out.extend([0xd8, 0x2a]);
+    head(out, BYTES, cid.encoded_len() as u64 + 1);
+    out.push(0);
+    cid.write_bytes(&mut *out).expect("writing to memory");
+}
+
 /// Writes records as a CAR: entries as roots, then entries and node blocks. At least one record.
 pub async fn write_car(items: impl IntoIterator<Item = CarItem<'_>>) -> Vec<u8> {
     let items: Vec<CarItem> = items.into_iter().collect();
     let entries: Vec<(Cid, Vec<u8>)> = items
         .iter()
         .map(|item| {
-            let bytes = serde_ipld_dagcbor::to_vec(&item.entry()).expect("IPLD encodes");
+            let bytes = item.entry_bytes();
             (cid_of(&bytes), bytes)
         })
         .collect();
+    // Room for every block (a length prefix and a CID of at most 64 bytes each) and the header
+    // (a CID per root), so that the page is written into one allocation.
     let size: usize = items
         .iter()
-        .map(|i| i.blocks.record.len() + i.blocks.body.len() + 512)
+        .zip(&entries)
+        .map(|(i, (_, entry))| {
+            let b = i.blocks;
+            entry.len()
+                + b.record.len()
+                + b.event.len()
+                + b.header.len()
+                + b.body.len()
+                + 5 * 64
+                + 64
+        })
         .sum();
     let mut out = Vec::with_capacity(size);
     let roots = entries.iter().map(|(cid, _)| *cid).collect();
@@ -249,6 +339,41 @@ mod tests {
         }
         writer.finish().await.unwrap();
         (once, out)
+    }
+
+    /// The direct encoding is byte for byte the generic encoder's, with and without positions,
+    /// and across every width of a CBOR integer.
+    #[test]
+    fn entries_are_the_dag_cbor_encoders_bytes() {
+        let (thread, log) = (
+            ThreadId::random(Variant::Raw, &mut OsRng),
+            LogId::from(Keypair::generate(&mut OsRng).public()),
+        );
+        let blocks = UnverifiedRecord {
+            record: vec![1],
+            event: vec![2],
+            header: vec![3],
+            body: vec![4],
+        };
+        let mut item = CarItem::new(&log, &thread, &blocks);
+        let generic = |item: &CarItem| serde_ipld_dagcbor::to_vec(&item.entry()).unwrap();
+        assert_eq!(item.entry_bytes(), generic(&item));
+        for n in [
+            0,
+            1,
+            23,
+            24,
+            255,
+            256,
+            65_535,
+            65_536,
+            u32::MAX as u64,
+            u32::MAX as u64 + 1,
+            u64::MAX,
+        ] {
+            item.position = Some((n, n / 2 + 1));
+            assert_eq!(item.entry_bytes(), generic(&item), "position {n}");
+        }
     }
 
     #[tokio::test]
