@@ -7,7 +7,7 @@
 //! log and thread a record belongs to, which its encrypted nodes cannot.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use ipld_core::ipld::Ipld;
 use iroh_car::{CarHeader, CarReader, CarWriter};
@@ -72,9 +72,11 @@ impl<'a> CarItem<'a> {
         }
     }
 
+    /// The entry as IPLD: what [`Self::entry_bytes`] encodes, and the tests check it against.
+    #[cfg(test)]
     fn entry(&self) -> Ipld {
         let [record, event, header, body] = self.cids;
-        let mut map = BTreeMap::from([
+        let mut map = std::collections::BTreeMap::from([
             ("log".to_owned(), Ipld::Bytes(self.log.to_bytes())),
             (
                 "thread".to_owned(),
