@@ -93,9 +93,7 @@ impl<'a> CarItem<'a> {
         }
         Ipld::Map(map)
     }
-}
 
-impl CarItem<'_> {
     /// [`Self::entry`] as canonical DAG-CBOR, written directly: a map of fixed keys in DAG-CBOR's
     /// order (shorter keys first, then bytewise). A page writes one entry per record, and the
     /// generic encoder's maps and strings cost more than the rest of the page's CAR.
