@@ -315,18 +315,24 @@ mod tests {
 
     use super::*;
 
-    /// A CAR of one record whose header names its entry `times` times.
-    async fn named_again(times: usize) -> (Vec<u8>, Vec<u8>) {
-        let (thread, log) = (
-            ThreadId::random(Variant::Raw, &mut OsRng),
-            LogId::from(Keypair::generate(&mut OsRng).public()),
-        );
+    /// A new thread and log, and a record's blocks with a body of `body` bytes.
+    fn one_record(body: usize) -> (ThreadId, LogId, UnverifiedRecord) {
         let blocks = UnverifiedRecord {
             record: vec![1],
             event: vec![2],
             header: vec![3],
-            body: vec![4; 1024],
+            body: vec![4; body],
         };
+        (
+            ThreadId::random(Variant::Raw, &mut OsRng),
+            LogId::from(Keypair::generate(&mut OsRng).public()),
+            blocks,
+        )
+    }
+
+    /// A CAR of one record whose header names its entry `times` times.
+    async fn named_again(times: usize) -> (Vec<u8>, Vec<u8>) {
+        let (thread, log, blocks) = one_record(1024);
         let once = write_car([CarItem::new(&log, &thread, &blocks)]).await;
         let entry = serde_ipld_dagcbor::to_vec(&CarItem::new(&log, &thread, &blocks).entry())
             .expect("IPLD encodes");
@@ -345,16 +351,7 @@ mod tests {
     /// and across every width of a CBOR integer.
     #[test]
     fn entries_are_the_dag_cbor_encoders_bytes() {
-        let (thread, log) = (
-            ThreadId::random(Variant::Raw, &mut OsRng),
-            LogId::from(Keypair::generate(&mut OsRng).public()),
-        );
-        let blocks = UnverifiedRecord {
-            record: vec![1],
-            event: vec![2],
-            header: vec![3],
-            body: vec![4],
-        };
+        let (thread, log, blocks) = one_record(1);
         let mut item = CarItem::new(&log, &thread, &blocks);
         let generic = |item: &CarItem| serde_ipld_dagcbor::to_vec(&item.entry()).unwrap();
         assert_eq!(item.entry_bytes(), generic(&item));
