@@ -59,6 +59,11 @@ impl Run {
         common::cpu_secs(&self.pid)
     }
 
+    /// Group commits so far.
+    async fn commit_groups(&self) -> f64 {
+        common::metric(&self.http, &self.url, "threads_commit_group_pushes_count").await
+    }
+
     /// Pushes one JSON batch; returns how long until it was acknowledged.
     async fn push(&self, body: String) -> Duration {
         let at = Instant::now();
@@ -145,6 +150,7 @@ async fn concurrent(run: &Run) -> f64 {
     }
     let writers = single_pushes(&logs, RECORDS_PER_WRITER);
     let total = WRITERS * RECORDS_PER_WRITER;
+    let groups = run.commit_groups().await;
     let (cpu, client, started) = (run.cpu(), common::cpu_secs("self"), Instant::now());
     let tasks = writers.into_iter().map(|pushes| async move {
         let mut acks = Vec::with_capacity(pushes.len());
@@ -160,12 +166,15 @@ async fn concurrent(run: &Run) -> f64 {
         .collect();
     let secs = started.elapsed().as_secs_f64();
     let rate = total as f64 / secs;
+    let (cpu, client) = (run.cpu() - cpu, common::cpu_secs("self") - client);
+    let groups = run.commit_groups().await - groups;
     println!(
         "one record per push, {WRITERS} in flight: {total} records: {rate:.0} records/s; ack {}; \
-         CPU per push: server {:.0} µs, client {:.0} µs",
+         CPU per push: server {:.0} µs, client {:.0} µs; {:.1} pushes per commit",
         spread(acks),
-        (run.cpu() - cpu) / total as f64 * 1e6,
-        (common::cpu_secs("self") - client) / total as f64 * 1e6
+        cpu / total as f64 * 1e6,
+        client / total as f64 * 1e6,
+        total as f64 / groups
     );
     rate
 }

@@ -102,6 +102,23 @@ pub fn cpu_secs(pid: &str) -> f64 {
     ticks / 100.0
 }
 
+/// A counter's or a histogram's `_sum`/`_count` value from the server's `/metrics` (0 if absent).
+#[allow(dead_code)]
+pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
 /// User and system CPU time so far of every process named `postgres` on this machine (the
 /// cluster's backends live as long as the server's pooled connections).
 #[allow(dead_code)]

@@ -73,20 +73,23 @@ fn main() {
             );
         }
     });
-    let mut start = 0;
-    rate(
-        &format!("verify in batches of {BATCH} (follow key)"),
-        BATCH,
-        || {
-            let batch = records[start..start + BATCH]
-                .iter()
-                .map(|r| (r.clone(), &service, &log_id));
-            start = (start + BATCH) % RECORDS;
-            for verdict in verify_batch(batch, SignaturePolicy::CurrentOnly) {
-                black_box(verdict.unwrap());
-            }
-        },
-    );
+    // Small sizes show where a batch starts to pay (a push of one record is common).
+    for size in [1, 2, 3, 4, BATCH] {
+        let mut start = 0;
+        rate(
+            &format!("verify in batches of {size} (follow key)"),
+            size,
+            || {
+                let batch = records[start..start + size]
+                    .iter()
+                    .map(|r| (r.clone(), &service, &log_id));
+                start = (start + size) % (RECORDS - size);
+                for verdict in verify_batch(batch, SignaturePolicy::CurrentOnly) {
+                    black_box(verdict.unwrap());
+                }
+            },
+        );
+    }
     let read = keys.read().unwrap();
     let verified: Vec<VerifiedRecord> = records[..64]
         .iter()

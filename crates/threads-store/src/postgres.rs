@@ -3,10 +3,11 @@
 //! Changes are announced with `NOTIFY` inside the ingest transaction (so they are delivered at
 //! commit, to every process) and received by one `LISTEN` task per process.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Transaction};
+use sqlx::{Postgres, QueryBuilder, Transaction};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
@@ -79,17 +80,46 @@ impl PgStore {
         })
     }
 
+    /// Locks the rows of the batch's threads until commit, in ID order (so that concurrent
+    /// batches, in this process or another, never wait for each other in a cycle), and reads
+    /// their counters: sequence numbers follow commit order.
+    async fn lock_threads(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        ids: &[&[u8]],
+    ) -> Result<HashMap<Vec<u8>, (i64, i64)>> {
+        let mut counters = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let mut q = QueryBuilder::<Postgres>::new(
+                "SELECT id, seq, byte_count FROM threads WHERE id IN (",
+            );
+            let mut ids = q.separated(", ");
+            for id in chunk {
+                ids.push_bind(*id);
+            }
+            ids.push_unseparated(") ORDER BY id FOR NO KEY UPDATE");
+            let rows: Vec<(Vec<u8>, i64, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
+            counters.extend(rows.into_iter().map(|(id, seq, bytes)| (id, (seq, bytes))));
+        }
+        Ok(counters)
+    }
+
+    /// One notification per changed thread, all in one statement.
     async fn notify_in_tx(
         &self,
         tx: &mut Transaction<'_, Postgres>,
-        change: &Change,
+        changes: &[Change],
     ) -> Result<()> {
-        sqlx::query("SELECT pg_notify($1, $2)")
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let notes: Vec<String> = changes
+            .iter()
+            .map(|c| format!("{} {} {} {:x}", c.thread, c.seq, c.after, self.origin))
+            .collect();
+        sqlx::query("SELECT pg_notify($1, note) FROM unnest($2::text[]) AS note")
             .bind(CHANNEL)
-            .bind(format!(
-                "{} {} {} {:x}",
-                change.thread, change.seq, change.after, self.origin
-            ))
+            .bind(&notes)
             .execute(&mut **tx)
             .await?;
         Ok(())

@@ -1,5 +1,6 @@
 //! The embedded default: one SQLite file in WAL mode, one writer connection and a read pool.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Sqlite, Transaction};
+use sqlx::{ConnectOptions, QueryBuilder, Sqlite, Transaction};
 use tokio::sync::broadcast;
 
 use crate::{Change, Result, CHANGE_CHANNEL};
@@ -105,11 +106,32 @@ impl SqliteStore {
         Ok(self.write.lock().await)
     }
 
+    /// Takes the database's write lock (the first write of a transaction does) and reads the
+    /// counters of the batch's threads.
+    async fn lock_threads(
+        &self,
+        tx: &mut Transaction<'_, Sqlite>,
+        ids: &[&[u8]],
+    ) -> Result<HashMap<Vec<u8>, (i64, i64)>> {
+        let mut counters = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let mut q = QueryBuilder::<Sqlite>::new("UPDATE threads SET seq = seq WHERE id IN (");
+            let mut ids = q.separated(", ");
+            for id in chunk {
+                ids.push_bind(*id);
+            }
+            ids.push_unseparated(") RETURNING id, seq, byte_count");
+            let rows: Vec<(Vec<u8>, i64, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
+            counters.extend(rows.into_iter().map(|(id, seq, bytes)| (id, (seq, bytes))));
+        }
+        Ok(counters)
+    }
+
     /// One process owns the file, so changes are announced in-process after commit.
     async fn notify_in_tx(
         &self,
         _tx: &mut Transaction<'_, Sqlite>,
-        _change: &Change,
+        _changes: &[Change],
     ) -> Result<()> {
         Ok(())
     }

@@ -9,9 +9,10 @@
 //!
 //! The statements are the same text on SQLite and Postgres (`$n` placeholders, `RETURNING`,
 //! `ON CONFLICT`), so one macro expands the [`Store`](crate::Store) implementation for each
-//! backend type. A backend struct provides `write` and `read` pools, a `changes` sender, and two
-//! hooks: `notify_in_tx` (Postgres: `pg_notify`, delivered at commit) and `after_commit`
-//! (SQLite: in-process broadcast).
+//! backend type. A backend struct provides `write` and `read` pools, a `changes` sender, and three
+//! hooks: `lock_threads` (Postgres: row locks in ID order; SQLite: its one write lock),
+//! `notify_in_tx` (Postgres: `pg_notify`, delivered at commit) and `after_commit` (SQLite:
+//! in-process broadcast).
 
 pub(crate) mod records;
 pub(crate) mod rows;

@@ -252,62 +252,66 @@ macro_rules! impl_store {
 
                 let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
                 // Threads in ID order, so concurrent batches lock rows in one order.
-                let mut by_thread: BTreeMap<Vec<u8>, Vec<usize>> = BTreeMap::new();
+                let mut by_thread: BTreeMap<&[u8], Vec<usize>> = BTreeMap::new();
                 for (i, item) in batch.iter().enumerate() {
-                    by_thread.entry(item.thread.as_bytes().to_vec()).or_default().push(i);
+                    by_thread.entry(item.thread.as_bytes()).or_default().push(i);
                 }
-                let mut changes = Vec::new();
+                // A group holds many pushes to many threads: each step below is one statement
+                // for all of them, not one per thread.
                 let mut writer = self.writer().await?;
                 let mut tx = sqlx::Connection::begin(&mut *writer).await?;
+                let ids: Vec<&[u8]> = by_thread.keys().copied().collect();
+                let counters: HashMap<Vec<u8>, (i64, i64)> = self.lock_threads(&mut tx, &ids).await?;
+
+                // Heads of the logs this batch touches (not every log of its threads).
+                let pairs: std::collections::BTreeSet<(&[u8], Vec<u8>)> =
+                    batch.iter().map(|b| (b.thread.as_bytes(), b.log.to_bytes())).collect();
+                let pairs: Vec<_> = pairs.into_iter().filter(|(t, _)| counters.contains_key(*t)).collect();
+                let mut logs: HashMap<Vec<u8>, HashMap<Vec<u8>, LogState>> = HashMap::new();
+                for chunk in pairs.chunks(500) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT l.thread_id, l.log_id, l.head_cid, l.head_counter, l.byte_count FROM (",
+                    );
+                    q.push_values(chunk, |mut row, (thread, log)| {
+                        row.push_bind(*thread).push_bind(log.as_slice());
+                    });
+                    q.push(") AS v JOIN logs l ON l.thread_id = v.column1 AND l.log_id = v.column2");
+                    let rows: Vec<(Vec<u8>, Vec<u8>, Option<Vec<u8>>, i64, i64)> =
+                        q.build_query_as().fetch_all(&mut *tx).await?;
+                    for (thread, log, head_cid, counter, bytes) in rows {
+                        let head = match head_cid {
+                            Some(c) => Some(threads_core::Head { cid: $crate::sql::rows::cid(&c)?, counter: counter as u64 }),
+                            None => None,
+                        };
+                        logs.entry(thread).or_default().insert(log, LogState { head, bytes, changed: false });
+                    }
+                }
+
+                let mut records = Vec::new();
+                let mut forks = Vec::new();
+                // Each thread that stores records: (thread, its seq before, after, its bytes after).
+                let mut grown = Vec::new();
+                let mut no_logs = HashMap::new();
                 for (thread, indexes) in by_thread {
-                    // Locks the thread row until commit: sequence numbers follow commit order.
-                    let counters: Option<(i64, i64)> = sqlx::query_as(
-                        "UPDATE threads SET seq = seq WHERE id = $1 RETURNING seq, byte_count",
-                    )
-                    .bind(&thread)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let Some((seq, bytes)) = counters else {
+                    let Some(&(seq, bytes)) = counters.get(thread) else {
                         for i in indexes {
                             outcomes[i] = Some(Outcome::UnknownLog);
                         }
                         continue;
                     };
                     let (first_seq, mut thread_seq, mut thread_bytes) = (seq as u64, seq as u64, bytes as u64);
-
-                    // Heads of the logs this batch touches (not every log of the thread).
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "SELECT log_id, head_cid, head_counter, byte_count FROM logs WHERE thread_id = ",
-                    );
-                    q.push_bind(&thread).push(" AND log_id IN (");
-                    let mut sep = q.separated(", ");
-                    let distinct: std::collections::BTreeSet<Vec<u8>> =
-                        indexes.iter().map(|&i| batch[i].log.to_bytes()).collect();
-                    for log in &distinct {
-                        sep.push_bind(log.as_slice());
-                    }
-                    sep.push_unseparated(")");
-                    let rows: Vec<(Vec<u8>, Option<Vec<u8>>, i64, i64)> =
-                        q.build_query_as().fetch_all(&mut *tx).await?;
-                    let mut logs: HashMap<Vec<u8>, LogState> = HashMap::new();
-                    for (log, head_cid, counter, bytes) in rows {
-                        let head = match head_cid {
-                            Some(c) => Some(threads_core::Head { cid: $crate::sql::rows::cid(&c)?, counter: counter as u64 }),
-                            None => None,
-                        };
-                        logs.insert(log, LogState { head, bytes, changed: false });
-                    }
+                    let logs = logs.get_mut(thread).unwrap_or(&mut no_logs);
 
                     // Only a record that does not extend its log's head can already be stored
                     // (a duplicate) or name a stored predecessor (a fork): look those up, by
                     // CID, in one query. The common batch (every record chains) reads nothing.
-                    let suspects = $crate::sql::rule::suspects(&thread, &indexes, batch, &logs);
+                    let suspects = $crate::sql::rule::suspects(thread, &indexes, batch, logs);
                     let mut known: HashMap<Vec<u8>, u64> = HashMap::new();
                     let mut stored_in_log: std::collections::HashSet<(Vec<u8>, Vec<u8>)> = Default::default();
                     for chunk in suspects.chunks(500) {
                         // Naming the thread keeps the lookup on one node of a distributed Postgres.
                         let mut q = sqlx::QueryBuilder::<$db>::new("SELECT log_id, cid, counter FROM records WHERE thread_id = ");
-                        q.push_bind(&thread).push(" AND substr(cid, 5, 8) IN (");
+                        q.push_bind(thread).push(" AND substr(cid, 5, 8) IN (");
                         let mut sep = q.separated(", ");
                         for cid in chunk {
                             sep.push_bind($crate::sql::rule::cid_prefix(cid));
@@ -320,17 +324,15 @@ macro_rules! impl_store {
                             known.insert(cid, counter as u64);
                         }
                     }
-                    let mut records = Vec::new();
-                    let mut forks = Vec::new();
                     for &i in &indexes {
                         let item = &batch[i];
                         let log_key = item.log.to_bytes();
-                        let state = logs.get_mut(&log_key);
                         // A prev that is not the head but is stored in this log makes a fork.
                         let prev_stored = item
                             .record
                             .prev()
                             .is_some_and(|prev| stored_in_log.contains(&(log_key.clone(), prev.to_bytes())));
+                        let state = logs.get_mut(&log_key);
                         let decision = decide(item, state, &known, prev_stored, &mut thread_seq, &mut thread_bytes, quotas);
                         outcomes[i] = Some(match decision {
                             Decision::Store { seq, counter } => {
@@ -345,86 +347,103 @@ macro_rules! impl_store {
                             Decision::Final(outcome) => outcome,
                         });
                     }
-                    // Bounded so a statement stays under both backends' bind-parameter limits.
-                    for chunk in records.chunks(1000) {
-                        let mut q = sqlx::QueryBuilder::<$db>::new(
-                            "INSERT INTO records (thread_id, seq, log_id, counter, cid, prev, event_cid, header_cid, \
-                             body_cid, record, event, header, body, arrived_at) ",
-                        );
-                        q.push_values(chunk, |mut row, &(i, seq, counter)| {
-                            let r = &batch[i].record;
-                            let (header_cid, body_cid) = r.content_cids();
-                            let b = r.blocks();
-                            row.push_bind(&thread)
-                                .push_bind(seq as i64)
-                                .push_bind(batch[i].log.to_bytes())
-                                .push_bind(counter as i64)
-                                .push_bind(r.cid().to_bytes())
-                                .push_bind(r.prev().map(|p| p.to_bytes()))
-                                .push_bind(r.event_cid().to_bytes())
-                                .push_bind(header_cid.to_bytes())
-                                .push_bind(body_cid.to_bytes())
-                                .push_bind(&b.record)
-                                .push_bind(&b.event)
-                                .push_bind(&b.header)
-                                .push_bind(&b.body)
-                                .push_bind(now_ms);
-                        });
-                        q.build().execute(&mut *tx).await?;
-                    }
-                    for &i in &forks {
-                        let r = &batch[i].record;
-                        let b = r.blocks();
-                        sqlx::query(
-                            "INSERT INTO forks (thread_id, log_id, cid, prev, record, event, header, body, arrived_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-                        )
-                        .bind(&thread)
-                        .bind(batch[i].log.to_bytes())
-                        .bind(r.cid().to_bytes())
-                        .bind(r.prev().map(|p| p.to_bytes()))
-                        .bind(&b.record)
-                        .bind(&b.event)
-                        .bind(&b.header)
-                        .bind(&b.body)
-                        .bind(now_ms)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    // All moved heads in one statement (UPDATE ... FROM VALUES works on both).
-                    let moved: Vec<_> = logs.iter().filter(|(_, s)| s.changed).collect();
-                    for chunk in moved.chunks(500) {
-                        let mut q = sqlx::QueryBuilder::<$db>::new("UPDATE logs SET head_cid = v.column2, head_counter = v.column3, byte_count = v.column4 FROM (");
-                        q.push_values(chunk, |mut row, (log, state)| {
-                            let head = state.head.expect("a changed log has a head");
-                            row.push_bind(log.as_slice())
-                                .push_bind(head.cid.to_bytes())
-                                .push_bind(head.counter as i64)
-                                .push_bind(state.bytes);
-                        });
-                        q.push(") AS v WHERE logs.thread_id = ").push_bind(&thread).push(" AND logs.log_id = v.column1");
-                        q.build().execute(&mut *tx).await?;
-                    }
                     if thread_seq > first_seq {
-                        sqlx::query(
-                            "UPDATE threads SET seq = $2, record_count = record_count + $3, byte_count = $4 WHERE id = $1",
-                        )
-                        .bind(&thread)
-                        .bind(thread_seq as i64)
-                        .bind((thread_seq - first_seq) as i64)
-                        .bind(thread_bytes as i64)
-                        .execute(&mut *tx)
-                        .await?;
-                        let change = $crate::Change {
-                            thread: $crate::sql::rows::thread_id(&thread)?,
-                            seq: thread_seq,
-                            after: first_seq,
-                            here: true,
-                        };
-                        self.notify_in_tx(&mut tx, &change).await?;
-                        changes.push(change);
+                        grown.push((thread, first_seq, thread_seq, thread_bytes));
                     }
                 }
+
+                // Bounded so a statement stays under both backends' bind-parameter limits.
+                for chunk in records.chunks(1000) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO records (thread_id, seq, log_id, counter, cid, prev, event_cid, header_cid, \
+                         body_cid, record, event, header, body, arrived_at) ",
+                    );
+                    q.push_values(chunk, |mut row, &(i, seq, counter)| {
+                        let r = &batch[i].record;
+                        let (header_cid, body_cid) = r.content_cids();
+                        let b = r.blocks();
+                        row.push_bind(batch[i].thread.as_bytes())
+                            .push_bind(seq as i64)
+                            .push_bind(batch[i].log.to_bytes())
+                            .push_bind(counter as i64)
+                            .push_bind(r.cid().to_bytes())
+                            .push_bind(r.prev().map(|p| p.to_bytes()))
+                            .push_bind(r.event_cid().to_bytes())
+                            .push_bind(header_cid.to_bytes())
+                            .push_bind(body_cid.to_bytes())
+                            .push_bind(&b.record)
+                            .push_bind(&b.event)
+                            .push_bind(&b.header)
+                            .push_bind(&b.body)
+                            .push_bind(now_ms);
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                for &i in &forks {
+                    let r = &batch[i].record;
+                    let b = r.blocks();
+                    sqlx::query(
+                        "INSERT INTO forks (thread_id, log_id, cid, prev, record, event, header, body, arrived_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(batch[i].thread.as_bytes())
+                    .bind(batch[i].log.to_bytes())
+                    .bind(r.cid().to_bytes())
+                    .bind(r.prev().map(|p| p.to_bytes()))
+                    .bind(&b.record)
+                    .bind(&b.event)
+                    .bind(&b.header)
+                    .bind(&b.body)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                // All moved heads, then all grown threads, one statement each (UPDATE ... FROM
+                // VALUES works on both backends).
+                let moved: Vec<_> = logs
+                    .iter()
+                    .flat_map(|(thread, logs)| logs.iter().map(move |(log, s)| (thread, log, s)))
+                    .filter(|(_, _, s)| s.changed)
+                    .collect();
+                for chunk in moved.chunks(500) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "UPDATE logs SET head_cid = v.column3, head_counter = v.column4, byte_count = v.column5 FROM (",
+                    );
+                    q.push_values(chunk, |mut row, (thread, log, state)| {
+                        let head = state.head.expect("a changed log has a head");
+                        row.push_bind(thread.as_slice())
+                            .push_bind(log.as_slice())
+                            .push_bind(head.cid.to_bytes())
+                            .push_bind(head.counter as i64)
+                            .push_bind(state.bytes);
+                    });
+                    q.push(") AS v WHERE logs.thread_id = v.column1 AND logs.log_id = v.column2");
+                    q.build().execute(&mut *tx).await?;
+                }
+                let mut changes = Vec::with_capacity(grown.len());
+                for chunk in grown.chunks(500) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "UPDATE threads SET seq = v.column2, record_count = record_count + v.column3, \
+                         byte_count = v.column4 FROM (",
+                    );
+                    q.push_values(chunk, |mut row, &(thread, first, last, bytes)| {
+                        row.push_bind(thread)
+                            .push_bind(last as i64)
+                            .push_bind((last - first) as i64)
+                            .push_bind(bytes as i64);
+                    });
+                    q.push(") AS v WHERE threads.id = v.column1");
+                    q.build().execute(&mut *tx).await?;
+                    for &(thread, after, seq, _) in chunk {
+                        changes.push($crate::Change {
+                            thread: $crate::sql::rows::thread_id(thread)?,
+                            seq,
+                            after,
+                            here: true,
+                        });
+                    }
+                }
+                self.notify_in_tx(&mut tx, &changes).await?;
                 tx.commit().await?;
                 self.after_commit(changes);
                 Ok(outcomes.into_iter().map(|o| o.expect("every record decided")).collect())
