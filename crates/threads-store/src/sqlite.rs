@@ -20,8 +20,6 @@ const READ_CONNECTIONS: u32 = 4;
 const READ_ROW_BUFFER: usize = 1024;
 /// Address space a reader may map (SQLite's default maps nothing); memory is the OS page cache.
 const READ_MMAP_BYTES: u64 = 1 << 30;
-/// How often the write-ahead log is copied into the database file (off the writer).
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// Page cache of the writer connection (SQLite's default is 2 MiB); it grows only as used.
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
 
@@ -31,7 +29,6 @@ pub struct SqliteStore {
     write: tokio::sync::Mutex<SqliteConnection>,
     read: SqlitePool,
     changes: broadcast::Sender<Change>,
-    checkpointer: tokio::task::JoinHandle<()>,
 }
 
 impl SqliteStore {
@@ -59,10 +56,7 @@ impl SqliteStore {
         let mut write = options
             .clone()
             .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
-            // Checkpoints run on a connection of their own (below): an automatic one runs in
-            // the commit that filled the log, and every push queued behind it waited for a
-            // 64 MiB copy and fsync.
-            .pragma("wal_autocheckpoint", "0")
+            .pragma("wal_autocheckpoint", "16384")
             // Statement journals (a multi-row insert keeps one) in memory, not in temporary
             // files written on every statement.
             .pragma("temp_store", "memory")
@@ -75,7 +69,6 @@ impl SqliteStore {
             .await?
             .run(&mut write)
             .await?;
-        let checkpoints = options.clone().connect().await?;
         // An embedded connection cannot drop away: no round trip to its thread to check it on
         // every acquire.
         let read = SqlitePoolOptions::new()
@@ -95,7 +88,6 @@ impl SqliteStore {
             write: tokio::sync::Mutex::new(write),
             read,
             changes,
-            checkpointer: tokio::spawn(checkpoint_often(checkpoints)),
         })
     }
 
@@ -172,28 +164,6 @@ impl SqliteStore {
     /// Forgets some expired nonces (every signed request prunes a few).
     const PRUNE_NONCES: &'static str = "DELETE FROM request_nonces \
         WHERE nonce IN (SELECT nonce FROM request_nonces WHERE expires_at < $1 LIMIT 100)";
-}
-
-impl Drop for SqliteStore {
-    fn drop(&mut self) {
-        self.checkpointer.abort();
-    }
-}
-
-/// Copies what the write-ahead log holds into the database file, as far as readers allow,
-/// while the writer goes on appending (a passive checkpoint never blocks it).
-async fn checkpoint_often(mut connection: SqliteConnection) {
-    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&mut connection)
-            .await
-        {
-            tracing::warn!(%error, "checkpointing the write-ahead log failed");
-        }
-    }
 }
 
 crate::sql::records::impl_store!(SqliteStore, sqlx::Sqlite);
