@@ -20,6 +20,10 @@ const READ_CONNECTIONS: u32 = 4;
 const READ_ROW_BUFFER: usize = 1024;
 /// Address space a reader may map (SQLite's default maps nothing); memory is the OS page cache.
 const READ_MMAP_BYTES: u64 = 1 << 30;
+/// Pages (4 KiB) the write-ahead log grows to before the commit that filled it copies it into
+/// the file. SQLite's default (1,000) checkpoints every few groups; a checkpoint off the writer
+/// never lets a busy log start over.
+const CHECKPOINT_PAGES: u32 = 16 * 1024;
 /// Page cache of the writer connection (SQLite's default is 2 MiB); it grows only as used.
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
 
@@ -56,7 +60,7 @@ impl SqliteStore {
         let mut write = options
             .clone()
             .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
-            .pragma("wal_autocheckpoint", "16384")
+            .pragma("wal_autocheckpoint", CHECKPOINT_PAGES.to_string())
             // Statement journals (a multi-row insert keeps one) in memory, not in temporary
             // files written on every statement.
             .pragma("temp_store", "memory")
