@@ -6,6 +6,11 @@ import { base64, CID, Follower, identityString, indexedDbStore, parseLink, Threa
 
 /** The page keeps at most this many events in the document; counts cover them all. */
 const MAX_SHOWN = 500;
+/**
+ * While catching up, the page is drawn at most this often: drawing the newest 500 cards again
+ * for each page of 1,000 records cost a page's main thread as much as all else it does for them.
+ */
+const CATCH_UP_DRAW_MS = 1000;
 
 const timeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'short', timeStyle: 'medium' });
 const $ = (id) => document.getElementById(id);
@@ -64,7 +69,7 @@ function renderEntry(entry) {
   return item;
 }
 
-/** Counts every entry at once; renders at most once a frame, only what stays in the page. */
+/** Counts every entry at once; draws at most once a frame, only what stays in the page. */
 function show(entries) {
   for (const entry of entries) {
     if (entry.error) session.bad++;
@@ -72,13 +77,28 @@ function show(entries) {
   }
   session.pending.push(...entries);
   if (session.pending.length > MAX_SHOWN) session.pending.splice(0, session.pending.length - MAX_SHOWN);
-  $('count-ok').textContent = String(session.ok);
-  $('count-bad').textContent = String(session.bad);
-  session.frame ??= requestAnimationFrame(() => flush(session));
+  schedule(session);
+}
+
+/** Asks for a draw: in the next frame, or, while catching up, once the last draw is old enough. */
+function schedule(mine) {
+  if (mine.frame) return;
+  const wait = mine.caughtUp ? 0 : mine.drawnAt + CATCH_UP_DRAW_MS - performance.now();
+  if (wait > 0) {
+    mine.timer ??= setTimeout(() => {
+      mine.timer = null;
+      schedule(mine);
+    }, wait);
+    return;
+  }
+  clearTimeout(mine.timer);
+  mine.timer = null;
+  mine.frame = requestAnimationFrame(() => flush(mine));
 }
 
 function flush(mine) {
   mine.frame = null;
+  mine.drawnAt = performance.now();
   if (mine !== session) return;
   const list = $('events');
   const fragment = document.createDocumentFragment();
@@ -86,6 +106,8 @@ function flush(mine) {
   mine.pending = [];
   list.prepend(fragment);
   while (list.childElementCount > MAX_SHOWN) list.lastElementChild.remove();
+  $('count-ok').textContent = String(mine.ok);
+  $('count-bad').textContent = String(mine.bad);
   const total = mine.ok + mine.bad;
   $('shown').hidden = total <= MAX_SHOWN;
   $('shown').textContent = `Showing the newest ${MAX_SHOWN} of ${total} events.`;
@@ -121,7 +143,7 @@ async function open(text) {
     return;
   }
   session?.abort.abort();
-  session = { abort: new AbortController(), ok: 0, bad: 0, link, writer: null, pending: [], frame: null };
+  session = { abort: new AbortController(), ok: 0, bad: 0, link, writer: null, pending: [], frame: null, timer: null, drawnAt: -Infinity };
   $('events').replaceChildren();
   delete document.body.dataset.caughtUp;
   $('thread-id').textContent = link.thread.toString();
@@ -138,7 +160,7 @@ async function open(text) {
         if (mine !== session) return;
         if (state === 'live' && !mine.caughtUp) {
           mine.caughtUp = true;
-          mine.frame ??= requestAnimationFrame(() => flush(mine));
+          schedule(mine);
         }
         status(state, detail);
       },

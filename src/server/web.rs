@@ -34,6 +34,8 @@ const FILES: &[(&str, &str)] = embedded![
     "src/follower.js",
     "src/reader.js",
     "src/writer.js",
+    "src/pool.js",
+    "src/check-worker.js",
 ];
 
 /// Scripts, styles and connections from this origin only; nothing inline, nothing framed.

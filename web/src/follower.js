@@ -44,15 +44,7 @@ export class Follower {
   }
 
   async request(path, { method = 'GET', body, token, signal } = {}) {
-    const headers = { accept: 'application/json' };
-    if (body !== undefined) headers['content-type'] = 'application/json';
-    if (token) headers.authorization = `Bearer ${token}`;
-    const response = await this.fetch(this.base + path, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal,
-    });
+    const response = await this.send(path, { method, body, token, signal });
     const text = await response.text();
     let json = null;
     try {
@@ -60,10 +52,20 @@ export class Follower {
     } catch {
       // Not JSON: reported below with the status.
     }
-    if (!response.ok && !(response.status === 409 && json?.results)) {
-      throw new ApiError(response.status, json?.code ?? 'http_error', json?.detail ?? (text.slice(0, 200) || response.statusText));
-    }
+    if (!response.ok && !(response.status === 409 && json?.results)) throw apiError(response, json, text);
     return json;
+  }
+
+  send(path, { method = 'GET', body, token, signal }) {
+    const headers = { accept: 'application/json' };
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    if (token) headers.authorization = `Bearer ${token}`;
+    return this.fetch(this.base + path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal,
+    });
   }
 
   /** `GET /v1/server`: the server's ID (what signed requests name) and limits. */
@@ -82,13 +84,35 @@ export class Follower {
    * @param {{ after?: string | null, limit?: number, wait?: number, token?: string, signal?: AbortSignal }} [options]
    * @returns {Promise<{ records: WireRecord[], cursor: string, more: boolean }>}
    */
-  pull(thread, { after = null, limit, wait, token, signal } = {}) {
-    const query = new URLSearchParams();
-    if (after) query.set('after', after);
-    if (limit) query.set('limit', String(limit));
-    if (wait) query.set('wait', String(wait));
-    const qs = query.toString();
-    return this.request(`/v1/threads/${thread}/records${qs ? '?' + qs : ''}`, { token, signal });
+  pull(thread, options = {}) {
+    return this.request(pullPath(thread, options), options);
+  }
+
+  /**
+   * The same page as `pull`, unparsed: its JSON bytes, and its cursor and whether more follow
+   * (from the page's headers), so the next page can be asked for before this one is read.
+   * @param {string} thread
+   * @param {{ after?: string | null, limit?: number, token?: string, signal?: AbortSignal }} [options]
+   * @returns {Promise<{ bytes: ArrayBuffer, cursor: string, more: boolean }>}
+   */
+  async pullBytes(thread, options = {}) {
+    const response = await this.send(pullPath(thread, options), options);
+    if (!response.ok) {
+      const text = await response.text();
+      let json = null;
+      try {
+        json = JSON.parse(text);
+      } catch {
+        // Not JSON: reported with the status.
+      }
+      throw apiError(response, json, text);
+    }
+    const cursor = response.headers.get('x-threads-cursor');
+    const more = response.headers.get('x-threads-more');
+    if (cursor === null || (more !== 'true' && more !== 'false')) {
+      throw new ApiError(response.status, 'http_error', 'the page has no x-threads-cursor or x-threads-more header');
+    }
+    return { bytes: await response.arrayBuffer(), cursor, more: more === 'true' };
   }
 
   /** The WebSocket URL for live records. */
@@ -126,6 +150,21 @@ export class Follower {
     };
     return this.request('/v1/records', { method: 'POST', body });
   }
+}
+
+/** The path of a thread page after `after`. */
+function pullPath(thread, { after = null, limit, wait } = {}) {
+  const query = new URLSearchParams();
+  if (after) query.set('after', after);
+  if (limit) query.set('limit', String(limit));
+  if (wait) query.set('wait', String(wait));
+  const qs = query.toString();
+  return `/v1/threads/${thread}/records${qs ? '?' + qs : ''}`;
+}
+
+/** An error answer as an `ApiError`: its JSON's code and detail, else what it said. */
+function apiError(response, json, text) {
+  return new ApiError(response.status, json?.code ?? 'http_error', json?.detail ?? (text.slice(0, 200) || response.statusText));
 }
 
 /**

@@ -9,3 +9,4 @@ export * from './record.js';
 export * from './follower.js';
 export * from './reader.js';
 export * from './writer.js';
+export { CheckPool, checkPool } from './pool.js';
