@@ -11,6 +11,7 @@ use sqlx::{Postgres, QueryBuilder, Transaction};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+use crate::model::Ingest;
 use crate::{Change, Result, CHANGE_CHANNEL};
 
 const CHANNEL: &str = "threads_changes";
@@ -102,6 +103,82 @@ impl PgStore {
             counters.extend(rows.into_iter().map(|(id, seq, bytes)| (id, (seq, bytes))));
         }
         Ok(counters)
+    }
+
+    /// Inserts the records a group stores: `(index in batch, seq, counter)` each. One statement
+    /// of fixed text whatever the group's size: each column is bound as one array, so the
+    /// statement is parsed and planned once per connection, not once per group size, and binds
+    /// 13 values rather than 14 a record.
+    async fn insert_records(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        batch: &[Ingest],
+        records: &[(usize, u64, u64)],
+        now_ms: i64,
+    ) -> Result<()> {
+        let n = records.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let (mut threads, mut seqs, mut logs, mut counters) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut cids, mut prevs, mut events, mut headers, mut bodies) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let mut nodes: [Vec<&[u8]>; 4] = std::array::from_fn(|_| Vec::with_capacity(n));
+        for &(i, seq, counter) in records {
+            let r = &batch[i].record;
+            let (header_cid, body_cid) = r.content_cids();
+            threads.push(batch[i].thread.as_bytes());
+            seqs.push(seq as i64);
+            logs.push(batch[i].log.to_bytes());
+            counters.push(counter as i64);
+            cids.push(r.cid().to_bytes());
+            prevs.push(r.prev().map(|p| p.to_bytes()));
+            events.push(r.event_cid().to_bytes());
+            headers.push(header_cid.to_bytes());
+            bodies.push(body_cid.to_bytes());
+            let b = r.blocks();
+            for (column, node) in nodes
+                .iter_mut()
+                .zip([&b.record, &b.event, &b.header, &b.body])
+            {
+                column.push(&node[..]);
+            }
+        }
+        let [record, event, header, body] = nodes;
+        sqlx::query(
+            "INSERT INTO records (thread_id, seq, log_id, counter, cid, prev, event_cid, header_cid, \
+             body_cid, record, event, header, body, arrived_at) \
+             SELECT *, $14::int8 FROM unnest($1::bytea[], $2::int8[], $3::bytea[], $4::int8[], \
+             $5::bytea[], $6::bytea[], $7::bytea[], $8::bytea[], $9::bytea[], $10::bytea[], \
+             $11::bytea[], $12::bytea[], $13::bytea[])",
+        )
+        .bind(threads)
+        .bind(seqs)
+        .bind(logs)
+        .bind(counters)
+        .bind(cids)
+        .bind(prevs)
+        .bind(events)
+        .bind(headers)
+        .bind(bodies)
+        .bind(record)
+        .bind(event)
+        .bind(header)
+        .bind(body)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     /// One notification per changed thread, all in one statement.

@@ -12,6 +12,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, QueryBuilder, Sqlite, Transaction};
 use tokio::sync::broadcast;
 
+use crate::model::Ingest;
 use crate::{Change, Result, CHANGE_CHANNEL};
 
 /// Readers run concurrently with the single writer thanks to WAL.
@@ -129,6 +130,44 @@ impl SqliteStore {
             counters.extend(rows.into_iter().map(|(id, seq, bytes)| (id, (seq, bytes))));
         }
         Ok(counters)
+    }
+
+    /// Inserts the records a group stores: `(index in batch, seq, counter)` each.
+    async fn insert_records(
+        &self,
+        tx: &mut Transaction<'_, Sqlite>,
+        batch: &[Ingest],
+        records: &[(usize, u64, u64)],
+        now_ms: i64,
+    ) -> Result<()> {
+        // Bounded so a statement stays under SQLite's bind-parameter limit (32,766).
+        for chunk in records.chunks(1000) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO records (thread_id, seq, log_id, counter, cid, prev, event_cid, header_cid, \
+                 body_cid, record, event, header, body, arrived_at) ",
+            );
+            q.push_values(chunk, |mut row, &(i, seq, counter)| {
+                let r = &batch[i].record;
+                let (header_cid, body_cid) = r.content_cids();
+                let b = r.blocks();
+                row.push_bind(batch[i].thread.as_bytes())
+                    .push_bind(seq as i64)
+                    .push_bind(batch[i].log.to_bytes())
+                    .push_bind(counter as i64)
+                    .push_bind(r.cid().to_bytes())
+                    .push_bind(r.prev().map(|p| p.to_bytes()))
+                    .push_bind(r.event_cid().to_bytes())
+                    .push_bind(header_cid.to_bytes())
+                    .push_bind(body_cid.to_bytes())
+                    .push_bind(&b.record)
+                    .push_bind(&b.event)
+                    .push_bind(&b.header)
+                    .push_bind(&b.body)
+                    .push_bind(now_ms);
+            });
+            q.build().execute(&mut **tx).await?;
+        }
+        Ok(())
     }
 
     /// One process owns the file, so changes are announced in-process after commit.

@@ -352,33 +352,7 @@ macro_rules! impl_store {
                     }
                 }
 
-                // Bounded so a statement stays under both backends' bind-parameter limits.
-                for chunk in records.chunks(1000) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO records (thread_id, seq, log_id, counter, cid, prev, event_cid, header_cid, \
-                         body_cid, record, event, header, body, arrived_at) ",
-                    );
-                    q.push_values(chunk, |mut row, &(i, seq, counter)| {
-                        let r = &batch[i].record;
-                        let (header_cid, body_cid) = r.content_cids();
-                        let b = r.blocks();
-                        row.push_bind(batch[i].thread.as_bytes())
-                            .push_bind(seq as i64)
-                            .push_bind(batch[i].log.to_bytes())
-                            .push_bind(counter as i64)
-                            .push_bind(r.cid().to_bytes())
-                            .push_bind(r.prev().map(|p| p.to_bytes()))
-                            .push_bind(r.event_cid().to_bytes())
-                            .push_bind(header_cid.to_bytes())
-                            .push_bind(body_cid.to_bytes())
-                            .push_bind(&b.record)
-                            .push_bind(&b.event)
-                            .push_bind(&b.header)
-                            .push_bind(&b.body)
-                            .push_bind(now_ms);
-                    });
-                    q.build().execute(&mut *tx).await?;
-                }
+                self.insert_records(&mut tx, batch, &records, now_ms).await?;
                 for &i in &forks {
                     let r = &batch[i].record;
                     let b = r.blocks();
