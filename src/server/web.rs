@@ -83,6 +83,8 @@ fn file(path: &str) -> Response {
 
 #[cfg(test)]
 mod tests {
+    const INDEX: &str = include_str!("../../web/index.html");
+
     /// A module left out of the list would be a 404 the page cannot get past.
     #[test]
     fn every_module_of_the_client_is_served() {
@@ -94,6 +96,13 @@ mod tests {
                 assert!(
                     super::FILES.iter().any(|(p, _)| *p == path),
                     "{path} is not in FILES"
+                );
+                // The page asks for its modules at once; the worker's own loads in the worker.
+                let preload = format!(r#"<link rel="modulepreload" href="/web/{path}">"#);
+                assert_eq!(
+                    INDEX.contains(&preload),
+                    name != "check-worker.js",
+                    "index.html and its preload of {path}"
                 );
             }
         }

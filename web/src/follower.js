@@ -45,17 +45,12 @@ export class Follower {
 
   async request(path, { method = 'GET', body, token, signal } = {}) {
     const response = await this.send(path, { method, body, token, signal });
-    const text = await response.text();
-    let json = null;
-    try {
-      json = text ? JSON.parse(text) : null;
-    } catch {
-      // Not JSON: reported below with the status.
-    }
+    const { json, text } = await readJson(response);
     if (!response.ok && !(response.status === 409 && json?.results)) throw apiError(response, json, text);
     return json;
   }
 
+  /** Sends a request with the API's headers; the caller reads the answer. */
   send(path, { method = 'GET', body, token, signal }) {
     const headers = { accept: 'application/json' };
     if (body !== undefined) headers['content-type'] = 'application/json';
@@ -98,13 +93,7 @@ export class Follower {
   async pullBytes(thread, options = {}) {
     const response = await this.send(pullPath(thread, options), options);
     if (!response.ok) {
-      const text = await response.text();
-      let json = null;
-      try {
-        json = JSON.parse(text);
-      } catch {
-        // Not JSON: reported with the status.
-      }
+      const { json, text } = await readJson(response);
       throw apiError(response, json, text);
     }
     const cursor = response.headers.get('x-threads-cursor');
@@ -160,6 +149,18 @@ function pullPath(thread, { after = null, limit, wait } = {}) {
   if (wait) query.set('wait', String(wait));
   const qs = query.toString();
   return `/v1/threads/${thread}/records${qs ? '?' + qs : ''}`;
+}
+
+/** An answer's text, and its JSON (null when it is not JSON: reported with the status). */
+async function readJson(response) {
+  const text = await response.text();
+  let json = null;
+  try {
+    json = text ? JSON.parse(text) : null;
+  } catch {
+    // Not JSON.
+  }
+  return { json, text };
 }
 
 /** An error answer as an `ApiError`: its JSON's code and detail, else what it said. */
