@@ -438,7 +438,7 @@ impl Sender {
             };
             let (sender, hook) = (self.clone(), hook.clone());
             sends.push(tokio::spawn(async move {
-                let (_, attempt, result) = deliver(&sender, &delivery, &hook, body).await;
+                let (_, _, attempt, result) = deliver(&sender, &delivery, &hook, body).await;
                 drop(permit);
                 (delivery, attempt, result)
             }));
@@ -448,6 +448,7 @@ impl Sender {
             sent.push(send.await.expect("a send does not panic"));
         }
         let outcome = CursorOutcome {
+            thread: hook.thread.clone(),
             webhook: hook.id.clone(),
             leased_until: lease.leased_until,
             cursor,
@@ -496,7 +497,8 @@ async fn record(hooks: Hooks, mut outcomes: mpsc::Receiver<Done>, released: Arc<
     }
 }
 
-type Outcome = (i64, Attempt, AttemptResult);
+/// A delivery row's attempt: its thread and ID, what happened, what comes next.
+type Outcome = (ThreadId, i64, Attempt, AttemptResult);
 
 /// The JSON bodies of claimed deliveries, by delivery ID; records are read one query per
 /// thread.
@@ -601,7 +603,7 @@ async fn deliver(
             )
         }
     };
-    (delivery.id, attempt, result)
+    (delivery.thread.clone(), delivery.id, attempt, result)
 }
 
 /// A time as Standard Webhooks' `timestamp` gives it.

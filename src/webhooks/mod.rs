@@ -174,47 +174,58 @@ impl Hooks {
         Ok(hooks)
     }
 
-    pub async fn delete(&self, id: &str) -> Result<()> {
-        Ok(self.0.store.delete_webhook(id).await?)
+    pub async fn delete(&self, hook: &Webhook) -> Result<()> {
+        Ok(self.0.store.delete_webhook(&hook.thread, &hook.id).await?)
     }
 
     /// Deliveries after the delivery ID `after`, oldest first, with their attempts.
     pub async fn deliveries(
         &self,
-        id: &str,
+        hook: &Webhook,
         after: i64,
         limit: u32,
     ) -> Result<Vec<(Delivery, Vec<Attempt>)>> {
-        Ok(self.0.store.deliveries(id, after, limit).await?)
+        let store = &self.0.store;
+        Ok(store
+            .deliveries(&hook.thread, &hook.id, after, limit)
+            .await?)
     }
 
     /// Queues again the subscription's records after the thread position `after`, up to where
     /// its own cursor has reached (the later ones are on their way). Returns how many.
-    pub async fn replay(&self, id: &str, after: u64) -> Result<u64> {
-        Ok(self
-            .0
-            .store
-            .queue_deliveries(id, after, false, now_ms())
+    pub async fn replay(&self, hook: &Webhook, after: u64) -> Result<u64> {
+        let store = &self.0.store;
+        Ok(store
+            .queue_deliveries(&hook.thread, &hook.id, after, false, now_ms())
             .await?)
     }
 
     /// Queues a `webhook.test` event, delivered (and signed) like any other.
-    pub async fn test(&self, id: &str) -> Result<()> {
-        self.0.store.queue_deliveries(id, 0, true, now_ms()).await?;
+    pub async fn test(&self, hook: &Webhook) -> Result<()> {
+        let store = &self.0.store;
+        store
+            .queue_deliveries(&hook.thread, &hook.id, 0, true, now_ms())
+            .await?;
         Ok(())
     }
 
     /// A new secret; the old one stops working at once.
-    pub async fn rotate_secret(&self, id: &str) -> Result<String> {
+    pub async fn rotate_secret(&self, hook: &Webhook) -> Result<String> {
         let secret = new_secret();
         let sealed = self.0.secrets.seal(&secret);
-        self.0.store.set_webhook_secret(id, &sealed).await?;
+        let store = &self.0.store;
+        store
+            .set_webhook_secret(&hook.thread, &hook.id, &sealed)
+            .await?;
         Ok(secret)
     }
 
     /// Re-enables a disabled subscription (its failures count from zero again).
-    pub async fn enable(&self, id: &str) -> Result<()> {
-        self.0.store.enable_webhook(id, now_ms()).await?;
+    pub async fn enable(&self, hook: &Webhook) -> Result<()> {
+        let store = &self.0.store;
+        store
+            .enable_webhook(&hook.thread, &hook.id, now_ms())
+            .await?;
         self.0.changed.notify_one();
         Ok(())
     }

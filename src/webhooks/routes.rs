@@ -89,8 +89,8 @@ async fn delete<S: HookHost>(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    authorized(&host, &id, &headers).await?;
-    host.hooks().delete(&id).await?;
+    let hook = authorized(&host, &id, &headers).await?;
+    host.hooks().delete(&hook).await?;
     Ok(Json(json!({"id": id, "deleted": true})))
 }
 
@@ -106,11 +106,11 @@ async fn deliveries<S: HookHost>(
     Query(q): Query<DeliveriesQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    authorized(&host, &id, &headers).await?;
+    let hook = authorized(&host, &id, &headers).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let list = host
         .hooks()
-        .deliveries(&id, q.after.unwrap_or(0), limit)
+        .deliveries(&hook, q.after.unwrap_or(0), limit)
         .await?;
     let next = list.last().map(|(d, _)| d.id);
     let deliveries: Vec<Value> = list
@@ -160,7 +160,7 @@ async fn replay<S: HookHost>(
     let hook = authorized(&host, &id, &headers).await?;
     let request: ReplayRequest = json_body(&body, "{after?}")?.unwrap_or_default();
     let after = host.replay_after(&hook, &request.after).await?;
-    let queued = host.hooks().replay(&id, after).await?;
+    let queued = host.hooks().replay(&hook, after).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"queued": queued}))))
 }
 
@@ -170,8 +170,8 @@ async fn test<S: HookHost>(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    authorized(&host, &id, &headers).await?;
-    host.hooks().test(&id).await?;
+    let hook = authorized(&host, &id, &headers).await?;
+    host.hooks().test(&hook).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"queued": 1}))))
 }
 
@@ -181,8 +181,8 @@ async fn rotate<S: HookHost>(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    authorized(&host, &id, &headers).await?;
-    let secret = host.hooks().rotate_secret(&id).await?;
+    let hook = authorized(&host, &id, &headers).await?;
+    let secret = host.hooks().rotate_secret(&hook).await?;
     Ok(Json(json!({"id": id, "secret": secret})))
 }
 
@@ -191,8 +191,8 @@ async fn enable<S: HookHost>(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    authorized(&host, &id, &headers).await?;
-    host.hooks().enable(&id).await?;
+    let hook = authorized(&host, &id, &headers).await?;
+    host.hooks().enable(&hook).await?;
     let hook = authorized(&host, &id, &headers).await?;
     Ok(Json(webhook_json(&hook)))
 }

@@ -173,9 +173,9 @@ async fn manage(
     (r.status(), r.json().await.unwrap_or(Value::Null))
 }
 
-#[tokio::test]
-async fn deliveries_are_signed_retried_and_listed() {
-    let server = Server::start_with(Backend::Sqlite, &FAST_RETRIES).await;
+crate::push_pull::on_both_backends!(deliveries_are_signed_retried_and_listed);
+async fn deliveries_are_signed_retried_and_listed(backend: Backend) {
+    let server = Server::start_with(backend, &FAST_RETRIES).await;
     // The first attempt fails with 500, the second with 503 and Retry-After, then 200.
     let receiver = Receiver::start(vec![(500, None), (503, Some("1"))]).await;
     let mut log = TestLog::new();
@@ -344,12 +344,12 @@ async fn unregistering_a_log_drops_its_deliveries() {
     assert!(shown["disabled_ms"].is_null());
 }
 
-#[tokio::test]
-async fn failing_endpoints_are_disabled_and_can_come_back() {
+crate::push_pull::on_both_backends!(failing_endpoints_are_disabled_and_can_come_back);
+async fn failing_endpoints_are_disabled_and_can_come_back(backend: Backend) {
     let mut env = FAST_RETRIES.to_vec();
     env.push(("THREADS_WEBHOOKS__DISABLE_AFTER_FAILURES", "4"));
     env.push(("THREADS_WEBHOOKS__MAX_ATTEMPTS", "3"));
-    let server = Server::start_with(Backend::Sqlite, &env).await;
+    let server = Server::start_with(backend, &env).await;
     let receiver = Receiver::start(vec![(500, None); 4]).await;
     let mut log = TestLog::new();
     server.register(&log, true).await;

@@ -147,6 +147,8 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// Subscribes a webhook. Its thread must exist; its cursor starts at the thread's newest
     /// record, so that it receives the records that arrive after it.
     async fn create_webhook(&self, hook: &Webhook) -> Result<()>;
+    /// A webhook by its ID alone: what the API is given. (Every other call names its thread
+    /// too, so that it stays within the thread's rows.)
     async fn webhook(&self, id: &str) -> Result<Option<Webhook>>;
     /// How many webhooks there are, enabled or not.
     async fn webhook_count(&self) -> Result<u64>;
@@ -154,17 +156,18 @@ pub trait WebhookStore: Send + Sync + 'static {
     async fn webhooks_of(&self, thread: &ThreadId) -> Result<Vec<Webhook>>;
     /// Threads with an enabled webhook: those whose new records there is work for.
     async fn webhook_threads(&self) -> Result<Vec<ThreadId>>;
-    async fn delete_webhook(&self, id: &str) -> Result<()>;
+    async fn delete_webhook(&self, thread: &ThreadId, id: &str) -> Result<()>;
     /// What an operator watches: work waiting for webhooks, and webhooks disabled.
     async fn webhook_gauges(&self) -> Result<WebhookGauges>;
     /// Replaces a webhook's secret.
-    async fn set_webhook_secret(&self, id: &str, secret: &str) -> Result<()>;
+    async fn set_webhook_secret(&self, thread: &ThreadId, id: &str, secret: &str) -> Result<()>;
     /// Re-enables a disabled webhook (failures start again from zero); its paused deliveries
     /// are due again.
-    async fn enable_webhook(&self, id: &str, now_ms: i64) -> Result<()>;
+    async fn enable_webhook(&self, thread: &ThreadId, id: &str, now_ms: i64) -> Result<()>;
     /// Deliveries of a webhook with `id > after`, oldest first, with their attempts.
     async fn deliveries(
         &self,
+        thread: &ThreadId,
         webhook: &str,
         after: i64,
         limit: u32,
@@ -173,6 +176,7 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// event when `test`; returns how many were queued.
     async fn queue_deliveries(
         &self,
+        thread: &ThreadId,
         webhook: &str,
         after: u64,
         test: bool,
@@ -196,13 +200,13 @@ pub trait WebhookStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<WebhookLease>>;
     /// Records attempts' outcomes, in one transaction: those of claimed deliveries
-    /// (`results`, by delivery ID) and those sent from leased cursors, which become delivery
+    /// (`results`, by thread and delivery ID) and those sent from leased cursors, which become delivery
     /// rows as their cursors move (unless the lease was lost meanwhile). Delivered, to retry,
     /// or failed for good; counts each webhook's failures in a row and disables it past the
     /// limit, pausing its waiting deliveries.
     async fn finish_deliveries(
         &self,
-        results: &[(i64, Attempt, AttemptResult)],
+        results: &[(ThreadId, i64, Attempt, AttemptResult)],
         cursors: &[CursorOutcome],
     ) -> Result<()>;
 }

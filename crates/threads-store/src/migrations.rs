@@ -34,6 +34,7 @@ macro_rules! follower_files {
             "0005_addrs_renewed.sql",
             "0006_leases.sql",
             "0007_node_cids_within_thread.sql",
+            "0008_webhooks_by_thread.sql",
         )
     };
 }

@@ -180,6 +180,7 @@ pub struct WebhookLease {
 /// What a worker did with a leased cursor: what it sent, and where the cursor moves.
 #[derive(Debug, Clone)]
 pub struct CursorOutcome {
+    pub thread: ThreadId,
     pub webhook: String,
     pub leased_until: i64,
     pub cursor: u64,

@@ -256,7 +256,8 @@ impl PgStore {
     /// Leases the cursors of webhooks that have records to send. (The caller appends
     /// `RETURNING` and the webhook columns.)
     const CLAIM_WEBHOOKS: &'static str = "UPDATE webhooks SET leased_until = $2 \
-        WHERE id IN (SELECT w.id FROM webhooks w JOIN threads t ON t.id = w.thread_id \
+        WHERE (thread_id, id) IN (SELECT w.thread_id, w.id FROM webhooks w \
+        JOIN threads t ON t.id = w.thread_id \
         WHERE w.disabled_at IS NULL AND w.leased_until <= $1 AND w.cursor_seq < t.seq \
         LIMIT $3 FOR UPDATE OF w SKIP LOCKED)";
     /// Claims due deliveries; `SKIP LOCKED` lets processes sharing the database claim at once
@@ -267,11 +268,14 @@ impl PgStore {
     const CLAIM_SETUP: Option<&'static str> = Some("SET LOCAL enable_sort = off");
     /// Ingest transactions committing at once: Postgres overlaps their fsyncs.
     const WRITERS: usize = 4;
+    /// The claimed keys are taken first, once (`MATERIALIZED`), then their rows updated by
+    /// primary key.
     const CLAIM_DELIVERIES: &'static str =
-        "UPDATE deliveries SET leased_until = $2, attempts = attempts + 1 \
-        WHERE id = ANY(ARRAY(SELECT id FROM deliveries \
+        "WITH due (due_thread, due_id) AS MATERIALIZED (SELECT thread_id, id FROM deliveries \
         WHERE state = 'pending' AND next_at <= $1 AND leased_until <= $1 \
-        ORDER BY next_at LIMIT $3 FOR UPDATE SKIP LOCKED))";
+        ORDER BY next_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+        UPDATE deliveries SET leased_until = $2, attempts = attempts + 1 \
+        FROM due WHERE thread_id = due_thread AND id = due_id";
     /// Forgets some expired nonces. Every signed request prunes a few, and requests running at
     /// once skip each other's rows: all deleting the same expired rows, they would wait on each
     /// other and deadlock.

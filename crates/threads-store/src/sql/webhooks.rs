@@ -86,10 +86,11 @@ macro_rules! impl_webhook_store {
                 })
             }
 
-            async fn delete_webhook(&self, id: &str) -> $crate::Result<()> {
+            async fn delete_webhook(&self, thread: &threads_core::ThreadId, id: &str) -> $crate::Result<()> {
                 // Its deliveries and their attempts go by cascade (both backends enforce
                 // foreign keys).
-                let gone = sqlx::query("DELETE FROM webhooks WHERE id = $1")
+                let gone = sqlx::query("DELETE FROM webhooks WHERE thread_id = $1 AND id = $2")
+                    .bind(thread.as_bytes())
                     .bind(id)
                     .execute(&mut *self.writer().await?)
                     .await?
@@ -100,8 +101,14 @@ macro_rules! impl_webhook_store {
                 Ok(())
             }
 
-            async fn set_webhook_secret(&self, id: &str, secret: &str) -> $crate::Result<()> {
-                let updated = sqlx::query("UPDATE webhooks SET secret = $2 WHERE id = $1")
+            async fn set_webhook_secret(
+                &self,
+                thread: &threads_core::ThreadId,
+                id: &str,
+                secret: &str,
+            ) -> $crate::Result<()> {
+                let updated = sqlx::query("UPDATE webhooks SET secret = $3 WHERE thread_id = $1 AND id = $2")
+                    .bind(thread.as_bytes())
                     .bind(id)
                     .bind(secret)
                     .execute(&mut *self.writer().await?)
@@ -113,12 +120,19 @@ macro_rules! impl_webhook_store {
                 Ok(())
             }
 
-            async fn enable_webhook(&self, id: &str, now_ms: i64) -> $crate::Result<()> {
+            async fn enable_webhook(
+                &self,
+                thread: &threads_core::ThreadId,
+                id: &str,
+                now_ms: i64,
+            ) -> $crate::Result<()> {
                 let mut writer = self.writer().await?;
                 let mut tx = sqlx::Connection::begin(&mut *writer).await?;
                 let updated = sqlx::query(
-                    "UPDATE webhooks SET disabled_at = NULL, disabled_reason = NULL, failures = 0 WHERE id = $1",
+                    "UPDATE webhooks SET disabled_at = NULL, disabled_reason = NULL, failures = 0 \
+                     WHERE thread_id = $1 AND id = $2",
                 )
+                .bind(thread.as_bytes())
                 .bind(id)
                 .execute(&mut *tx)
                 .await?
@@ -126,9 +140,13 @@ macro_rules! impl_webhook_store {
                 if updated == 0 {
                     return Err($crate::StoreError::NotFound);
                 }
-                sqlx::query("UPDATE deliveries SET state = 'pending', next_at = $2 WHERE webhook_id = $1 AND state = 'paused'")
-                    .bind(id)
-                    .bind(now_ms)
+                sqlx::query(
+                    "UPDATE deliveries SET state = 'pending', next_at = $3 \
+                     WHERE thread_id = $1 AND webhook_id = $2 AND state = 'paused'",
+                )
+                .bind(thread.as_bytes())
+                .bind(id)
+                .bind(now_ms)
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
@@ -137,14 +155,17 @@ macro_rules! impl_webhook_store {
 
             async fn deliveries(
                 &self,
+                thread: &threads_core::ThreadId,
                 webhook: &str,
                 after: i64,
                 limit: u32,
             ) -> $crate::Result<Vec<($crate::model::Delivery, Vec<$crate::model::Attempt>)>> {
                 let rows: Vec<$crate::sql::rows::DeliveryRow> = sqlx::query_as(&format!(
-                    "SELECT {} FROM deliveries WHERE webhook_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                    "SELECT {} FROM deliveries WHERE thread_id = $1 AND webhook_id = $2 AND id > $3 \
+                     ORDER BY id LIMIT $4",
                     $crate::sql::rows::DELIVERY_COLUMNS
                 ))
+                .bind(thread.as_bytes())
                 .bind(webhook)
                 .bind(after)
                 .bind(i64::from(limit))
@@ -156,10 +177,11 @@ macro_rules! impl_webhook_store {
                 // The page's failed attempts in one query, by delivery.
                 let failures: Vec<(i64, i64, Option<i32>, Option<String>, i64)> = sqlx::query_as(
                     "SELECT a.delivery_id, a.at, a.status, a.error, a.duration_ms FROM delivery_attempts a \
-                     JOIN deliveries d ON d.id = a.delivery_id \
-                     WHERE d.webhook_id = $1 AND a.delivery_id > $2 AND a.delivery_id <= $3 \
+                     JOIN deliveries d ON d.thread_id = a.thread_id AND d.id = a.delivery_id \
+                     WHERE a.thread_id = $1 AND d.webhook_id = $2 AND a.delivery_id > $3 AND a.delivery_id <= $4 \
                      ORDER BY a.delivery_id, a.at",
                 )
+                .bind(thread.as_bytes())
                 .bind(webhook)
                 .bind(after)
                 .bind(last)
@@ -187,12 +209,21 @@ macro_rules! impl_webhook_store {
 
             async fn queue_deliveries(
                 &self,
+                thread: &threads_core::ThreadId,
                 webhook: &str,
                 after: u64,
                 test: bool,
                 now_ms: i64,
             ) -> $crate::Result<u64> {
-                let Some(hook) = self.webhook(webhook).await? else {
+                let row: Option<$crate::sql::rows::WebhookRow> = sqlx::query_as(&format!(
+                    "SELECT {} FROM webhooks WHERE thread_id = $1 AND id = $2",
+                    $crate::sql::rows::WEBHOOK_COLUMNS
+                ))
+                .bind(thread.as_bytes())
+                .bind(webhook)
+                .fetch_optional(&self.read)
+                .await?;
+                let Some(hook) = row.map(|r| r.into_webhook()).transpose()? else {
                     return Err($crate::StoreError::NotFound);
                 };
                 // A disabled webhook's deliveries wait for it to be enabled again.
@@ -251,37 +282,42 @@ macro_rules! impl_webhook_store {
                     .fetch_all(&mut *tx)
                     .await?;
                 let mut out = Vec::with_capacity(rows.len());
-                let mut hooks: std::collections::HashMap<String, $crate::model::Webhook> = Default::default();
+                let mut hooks: std::collections::HashMap<(threads_core::ThreadId, String), $crate::model::Webhook> =
+                    Default::default();
                 let mut paused = Vec::new();
                 for row in rows {
                     let delivery = row.into_delivery()?;
-                    let hook = match hooks.get(&delivery.webhook) {
+                    let key = (delivery.thread.clone(), delivery.webhook.clone());
+                    let hook = match hooks.get(&key) {
                         Some(h) => h.clone(),
                         None => {
                             let row: $crate::sql::rows::WebhookRow = sqlx::query_as(&format!(
-                                "SELECT {} FROM webhooks WHERE id = $1",
+                                "SELECT {} FROM webhooks WHERE thread_id = $1 AND id = $2",
                                 $crate::sql::rows::WEBHOOK_COLUMNS
                             ))
+                            .bind(delivery.thread.as_bytes())
                             .bind(&delivery.webhook)
                             .fetch_one(&mut *tx)
                             .await?;
                             let h = row.into_webhook()?;
-                            hooks.insert(h.id.clone(), h.clone());
+                            hooks.insert(key, h.clone());
                             h
                         }
                     };
                     // Disabled meanwhile (its deliveries were paused while this one was in
                     // flight, and it came back as a retry): paused too, not sent.
                     if hook.disabled_ms.is_some() {
-                        paused.push(delivery.id);
+                        paused.push((delivery.thread, delivery.id));
                     } else {
                         out.push((delivery, hook));
                     }
                 }
-                for id in paused {
+                for (thread, id) in paused {
                     sqlx::query(
-                        "UPDATE deliveries SET state = 'paused', leased_until = 0, attempts = attempts - 1 WHERE id = $1",
+                        "UPDATE deliveries SET state = 'paused', leased_until = 0, attempts = attempts - 1 \
+                         WHERE thread_id = $1 AND id = $2",
                     )
+                    .bind(thread.as_bytes())
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
@@ -324,7 +360,7 @@ macro_rules! impl_webhook_store {
 
             async fn finish_deliveries(
                 &self,
-                results: &[(i64, $crate::model::Attempt, $crate::model::AttemptResult)],
+                results: &[(threads_core::ThreadId, i64, $crate::model::Attempt, $crate::model::AttemptResult)],
                 cursors: &[$crate::model::CursorOutcome],
             ) -> $crate::Result<()> {
                 use $crate::model::{Attempt, AttemptResult};
@@ -339,20 +375,22 @@ macro_rules! impl_webhook_store {
                 let mut writer = self.writer().await?;
                 let mut tx = sqlx::Connection::begin(&mut *writer).await?;
                 // Each webhook's outcomes in order, for its count of failures in a row.
-                let mut by_hook: std::collections::HashMap<String, Vec<(&Attempt, &AttemptResult)>> = Default::default();
+                let mut by_hook: std::collections::HashMap<(&threads_core::ThreadId, String), Vec<(&Attempt, &AttemptResult)>> =
+                    Default::default();
                 // Failed attempts are kept apart; a successful one lives in its delivery's row.
-                let mut failed: Vec<(i64, &Attempt)> = Vec::new();
+                let mut failed: Vec<(&threads_core::ThreadId, i64, &Attempt)> = Vec::new();
                 for chunk in results.chunks(500) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "UPDATE deliveries SET state = v.column2, next_at = v.column3, leased_until = 0, \
-                         last_status = v.column4, last_error = v.column5, \
-                         delivered_at = CASE WHEN v.column2 = 'delivered' THEN v.column6 ELSE deliveries.delivered_at END, \
-                         duration_ms = CASE WHEN v.column2 = 'delivered' THEN v.column7 ELSE deliveries.duration_ms END \
+                        "UPDATE deliveries SET state = v.column3, next_at = v.column4, leased_until = 0, \
+                         last_status = v.column5, last_error = v.column6, \
+                         delivered_at = CASE WHEN v.column3 = 'delivered' THEN v.column7 ELSE deliveries.delivered_at END, \
+                         duration_ms = CASE WHEN v.column3 = 'delivered' THEN v.column8 ELSE deliveries.duration_ms END \
                          FROM (",
                     );
-                    q.push_values(chunk, |mut row, (id, attempt, result)| {
+                    q.push_values(chunk, |mut row, (thread, id, attempt, result)| {
                         let (state, next) = row_state(attempt, result);
-                        row.push_bind(*id)
+                        row.push_bind(thread.as_bytes())
+                            .push_bind(*id)
                             .push_bind(state)
                             .push_bind(next)
                             .push_bind(attempt.status.map(i32::from))
@@ -360,16 +398,20 @@ macro_rules! impl_webhook_store {
                             .push_bind(attempt.at_ms)
                             .push_bind(attempt.duration_ms);
                     });
-                    q.push(") AS v WHERE deliveries.id = v.column1 RETURNING deliveries.id, deliveries.webhook_id");
-                    let found: Vec<(i64, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
+                    q.push(
+                        ") AS v WHERE deliveries.thread_id = v.column1 AND deliveries.id = v.column2 \
+                         RETURNING deliveries.thread_id, deliveries.id, deliveries.webhook_id",
+                    );
+                    let found: Vec<(Vec<u8>, i64, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
                     // Those deleted while they were being sent (their webhook or log went)
                     // are not found: nothing to record of them.
-                    let found: std::collections::HashMap<i64, String> = found.into_iter().collect();
-                    for (id, attempt, result) in chunk {
-                        let Some(hook) = found.get(id) else { continue };
-                        by_hook.entry(hook.clone()).or_default().push((attempt, result));
+                    let found: std::collections::HashMap<(Vec<u8>, i64), String> =
+                        found.into_iter().map(|(thread, id, hook)| ((thread, id), hook)).collect();
+                    for (thread, id, attempt, result) in chunk {
+                        let Some(hook) = found.get(&(thread.as_bytes().to_vec(), *id)) else { continue };
+                        by_hook.entry((thread, hook.clone())).or_default().push((attempt, result));
                         if !delivered(result) {
-                            failed.push((*id, attempt));
+                            failed.push((thread, *id, attempt));
                         }
                     }
                 }
@@ -377,8 +419,10 @@ macro_rules! impl_webhook_store {
                     // Not moved when the webhook is gone, or when its lease ran out and another
                     // worker took the cursor: that one sends these records again.
                     let moved = sqlx::query(
-                        "UPDATE webhooks SET cursor_seq = $2, leased_until = 0 WHERE id = $1 AND leased_until = $3",
+                        "UPDATE webhooks SET cursor_seq = $3, leased_until = 0 \
+                         WHERE thread_id = $1 AND id = $2 AND leased_until = $4",
                     )
+                    .bind(outcome.thread.as_bytes())
                     .bind(&outcome.webhook)
                     .bind(outcome.cursor as i64)
                     .bind(outcome.leased_until)
@@ -419,19 +463,20 @@ macro_rules! impl_webhook_store {
                             ids.into_iter().map(|(id, message)| (message, id)).collect();
                         for (d, attempt, result) in chunk {
                             if !delivered(result) {
-                                failed.push((ids[&d.message_id], attempt));
+                                failed.push((&outcome.thread, ids[&d.message_id], attempt));
                             }
                         }
                     }
-                    let outcomes = by_hook.entry(outcome.webhook.clone()).or_default();
+                    let outcomes = by_hook.entry((&outcome.thread, outcome.webhook.clone())).or_default();
                     outcomes.extend(outcome.sent.iter().map(|(_, a, r)| (a, r)));
                 }
                 for chunk in failed.chunks(500) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO delivery_attempts (delivery_id, at, status, error, duration_ms) ",
+                        "INSERT INTO delivery_attempts (thread_id, delivery_id, at, status, error, duration_ms) ",
                     );
-                    q.push_values(chunk, |mut row, (id, attempt)| {
-                        row.push_bind(*id)
+                    q.push_values(chunk, |mut row, (thread, id, attempt)| {
+                        row.push_bind(thread.as_bytes())
+                            .push_bind(*id)
                             .push_bind(attempt.at_ms)
                             .push_bind(attempt.status.map(i32::from))
                             .push_bind(attempt.error.as_deref())
@@ -439,13 +484,14 @@ macro_rules! impl_webhook_store {
                     });
                     q.build().execute(&mut *tx).await?;
                 }
-                for (hook, outcomes) in by_hook {
+                for ((thread, hook), outcomes) in by_hook {
                     let last_success = outcomes.iter().rposition(|(_, r)| delivered(r));
                     let failed_after = &outcomes[last_success.map_or(0, |p| p + 1)..];
                     let Some(&(attempt, result)) = failed_after.last() else {
                         // Only when there is something to reset: a webhook's row is not
                         // written by every batch of successful deliveries.
-                        sqlx::query("UPDATE webhooks SET failures = 0 WHERE id = $1 AND failures > 0")
+                        sqlx::query("UPDATE webhooks SET failures = 0 WHERE thread_id = $1 AND id = $2 AND failures > 0")
+                            .bind(thread.as_bytes())
                             .bind(&hook)
                             .execute(&mut *tx)
                             .await?;
@@ -454,10 +500,11 @@ macro_rules! impl_webhook_store {
                     // Failures in a row: those after the batch's last success, or all of
                     // them added to the count so far.
                     sqlx::query(if last_success.is_some() {
-                        "UPDATE webhooks SET failures = $2 WHERE id = $1"
+                        "UPDATE webhooks SET failures = $3 WHERE thread_id = $1 AND id = $2"
                     } else {
-                        "UPDATE webhooks SET failures = failures + $2 WHERE id = $1"
+                        "UPDATE webhooks SET failures = failures + $3 WHERE thread_id = $1 AND id = $2"
                     })
+                    .bind(thread.as_bytes())
                     .bind(&hook)
                     .bind(failed_after.len() as i64)
                     .execute(&mut *tx)
@@ -474,9 +521,10 @@ macro_rules! impl_webhook_store {
                             .unwrap_or_default()
                     );
                     let disabled = sqlx::query(
-                        "UPDATE webhooks SET disabled_at = $2, disabled_reason = $3 \
-                         WHERE id = $1 AND failures >= $4 AND disabled_at IS NULL",
+                        "UPDATE webhooks SET disabled_at = $3, disabled_reason = $4 \
+                         WHERE thread_id = $1 AND id = $2 AND failures >= $5 AND disabled_at IS NULL",
                     )
+                    .bind(thread.as_bytes())
                     .bind(&hook)
                     .bind(attempt.at_ms)
                     .bind(reason)
@@ -486,8 +534,12 @@ macro_rules! impl_webhook_store {
                     .rows_affected();
                     if disabled > 0 {
                         // Its waiting deliveries wait for it to be enabled again.
-                        sqlx::query("UPDATE deliveries SET state = 'paused' WHERE webhook_id = $1 AND state = 'pending'")
-                            .bind(&hook)
+                        sqlx::query(
+                            "UPDATE deliveries SET state = 'paused' \
+                             WHERE thread_id = $1 AND webhook_id = $2 AND state = 'pending'",
+                        )
+                        .bind(thread.as_bytes())
+                        .bind(&hook)
                             .execute(&mut *tx)
                             .await?;
                     }
