@@ -24,6 +24,7 @@ pub mod access;
 pub mod commit;
 pub mod error;
 pub mod gauges;
+pub mod keys;
 pub mod live;
 pub mod owners;
 pub mod push;
@@ -80,6 +81,8 @@ struct Inner {
     hub: live::Hub,
     /// Where verified pushes wait for the next group commit.
     committer: commit::Committer,
+    /// Follow keys of the threads pushed to lately.
+    keys: keys::Keys,
     shutdown: CancellationToken,
     announce: Option<Arc<dyn Announce>>,
     /// Webhook subscriptions and their deliveries.
@@ -135,6 +138,7 @@ impl Follower {
             instance: hex::encode(
                 rand_core::RngCore::next_u64(&mut rand_core::OsRng).to_be_bytes(),
             ),
+            keys: keys::Keys::default(),
             config,
             store,
             server_id,

@@ -128,6 +128,7 @@ impl Follower {
                 }
                 self.spend_nonce(&payload, now).await?;
                 self.0.store.delete_thread(&thread).await?;
+                self.0.keys.forget(&thread);
                 self.topic(&thread, false).await;
                 tracing::info!(%thread, "thread deleted");
                 Ok(OwnerAnswer::ThreadDeleted { thread })
@@ -141,6 +142,7 @@ impl Follower {
     /// against the log's key). Re-registering updates the addresses.
     pub async fn adopt_log(&self, registration: &Registration) -> Result<Registered> {
         let registered = self.0.store.register(registration, now_ms()).await?;
+        self.0.keys.forget(&registration.thread);
         self.topic(&registration.thread, registration.public).await;
         Ok(registered)
     }

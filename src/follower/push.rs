@@ -10,8 +10,9 @@ pub use threads_client::car::CarRecord as PushItem;
 use threads_core::{
     cid_of, verify_batch, Cid, RecordError, SignaturePolicy, SignatureRule, ThreadId,
 };
-use threads_store::{Ingest, Outcome, ThreadInfo};
+use threads_store::{Ingest, Outcome};
 
+use super::keys::PushKey;
 use super::{Error, Follower, Result};
 
 /// Records a push verifies on the task that received it (about 35 µs each); a larger batch is
@@ -96,14 +97,47 @@ impl Follower {
                 max,
             });
         }
+        let pushed = self.verify_and_store(items, origin, true).await?;
+        metrics::histogram!("threads_push_seconds").record(started.elapsed().as_secs_f64());
+        Ok(pushed)
+    }
+
+    /// [`Follower::push`] once its batch is within the limits; `kept` allows follow keys kept
+    /// from earlier pushes ([`super::keys`]).
+    async fn verify_and_store(
+        &self,
+        items: Vec<PushItem>,
+        origin: Origin,
+        kept: bool,
+    ) -> Result<Pushed> {
         let store = &self.0.store;
-        let mut threads: HashMap<ThreadId, Option<ThreadInfo>> = HashMap::new();
+        let mut threads: HashMap<ThreadId, Option<PushKey>> = HashMap::new();
+        let mut any_kept = false;
         for item in &items {
-            if !threads.contains_key(&item.thread) {
-                let info = store.thread(&item.thread).await?;
-                threads.insert(item.thread.clone(), info);
+            if threads.contains_key(&item.thread) {
+                continue;
             }
+            let key = match kept.then(|| self.0.keys.get(&item.thread)).flatten() {
+                Some(key) => {
+                    any_kept = true;
+                    Some(key)
+                }
+                None => {
+                    let info = store.thread(&item.thread).await?;
+                    let key = info.map(|info| PushKey {
+                        follow_key: info.follow_key,
+                        public: info.public,
+                    });
+                    if let Some(key) = &key {
+                        self.0.keys.put(&item.thread, key.clone());
+                    }
+                    key
+                }
+            };
+            threads.insert(item.thread.clone(), key);
         }
+        // What to verify again, with the stored keys, should a kept one fail.
+        let again = any_kept.then(|| items.clone());
         let cids: Vec<Cid> = items.iter().map(|i| cid_of(&i.blocks.record)).collect();
         let mut verdicts: Vec<Option<Verdict>> = (0..items.len()).map(|_| None).collect();
         let (mut meta, mut blocks) = (Vec::new(), Vec::new());
@@ -140,6 +174,12 @@ impl Follower {
                 .await
                 .map_err(|e| Error::Internal(format!("verifying a batch: {e}")))?
         };
+        if let Some(items) = again.filter(|_| checked.iter().any(Result::is_err)) {
+            for thread in threads.keys() {
+                self.0.keys.forget(thread);
+            }
+            return Box::pin(self.verify_and_store(items, origin, false)).await;
+        }
 
         let mut rules: Vec<Option<SignatureRule>> = vec![None; verdicts.len()];
         let mut batch = Vec::new();
@@ -223,7 +263,6 @@ impl Follower {
         }
         metrics::counter!("threads_records_ingested_total").increment(accepted);
         metrics::counter!("threads_ingested_bytes_total").increment(accepted_bytes as u64);
-        metrics::histogram!("threads_push_seconds").record(started.elapsed().as_secs_f64());
         Ok(Pushed { results })
     }
 }

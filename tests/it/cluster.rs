@@ -36,6 +36,27 @@ async fn subscribers_on_one_instance_see_pushes_to_another() {
     assert_eq!(records(&mut ws, 1).await, [r1.cid().to_string()]);
 }
 
+/// A process keeps the follow keys of threads pushed to for a moment; when another process
+/// gives a squatted thread back to its writers (under another key) meanwhile, the writers'
+/// next push through the first process is verified with the stored key, not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_kept_by_one_process_never_refuses_a_record() {
+    let a = Server::start(Backend::Postgres).await;
+    let b = Server::launch(a.database_url.clone(), &a.data_dir, &[]).await;
+    let mut writer = TestLog::bound();
+    let mut squatter = writer.squatting();
+    assert_eq!(b.register(&squatter, false).await.0, StatusCode::CREATED);
+    let s1 = squatter.next(32);
+    let (_, answer) = b.push(&[(&squatter, &s1)]).await;
+    assert_eq!(answer["results"][0]["outcome"], "accepted", "{answer}");
+
+    assert_eq!(a.register(&writer, false).await.0, StatusCode::CREATED);
+    let w1 = writer.next(32);
+    let (status, answer) = b.push(&[(&writer, &w1)]).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["results"][0]["outcome"], "accepted", "{answer}");
+}
+
 /// Writers on two instances push concurrently into one thread while a reader follows the cursor
 /// through both instances: it must see every record exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
