@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::model::Ingest;
+use crate::sql::records::{Grown, HeadRow, MovedHead, UPDATE_HEADS, UPDATE_THREADS};
 use crate::{Change, Result, CHANGE_CHANNEL};
 
 const CHANNEL: &str = "threads_changes";
@@ -83,12 +84,14 @@ impl PgStore {
 
     /// Locks the rows of the batch's threads until commit, in ID order (so that concurrent
     /// batches, in this process or another, never wait for each other in a cycle), and reads
-    /// their counters: sequence numbers follow commit order.
-    async fn lock_threads(
+    /// their counters (sequence numbers follow commit order), then the heads of the batch's
+    /// logs in those threads.
+    async fn read_heads(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         ids: &[&[u8]],
-    ) -> Result<HashMap<Vec<u8>, (i64, i64)>> {
+        pairs: &[(&[u8], Vec<u8>)],
+    ) -> Result<(HashMap<Vec<u8>, (i64, i64)>, Vec<HeadRow>)> {
         let mut counters = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
             let mut q = QueryBuilder::<Postgres>::new(
@@ -102,7 +105,71 @@ impl PgStore {
             let rows: Vec<(Vec<u8>, i64, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
             counters.extend(rows.into_iter().map(|(id, seq, bytes)| (id, (seq, bytes))));
         }
-        Ok(counters)
+        let pairs: Vec<_> = pairs
+            .iter()
+            .filter(|(t, _)| counters.contains_key(*t))
+            .collect();
+        let mut heads = Vec::with_capacity(pairs.len());
+        for chunk in pairs.chunks(500) {
+            let mut q = QueryBuilder::<Postgres>::new(
+                "SELECT l.thread_id, l.log_id, l.head_cid, l.head_counter, l.byte_count FROM (",
+            );
+            q.push_values(chunk, |mut row, (thread, log)| {
+                row.push_bind(*thread).push_bind(log.as_slice());
+            });
+            q.push(") AS v JOIN logs l ON l.thread_id = v.column1 AND l.log_id = v.column2");
+            type Row = (Vec<u8>, Vec<u8>, Option<Vec<u8>>, i64, i64);
+            let rows: Vec<Row> = q.build_query_as().fetch_all(&mut **tx).await?;
+            heads.extend(
+                rows.into_iter()
+                    .map(|(thread, log, head_cid, counter, bytes)| HeadRow {
+                        thread,
+                        log,
+                        head_cid,
+                        counter,
+                        bytes,
+                    }),
+            );
+        }
+        Ok((counters, heads))
+    }
+
+    /// Writes what a group stores: its records, then the heads it moved and the threads it
+    /// grew, a statement each.
+    async fn write_group(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        batch: &[Ingest],
+        records: &[(usize, u64, u64)],
+        moved: &[MovedHead<'_>],
+        grown: &[Grown<'_>],
+        now_ms: i64,
+    ) -> Result<()> {
+        self.insert_records(tx, batch, records, now_ms).await?;
+        for chunk in moved.chunks(500) {
+            let mut q = QueryBuilder::<Postgres>::new(UPDATE_HEADS[0]);
+            q.push_values(chunk, |mut row, m| {
+                row.push_bind(m.thread)
+                    .push_bind(m.log)
+                    .push_bind(&m.cid)
+                    .push_bind(m.counter)
+                    .push_bind(m.bytes);
+            });
+            q.push(UPDATE_HEADS[1]);
+            q.build().execute(&mut **tx).await?;
+        }
+        for chunk in grown.chunks(500) {
+            let mut q = QueryBuilder::<Postgres>::new(UPDATE_THREADS[0]);
+            q.push_values(chunk, |mut row, &(thread, first, last, bytes)| {
+                row.push_bind(thread)
+                    .push_bind(last as i64)
+                    .push_bind((last - first) as i64)
+                    .push_bind(bytes as i64);
+            });
+            q.push(UPDATE_THREADS[1]);
+            q.build().execute(&mut **tx).await?;
+        }
+        Ok(())
     }
 
     /// Inserts the records a group stores: `(index in batch, seq, counter)` each. One statement
@@ -268,6 +335,8 @@ impl PgStore {
     const CLAIM_SETUP: Option<&'static str> = Some("SET LOCAL enable_sort = off");
     /// Ingest transactions committing at once: Postgres overlaps their fsyncs.
     const WRITERS: usize = 4;
+    /// Threads' rows are locked as they are read ([`Self::read_heads`]).
+    const BEGIN_INGEST: &'static str = "BEGIN";
     /// The claimed keys are taken first, once (`MATERIALIZED`), then their rows updated by
     /// primary key.
     const CLAIM_DELIVERIES: &'static str =

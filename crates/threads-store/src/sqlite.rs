@@ -13,6 +13,7 @@ use sqlx::{ConnectOptions, QueryBuilder, Sqlite, Transaction};
 use tokio::sync::broadcast;
 
 use crate::model::Ingest;
+use crate::sql::records::{Grown, HeadRow, MovedHead, UPDATE_HEADS, UPDATE_THREADS};
 use crate::{Change, Result, CHANGE_CHANNEL};
 
 /// Readers run concurrently with the single writer thanks to WAL.
@@ -111,40 +112,72 @@ impl SqliteStore {
         Ok(self.write.lock().await)
     }
 
-    /// Takes the database's write lock (the first write of a transaction does) and reads the
-    /// counters of the batch's threads.
-    async fn lock_threads(
+    /// Reads the counters of the batch's threads and the heads of its logs, in one statement.
+    /// (The transaction holds the database's write lock from its start: [`Self::BEGIN_INGEST`].)
+    async fn read_heads(
         &self,
         tx: &mut Transaction<'_, Sqlite>,
         ids: &[&[u8]],
-    ) -> Result<HashMap<Vec<u8>, (i64, i64)>> {
+        pairs: &[(&[u8], Vec<u8>)],
+    ) -> Result<(HashMap<Vec<u8>, (i64, i64)>, Vec<HeadRow>)> {
         let mut counters = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(500) {
-            let mut q = QueryBuilder::<Sqlite>::new("UPDATE threads SET seq = seq WHERE id IN (");
-            let mut ids = q.separated(", ");
-            for id in chunk {
-                ids.push_bind(*id);
+        let mut heads = Vec::with_capacity(pairs.len());
+        for chunk in pairs.chunks(500) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT t.id, t.seq, t.byte_count, l.log_id, l.head_cid, l.head_counter, \
+                 l.byte_count FROM (",
+            );
+            q.push_values(chunk, |mut row, (thread, log)| {
+                row.push_bind(*thread).push_bind(log.as_slice());
+            });
+            q.push(
+                ") AS v JOIN threads t ON t.id = v.column1 \
+                 LEFT JOIN logs l ON l.thread_id = v.column1 AND l.log_id = v.column2",
+            );
+            type Row = (
+                Vec<u8>,
+                i64,
+                i64,
+                Option<Vec<u8>>,
+                Option<Vec<u8>>,
+                Option<i64>,
+                Option<i64>,
+            );
+            let rows: Vec<Row> = q.build_query_as().fetch_all(&mut **tx).await?;
+            for (thread, seq, thread_bytes, log, head_cid, counter, bytes) in rows {
+                if let Some(log) = log {
+                    heads.push(HeadRow {
+                        thread: thread.clone(),
+                        log,
+                        head_cid,
+                        counter: counter.unwrap_or_default(),
+                        bytes: bytes.unwrap_or_default(),
+                    });
+                }
+                counters.insert(thread, (seq, thread_bytes));
             }
-            ids.push_unseparated(") RETURNING id, seq, byte_count");
-            let rows: Vec<(Vec<u8>, i64, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
-            counters.extend(rows.into_iter().map(|(id, seq, bytes)| (id, (seq, bytes))));
         }
-        Ok(counters)
+        Ok((counters, heads))
     }
 
-    /// Inserts the records a group stores: `(index in batch, seq, counter)` each.
-    async fn insert_records(
+    /// Writes what a group stores (its records, the heads it moved, the threads it grew) by
+    /// one call of several statements: every call crosses to the connection's own thread and
+    /// back, which costs more than the statements of a small group.
+    async fn write_group(
         &self,
         tx: &mut Transaction<'_, Sqlite>,
         batch: &[Ingest],
         records: &[(usize, u64, u64)],
+        moved: &[MovedHead<'_>],
+        grown: &[Grown<'_>],
         now_ms: i64,
     ) -> Result<()> {
+        let mut q = QueryBuilder::<Sqlite>::new("");
         // Bounded so a statement stays under SQLite's bind-parameter limit (32,766).
         for chunk in records.chunks(1000) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO records (thread_id, seq, log_id, counter, cid, prev, event_cid, header_cid, \
-                 body_cid, record, event, header, body, arrived_at) ",
+            q.push(
+                "INSERT INTO records (thread_id, seq, log_id, counter, cid, prev, event_cid, \
+                 header_cid, body_cid, record, event, header, body, arrived_at) ",
             );
             q.push_values(chunk, |mut row, &(i, seq, counter)| {
                 let r = &batch[i].record;
@@ -165,6 +198,30 @@ impl SqliteStore {
                     .push_bind(&b.body)
                     .push_bind(now_ms);
             });
+            q.push(";\n");
+        }
+        for chunk in moved.chunks(500) {
+            q.push(UPDATE_HEADS[0]);
+            q.push_values(chunk, |mut row, m| {
+                row.push_bind(m.thread)
+                    .push_bind(m.log)
+                    .push_bind(m.cid.as_slice())
+                    .push_bind(m.counter)
+                    .push_bind(m.bytes);
+            });
+            q.push(UPDATE_HEADS[1]).push(";\n");
+        }
+        for chunk in grown.chunks(500) {
+            q.push(UPDATE_THREADS[0]);
+            q.push_values(chunk, |mut row, &(thread, first, last, bytes)| {
+                row.push_bind(thread)
+                    .push_bind(last as i64)
+                    .push_bind((last - first) as i64)
+                    .push_bind(bytes as i64);
+            });
+            q.push(UPDATE_THREADS[1]).push(";\n");
+        }
+        if !q.sql().is_empty() {
             q.build().execute(&mut **tx).await?;
         }
         Ok(())
@@ -199,6 +256,8 @@ impl SqliteStore {
     const CLAIM_SETUP: Option<&'static str> = None;
     /// One connection writes.
     const WRITERS: usize = 1;
+    /// A group commit takes the write lock first, so what it reads stays true until it commits.
+    const BEGIN_INGEST: &'static str = "BEGIN IMMEDIATE";
     const CLAIM_DELIVERIES: &'static str =
         "UPDATE deliveries SET leased_until = $2, attempts = attempts + 1 \
         WHERE id IN (SELECT id FROM deliveries \

@@ -9,8 +9,10 @@
 //!
 //! The statements are the same text on SQLite and Postgres (`$n` placeholders, `RETURNING`,
 //! `ON CONFLICT`), so one macro expands the [`Store`](crate::Store) implementation for each
-//! backend type. A backend struct provides `write` and `read` pools, a `changes` sender, and three
-//! hooks: `lock_threads` (Postgres: row locks in ID order; SQLite: its one write lock),
+//! backend type. A backend struct provides `write` and `read` pools, a `changes` sender, and the
+//! group commit's hooks: `BEGIN_INGEST` and `read_heads` (Postgres: row locks in ID order, then
+//! the logs' heads; SQLite: its one write lock from `BEGIN IMMEDIATE`, and one statement),
+//! `write_group` (Postgres: a statement each; SQLite: one call of several statements),
 //! `notify_in_tx` (Postgres: `pg_notify`, delivered at commit) and `after_commit` (SQLite:
 //! in-process broadcast).
 

@@ -1,5 +1,40 @@
 //! [`Store`](crate::Store) for both backends: one macro, the same SQL text.
 
+/// A log's head as a group commit reads it, with its thread's row locked (or the database's
+/// one write lock taken): `head_cid` is `None` for a log with no record yet.
+pub(crate) struct HeadRow {
+    pub thread: Vec<u8>,
+    pub log: Vec<u8>,
+    pub head_cid: Option<Vec<u8>>,
+    pub counter: i64,
+    pub bytes: i64,
+}
+
+/// A log whose head a group commit moves.
+pub(crate) struct MovedHead<'a> {
+    pub thread: &'a [u8],
+    pub log: &'a [u8],
+    pub cid: Vec<u8>,
+    pub counter: i64,
+    pub bytes: i64,
+}
+
+/// A thread a group commit grows: its ID, its sequence before and after, its bytes after.
+pub(crate) type Grown<'a> = (&'a [u8], u64, u64, u64);
+
+/// `UPDATE … FROM (VALUES …)` of moved heads (thread, log, CID, counter, bytes), around the
+/// values; the same on both backends.
+pub(crate) const UPDATE_HEADS: [&str; 2] = [
+    "UPDATE logs SET head_cid = v.column3, head_counter = v.column4, byte_count = v.column5 FROM (",
+    ") AS v WHERE logs.thread_id = v.column1 AND logs.log_id = v.column2",
+];
+/// The same for grown threads (ID, new sequence, records added, bytes).
+pub(crate) const UPDATE_THREADS: [&str; 2] = [
+    "UPDATE threads SET seq = v.column2, record_count = record_count + v.column3, \
+     byte_count = v.column4 FROM (",
+    ") AS v WHERE threads.id = v.column1",
+];
+
 /// Implements [`Store`](crate::Store) for a backend struct with `write`/`read` pools of `$db`.
 macro_rules! impl_store {
     ($store:ty, $db:ty) => {
@@ -259,32 +294,20 @@ macro_rules! impl_store {
                 // A group holds many pushes to many threads: each step below is one statement
                 // for all of them, not one per thread.
                 let mut writer = self.writer().await?;
-                let mut tx = sqlx::Connection::begin(&mut *writer).await?;
+                let mut tx = sqlx::Connection::begin_with(&mut *writer, <$store>::BEGIN_INGEST).await?;
                 let ids: Vec<&[u8]> = by_thread.keys().copied().collect();
-                let counters: HashMap<Vec<u8>, (i64, i64)> = self.lock_threads(&mut tx, &ids).await?;
-
                 // Heads of the logs this batch touches (not every log of its threads).
                 let pairs: std::collections::BTreeSet<(&[u8], Vec<u8>)> =
                     batch.iter().map(|b| (b.thread.as_bytes(), b.log.to_bytes())).collect();
-                let pairs: Vec<_> = pairs.into_iter().filter(|(t, _)| counters.contains_key(*t)).collect();
+                let pairs: Vec<_> = pairs.into_iter().collect();
+                let (counters, heads) = self.read_heads(&mut tx, &ids, &pairs).await?;
                 let mut logs: HashMap<Vec<u8>, HashMap<Vec<u8>, LogState>> = HashMap::new();
-                for chunk in pairs.chunks(500) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "SELECT l.thread_id, l.log_id, l.head_cid, l.head_counter, l.byte_count FROM (",
-                    );
-                    q.push_values(chunk, |mut row, (thread, log)| {
-                        row.push_bind(*thread).push_bind(log.as_slice());
-                    });
-                    q.push(") AS v JOIN logs l ON l.thread_id = v.column1 AND l.log_id = v.column2");
-                    let rows: Vec<(Vec<u8>, Vec<u8>, Option<Vec<u8>>, i64, i64)> =
-                        q.build_query_as().fetch_all(&mut *tx).await?;
-                    for (thread, log, head_cid, counter, bytes) in rows {
-                        let head = match head_cid {
-                            Some(c) => Some(threads_core::Head { cid: $crate::sql::rows::cid(&c)?, counter: counter as u64 }),
-                            None => None,
-                        };
-                        logs.entry(thread).or_default().insert(log, LogState { head, bytes, changed: false });
-                    }
+                for $crate::sql::records::HeadRow { thread, log, head_cid, counter, bytes } in heads {
+                    let head = match head_cid {
+                        Some(c) => Some(threads_core::Head { cid: $crate::sql::rows::cid(&c)?, counter: counter as u64 }),
+                        None => None,
+                    };
+                    logs.entry(thread).or_default().insert(log, LogState { head, bytes, changed: false });
                 }
 
                 let mut records = Vec::new();
@@ -352,7 +375,6 @@ macro_rules! impl_store {
                     }
                 }
 
-                self.insert_records(&mut tx, batch, &records, now_ms).await?;
                 for &i in &forks {
                     let r = &batch[i].record;
                     let b = r.blocks();
@@ -372,50 +394,30 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                // All moved heads, then all grown threads, one statement each (UPDATE ... FROM
-                // VALUES works on both backends).
-                let moved: Vec<_> = logs
+                let moved: Vec<$crate::sql::records::MovedHead> = logs
                     .iter()
                     .flat_map(|(thread, logs)| logs.iter().map(move |(log, s)| (thread, log, s)))
                     .filter(|(_, _, s)| s.changed)
-                    .collect();
-                for chunk in moved.chunks(500) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "UPDATE logs SET head_cid = v.column3, head_counter = v.column4, byte_count = v.column5 FROM (",
-                    );
-                    q.push_values(chunk, |mut row, (thread, log, state)| {
+                    .map(|(thread, log, state)| {
                         let head = state.head.expect("a changed log has a head");
-                        row.push_bind(thread.as_slice())
-                            .push_bind(log.as_slice())
-                            .push_bind(head.cid.to_bytes())
-                            .push_bind(head.counter as i64)
-                            .push_bind(state.bytes);
-                    });
-                    q.push(") AS v WHERE logs.thread_id = v.column1 AND logs.log_id = v.column2");
-                    q.build().execute(&mut *tx).await?;
-                }
+                        $crate::sql::records::MovedHead {
+                            thread,
+                            log,
+                            cid: head.cid.to_bytes(),
+                            counter: head.counter as i64,
+                            bytes: state.bytes,
+                        }
+                    })
+                    .collect();
+                self.write_group(&mut tx, batch, &records, &moved, &grown, now_ms).await?;
                 let mut changes = Vec::with_capacity(grown.len());
-                for chunk in grown.chunks(500) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "UPDATE threads SET seq = v.column2, record_count = record_count + v.column3, \
-                         byte_count = v.column4 FROM (",
-                    );
-                    q.push_values(chunk, |mut row, &(thread, first, last, bytes)| {
-                        row.push_bind(thread)
-                            .push_bind(last as i64)
-                            .push_bind((last - first) as i64)
-                            .push_bind(bytes as i64);
+                for &(thread, after, seq, _) in &grown {
+                    changes.push($crate::Change {
+                        thread: $crate::sql::rows::thread_id(thread)?,
+                        seq,
+                        after,
+                        here: true,
                     });
-                    q.push(") AS v WHERE threads.id = v.column1");
-                    q.build().execute(&mut *tx).await?;
-                    for &(thread, after, seq, _) in chunk {
-                        changes.push($crate::Change {
-                            thread: $crate::sql::rows::thread_id(thread)?,
-                            seq,
-                            after,
-                            here: true,
-                        });
-                    }
                 }
                 self.notify_in_tx(&mut tx, &changes).await?;
                 tx.commit().await?;
