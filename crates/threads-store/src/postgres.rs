@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::model::Ingest;
-use crate::sql::records::{Grown, HeadRow, MovedHead, UPDATE_HEADS, UPDATE_THREADS};
+use crate::sql::records::{push_update_heads, push_update_threads, Grown, HeadRow, MovedHead};
 use crate::{Change, Result, CHANGE_CHANNEL};
 
 const CHANNEL: &str = "threads_changes";
@@ -147,26 +147,13 @@ impl PgStore {
     ) -> Result<()> {
         self.insert_records(tx, batch, records, now_ms).await?;
         for chunk in moved.chunks(500) {
-            let mut q = QueryBuilder::<Postgres>::new(UPDATE_HEADS[0]);
-            q.push_values(chunk, |mut row, m| {
-                row.push_bind(m.thread)
-                    .push_bind(m.log)
-                    .push_bind(&m.cid)
-                    .push_bind(m.counter)
-                    .push_bind(m.bytes);
-            });
-            q.push(UPDATE_HEADS[1]);
+            let mut q = QueryBuilder::<Postgres>::new("");
+            push_update_heads(&mut q, chunk);
             q.build().execute(&mut **tx).await?;
         }
         for chunk in grown.chunks(500) {
-            let mut q = QueryBuilder::<Postgres>::new(UPDATE_THREADS[0]);
-            q.push_values(chunk, |mut row, &(thread, first, last, bytes)| {
-                row.push_bind(thread)
-                    .push_bind(last as i64)
-                    .push_bind((last - first) as i64)
-                    .push_bind(bytes as i64);
-            });
-            q.push(UPDATE_THREADS[1]);
+            let mut q = QueryBuilder::<Postgres>::new("");
+            push_update_threads(&mut q, chunk);
             q.build().execute(&mut **tx).await?;
         }
         Ok(())

@@ -13,7 +13,7 @@ use sqlx::{ConnectOptions, QueryBuilder, Sqlite, Transaction};
 use tokio::sync::broadcast;
 
 use crate::model::Ingest;
-use crate::sql::records::{Grown, HeadRow, MovedHead, UPDATE_HEADS, UPDATE_THREADS};
+use crate::sql::records::{push_update_heads, push_update_threads, Grown, HeadRow, MovedHead};
 use crate::{Change, Result, CHANGE_CHANNEL};
 
 /// Readers run concurrently with the single writer thanks to WAL.
@@ -201,25 +201,12 @@ impl SqliteStore {
             q.push(";\n");
         }
         for chunk in moved.chunks(500) {
-            q.push(UPDATE_HEADS[0]);
-            q.push_values(chunk, |mut row, m| {
-                row.push_bind(m.thread)
-                    .push_bind(m.log)
-                    .push_bind(m.cid.as_slice())
-                    .push_bind(m.counter)
-                    .push_bind(m.bytes);
-            });
-            q.push(UPDATE_HEADS[1]).push(";\n");
+            push_update_heads(&mut q, chunk);
+            q.push(";\n");
         }
         for chunk in grown.chunks(500) {
-            q.push(UPDATE_THREADS[0]);
-            q.push_values(chunk, |mut row, &(thread, first, last, bytes)| {
-                row.push_bind(thread)
-                    .push_bind(last as i64)
-                    .push_bind((last - first) as i64)
-                    .push_bind(bytes as i64);
-            });
-            q.push(UPDATE_THREADS[1]).push(";\n");
+            push_update_threads(&mut q, chunk);
+            q.push(";\n");
         }
         if !q.sql().is_empty() {
             q.build().execute(&mut **tx).await?;

@@ -24,16 +24,55 @@ pub(crate) type Grown<'a> = (&'a [u8], u64, u64, u64);
 
 /// `UPDATE … FROM (VALUES …)` of moved heads (thread, log, CID, counter, bytes), around the
 /// values; the same on both backends.
-pub(crate) const UPDATE_HEADS: [&str; 2] = [
+const UPDATE_HEADS: [&str; 2] = [
     "UPDATE logs SET head_cid = v.column3, head_counter = v.column4, byte_count = v.column5 FROM (",
     ") AS v WHERE logs.thread_id = v.column1 AND logs.log_id = v.column2",
 ];
 /// The same for grown threads (ID, new sequence, records added, bytes).
-pub(crate) const UPDATE_THREADS: [&str; 2] = [
+const UPDATE_THREADS: [&str; 2] = [
     "UPDATE threads SET seq = v.column2, record_count = record_count + v.column3, \
      byte_count = v.column4 FROM (",
     ") AS v WHERE threads.id = v.column1",
 ];
+
+/// Appends the `UPDATE` of moved heads to `q`, for either backend.
+pub(crate) fn push_update_heads<'a, DB>(
+    q: &mut sqlx::QueryBuilder<'a, DB>,
+    chunk: &'a [MovedHead<'a>],
+) where
+    DB: sqlx::Database,
+    &'a [u8]: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    q.push(UPDATE_HEADS[0]);
+    q.push_values(chunk, |mut row, m| {
+        row.push_bind(m.thread)
+            .push_bind(m.log)
+            .push_bind(m.cid.as_slice())
+            .push_bind(m.counter)
+            .push_bind(m.bytes);
+    });
+    q.push(UPDATE_HEADS[1]);
+}
+
+/// Appends the `UPDATE` of grown threads to `q`, for either backend.
+pub(crate) fn push_update_threads<'a, DB>(
+    q: &mut sqlx::QueryBuilder<'a, DB>,
+    chunk: &'a [Grown<'a>],
+) where
+    DB: sqlx::Database,
+    &'a [u8]: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    q.push(UPDATE_THREADS[0]);
+    q.push_values(chunk, |mut row, &(thread, first, last, bytes)| {
+        row.push_bind(thread)
+            .push_bind(last as i64)
+            .push_bind((last - first) as i64)
+            .push_bind(bytes as i64);
+    });
+    q.push(UPDATE_THREADS[1]);
+}
 
 /// Implements [`Store`](crate::Store) for a backend struct with `write`/`read` pools of `$db`.
 macro_rules! impl_store {
