@@ -31,7 +31,7 @@ const RECORDS_PER_WRITER: usize = 150;
 const SEQUENTIAL: usize = 2000;
 /// Fan-out: subscribers on one thread, records pushed one at a time.
 const SUBSCRIBERS: usize = 500;
-const FAN_OUT_SAMPLES: usize = 300;
+const FAN_OUT_SAMPLES: usize = 1000;
 const CONNECT_WAVE: usize = 100;
 
 struct Run {

@@ -49,6 +49,9 @@ pub enum StoreError {
     Conflict(&'static str),
     #[error(transparent)]
     Other(#[from] sqlx::Error),
+    /// From the connection that commits records to the embedded SQLite file.
+    #[error(transparent)]
+    Embedded(#[from] rusqlite::Error),
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }

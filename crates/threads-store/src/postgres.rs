@@ -11,8 +11,10 @@ use sqlx::{Postgres, QueryBuilder, Transaction};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use crate::model::Ingest;
-use crate::sql::records::{push_update_heads, push_update_threads, Grown, HeadRow, MovedHead};
+use crate::model::{Ingest, Outcome, Quotas};
+use crate::sql::group::{Decided, Group, Stored};
+use crate::sql::records::{push_update_heads, push_update_threads, HeadRow};
+use crate::sql::rule::cid_prefix;
 use crate::{Change, Result, CHANGE_CHANNEL};
 
 const CHANNEL: &str = "threads_changes";
@@ -82,6 +84,50 @@ impl PgStore {
         })
     }
 
+    /// A group commit: one transaction, a statement per step for the whole group.
+    async fn ingest_group(
+        &self,
+        batch: &[Ingest],
+        quotas: &Quotas,
+        now_ms: i64,
+    ) -> Result<Vec<Outcome>> {
+        let mut group = Group::new(batch);
+        let mut writer = self.writer().await?;
+        let mut tx = sqlx::Connection::begin(&mut *writer).await?;
+        let (counters, heads) = self
+            .read_heads(&mut tx, &group.threads(), &group.pairs())
+            .await?;
+        group.set_heads(heads)?;
+        let mut stored = HashMap::new();
+        for (thread, cids) in group.suspects() {
+            let mut found = Vec::new();
+            for chunk in cids.chunks(500) {
+                // Naming the thread keeps the lookup on one node of a distributed Postgres.
+                let mut q = QueryBuilder::<Postgres>::new(
+                    "SELECT log_id, cid, counter FROM records WHERE thread_id = ",
+                );
+                q.push_bind(thread).push(" AND substr(cid, 5, 8) IN (");
+                let mut sep = q.separated(", ");
+                for cid in chunk {
+                    sep.push_bind(cid_prefix(cid));
+                }
+                sep.push_unseparated(")");
+                let rows: Vec<Stored> = q.build_query_as().fetch_all(&mut *tx).await?;
+                // The prefix narrows; the whole CID decides.
+                found.extend(rows.into_iter().filter(|r| chunk.contains(&r.1)));
+            }
+            stored.insert(thread, found);
+        }
+        let decided = group.decide(&counters, stored, quotas)?;
+        for &i in &decided.forks {
+            insert_fork(&mut tx, &batch[i], now_ms).await?;
+        }
+        self.write_group(&mut tx, batch, &decided, now_ms).await?;
+        self.notify_in_tx(&mut tx, &decided.changes).await?;
+        tx.commit().await?;
+        Ok(decided.outcomes)
+    }
+
     /// Locks the rows of the batch's threads until commit, in ID order (so that concurrent
     /// batches, in this process or another, never wait for each other in a cycle), and reads
     /// their counters (sequence numbers follow commit order), then the heads of the batch's
@@ -140,18 +186,17 @@ impl PgStore {
         &self,
         tx: &mut Transaction<'_, Postgres>,
         batch: &[Ingest],
-        records: &[(usize, u64, u64)],
-        moved: &[MovedHead<'_>],
-        grown: &[Grown<'_>],
+        decided: &Decided<'_>,
         now_ms: i64,
     ) -> Result<()> {
-        self.insert_records(tx, batch, records, now_ms).await?;
-        for chunk in moved.chunks(500) {
+        self.insert_records(tx, batch, &decided.records, now_ms)
+            .await?;
+        for chunk in decided.moved.chunks(500) {
             let mut q = QueryBuilder::<Postgres>::new("");
             push_update_heads(&mut q, chunk);
             q.build().execute(&mut **tx).await?;
         }
-        for chunk in grown.chunks(500) {
+        for chunk in decided.grown.chunks(500) {
             let mut q = QueryBuilder::<Postgres>::new("");
             push_update_threads(&mut q, chunk);
             q.build().execute(&mut **tx).await?;
@@ -260,9 +305,28 @@ impl PgStore {
     async fn writer(&self) -> Result<sqlx::pool::PoolConnection<Postgres>> {
         Ok(self.write.acquire().await?)
     }
+}
 
-    /// Every process, this one included, learns of changes through `LISTEN`.
-    fn after_commit(&self, _changes: Vec<Change>) {}
+/// Keeps a fork as evidence (never served as the log).
+async fn insert_fork(tx: &mut Transaction<'_, Postgres>, item: &Ingest, now_ms: i64) -> Result<()> {
+    let r = &item.record;
+    let b = r.blocks();
+    sqlx::query(
+        "INSERT INTO forks (thread_id, log_id, cid, prev, record, event, header, body, arrived_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+    )
+    .bind(item.thread.as_bytes())
+    .bind(item.log.to_bytes())
+    .bind(r.cid().to_bytes())
+    .bind(r.prev().map(|p| p.to_bytes()))
+    .bind(&b.record)
+    .bind(&b.event)
+    .bind(&b.header)
+    .bind(&b.body)
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 impl Drop for PgStore {
@@ -322,8 +386,6 @@ impl PgStore {
     const CLAIM_SETUP: Option<&'static str> = Some("SET LOCAL enable_sort = off");
     /// Ingest transactions committing at once: Postgres overlaps their fsyncs.
     const WRITERS: usize = 4;
-    /// Threads' rows are locked as they are read ([`Self::read_heads`]).
-    const BEGIN_INGEST: &'static str = "BEGIN";
     /// The claimed keys are taken first, once (`MATERIALIZED`), then their rows updated by
     /// primary key.
     const CLAIM_DELIVERIES: &'static str =

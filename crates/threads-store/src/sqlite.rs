@@ -1,19 +1,20 @@
 //! The embedded default: one SQLite file in WAL mode, one writer connection and a read pool.
 
-use std::collections::HashMap;
+mod ingest;
+
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, QueryBuilder, Sqlite, Transaction};
+use sqlx::ConnectOptions;
 use tokio::sync::broadcast;
 
-use crate::model::Ingest;
-use crate::sql::records::{push_update_heads, push_update_threads, Grown, HeadRow, MovedHead};
+use crate::model::{Ingest, Outcome, Quotas};
 use crate::{Change, Result, CHANGE_CHANNEL};
 
 /// Readers run concurrently with the single writer thanks to WAL.
@@ -26,13 +27,17 @@ const READ_MMAP_BYTES: u64 = 1 << 30;
 /// the file. SQLite's default (1,000) checkpoints every few groups; a checkpoint off the writer
 /// never lets a busy log start over.
 const CHECKPOINT_PAGES: u32 = 16 * 1024;
-/// Page cache of the writer connection (SQLite's default is 2 MiB); it grows only as used.
+/// Page cache of the connection that commits records (SQLite's default is 2 MiB); it grows only
+/// as used.
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
 
 pub struct SqliteStore {
-    /// The one writer, held rather than pooled: a pool would ask its thread whether it is
-    /// alive each time it is handed back, a round trip per transaction.
-    write: tokio::sync::Mutex<SqliteConnection>,
+    /// The writer, held rather than pooled: a pool would ask its thread whether it is alive
+    /// each time it is handed back, a round trip per transaction. Its mutex is the store's
+    /// write lock, which the committing thread takes too.
+    write: Arc<tokio::sync::Mutex<SqliteConnection>>,
+    /// Group commits, on a thread and connection of their own.
+    committer: ingest::Committer,
     read: SqlitePool,
     changes: broadcast::Sender<Change>,
 }
@@ -57,18 +62,21 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        // The writer updates several indexes keyed by random CIDs: a page cache that holds them
-        // avoids re-reading index pages on every insert.
-        let mut write = options
-            .clone()
-            .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
-            .pragma("wal_autocheckpoint", CHECKPOINT_PAGES.to_string())
-            // Statement journals (a multi-row insert keeps one) in memory, not in temporary
-            // files written on every statement.
-            .pragma("temp_store", "memory")
+        // Both writing connections: sqlx's (registrations, webhooks, the rest) and the one
+        // that commits records.
+        let writing = [
+            ("wal_autocheckpoint", CHECKPOINT_PAGES.to_string()),
+            // Statement journals in memory, not in temporary files written on every statement.
+            ("temp_store", "memory".to_string()),
             // Deleted rows are zeroed where that costs no extra I/O: a deleted thread leaves
             // little of its records in free space.
-            .pragma("secure_delete", "fast")
+            ("secure_delete", "fast".to_string()),
+        ];
+        let mut write = writing
+            .iter()
+            .fold(options.clone(), |o, (name, value)| {
+                o.pragma(*name, value.clone())
+            })
             .connect()
             .await?;
         crate::migrations::migrator(crate::migrations::SQLITE)
@@ -84,14 +92,31 @@ impl SqliteStore {
             // Readers map the file instead of copying each page through `pread`.
             .connect_with(
                 options
+                    .clone()
                     .read_only(true)
                     .row_buffer_size(READ_ROW_BUFFER)
                     .pragma("mmap_size", READ_MMAP_BYTES.to_string()),
             )
             .await?;
         let (changes, _) = broadcast::channel(CHANGE_CHANNEL);
+        let write = Arc::new(tokio::sync::Mutex::new(write));
+        let mut committing = vec![
+            ("synchronous", "FULL".to_string()),
+            ("foreign_keys", "ON".to_string()),
+            // Records update several indexes keyed by random CIDs: a page cache that holds
+            // them avoids re-reading index pages on every insert.
+            ("cache_size", format!("-{WRITER_CACHE_KIB}")),
+        ];
+        committing.extend(writing);
+        let committer = ingest::Committer::start(
+            options.get_filename(),
+            &committing,
+            write.clone(),
+            changes.clone(),
+        )?;
         Ok(Self {
-            write: tokio::sync::Mutex::new(write),
+            write,
+            committer,
             read,
             changes,
         })
@@ -112,122 +137,14 @@ impl SqliteStore {
         Ok(self.write.lock().await)
     }
 
-    /// Reads the counters of the batch's threads and the heads of its logs, in one statement.
-    /// (The transaction holds the database's write lock from its start: [`Self::BEGIN_INGEST`].)
-    async fn read_heads(
+    /// A group commit, on the committing thread ([`ingest`]).
+    async fn ingest_group(
         &self,
-        tx: &mut Transaction<'_, Sqlite>,
-        ids: &[&[u8]],
-        pairs: &[(&[u8], Vec<u8>)],
-    ) -> Result<(HashMap<Vec<u8>, (i64, i64)>, Vec<HeadRow>)> {
-        let mut counters = HashMap::with_capacity(ids.len());
-        let mut heads = Vec::with_capacity(pairs.len());
-        for chunk in pairs.chunks(500) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "SELECT t.id, t.seq, t.byte_count, l.log_id, l.head_cid, l.head_counter, \
-                 l.byte_count FROM (",
-            );
-            q.push_values(chunk, |mut row, (thread, log)| {
-                row.push_bind(*thread).push_bind(log.as_slice());
-            });
-            q.push(
-                ") AS v JOIN threads t ON t.id = v.column1 \
-                 LEFT JOIN logs l ON l.thread_id = v.column1 AND l.log_id = v.column2",
-            );
-            type Row = (
-                Vec<u8>,
-                i64,
-                i64,
-                Option<Vec<u8>>,
-                Option<Vec<u8>>,
-                Option<i64>,
-                Option<i64>,
-            );
-            let rows: Vec<Row> = q.build_query_as().fetch_all(&mut **tx).await?;
-            for (thread, seq, thread_bytes, log, head_cid, counter, bytes) in rows {
-                if let Some(log) = log {
-                    heads.push(HeadRow {
-                        thread: thread.clone(),
-                        log,
-                        head_cid,
-                        counter: counter.unwrap_or_default(),
-                        bytes: bytes.unwrap_or_default(),
-                    });
-                }
-                counters.insert(thread, (seq, thread_bytes));
-            }
-        }
-        Ok((counters, heads))
-    }
-
-    /// Writes what a group stores (its records, the heads it moved, the threads it grew) by
-    /// one call of several statements: every call crosses to the connection's own thread and
-    /// back, which costs more than the statements of a small group.
-    async fn write_group(
-        &self,
-        tx: &mut Transaction<'_, Sqlite>,
         batch: &[Ingest],
-        records: &[(usize, u64, u64)],
-        moved: &[MovedHead<'_>],
-        grown: &[Grown<'_>],
+        quotas: &Quotas,
         now_ms: i64,
-    ) -> Result<()> {
-        let mut q = QueryBuilder::<Sqlite>::new("");
-        // Bounded so a statement stays under SQLite's bind-parameter limit (32,766).
-        for chunk in records.chunks(1000) {
-            q.push(
-                "INSERT INTO records (thread_id, seq, log_id, counter, cid, prev, event_cid, \
-                 header_cid, body_cid, record, event, header, body, arrived_at) ",
-            );
-            q.push_values(chunk, |mut row, &(i, seq, counter)| {
-                let r = &batch[i].record;
-                let (header_cid, body_cid) = r.content_cids();
-                let b = r.blocks();
-                row.push_bind(batch[i].thread.as_bytes())
-                    .push_bind(seq as i64)
-                    .push_bind(batch[i].log.to_bytes())
-                    .push_bind(counter as i64)
-                    .push_bind(r.cid().to_bytes())
-                    .push_bind(r.prev().map(|p| p.to_bytes()))
-                    .push_bind(r.event_cid().to_bytes())
-                    .push_bind(header_cid.to_bytes())
-                    .push_bind(body_cid.to_bytes())
-                    .push_bind(&b.record)
-                    .push_bind(&b.event)
-                    .push_bind(&b.header)
-                    .push_bind(&b.body)
-                    .push_bind(now_ms);
-            });
-            q.push(";\n");
-        }
-        for chunk in moved.chunks(500) {
-            push_update_heads(&mut q, chunk);
-            q.push(";\n");
-        }
-        for chunk in grown.chunks(500) {
-            push_update_threads(&mut q, chunk);
-            q.push(";\n");
-        }
-        if !q.sql().is_empty() {
-            q.build().execute(&mut **tx).await?;
-        }
-        Ok(())
-    }
-
-    /// One process owns the file, so changes are announced in-process after commit.
-    async fn notify_in_tx(
-        &self,
-        _tx: &mut Transaction<'_, Sqlite>,
-        _changes: &[Change],
-    ) -> Result<()> {
-        Ok(())
-    }
-
-    fn after_commit(&self, changes: Vec<Change>) {
-        for change in changes {
-            // No receiver is fine: nobody is listening.
-            let _ = self.changes.send(change);
-        }
+    ) -> Result<Vec<Outcome>> {
+        self.committer.ingest(batch, quotas, now_ms).await
     }
 }
 
@@ -243,8 +160,6 @@ impl SqliteStore {
     const CLAIM_SETUP: Option<&'static str> = None;
     /// One connection writes.
     const WRITERS: usize = 1;
-    /// A group commit takes the write lock first, so what it reads stays true until it commits.
-    const BEGIN_INGEST: &'static str = "BEGIN IMMEDIATE";
     const CLAIM_DELIVERIES: &'static str =
         "UPDATE deliveries SET leased_until = $2, attempts = attempts + 1 \
         WHERE id IN (SELECT id FROM deliveries \

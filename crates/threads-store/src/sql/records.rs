@@ -11,9 +11,9 @@ pub(crate) struct HeadRow {
 }
 
 /// A log whose head a group commit moves.
-pub(crate) struct MovedHead<'a> {
-    pub thread: &'a [u8],
-    pub log: &'a [u8],
+pub(crate) struct MovedHead {
+    pub thread: Vec<u8>,
+    pub log: Vec<u8>,
     pub cid: Vec<u8>,
     pub counter: i64,
     pub bytes: i64,
@@ -36,18 +36,16 @@ const UPDATE_THREADS: [&str; 2] = [
 ];
 
 /// Appends the `UPDATE` of moved heads to `q`, for either backend.
-pub(crate) fn push_update_heads<'a, DB>(
-    q: &mut sqlx::QueryBuilder<'a, DB>,
-    chunk: &'a [MovedHead<'a>],
-) where
+pub(crate) fn push_update_heads<'a, DB>(q: &mut sqlx::QueryBuilder<'a, DB>, chunk: &'a [MovedHead])
+where
     DB: sqlx::Database,
     &'a [u8]: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
     q.push(UPDATE_HEADS[0]);
     q.push_values(chunk, |mut row, m| {
-        row.push_bind(m.thread)
-            .push_bind(m.log)
+        row.push_bind(m.thread.as_slice())
+            .push_bind(m.log.as_slice())
             .push_bind(m.cid.as_slice())
             .push_bind(m.counter)
             .push_bind(m.bytes);
@@ -320,148 +318,7 @@ macro_rules! impl_store {
                 quotas: &$crate::model::Quotas,
                 now_ms: i64,
             ) -> $crate::Result<Vec<$crate::model::Outcome>> {
-                use std::collections::{BTreeMap, HashMap};
-                use $crate::sql::rule::{decide, Decision, LogState};
-                use $crate::model::Outcome;
-
-                let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
-                // Threads in ID order, so concurrent batches lock rows in one order.
-                let mut by_thread: BTreeMap<&[u8], Vec<usize>> = BTreeMap::new();
-                for (i, item) in batch.iter().enumerate() {
-                    by_thread.entry(item.thread.as_bytes()).or_default().push(i);
-                }
-                // A group holds many pushes to many threads: each step below is one statement
-                // for all of them, not one per thread.
-                let mut writer = self.writer().await?;
-                let mut tx = sqlx::Connection::begin_with(&mut *writer, <$store>::BEGIN_INGEST).await?;
-                let ids: Vec<&[u8]> = by_thread.keys().copied().collect();
-                // Heads of the logs this batch touches (not every log of its threads).
-                let pairs: std::collections::BTreeSet<(&[u8], Vec<u8>)> =
-                    batch.iter().map(|b| (b.thread.as_bytes(), b.log.to_bytes())).collect();
-                let pairs: Vec<_> = pairs.into_iter().collect();
-                let (counters, heads) = self.read_heads(&mut tx, &ids, &pairs).await?;
-                let mut logs: HashMap<Vec<u8>, HashMap<Vec<u8>, LogState>> = HashMap::new();
-                for $crate::sql::records::HeadRow { thread, log, head_cid, counter, bytes } in heads {
-                    let head = match head_cid {
-                        Some(c) => Some(threads_core::Head { cid: $crate::sql::rows::cid(&c)?, counter: counter as u64 }),
-                        None => None,
-                    };
-                    logs.entry(thread).or_default().insert(log, LogState { head, bytes, changed: false });
-                }
-
-                let mut records = Vec::new();
-                let mut forks = Vec::new();
-                // Each thread that stores records: (thread, its seq before, after, its bytes after).
-                let mut grown = Vec::new();
-                let mut no_logs = HashMap::new();
-                for (thread, indexes) in by_thread {
-                    let Some(&(seq, bytes)) = counters.get(thread) else {
-                        for i in indexes {
-                            outcomes[i] = Some(Outcome::UnknownLog);
-                        }
-                        continue;
-                    };
-                    let (first_seq, mut thread_seq, mut thread_bytes) = (seq as u64, seq as u64, bytes as u64);
-                    let logs = logs.get_mut(thread).unwrap_or(&mut no_logs);
-
-                    // Only a record that does not extend its log's head can already be stored
-                    // (a duplicate) or name a stored predecessor (a fork): look those up, by
-                    // CID, in one query. The common batch (every record chains) reads nothing.
-                    let suspects = $crate::sql::rule::suspects(thread, &indexes, batch, logs);
-                    let mut known: HashMap<Vec<u8>, u64> = HashMap::new();
-                    let mut stored_in_log: std::collections::HashSet<(Vec<u8>, Vec<u8>)> = Default::default();
-                    for chunk in suspects.chunks(500) {
-                        // Naming the thread keeps the lookup on one node of a distributed Postgres.
-                        let mut q = sqlx::QueryBuilder::<$db>::new("SELECT log_id, cid, counter FROM records WHERE thread_id = ");
-                        q.push_bind(thread).push(" AND substr(cid, 5, 8) IN (");
-                        let mut sep = q.separated(", ");
-                        for cid in chunk {
-                            sep.push_bind($crate::sql::rule::cid_prefix(cid));
-                        }
-                        sep.push_unseparated(")");
-                        let rows: Vec<(Vec<u8>, Vec<u8>, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
-                        // The prefix narrows; the whole CID decides.
-                        for (log, cid, counter) in rows.into_iter().filter(|r| chunk.contains(&r.1)) {
-                            stored_in_log.insert((log, cid.clone()));
-                            known.insert(cid, counter as u64);
-                        }
-                    }
-                    for &i in &indexes {
-                        let item = &batch[i];
-                        let log_key = item.log.to_bytes();
-                        // A prev that is not the head but is stored in this log makes a fork.
-                        let prev_stored = item
-                            .record
-                            .prev()
-                            .is_some_and(|prev| stored_in_log.contains(&(log_key.clone(), prev.to_bytes())));
-                        let state = logs.get_mut(&log_key);
-                        let decision = decide(item, state, &known, prev_stored, &mut thread_seq, &mut thread_bytes, quotas);
-                        outcomes[i] = Some(match decision {
-                            Decision::Store { seq, counter } => {
-                                known.insert(item.record.cid().to_bytes(), counter);
-                                records.push((i, seq, counter));
-                                Outcome::Accepted { seq, counter }
-                            }
-                            Decision::Fork { head } => {
-                                forks.push(i);
-                                Outcome::Fork { head }
-                            }
-                            Decision::Final(outcome) => outcome,
-                        });
-                    }
-                    if thread_seq > first_seq {
-                        grown.push((thread, first_seq, thread_seq, thread_bytes));
-                    }
-                }
-
-                for &i in &forks {
-                    let r = &batch[i].record;
-                    let b = r.blocks();
-                    sqlx::query(
-                        "INSERT INTO forks (thread_id, log_id, cid, prev, record, event, header, body, arrived_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(batch[i].thread.as_bytes())
-                    .bind(batch[i].log.to_bytes())
-                    .bind(r.cid().to_bytes())
-                    .bind(r.prev().map(|p| p.to_bytes()))
-                    .bind(&b.record)
-                    .bind(&b.event)
-                    .bind(&b.header)
-                    .bind(&b.body)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                let moved: Vec<$crate::sql::records::MovedHead> = logs
-                    .iter()
-                    .flat_map(|(thread, logs)| logs.iter().map(move |(log, s)| (thread, log, s)))
-                    .filter(|(_, _, s)| s.changed)
-                    .map(|(thread, log, state)| {
-                        let head = state.head.expect("a changed log has a head");
-                        $crate::sql::records::MovedHead {
-                            thread,
-                            log,
-                            cid: head.cid.to_bytes(),
-                            counter: head.counter as i64,
-                            bytes: state.bytes,
-                        }
-                    })
-                    .collect();
-                self.write_group(&mut tx, batch, &records, &moved, &grown, now_ms).await?;
-                let mut changes = Vec::with_capacity(grown.len());
-                for &(thread, after, seq, _) in &grown {
-                    changes.push($crate::Change {
-                        thread: $crate::sql::rows::thread_id(thread)?,
-                        seq,
-                        after,
-                        here: true,
-                    });
-                }
-                self.notify_in_tx(&mut tx, &changes).await?;
-                tx.commit().await?;
-                self.after_commit(changes);
-                Ok(outcomes.into_iter().map(|o| o.expect("every record decided")).collect())
+                self.ingest_group(batch, quotas, now_ms).await
             }
 
             async fn records_by_log(
