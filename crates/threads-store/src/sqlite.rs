@@ -1,4 +1,5 @@
-//! The embedded default: one SQLite file in WAL mode, one writer connection and a read pool.
+//! The embedded default: one SQLite file in WAL mode, a read pool, a writer connection, and a
+//! thread of its own that commits records on a second writing connection (`ingest`).
 
 mod ingest;
 
