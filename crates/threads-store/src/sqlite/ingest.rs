@@ -9,6 +9,7 @@
 //! never wait on SQLite's busy handler.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -57,10 +58,18 @@ impl Committer {
             .name("sqlite-commit".into())
             .spawn(move || {
                 while let Ok(job) = queue.recv() {
-                    let committed = {
+                    // A bug that panics fails this group (rolled back as the transaction
+                    // unwinds), not the thread and every group after it.
+                    let committed = catch_unwind(AssertUnwindSafe(|| {
                         let _writing = write_lock.blocking_lock();
                         commit(&mut conn, &job.batch, &job.quotas, job.now_ms)
-                    };
+                    }))
+                    .unwrap_or_else(|_| {
+                        tracing::error!("a group commit panicked; its pushes get an error");
+                        Err(StoreError::Other(sqlx::Error::Protocol(
+                            "the group commit failed".into(),
+                        )))
+                    });
                     // Announced here, not by the caller: a caller that stopped waiting still
                     // has its records stored, and subscribers must hear of them.
                     let outcomes = committed.map(|(outcomes, announced)| {
