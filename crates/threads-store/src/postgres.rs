@@ -12,8 +12,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::model::{Ingest, Outcome, Quotas};
-use crate::sql::group::{Decided, Group, Stored};
-use crate::sql::records::{push_update_heads, push_update_threads, HeadRow};
+use crate::sql::group::{Decided, Group, Grown, HeadRow, MovedHead, Stored};
 use crate::sql::rule::cid_prefix;
 use crate::{Change, Result, CHANGE_CHANNEL};
 
@@ -327,6 +326,38 @@ async fn insert_fork(tx: &mut Transaction<'_, Postgres>, item: &Ingest, now_ms: 
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Appends `UPDATE logs … FROM (VALUES …)` of moved heads (thread, log, CID, counter, bytes).
+fn push_update_heads<'a>(q: &mut QueryBuilder<'a, Postgres>, chunk: &'a [MovedHead]) {
+    q.push(
+        "UPDATE logs SET head_cid = v.column3, head_counter = v.column4, byte_count = v.column5 \
+         FROM (",
+    );
+    q.push_values(chunk, |mut row, m| {
+        row.push_bind(m.thread.as_slice())
+            .push_bind(m.log.as_slice())
+            .push_bind(m.cid.as_slice())
+            .push_bind(m.counter)
+            .push_bind(m.bytes);
+    });
+    q.push(") AS v WHERE logs.thread_id = v.column1 AND logs.log_id = v.column2");
+}
+
+/// Appends `UPDATE threads … FROM (VALUES …)` of grown threads (ID, new sequence, records
+/// added, bytes).
+fn push_update_threads<'a>(q: &mut QueryBuilder<'a, Postgres>, chunk: &'a [Grown<'a>]) {
+    q.push(
+        "UPDATE threads SET seq = v.column2, record_count = record_count + v.column3, \
+         byte_count = v.column4 FROM (",
+    );
+    q.push_values(chunk, |mut row, &(thread, first, last, bytes)| {
+        row.push_bind(thread)
+            .push_bind(last as i64)
+            .push_bind((last - first) as i64)
+            .push_bind(bytes as i64);
+    });
+    q.push(") AS v WHERE threads.id = v.column1");
 }
 
 impl Drop for PgStore {

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
 };
 use sqlx::ConnectOptions;
 use tokio::sync::broadcast;
@@ -18,6 +17,9 @@ use tokio::sync::broadcast;
 use crate::model::{Ingest, Outcome, Quotas};
 use crate::{Change, Result, CHANGE_CHANNEL};
 
+/// How long a connection waits for another's lock (the committing connection and sqlx's writer
+/// take turns under the store's write lock, so only a checkpoint or another process waits).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Readers run concurrently with the single writer thanks to WAL.
 const READ_CONNECTIONS: u32 = 4;
 /// Rows a reader's SQLite thread may run ahead of the task reading them (sqlx's default: 50).
@@ -61,13 +63,13 @@ impl SqliteStore {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // An acknowledged record survives a crash of the machine, not only of the process.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(BUSY_TIMEOUT);
         // Both writing connections: sqlx's (registrations, webhooks, the rest) and the one
         // that commits records.
         let writing = [
+            // An acknowledged record survives a crash of the machine, not only of the process.
+            ("synchronous", "FULL".to_string()),
+            ("foreign_keys", "ON".to_string()),
             ("wal_autocheckpoint", CHECKPOINT_PAGES.to_string()),
             // Statement journals in memory, not in temporary files written on every statement.
             ("temp_store", "memory".to_string()),
@@ -103,16 +105,13 @@ impl SqliteStore {
             .await?;
         let (changes, _) = broadcast::channel(CHANGE_CHANNEL);
         let write = Arc::new(tokio::sync::Mutex::new(write));
-        let mut committing = vec![
-            ("synchronous", "FULL".to_string()),
-            ("foreign_keys", "ON".to_string()),
-            // Records update several indexes keyed by random CIDs: a page cache that holds
-            // them avoids re-reading index pages on every insert.
-            ("cache_size", format!("-{WRITER_CACHE_KIB}")),
-        ];
-        committing.extend(writing);
+        // Records update several indexes keyed by random CIDs: a page cache that holds them
+        // avoids re-reading index pages on every insert.
+        let mut committing = writing.to_vec();
+        committing.push(("cache_size", format!("-{WRITER_CACHE_KIB}")));
         let committer = ingest::Committer::start(
             options.get_filename(),
+            BUSY_TIMEOUT,
             &committing,
             write.clone(),
             changes.clone(),

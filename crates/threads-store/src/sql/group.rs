@@ -7,9 +7,30 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::model::{Ingest, Outcome, Quotas};
-use crate::sql::records::{Grown, HeadRow, MovedHead};
 use crate::sql::rule::{decide, suspects, Decision, LogState};
 use crate::{Change, Result};
+
+/// A log's head as a group commit reads it, with its thread's row locked (or the database's
+/// one write lock taken): `head_cid` is `None` for a log with no record yet.
+pub(crate) struct HeadRow {
+    pub thread: Vec<u8>,
+    pub log: Vec<u8>,
+    pub head_cid: Option<Vec<u8>>,
+    pub counter: i64,
+    pub bytes: i64,
+}
+
+/// A log whose head a group commit moves.
+pub(crate) struct MovedHead {
+    pub thread: Vec<u8>,
+    pub log: Vec<u8>,
+    pub cid: Vec<u8>,
+    pub counter: i64,
+    pub bytes: i64,
+}
+
+/// A thread a group commit grows: its ID, its sequence before and after, its bytes after.
+pub(crate) type Grown<'a> = (&'a [u8], u64, u64, u64);
 
 /// A batch being decided: its records by thread, and the state of the logs it touches.
 pub(crate) struct Group<'a> {

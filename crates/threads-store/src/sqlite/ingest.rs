@@ -19,8 +19,7 @@ use sqlx::sqlite::SqliteConnection;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::model::{Ingest, Outcome, Quotas};
-use crate::sql::group::{Group, Stored};
-use crate::sql::records::HeadRow;
+use crate::sql::group::{Group, HeadRow, Stored};
 use crate::sql::rule::cid_prefix;
 use crate::{Change, Result, StoreError};
 
@@ -40,6 +39,7 @@ impl Committer {
     /// Opens the connection (with the pragmas given, as `name = value`) and starts the thread.
     pub fn start(
         path: &Path,
+        busy_timeout: Duration,
         pragmas: &[(&str, String)],
         write_lock: Arc<tokio::sync::Mutex<SqliteConnection>>,
         changes: broadcast::Sender<Change>,
@@ -48,7 +48,7 @@ impl Committer {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.busy_timeout(busy_timeout)?;
         for (name, value) in pragmas {
             conn.pragma_update(None, name, value)?;
         }
