@@ -98,7 +98,7 @@ async fn main() {
         common::cpu_secs(&server_pid.to_string()),
     );
     let started = Instant::now();
-    let pulled = reader.pull(&shared, |_| {}).await.unwrap();
+    let pulled = reader.pull(&shared, |_, _| {}).await.unwrap();
     let pull_secs = started.elapsed().as_secs_f64();
     println!(
         "pull: {pull_secs:.2} s; CPU time: reader {:.2} s, follower {:.2} s",

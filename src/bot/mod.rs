@@ -38,6 +38,10 @@ use threads_db::{Config, Database};
 pub use error::Error;
 use state::{GrantRow, State};
 
+/// Batches a pull stored that may wait for the reducer to take them (about 10,000 records
+/// each); one more is dropped, and its records are read back from the local store.
+const HANDED_BATCHES: usize = 2;
+
 /// Longest pause between attempts to follow a thread again after an error.
 const MAX_PAUSE: Duration = Duration::from_secs(60);
 
@@ -94,8 +98,13 @@ pub struct Grant {
 
 impl Grant {
     /// Reduces what reached the local store, and tells event streams how far that is.
-    async fn sync(&self) -> threads_db::Result<()> {
-        self.db.sync().await?;
+    /// Records a pull `handed` over as it stored them are reduced without reading them back.
+    async fn sync(&self, handed: Vec<threads_store::StoredRecord>) -> threads_db::Result<()> {
+        if handed.is_empty() {
+            self.db.sync().await?;
+        } else {
+            self.db.sync_stored(handed).await?;
+        }
         let seen = self.db.dispatcher().seen_seq().await?;
         self.reduced.send_replace(seen);
         Ok(())
@@ -212,7 +221,7 @@ impl Bot {
             // New keys may open events that did not open before: reduced in the background.
             let again = grant.clone();
             tokio::spawn(async move {
-                if let Err(error) = again.sync().await {
+                if let Err(error) = again.sync(Vec::new()).await {
                     tracing::warn!(%error, "reducing after a new grant failed");
                 }
             });
@@ -372,16 +381,15 @@ async fn follow_once(bot: &Bot, grant: &Grant) -> anyhow::Result<()> {
     // Each batch the pull stores, and each event the tail stores, wakes the reducer: the views
     // are built while the rest is still being fetched and verified.
     let news = tokio::sync::Notify::new();
-    let reduce = async {
-        loop {
-            news.notified().await;
-            if let Err(e) = grant.sync().await {
-                return anyhow::Result::<()>::Err(e.into());
-            }
-        }
-    };
+    let (hand, mut handed) = tokio::sync::mpsc::channel(HANDED_BATCHES);
+    let reduce = reduce(grant, &news, &mut handed);
     let fetch = async {
-        match bot.client.pull(thread, |_| news.notify_one()).await {
+        let pulled = bot.client.pull(thread, |_, stored| {
+            // A batch that does not fit is read back from the store instead.
+            let _ = hand.try_send(stored);
+            news.notify_one();
+        });
+        match pulled.await {
             // The tail below keeps trying to reach it.
             Ok(_) | Err(threads_client::Error::Network(_)) => {}
             Err(e) => return Err(e.into()),
@@ -399,7 +407,27 @@ async fn follow_once(bot: &Bot, grant: &Grant) -> anyhow::Result<()> {
     };
     tokio::select! {
         ended = fetch => ended,
-        failed = reduce => failed,
+        failed = reduce => failed.map_err(anyhow::Error::from),
+    }
+}
+
+/// Reduces each batch the pull hands over as it arrives; a wake-up with no batch waiting
+/// (the tail stored an event, a batch was dropped, the pull ended) reads from the store.
+async fn reduce(
+    grant: &Grant,
+    news: &tokio::sync::Notify,
+    handed: &mut tokio::sync::mpsc::Receiver<Vec<threads_store::StoredRecord>>,
+) -> threads_db::Result<()> {
+    loop {
+        news.notified().await;
+        let mut took = false;
+        while let Ok(batch) = handed.try_recv() {
+            grant.sync(batch).await?;
+            took = true;
+        }
+        if !took {
+            grant.sync(Vec::new()).await?;
+        }
     }
 }
 

@@ -297,7 +297,7 @@ impl Peer {
                     client.allow_legacy_signatures(&thread, true)?;
                 }
                 let bar = self.progress("pull");
-                let pulled = client.pull(&thread, |n| bar.set_position(n)).await?;
+                let pulled = client.pull(&thread, |n, _| bar.set_position(n)).await?;
                 bar.finish_and_clear();
                 json!({"pulled": pulled.new, "legacy_signatures": pulled.legacy})
             }

@@ -46,7 +46,7 @@ impl Client {
         let mut known = self.known_logs(thread).await?;
         let mut pause = FIRST_BACKOFF;
         loop {
-            self.pull(thread, |_| {}).await.or_else(|e| match e {
+            self.pull(thread, |_, _| {}).await.or_else(|e| match e {
                 Error::Network(_) => Ok(Default::default()),
                 other => Err(other),
             })?;

@@ -137,15 +137,21 @@ impl Client {
             return Err(Error::NoReadKey);
         }
         let stored = self.store.records_by_thread(thread, after, limit).await?;
-        let mut events = Vec::with_capacity(stored.len());
-        for r in &stored {
-            match open_with(&entry, r) {
-                Ok(event) => events.push(event),
-                Err(_) if !events.is_empty() => break,
-                Err(error) => return Err(error),
-            }
+        open_page(&entry, &stored)
+    }
+
+    /// Records of a thread as [`Client::read`] would return them once stored: what a pull
+    /// hands over as it stores (see [`Client::pull`]) is opened without reading it back.
+    pub fn read_stored(
+        &self,
+        thread: &ThreadId,
+        stored: &[threads_store::StoredRecord],
+    ) -> Result<Vec<Event>> {
+        let entry = self.keys.thread(thread)?;
+        if entry.key.read().is_none() {
+            return Err(Error::NoReadKey);
         }
-        Ok(events)
+        open_page(&entry, stored)
     }
 
     /// The local sequence number of the newest record held of a thread (0: none yet).
@@ -163,6 +169,20 @@ impl Client {
         let entry = self.keys.thread(thread)?;
         Ok(records.iter().map(|r| open_with(&entry, r).ok()).collect())
     }
+}
+
+/// Opens records in order, stopping before the first none of the keys opens; when that is
+/// the first record, its error is the answer.
+fn open_page(entry: &ThreadEntry, stored: &[threads_store::StoredRecord]) -> Result<Vec<Event>> {
+    let mut events = Vec::with_capacity(stored.len());
+    for r in stored {
+        match open_with(entry, r) {
+            Ok(event) => events.push(event),
+            Err(_) if !events.is_empty() => break,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(events)
 }
 
 fn open_with(entry: &ThreadEntry, r: &threads_store::StoredRecord) -> Result<Event> {

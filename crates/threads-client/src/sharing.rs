@@ -78,7 +78,7 @@ impl Client {
                         record,
                     });
                 }
-                fresh += store_pulled(self.store.clone(), batch).await?;
+                fresh += store_pulled(self.store.clone(), batch).await?.len() as u64;
             }
             done += chunk.len() as u64;
             progress(done, total);

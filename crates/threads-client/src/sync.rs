@@ -8,7 +8,7 @@ use threads_core::auth::Action;
 use threads_core::{
     cid_of, verify_batch, Cid, Keypair, LogId, ServiceKey, SignaturePolicy, SignatureRule, ThreadId,
 };
-use threads_store::{Ingest, Outcome, Quotas, SqliteStore, Store};
+use threads_store::{Ingest, Outcome, Quotas, SqliteStore, Store, StoredRecord};
 
 use crate::*;
 
@@ -166,8 +166,14 @@ impl Client {
     ///
     /// The next page is fetched while the last one is verified and stored; pages are stored
     /// several at a time (one transaction, then the cursor is saved), so an interrupted pull
-    /// resumes from the last stored page.
-    pub async fn pull(&self, thread: &ThreadId, mut progress: impl FnMut(u64)) -> Result<Pulled> {
+    /// resumes from the last stored page. After each batch is stored, `progress` is given the
+    /// count of new records so far and the records that batch stored, as reading them back
+    /// would return them.
+    pub async fn pull(
+        &self,
+        thread: &ThreadId,
+        mut progress: impl FnMut(u64, Vec<StoredRecord>),
+    ) -> Result<Pulled> {
         let mut entry = self.keys.thread(thread)?;
         let policy = entry.signature_policy();
         let mut fresh = 0;
@@ -180,7 +186,7 @@ impl Client {
             let mut next = Some(fetch_page(&server, thread, &service, start));
             let mut pending: Vec<Ingest> = Vec::new();
             // At most one batch is being stored while the next pages are verified.
-            let mut storing: Option<(tokio::task::JoinHandle<Result<u64>>, String)> = None;
+            let mut storing: Option<(Storing, String)> = None;
             while let Some(fetching) = next.take() {
                 let page = fetching
                     .await
@@ -209,8 +215,9 @@ impl Client {
                 pending.extend(verified);
                 if pending.len() >= STORE_BATCH || next.is_none() {
                     if let Some((task, cursor)) = storing.take() {
-                        fresh += self.stored(task, &mut entry, i, cursor).await?;
-                        progress(fresh);
+                        let stored = self.stored(task, &mut entry, i, cursor).await?;
+                        fresh += stored.len() as u64;
+                        progress(fresh, stored);
                     }
                     let store = self.store.clone();
                     let batch = std::mem::take(&mut pending);
@@ -218,8 +225,9 @@ impl Client {
                 }
             }
             if let Some((task, cursor)) = storing.take() {
-                fresh += self.stored(task, &mut entry, i, cursor).await?;
-                progress(fresh);
+                let stored = self.stored(task, &mut entry, i, cursor).await?;
+                fresh += stored.len() as u64;
+                progress(fresh, stored);
             }
             entry = self.keys.thread(thread)?;
         }
@@ -241,11 +249,11 @@ impl Client {
     /// once its records are stored.
     async fn stored(
         &self,
-        task: tokio::task::JoinHandle<Result<u64>>,
+        task: Storing,
         entry: &mut ThreadEntry,
         follower: usize,
         cursor: String,
-    ) -> Result<u64> {
+    ) -> Result<Vec<StoredRecord>> {
         let fresh = task
             .await
             .map_err(|e| Error::Protocol(format!("storing stopped: {e}")))??;
@@ -256,21 +264,29 @@ impl Client {
     }
 }
 
-/// Stores verified records in one transaction; returns how many were new.
-pub(crate) async fn store_pulled(store: Arc<SqliteStore>, batch: Vec<Ingest>) -> Result<u64> {
+/// A batch of pulled records being stored.
+type Storing = tokio::task::JoinHandle<Result<Vec<StoredRecord>>>;
+
+/// Stores verified records in one transaction; returns the new ones, as stored.
+pub(crate) async fn store_pulled(
+    store: Arc<SqliteStore>,
+    batch: Vec<Ingest>,
+) -> Result<Vec<StoredRecord>> {
     if batch.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
-    let logs: Vec<LogId> = batch.iter().map(|i| i.log.clone()).collect();
-    let outcomes = store.ingest(&batch, &Quotas::default(), now_ms()).await?;
-    let mut fresh = 0;
-    for (outcome, log) in outcomes.into_iter().zip(logs) {
+    let arrived_ms = now_ms();
+    let outcomes = store.ingest(&batch, &Quotas::default(), arrived_ms).await?;
+    let mut fresh = Vec::new();
+    for (outcome, item) in outcomes.into_iter().zip(batch) {
         match outcome {
-            Outcome::Accepted { .. } => fresh += 1,
+            Outcome::Accepted { seq, counter } => {
+                fresh.push(item.into_stored(seq, counter, arrived_ms))
+            }
             Outcome::Duplicate { .. } => {}
             other => {
                 return Err(Error::LocalRefused {
-                    log: log.to_string(),
+                    log: item.log.to_string(),
                     outcome: format!("{other:?}"),
                 })
             }

@@ -11,6 +11,7 @@ use threads_core::{PublicKey, ReadKey, RecordError};
 
 use threads_client::Client;
 use threads_core::ThreadId;
+use threads_store::StoredRecord;
 use tokio::sync::{broadcast, Mutex};
 
 use crate::action::{Action, Envelope, Event, Position};
@@ -183,46 +184,91 @@ impl Database {
         }
     }
 
+    /// Reduces records a pull has just stored (see [`Client::pull`]), without reading them
+    /// back from the local store when they are the next ones to read; otherwise (some were
+    /// stored by others in between, or a batch was missed) reduces from the store as
+    /// [`Database::sync`] does. Returns how many events were new.
+    pub async fn sync_stored(&self, mut stored: Vec<StoredRecord>) -> Result<u64> {
+        let _writing = self.writing.lock().await;
+        let seen = self.dispatcher.seen_seq().await?;
+        stored.retain(|r| r.seq > seen);
+        let follows = stored
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.seq == seen + 1 + i as u64);
+        if stored.is_empty() || !follows {
+            return self.sync_locked().await;
+        }
+        let mut fresh = 0;
+        for chunk in stored.chunks(SYNC_PAGE as usize) {
+            let page = self.client.read_stored(&self.thread, chunk);
+            let (applied, last) = self.apply_page(page).await?;
+            fresh += applied;
+            if last != chunk.last().map(|r| r.seq) {
+                // A record did not open: reading from the store says from where.
+                return Ok(fresh + self.read_new().await?);
+            }
+        }
+        Ok(fresh)
+    }
+
     async fn read_new(&self) -> Result<u64> {
         let mut fresh = 0;
         let mut seen = self.dispatcher.seen_seq().await?;
-        self.unreadable.store(0, Ordering::Relaxed);
         loop {
-            let page = match self.client.read(&self.thread, seen, SYNC_PAGE).await {
-                Ok(page) => page,
-                // Sealed with a read key this peer was not handed: the views stay where
-                // they are, and the next sync tries again.
-                Err(threads_client::Error::Rejected {
-                    error: RecordError::Decrypt { .. },
-                    ..
-                }) => {
-                    self.unreadable.store(seen + 1, Ordering::Relaxed);
-                    return Ok(fresh);
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let Some(last) = page.last().map(|e| e.seq) else {
-                return Ok(fresh);
-            };
-            let mut events = Vec::with_capacity(page.len());
-            for e in page {
-                let Some(envelope) = Envelope::from_body(e.body) else {
-                    continue;
-                };
-                self.take_handed_keys(e.log.public_key().as_bytes(), &envelope)
-                    .await?;
-                events.push(Event {
-                    pos: Position {
-                        clock: envelope.clock,
-                        log: *e.log.public_key().as_bytes(),
-                        counter: e.counter,
-                    },
-                    actions: envelope.actions,
-                });
+            let page = self.client.read(&self.thread, seen, SYNC_PAGE).await;
+            let (applied, last) = self.apply_page(page).await?;
+            fresh += applied;
+            match last {
+                Some(last) => seen = last,
+                None => return Ok(fresh),
             }
-            fresh += self.dispatcher.apply(events, Some(last)).await?.fresh;
-            seen = last;
         }
+    }
+
+    /// Journals and reduces one page of opened records, and records how far the store was
+    /// read. Returns how many events were new, and the sequence number of the page's last
+    /// record (`None` for an empty page, or one whose first record does not open).
+    async fn apply_page(
+        &self,
+        page: threads_client::Result<Vec<threads_client::Event>>,
+    ) -> Result<(u64, Option<u64>)> {
+        let page = match page {
+            Ok(page) => page,
+            // Sealed with a read key this peer was not handed: the views stay where they
+            // are, and the next sync tries again.
+            Err(threads_client::Error::Rejected {
+                error: RecordError::Decrypt { .. },
+                ..
+            }) => {
+                let seen = self.dispatcher.seen_seq().await?;
+                self.unreadable.store(seen + 1, Ordering::Relaxed);
+                return Ok((0, None));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.unreadable.store(0, Ordering::Relaxed);
+        let Some(last) = page.last().map(|e| e.seq) else {
+            return Ok((0, None));
+        };
+        let mut events = Vec::with_capacity(page.len());
+        for e in page {
+            let Some(envelope) = Envelope::from_body(e.body) else {
+                continue;
+            };
+            self.take_handed_keys(e.log.public_key().as_bytes(), &envelope)
+                .await?;
+            events.push(Event {
+                pos: Position {
+                    clock: envelope.clock,
+                    log: *e.log.public_key().as_bytes(),
+                    counter: e.counter,
+                },
+                actions: envelope.actions,
+            });
+        }
+        let fresh = self.dispatcher.apply(events, Some(last)).await?.fresh;
+        Ok((fresh, Some(last)))
     }
 
     /// Adopts a read key a rotation event sealed to this peer's identity, when its writer
@@ -314,4 +360,50 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use threads_store::Store;
+
+    use super::*;
+    use crate::kv::{self, KvStore};
+
+    /// Records handed over as stored are reduced when they come next; a batch after a gap
+    /// (one that was never handed over) reads the gap from the store first.
+    #[tokio::test]
+    async fn handed_records_are_reduced_and_a_gap_is_read_from_the_store() {
+        let home = tempfile::tempdir().unwrap();
+        let client = Arc::new(Client::open(home.path()).await.unwrap());
+        let thread = client.create_thread(true).await.unwrap().thread;
+        let stores: Vec<(String, Box<dyn View>)> =
+            vec![(kv::STORE.into(), Box::new(KvStore::default()))];
+        let db = Database::open(client.clone(), thread.clone(), stores, Config::default())
+            .await
+            .unwrap();
+        let bodies: Vec<_> = (1..=6)
+            .map(|i| Envelope::new(i, 0, vec![kv::put(&format!("k{i}"), json!(i))]).to_body())
+            .collect();
+        client.write_many(&thread, &bodies).await.unwrap();
+        let stored = client
+            .store()
+            .records_by_thread(&thread, 0, 100)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 6);
+
+        assert_eq!(db.sync_stored(stored[..3].to_vec()).await.unwrap(), 3);
+        assert_eq!(db.dispatcher().seen_seq().await.unwrap(), stored[2].seq);
+        // The fourth was never handed over.
+        assert_eq!(db.sync_stored(stored[4..].to_vec()).await.unwrap(), 3);
+        assert_eq!(db.dispatcher().applied().await.0, 6);
+        let k4 = db
+            .query(kv::STORE, |kv: &KvStore| kv.get("k4").cloned())
+            .await
+            .unwrap();
+        assert_eq!(k4, Some(json!(4)));
+        // Handed over again: nothing new.
+        assert_eq!(db.sync_stored(stored).await.unwrap(), 0);
+    }
 }

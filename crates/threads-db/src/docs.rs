@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::action::Action;
+use crate::cbor;
 use crate::view::{Context, View};
 
 /// The name the action creators address.
@@ -97,7 +98,8 @@ struct Collection {
 }
 
 /// A collection as snapshots hold it: indexes are rebuilt on restore.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct CollectionState {
     schema: Option<Value>,
     indexes: Vec<String>,
@@ -411,20 +413,25 @@ impl View for DocStore {
         Ok(self.execute(plan))
     }
 
+    /// Each collection as [`CollectionState`] encodes, written straight into the buffer.
     fn snapshot(&self) -> Vec<u8> {
-        let state: BTreeMap<&String, CollectionState> = self
-            .collections
-            .iter()
-            .map(|(name, c)| {
-                let state = CollectionState {
-                    schema: c.schema.clone(),
-                    indexes: c.indexes.keys().filter(|f| *f != ID).cloned().collect(),
-                    docs: c.docs.clone(),
-                };
-                (name, state)
-            })
-            .collect();
-        serde_ipld_dagcbor::to_vec(&state).expect("JSON values encode")
+        let mut out = Vec::new();
+        cbor::map(&mut out, &self.collections, |out, c| {
+            // The state's fields, in DAG-CBOR's key order.
+            cbor::map_head(out, 3);
+            cbor::text(out, "docs");
+            cbor::map(out, &c.docs, cbor::value);
+            cbor::text(out, "schema");
+            match &c.schema {
+                Some(schema) => cbor::value(out, schema),
+                None => cbor::null(out),
+            }
+            cbor::text(out, "indexes");
+            let indexes: Vec<&String> = c.indexes.keys().filter(|f| *f != ID).collect();
+            cbor::array_head(out, indexes.len());
+            indexes.into_iter().for_each(|field| cbor::text(out, field));
+        });
+        out
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
@@ -1023,6 +1030,38 @@ mod tests {
         };
         assert_eq!(restored.snapshot(), s.snapshot());
         assert_eq!(restored.collections(), s.collections());
+    }
+
+    /// The snapshot written by hand is the DAG-CBOR of the collections' states.
+    #[test]
+    fn a_snapshot_is_the_dag_cbor_of_the_collection_states() {
+        let schema = json!({"type": "object", "required": ["n"]});
+        let s = store(&[
+            create_collection("people", Some(schema), &["n", "address.city"]),
+            create_collection("a", None, &[]),
+            insert(
+                "people",
+                json!({"_id": "x", "n": -3, "address": {"city": "Oslo"}}),
+            ),
+            insert(
+                "people",
+                json!({"_id": "long-id", "n": 2.5, "tags": [1, "two", null]}),
+            ),
+            insert("a", json!({"_id": "z", "b": true})),
+        ]);
+        let states: BTreeMap<&String, CollectionState> = s
+            .collections
+            .iter()
+            .map(|(name, c)| {
+                let state = CollectionState {
+                    schema: c.schema.clone(),
+                    indexes: c.indexes.keys().filter(|f| *f != ID).cloned().collect(),
+                    docs: c.docs.clone(),
+                };
+                (name, state)
+            })
+            .collect();
+        assert_eq!(s.snapshot(), serde_ipld_dagcbor::to_vec(&states).unwrap());
     }
 
     fn value() -> impl Strategy<Value = Value> {

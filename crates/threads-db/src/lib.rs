@@ -35,6 +35,7 @@
 
 pub mod acl;
 pub mod action;
+mod cbor;
 pub mod crdt;
 pub mod database;
 pub mod dispatcher;

@@ -124,6 +124,28 @@ pub struct NodeCids {
     pub body: Cid,
 }
 
+impl Ingest {
+    /// The record as the store now holds it, at the sequence number and counter its
+    /// [`Outcome::Accepted`] gave: what reading it back would return, without the read.
+    pub fn into_stored(self, seq: u64, counter: u64, arrived_ms: i64) -> StoredRecord {
+        let (header, body) = self.record.content_cids();
+        StoredRecord {
+            thread: self.thread,
+            log: self.log,
+            seq,
+            counter,
+            cid: self.record.cid(),
+            node_cids: NodeCids {
+                event: self.record.event_cid(),
+                header,
+                body,
+            },
+            arrived_ms,
+            blocks: self.record.into_blocks(),
+        }
+    }
+}
+
 impl StoredRecord {
     pub fn byte_len(&self) -> usize {
         self.blocks.byte_len()

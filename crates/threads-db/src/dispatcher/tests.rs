@@ -352,6 +352,50 @@ async fn starting_from_a_snapshot_skips_what_it_stands_for() {
     ));
 }
 
+/// The snapshot written by hand is the DAG-CBOR of its [`SnapshotBody`].
+#[tokio::test]
+async fn a_snapshot_is_the_dag_cbor_of_its_body() {
+    let d = dispatcher(0).await;
+    let events = vec![
+        event(
+            1,
+            1,
+            1,
+            vec![kv::put("k", json!({"b": 1, "aa": [true, null]}))],
+        ),
+        event(2, 2, 1, vec![docs::create_collection("c", None, &["n"])]),
+        event(
+            3,
+            2,
+            2,
+            vec![docs::insert("c", json!({"_id": "x", "n": -1.5}))],
+        ),
+    ];
+    d.apply(events, None).await.unwrap();
+    let (_, bytes) = d.snapshot().await;
+    let state = d.state.read().await;
+    let views = &state.views;
+    let body = SnapshotBody {
+        pos: views.last.unwrap().key().to_vec(),
+        events: views.applied,
+        views: views
+            .stores
+            .iter()
+            .map(|(name, view)| (name.clone(), serde_bytes::ByteBuf::from(view.snapshot())))
+            .chain([(
+                acl::STORE.to_owned(),
+                serde_bytes::ByteBuf::from(views.acls.snapshot()),
+            )])
+            .collect(),
+        heads: views
+            .heads
+            .iter()
+            .map(|(log, counter)| (serde_bytes::ByteBuf::from(log.to_vec()), *counter))
+            .collect(),
+    };
+    assert_eq!(bytes, serde_ipld_dagcbor::to_vec(&body).unwrap());
+}
+
 /// An event per (clock, log, counter); each log's clocks increase with its counter.
 /// Actions: puts and deletes, ACLs set on the thread, its admin ACL and one key, and
 /// deletions of other events (resolved once every event's position is known).

@@ -8,6 +8,7 @@ use sqlx::SqliteConnection;
 
 use crate::acl::{self, Acls, Effect};
 use crate::action::{Event, Position, KEY_LEN};
+use crate::cbor;
 use crate::journal::{self, StoredSnapshot};
 use crate::view::{Change, Context, View};
 use crate::{Error, Result};
@@ -211,34 +212,38 @@ impl Views {
         Ok(())
     }
 
+    /// The views as a [`SnapshotBody`] encodes, written straight into the buffer.
     pub(super) fn snapshot(&self) -> StoredSnapshot {
         let pos = self.last.unwrap_or(Position {
             clock: 0,
             log: [0; 32],
             counter: 0,
         });
-        let body = SnapshotBody {
-            pos: pos.key().to_vec(),
-            events: self.applied,
-            views: self
-                .stores
-                .iter()
-                .map(|(name, view)| (name.clone(), serde_bytes::ByteBuf::from(view.snapshot())))
-                .chain([(
-                    acl::STORE.to_owned(),
-                    serde_bytes::ByteBuf::from(self.acls.snapshot()),
-                )])
-                .collect(),
-            heads: self
-                .heads
-                .iter()
-                .map(|(log, counter)| (serde_bytes::ByteBuf::from(log.to_vec()), *counter))
-                .collect(),
-        };
+        let views = self
+            .stores
+            .iter()
+            .map(|(name, view)| (name.as_str(), view.snapshot()))
+            .chain([(acl::STORE, self.acls.snapshot())]);
+        let mut bytes = Vec::new();
+        // The body's fields, in DAG-CBOR's key order.
+        cbor::map_head(&mut bytes, 4);
+        cbor::text(&mut bytes, "pos");
+        cbor::bytes(&mut bytes, &pos.key());
+        cbor::text(&mut bytes, "heads");
+        cbor::array_head(&mut bytes, self.heads.len());
+        for (log, counter) in &self.heads {
+            cbor::array_head(&mut bytes, 2);
+            cbor::bytes(&mut bytes, log);
+            cbor::uint(&mut bytes, *counter);
+        }
+        cbor::text(&mut bytes, "views");
+        cbor::map(&mut bytes, views, |out, view| cbor::bytes(out, &view));
+        cbor::text(&mut bytes, "events");
+        cbor::uint(&mut bytes, self.applied);
         StoredSnapshot {
             pos,
             events: self.applied,
-            bytes: serde_ipld_dagcbor::to_vec(&body).expect("a snapshot is plain data"),
+            bytes,
         }
     }
 
