@@ -109,6 +109,19 @@ async fn rebuild() {
     );
 }
 
+/// Reduces one action into a document store.
+fn apply(store: &mut DocStore, action: Action) {
+    let at = threads_db::Context {
+        pos: Position {
+            clock: 1,
+            log: [1; 32],
+            counter: 1,
+        },
+        index: 0,
+    };
+    store.reduce(&at, &action).unwrap();
+}
+
 /// 100,000 documents with two indexed fields; each query's time over 2,000 runs.
 fn query() {
     const DOCS: usize = 100_000;
@@ -116,17 +129,6 @@ fn query() {
         "Oslo", "Bergen", "Lima", "Quito", "Hanoi", "Dakar", "Perth", "Turin",
     ];
     let mut store = DocStore::default();
-    let apply = |store: &mut DocStore, action: Action| {
-        let at = threads_db::Context {
-            pos: Position {
-                clock: 1,
-                log: [1; 32],
-                counter: 1,
-            },
-            index: 0,
-        };
-        store.reduce(&at, &action).unwrap();
-    };
     apply(
         &mut store,
         docs::create_collection("people", None, &["age", "city"]),
@@ -182,17 +184,6 @@ fn query() {
 fn snapshot() {
     const DOCS: usize = 100_000;
     let mut store = DocStore::default();
-    let apply = |store: &mut DocStore, action: Action| {
-        let at = threads_db::Context {
-            pos: Position {
-                clock: 1,
-                log: [1; 32],
-                counter: 1,
-            },
-            index: 0,
-        };
-        store.reduce(&at, &action).unwrap();
-    };
     apply(&mut store, docs::create_collection("items", None, &["n"]));
     for i in 0..DOCS {
         let doc = json!({"_id": format!("w{}-{i}", i % 10), "n": i, "writer": i % 10,
