@@ -13,7 +13,9 @@ use crate::action::{Action, Event, Position, KEY_LEN};
 use crate::{Error, Result};
 
 /// The page size of a new journal file, in bytes.
-const JOURNAL_PAGE: usize = 64 << 10;
+const JOURNAL_PAGE: u32 = 64 << 10;
+/// Write-ahead log a commit lets grow before it copies the log into the file.
+const CHECKPOINT_BYTES: i64 = 64 << 20;
 
 /// Rows per INSERT: three parameters each, well under SQLite's 32,766.
 const INSERT_CHUNK: usize = 1000;
@@ -46,16 +48,24 @@ impl Journal {
                 .synchronous(SqliteSynchronous::Normal)
                 // Pages of 64 KiB (a new file's; an existing file keeps its own): a snapshot
                 // is one large row, and with 4 KiB pages storing 90 MiB took twice as long.
-                .page_size(JOURNAL_PAGE as u32)
-                // A checkpoint every 64 MiB of log instead of every 4 MiB: a batch of 5,000
-                // events is about 5 MiB, and each checkpoint copies and syncs the file.
-                .pragma(
-                    "wal_autocheckpoint",
-                    ((64 << 20) / JOURNAL_PAGE).to_string(),
-                ),
+                .page_size(JOURNAL_PAGE),
             None => SqliteConnectOptions::from_str("sqlite::memory:")?,
         };
         let mut conn = SqliteConnection::connect_with(&options).await?;
+        if path.is_some() {
+            // A checkpoint every 64 MiB of log instead of every 4 MiB: a batch of 5,000
+            // events is about 5 MiB, and each checkpoint copies and syncs the file. In pages
+            // of the file's own size.
+            let page: i64 = sqlx::query_scalar("PRAGMA page_size")
+                .fetch_one(&mut conn)
+                .await?;
+            sqlx::query(&format!(
+                "PRAGMA wal_autocheckpoint = {}",
+                CHECKPOINT_BYTES / page.max(512)
+            ))
+            .execute(&mut conn)
+            .await?;
+        }
         // `run_direct`: `run` makes this future `Send` only for one lifetime, and the bot
         // opens journals from axum handlers.
         threads_store::migrations::migrator(MIGRATIONS)
@@ -312,5 +322,24 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
         let matched = threads_store::migrations::match_directory(super::MIGRATIONS, &dir).await;
         assert!(matched.unwrap());
+    }
+
+    /// A new file has 64 KiB pages, and checkpoints every 64 MiB whatever its page size.
+    #[tokio::test]
+    async fn a_journal_file_checkpoints_every_64_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = super::Journal::open(Some(&dir.path().join("j.sqlite")))
+            .await
+            .unwrap();
+        let pragma = |name: &'static str| sqlx::query_scalar::<_, i64>(name);
+        let page = pragma("PRAGMA page_size")
+            .fetch_one(&mut journal.conn)
+            .await
+            .unwrap();
+        let pages = pragma("PRAGMA wal_autocheckpoint")
+            .fetch_one(&mut journal.conn)
+            .await
+            .unwrap();
+        assert_eq!((page, pages * page), (64 << 10, 64 << 20));
     }
 }
