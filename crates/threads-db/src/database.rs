@@ -174,8 +174,14 @@ impl Database {
     }
 
     async fn sync_locked(&self) -> Result<u64> {
-        match self.read_new().await {
-            // An event sorted before what compaction freed: refill the journal.
+        let read = self.read_new().await;
+        self.rebuilt_if_needed(read).await
+    }
+
+    /// A read that met an event sorting before what compaction freed refills the journal
+    /// from the local store instead.
+    async fn rebuilt_if_needed(&self, read: Result<u64>) -> Result<u64> {
+        match read {
             Err(Error::NeedsRebuild) => {
                 self.dispatcher.reset().await?;
                 self.read_new().await
@@ -188,8 +194,13 @@ impl Database {
     /// back from the local store when they are the next ones to read; otherwise (some were
     /// stored by others in between, or a batch was missed) reduces from the store as
     /// [`Database::sync`] does. Returns how many events were new.
-    pub async fn sync_stored(&self, mut stored: Vec<StoredRecord>) -> Result<u64> {
+    pub async fn sync_stored(&self, stored: Vec<StoredRecord>) -> Result<u64> {
         let _writing = self.writing.lock().await;
+        let read = self.read_handed(stored).await;
+        self.rebuilt_if_needed(read).await
+    }
+
+    async fn read_handed(&self, mut stored: Vec<StoredRecord>) -> Result<u64> {
         let seen = self.dispatcher.seen_seq().await?;
         stored.retain(|r| r.seq > seen);
         let follows = stored
@@ -197,7 +208,7 @@ impl Database {
             .enumerate()
             .all(|(i, r)| r.seq == seen + 1 + i as u64);
         if stored.is_empty() || !follows {
-            return self.sync_locked().await;
+            return self.read_new().await;
         }
         let mut fresh = 0;
         for chunk in stored.chunks(SYNC_PAGE as usize) {
@@ -405,5 +416,44 @@ mod tests {
         assert_eq!(k4, Some(json!(4)));
         // Handed over again: nothing new.
         assert_eq!(db.sync_stored(stored).await.unwrap(), 0);
+    }
+
+    /// A handed event that sorts before what compaction freed refills the journal, as a
+    /// sync that reads it from the store does.
+    #[tokio::test]
+    async fn a_handed_event_before_compaction_rebuilds() {
+        let home = tempfile::tempdir().unwrap();
+        let client = Arc::new(Client::open(home.path()).await.unwrap());
+        let thread = client.create_thread(true).await.unwrap().thread;
+        let stores: Vec<(String, Box<dyn View>)> =
+            vec![(kv::STORE.into(), Box::new(KvStore::default()))];
+        let config = Config {
+            path: None,
+            options: Options { snapshot_every: 2 },
+        };
+        let db = Database::open(client.clone(), thread.clone(), stores, config)
+            .await
+            .unwrap();
+        let put = |clock: u64| {
+            Envelope::new(clock, 0, vec![kv::put(&format!("k{clock}"), json!(clock))]).to_body()
+        };
+        let bodies: Vec<_> = (10..16).map(put).collect();
+        client.write_many(&thread, &bodies).await.unwrap();
+        assert_eq!(db.sync().await.unwrap(), 6);
+        assert!(db.dispatcher().compact(1).await.unwrap() > 0);
+
+        client.write_many(&thread, &[put(1)]).await.unwrap();
+        let late = client
+            .store()
+            .records_by_thread(&thread, 6, 100)
+            .await
+            .unwrap();
+        db.sync_stored(late).await.unwrap();
+        assert_eq!(db.dispatcher().applied().await.0, 7);
+        let k1 = db
+            .query(kv::STORE, |kv: &KvStore| kv.get("k1").cloned())
+            .await
+            .unwrap();
+        assert_eq!(k1, Some(json!(1)));
     }
 }
