@@ -2,7 +2,7 @@
 // command line as a writer, and Debian's Chromium driven by playwright-core.
 
 import { spawn, execFile } from 'node:child_process';
-import { mkdtempSync, existsSync } from 'node:fs';
+import { mkdtempSync, existsSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -14,8 +14,16 @@ const root = resolve(new URL('../..', import.meta.url).pathname);
 export const bin = process.env.THREADS_BIN
   ?? [join(root, 'target/release/threads'), join(root, 'target/debug/threads')].find(existsSync);
 
+/** Directories made by `tempDir`, removed when the test process exits. */
+const made = new Set();
+process.on('exit', () => {
+  for (const dir of made) rmSync(dir, { recursive: true, force: true });
+});
+
 export function tempDir(name) {
-  return mkdtempSync(join(tmpdir(), `threads-web-${name}-`));
+  const dir = mkdtempSync(join(tmpdir(), `threads-web-${name}-`));
+  made.add(dir);
+  return dir;
 }
 
 async function freePort() {
