@@ -87,7 +87,8 @@ async fn answer(request: reqwest::RequestBuilder) -> Value {
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
     println!("bot benchmark: {EVENTS} events of ~1 KiB from {WRITERS} writers");
-    let (_server, url) = common::serve(&dir.path().join("server"), None, &[]).await;
+    let (server, url) = common::serve(&dir.path().join("server"), None, &[]).await;
+    let server_pid = server.id().unwrap().to_string();
 
     // The bot: its own process, keys sealed under a main key, views on disk.
     let bot_dir = dir.path().join("bot");
@@ -133,6 +134,8 @@ async fn main() {
             .share(&thread, Role::Reader, Some(&bot_id))
             .unwrap();
         let cpu_before = common::cpu_secs(&bot_pid);
+        let server_cpu_before = common::cpu_secs(&server_pid);
+        let written_before = common::written_bytes(&bot_pid);
         let started = Instant::now();
         let granted = answer(
             http.post(format!("{bot_url}/v1/grants"))
@@ -150,10 +153,13 @@ async fn main() {
         let secs = started.elapsed().as_secs_f64();
         println!(
             "catch up {} events into the views, end to end from the follower, {label}: \
-             {secs:.2} s = {:.0} events/s (bot CPU {:.2} s)",
+             {secs:.2} s = {:.0} events/s (bot CPU {:.2} s, follower CPU {:.2} s; the bot \
+             wrote {:.0} MB)",
             EVENTS + 1,
             (EVENTS + 1) as f64 / secs,
-            common::cpu_secs(&bot_pid) - cpu_before
+            common::cpu_secs(&bot_pid) - cpu_before,
+            common::cpu_secs(&server_pid) - server_cpu_before,
+            (common::written_bytes(&bot_pid) - written_before) as f64 / 1e6
         );
         first.get_or_insert((status_url, writers, thread));
     }

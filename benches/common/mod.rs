@@ -102,6 +102,17 @@ pub fn cpu_secs(pid: &str) -> f64 {
     ticks / 100.0
 }
 
+/// Bytes a process has handed to `write` and `pwrite` so far (`wchar` of `/proc/<pid>/io`):
+/// what its storage writes, before the page cache.
+#[allow(dead_code)]
+pub fn written_bytes(pid: &str) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|line| line.strip_prefix("wchar: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// A counter's or a histogram's `_sum`/`_count` value from the server's `/metrics` (0 if absent).
 #[allow(dead_code)]
 pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {

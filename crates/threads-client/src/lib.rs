@@ -158,7 +158,7 @@ impl Client {
     /// Opens the peer kept in `home` with its keys in `keys` (e.g. a sealed keystore).
     pub async fn open_with(home: &Path, keys: Keystore) -> Result<Self> {
         let identity = keys.identity()?;
-        let store = Arc::new(SqliteStore::open_file(&home.join("local.db")).await?);
+        let store = Arc::new(SqliteStore::open_local(&home.join("local.db")).await?);
         Ok(Self {
             keys,
             store,
