@@ -26,7 +26,7 @@ pub mod state;
 pub mod webhooks;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -300,11 +300,7 @@ impl Bot {
         }
         self.state.delete_grant(thread).await?;
         if let Some(journal) = &grant.journal {
-            for suffix in ["", "-wal", "-shm"] {
-                let mut path = journal.clone().into_os_string();
-                path.push(suffix);
-                remove_if_there(Path::new(&path)).map_err(Error::internal)?;
-            }
+            threads_db::journal::Journal::remove(journal).map_err(Error::internal)?;
         }
         self.client.forget(thread).await.map_err(Error::internal)?;
         tracing::info!(%thread, "grant deleted: keys, records and views wiped");
@@ -449,13 +445,6 @@ async fn reach(
             code: "bad_answer".into(),
             detail: e.to_string(),
         }),
-    }
-}
-
-fn remove_if_there(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
     }
 }
 

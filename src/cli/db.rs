@@ -1,6 +1,6 @@
 //! `threads db ...`: a thread as a database. Key/value entries and document collections are
 //! events in the thread, so every member holding the read key ends with the same views. The
-//! journal lives in `<home>/db/<thread>.sqlite`.
+//! journal lives in `<home>/db/<thread>.sqlite`, its snapshots in `<thread>.sqlite.snapshots/`.
 
 use std::path::Path;
 use std::sync::Arc;

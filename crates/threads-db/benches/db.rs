@@ -203,12 +203,14 @@ fn snapshot(runtime: &tokio::runtime::Runtime) {
         store.restore(&bytes).unwrap();
         restored.push(start.elapsed().as_secs_f64() * 1e3);
     }
-    // Stored in a journal file, as a dispatcher stores it, in a transaction of its own.
+    // Stored for a journal file (in a file of its own), as a dispatcher stores it, in a
+    // transaction of its own.
     let dir = tempfile::tempdir().unwrap();
     let saved = runtime.block_on(async {
         let mut journal = Journal::open(Some(&dir.path().join("journal.sqlite")))
             .await
             .unwrap();
+        let files = journal.files();
         let mut saved = Vec::new();
         for counter in 1..=3 {
             let snapshot = threads_db::journal::StoredSnapshot {
@@ -222,7 +224,7 @@ fn snapshot(runtime: &tokio::runtime::Runtime) {
             };
             let start = Instant::now();
             let mut tx = journal.begin().await.unwrap();
-            threads_db::journal::save_snapshot(&mut tx, &snapshot)
+            threads_db::journal::save_snapshot(&mut tx, &files, snapshot)
                 .await
                 .unwrap();
             tx.commit().await.unwrap();

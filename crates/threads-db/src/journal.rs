@@ -1,10 +1,16 @@
 //! The journal: the database's events in their order, the views' snapshots, and how far the
 //! local record store has been read. One SQLite connection (a file, or memory), so one
 //! transaction covers events, snapshots and progress together.
+//!
+//! A journal file keeps each snapshot's bytes in a file of its own beside it (its row holds
+//! the name and a CRC-32), written once: stored in a row, 90 MiB of snapshot went through
+//! SQLite's write-ahead log and was copied again into the file by the next checkpoint, and
+//! the pages of snapshots since replaced stayed in the file as free space.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
@@ -21,12 +27,22 @@ const CHECKPOINT_BYTES: i64 = 64 << 20;
 const INSERT_CHUNK: usize = 1000;
 
 /// The journal's schema.
-const MIGRATIONS: threads_store::migrations::Files =
-    threads_store::migration_files!("../migrations": "0001_journal.sql", "0002_covered.sql");
+const MIGRATIONS: threads_store::migrations::Files = threads_store::migration_files!(
+    "../migrations": "0001_journal.sql",
+    "0002_covered.sql",
+    "0003_snapshot_files.sql"
+);
 
 pub struct Journal {
     conn: SqliteConnection,
+    files: SnapshotFiles,
 }
+
+/// Where a journal file's snapshots are kept: the directory `<journal>.snapshots`, one file
+/// per snapshot named by its position. `None` for a journal in memory, whose snapshots stay in
+/// their rows (nothing of it touches the disk).
+#[derive(Clone, Default)]
+pub struct SnapshotFiles(Option<Arc<Path>>);
 
 /// A snapshot as stored: the views' state just after the `events`-th event, at `pos`.
 pub struct StoredSnapshot {
@@ -72,11 +88,134 @@ impl Journal {
             .await?
             .run_direct(&mut conn)
             .await?;
-        Ok(Self { conn })
+        let files = SnapshotFiles(path.map(|p| Arc::from(snapshot_dir(p))));
+        let mut journal = Self { conn, files };
+        journal.remove_unlisted().await?;
+        Ok(journal)
     }
 
     pub async fn begin(&mut self) -> Result<Transaction<'_, Sqlite>> {
         Ok(self.conn.begin().await?)
+    }
+
+    /// Where this journal keeps its snapshots.
+    pub fn files(&self) -> SnapshotFiles {
+        self.files.clone()
+    }
+
+    /// Removes a journal file and everything beside it: its write-ahead log, shared memory
+    /// and snapshots.
+    pub fn remove(path: &Path) -> std::io::Result<()> {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            ignore_missing(std::fs::remove_file(&file))?;
+        }
+        ignore_missing(std::fs::remove_dir_all(snapshot_dir(path)))
+    }
+
+    /// Removes snapshot files no row names: written by a transaction that did not commit, or
+    /// left half-written by a crash.
+    async fn remove_unlisted(&mut self) -> Result<()> {
+        let Some(dir) = self.files.0.clone() else {
+            return Ok(());
+        };
+        let listed: HashSet<String> =
+            sqlx::query_scalar("SELECT file FROM snapshots WHERE file IS NOT NULL")
+                .fetch_all(&mut self.conn)
+                .await?
+                .into_iter()
+                .collect();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if !entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| listed.contains(n))
+            {
+                ignore_missing(std::fs::remove_file(entry.path()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn snapshot_dir(journal: &Path) -> PathBuf {
+    let mut dir = journal.as_os_str().to_owned();
+    dir.push(".snapshots");
+    PathBuf::from(dir)
+}
+
+fn ignore_missing(result: std::io::Result<()>) -> std::io::Result<()> {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+impl SnapshotFiles {
+    /// Writes a snapshot's bytes to its file (through a temporary name, so a file under the
+    /// final name is whole) and returns the file's name and CRC-32. No `fsync`: the journal
+    /// is not synced on each commit either, and a file that does not match its checksum
+    /// after a crash is passed over as if it were never taken. (A CRC, not a cryptographic
+    /// hash: it guards against damage, and hashing 90 MiB with SHA-256 took longer than
+    /// writing it.)
+    async fn write(dir: Arc<Path>, pos: Position, bytes: Vec<u8>) -> Result<(String, u32)> {
+        let name = format!("{}.cbor", hex::encode(pos.key()));
+        let written = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+            // Plaintext: for the owner alone.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)?;
+            let partial = dir.join(format!("{name}.partial"));
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&partial)?
+                .write_all(&bytes)?;
+            std::fs::rename(&partial, dir.join(&name))?;
+            Ok::<_, std::io::Error>((name, crc32fast::hash(&bytes)))
+        });
+        Ok(written
+            .await
+            .map_err(|e| Error::Corrupt(format!("writing a snapshot: {e}")))??)
+    }
+
+    /// A snapshot file's bytes, or `None` when it is missing or does not match its checksum.
+    async fn read(&self, name: String, crc32: u32) -> Result<Option<Vec<u8>>> {
+        let Some(dir) = self.0.clone() else {
+            return Ok(None);
+        };
+        let read = tokio::task::spawn_blocking(move || match std::fs::read(dir.join(name)) {
+            Ok(bytes) => Ok((crc32fast::hash(&bytes) == crc32).then_some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        });
+        Ok(read
+            .await
+            .map_err(|e| Error::Corrupt(format!("reading a snapshot: {e}")))??)
+    }
+
+    /// Removes the files of snapshot rows just deleted (`names` as `DELETE … RETURNING file`
+    /// gave them). Should the transaction roll back, its rows name missing files, which
+    /// reads pass over.
+    fn remove(&self, names: Vec<Option<String>>) -> Result<()> {
+        if let Some(dir) = &self.0 {
+            for name in names.into_iter().flatten() {
+                ignore_missing(std::fs::remove_file(dir.join(name)))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -145,56 +284,113 @@ pub async fn events_after(
         .collect()
 }
 
-/// The latest snapshot taken before `before` (of all, when `None`).
+/// The latest snapshot taken before `before` (of all, when `None`) that can be read: one
+/// whose file is missing or damaged is passed over for the one before it.
 pub async fn snapshot_before(
     tx: &mut SqliteConnection,
+    files: &SnapshotFiles,
     before: Option<Position>,
 ) -> Result<Option<StoredSnapshot>> {
     let before = before.map_or_else(|| vec![0xff; KEY_LEN + 1], |p| p.key().to_vec());
-    let row = sqlx::query(
-        "SELECT pos, events, bytes FROM snapshots WHERE pos < ? ORDER BY pos DESC LIMIT 1",
+    let rows = sqlx::query(
+        "SELECT pos, events, file, crc32 FROM snapshots WHERE pos < ? ORDER BY pos DESC",
     )
     .bind(before)
-    .fetch_optional(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
-    row.map(|row| {
-        Ok(StoredSnapshot {
-            pos: Position::from_key(row.try_get(0)?)?,
-            events: row.try_get::<i64, _>(1)? as u64,
-            bytes: row.try_get(2)?,
-        })
-    })
-    .transpose()
+    for row in rows {
+        let pos: Vec<u8> = row.try_get(0)?;
+        let bytes = match (row.try_get(2)?, row.try_get(3)?) {
+            (Some(name), Some(crc32)) => files.read(name, crc32).await?,
+            _ => Some(
+                sqlx::query_scalar("SELECT bytes FROM snapshots WHERE pos = ?")
+                    .bind(&pos)
+                    .fetch_one(&mut *tx)
+                    .await?,
+            ),
+        };
+        if let Some(bytes) = bytes {
+            return Ok(Some(StoredSnapshot {
+                pos: Position::from_key(&pos)?,
+                events: row.try_get::<i64, _>(1)? as u64,
+                bytes,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Deletes the snapshot rows `condition` selects (with its one parameter), and their files.
+async fn delete_snapshots(
+    tx: &mut SqliteConnection,
+    files: &SnapshotFiles,
+    condition: &str,
+    parameter: Vec<u8>,
+) -> Result<()> {
+    let names: Vec<Option<String>> = sqlx::query_scalar(&format!(
+        "DELETE FROM snapshots WHERE {condition} RETURNING file"
+    ))
+    .bind(parameter)
+    .fetch_all(&mut *tx)
+    .await?;
+    files.remove(names)
 }
 
 /// Forgets the snapshots at or after `from`: an event sorting before them arrived.
-pub async fn drop_snapshots_from(tx: &mut SqliteConnection, from: Position) -> Result<()> {
-    sqlx::query("DELETE FROM snapshots WHERE pos >= ?")
-        .bind(&from.key()[..])
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+pub async fn drop_snapshots_from(
+    tx: &mut SqliteConnection,
+    files: &SnapshotFiles,
+    from: Position,
+) -> Result<()> {
+    delete_snapshots(tx, files, "pos >= ?", from.key().to_vec()).await
 }
 
 /// Snapshots kept: a late event rewinds to the newest one before it, or to the start.
 pub const KEEP_SNAPSHOTS: u32 = 4;
 
-/// Saves a snapshot and forgets all but the newest [`KEEP_SNAPSHOTS`] (events stay).
-pub async fn save_snapshot(tx: &mut SqliteConnection, snapshot: &StoredSnapshot) -> Result<()> {
-    sqlx::query("INSERT OR REPLACE INTO snapshots (pos, events, bytes) VALUES (?, ?, ?)")
-        .bind(&snapshot.pos.key()[..])
-        .bind(snapshot.events as i64)
-        .bind(&snapshot.bytes)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "DELETE FROM snapshots WHERE pos < \
-         (SELECT pos FROM snapshots ORDER BY pos DESC LIMIT 1 OFFSET ?)",
-    )
-    .bind(KEEP_SNAPSHOTS - 1)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+/// Saves a snapshot (in its file, for a journal file) and forgets all but the newest
+/// [`KEEP_SNAPSHOTS`] (events stay).
+pub async fn save_snapshot(
+    tx: &mut SqliteConnection,
+    files: &SnapshotFiles,
+    snapshot: StoredSnapshot,
+) -> Result<()> {
+    let key = snapshot.pos.key();
+    let insert = "INSERT OR REPLACE INTO snapshots (pos, events, bytes, file, crc32) \
+                  VALUES (?, ?, ?, ?, ?)";
+    let query = sqlx::query(insert)
+        .bind(&key[..])
+        .bind(snapshot.events as i64);
+    match &files.0 {
+        Some(dir) => {
+            let (name, crc32) =
+                SnapshotFiles::write(dir.clone(), snapshot.pos, snapshot.bytes).await?;
+            let empty: &[u8] = &[];
+            query
+                .bind(empty)
+                .bind(name)
+                .bind(crc32)
+                .execute(&mut *tx)
+                .await?;
+        }
+        None => {
+            query
+                .bind(snapshot.bytes)
+                .bind(None::<String>)
+                .bind(None::<u32>)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    let oldest_kept: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT pos FROM snapshots ORDER BY pos DESC LIMIT 1 OFFSET ?")
+            .bind(KEEP_SNAPSHOTS - 1)
+            .fetch_optional(&mut *tx)
+            .await?;
+    match oldest_kept {
+        Some(oldest) => delete_snapshots(tx, files, "pos < ?", oldest).await,
+        None => Ok(()),
+    }
 }
 
 /// Keeps the newest `keep` snapshots and the events after the oldest of them; frees the rest.
@@ -202,6 +398,7 @@ pub async fn save_snapshot(tx: &mut SqliteConnection, snapshot: &StoredSnapshot)
 /// were removed; the caller records what it covers with [`set_covered`].
 pub async fn compact(
     tx: &mut SqliteConnection,
+    files: &SnapshotFiles,
     keep: u32,
 ) -> Result<Option<(StoredSnapshot, u64)>> {
     let oldest: Option<Vec<u8>> = sqlx::query_scalar(
@@ -214,13 +411,11 @@ pub async fn compact(
         return Ok(None);
     };
     let pos = Position::from_key(&oldest)?;
-    let snapshot = snapshot_before(tx, Some(after(pos)))
+    let snapshot = snapshot_before(tx, files, Some(after(pos)))
         .await?
-        .ok_or_else(|| Error::Corrupt("the snapshot being kept vanished".into()))?;
-    sqlx::query("DELETE FROM snapshots WHERE pos < ?")
-        .bind(&oldest)
-        .execute(&mut *tx)
-        .await?;
+        .filter(|s| s.pos == pos)
+        .ok_or_else(|| Error::Corrupt("the snapshot being kept cannot be read".into()))?;
+    delete_snapshots(tx, files, "pos < ?", oldest.clone()).await?;
     let removed = sqlx::query("DELETE FROM events WHERE pos <= ?")
         .bind(&oldest)
         .execute(&mut *tx)
@@ -277,11 +472,9 @@ pub async fn len(tx: &mut SqliteConnection) -> Result<u64> {
 }
 
 /// Removes every event and snapshot: the journal is about to be refilled from the records.
-pub async fn clear(tx: &mut SqliteConnection) -> Result<()> {
+pub async fn clear(tx: &mut SqliteConnection, files: &SnapshotFiles) -> Result<()> {
     sqlx::query("DELETE FROM events").execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM snapshots")
-        .execute(&mut *tx)
-        .await?;
+    delete_snapshots(tx, files, "pos >= ?", Vec::new()).await?;
     sqlx::query(
         "UPDATE progress SET seen_seq = 0, compacted_through = NULL, covered_heads = NULL \
          WHERE id = 0",

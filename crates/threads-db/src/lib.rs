@@ -76,6 +76,8 @@ pub enum Error {
     Journal(#[from] sqlx::Error),
     #[error("the journal's schema: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the journal's snapshot files: {0}")]
+    SnapshotFile(#[from] std::io::Error),
     #[error(transparent)]
     Client(#[from] threads_client::Error),
 }

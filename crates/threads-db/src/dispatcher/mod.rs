@@ -89,6 +89,7 @@ impl Dispatcher {
             applied: 0,
             heads: BTreeMap::new(),
             snapshot_every: options.snapshot_every,
+            files: journal.files(),
         };
         let mut state = State {
             journal,
@@ -102,7 +103,7 @@ impl Dispatcher {
             // Compacted past what a store registered since needs: empty the journal, which
             // its owner refills from the records (as `Database` does, from `seen_seq` 0).
             let mut tx = state.journal.begin().await?;
-            journal::clear(&mut tx).await?;
+            journal::clear(&mut tx, &state.views.files).await?;
             tx.commit().await?;
             state.views.clear();
         }
@@ -246,8 +247,10 @@ impl Dispatcher {
     /// Frees the journal's events and snapshots older than the newest `keep` snapshots.
     pub async fn compact(&self, keep: u32) -> Result<u64> {
         let mut state = self.state.write().await;
+        let state = &mut *state;
         let mut tx = state.journal.begin().await?;
-        let Some((kept, removed)) = journal::compact(&mut tx, keep).await? else {
+        let Some((kept, removed)) = journal::compact(&mut tx, &state.views.files, keep).await?
+        else {
             return Ok(0);
         };
         let body = SnapshotBody::decode(&kept.bytes)?;
@@ -287,10 +290,12 @@ impl Dispatcher {
             return Err(e);
         }
         let heads = serde_ipld_dagcbor::to_vec(&body.heads).expect("heads encode");
+        let pos = snapshot.pos;
+        let state = &mut *state;
         let stored = async {
             let mut tx = state.journal.begin().await?;
-            journal::save_snapshot(&mut tx, &snapshot).await?;
             journal::set_covered(&mut tx, snapshot.pos, &heads).await?;
+            journal::save_snapshot(&mut tx, &state.views.files, snapshot).await?;
             tx.commit().await?;
             Ok::<_, Error>(())
         }
@@ -300,7 +305,7 @@ impl Dispatcher {
             return Err(e);
         }
         state.load_covered().await?;
-        Ok(snapshot.pos)
+        Ok(pos)
     }
 
     /// Events the journal holds (fewer than applied after compaction or a snapshot start).
@@ -313,8 +318,9 @@ impl Dispatcher {
     /// Empties the journal and the views, to be refilled from the record store.
     pub async fn reset(&self) -> Result<()> {
         let mut state = self.state.write().await;
+        let state = &mut *state;
         let mut tx = state.journal.begin().await?;
-        journal::clear(&mut tx).await?;
+        journal::clear(&mut tx, &state.views.files).await?;
         tx.commit().await?;
         state.views.clear();
         state.covered = None;
@@ -353,7 +359,7 @@ impl State {
         };
         let rewound = self.views.last.is_some_and(|last| first < last);
         if rewound {
-            journal::drop_snapshots_from(&mut tx, first).await?;
+            journal::drop_snapshots_from(&mut tx, &self.views.files, first).await?;
             self.views.rewind(&mut tx, Some(first)).await?;
             self.views.replay(&mut tx).await?;
             changes.extend(self.views.rebuilt());

@@ -496,3 +496,76 @@ proptest! {
         })?;
     }
 }
+
+/// A journal file keeps its snapshots in files beside it: the newest four, each read back
+/// when the journal is opened again; a damaged one is passed over for the one before, a file
+/// no row names is removed, and removing the journal removes them all.
+#[tokio::test]
+async fn a_journal_file_keeps_its_snapshots_in_files_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.sqlite");
+    let snapshots = dir.path().join("journal.sqlite.snapshots");
+    let open = || async {
+        let journal = Journal::open(Some(&path)).await.unwrap();
+        let stores: Vec<(String, Box<dyn View>)> =
+            vec![(kv::STORE.into(), Box::new(KvStore::default()))];
+        Dispatcher::open(journal, stores, Options { snapshot_every: 2 })
+            .await
+            .unwrap()
+    };
+    let files = || {
+        let mut names: Vec<String> = std::fs::read_dir(&snapshots)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    let d = open().await;
+    let events = (1..=12)
+        .map(|i| event(i, 1, i, vec![kv::put(&format!("k{i}"), json!(i))]))
+        .collect();
+    d.apply(events, None).await.unwrap();
+    let kept = files();
+    assert_eq!(kept.len(), journal::KEEP_SNAPSHOTS as usize, "{kept:?}");
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&snapshots), 0o700);
+    assert_eq!(mode(&snapshots.join(&kept[0])), 0o600);
+    let newest = event(12, 1, 12, vec![]).pos;
+    assert_eq!(kept[3], format!("{}.cbor", hex::encode(newest.key())));
+    drop(d);
+
+    // The newest is damaged, and a file no row names lies beside them.
+    std::fs::write(snapshots.join(&kept[3]), b"damaged").unwrap();
+    std::fs::write(snapshots.join("stray.cbor.partial"), b"half").unwrap();
+    let d = open().await;
+    assert_eq!(
+        d.applied().await.0,
+        12,
+        "from the snapshot before, then the journal"
+    );
+    assert_eq!(get(&d, "k12").await, Some(json!(12)));
+    assert!(!files().contains(&"stray.cbor.partial".to_owned()));
+
+    // A late event rewinds to a snapshot before it and drops the ones after.
+    d.apply(
+        vec![event(5, 2, 1, vec![kv::put("k5", json!("late"))])],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        get(&d, "k5").await,
+        Some(json!(5)),
+        "sorts before (5, log 1)"
+    );
+    assert!(files().len() <= journal::KEEP_SNAPSHOTS as usize);
+    drop(d);
+
+    Journal::remove(&path).unwrap();
+    assert!(!path.exists() && !snapshots.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

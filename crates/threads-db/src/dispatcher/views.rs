@@ -9,7 +9,7 @@ use sqlx::SqliteConnection;
 use crate::acl::{self, Acls, Effect};
 use crate::action::{Event, Position, KEY_LEN};
 use crate::cbor;
-use crate::journal::{self, StoredSnapshot};
+use crate::journal::{self, SnapshotFiles, StoredSnapshot};
 use crate::view::{Change, Context, View};
 use crate::{Error, Result};
 
@@ -28,6 +28,8 @@ pub(super) struct Views {
     /// Per log, the highest counter reduced.
     pub(super) heads: BTreeMap<[u8; 32], u64>,
     pub(super) snapshot_every: u64,
+    /// Where the journal keeps snapshots.
+    pub(super) files: SnapshotFiles,
 }
 
 /// The bytes of a snapshot: where it was taken, and every store's state (DAG-CBOR, so the
@@ -171,7 +173,7 @@ impl Views {
         before: Option<Position>,
     ) -> Result<()> {
         self.clear();
-        if let Some(snapshot) = journal::snapshot_before(tx, before).await? {
+        if let Some(snapshot) = journal::snapshot_before(tx, &self.files, before).await? {
             if self.covers(&snapshot) {
                 return self.restore(&snapshot);
             }
@@ -207,7 +209,7 @@ impl Views {
             self.quiet_until = None;
         }
         if self.snapshot_every > 0 && self.applied % self.snapshot_every == 0 {
-            journal::save_snapshot(tx, &self.snapshot()).await?;
+            journal::save_snapshot(tx, &self.files, self.snapshot()).await?;
         }
         Ok(())
     }
