@@ -320,6 +320,19 @@ pub async fn snapshot_before(
     Ok(None)
 }
 
+/// Where the latest snapshot before `before` stands (readable or not), without reading it.
+pub async fn snapshot_pos_before(
+    tx: &mut SqliteConnection,
+    before: Position,
+) -> Result<Option<Position>> {
+    let pos: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT pos FROM snapshots WHERE pos < ? ORDER BY pos DESC LIMIT 1")
+            .bind(&before.key()[..])
+            .fetch_optional(&mut *tx)
+            .await?;
+    pos.map(|p| Position::from_key(&p)).transpose()
+}
+
 /// Deletes the snapshot rows `condition` selects (with its one parameter), and their files.
 async fn delete_snapshots(
     tx: &mut SqliteConnection,

@@ -3,7 +3,10 @@
 //!
 //! Events usually arrive in order and are simply reduced. One that sorts before what is
 //! already applied (a writer who was offline, a pull from a slower follower) rewinds the
-//! views to the latest snapshot before it and reduces the journal again from there.
+//! views to the latest snapshot before it and reduces the journal again from there. While
+//! events keep arriving late (writers who wrote apart, caught up together), the views are
+//! also kept in memory as they were just before each batch's first event: the next late
+//! event, which usually sorts only among that batch, rewinds there instead.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +23,9 @@ use crate::{Error, Result};
 const CHANGE_CHANNEL: usize = 4096;
 /// Events read from the journal at a time when reducing again.
 const REPLAY_PAGE: u32 = 10_000;
+/// After a batch with a late event, the batches after it that keep a checkpoint of the views
+/// (see `Views::checkpoint`) for the next late one.
+const LATE_APPLIES: u8 = 4;
 
 #[cfg(test)]
 mod tests;
@@ -50,6 +56,9 @@ struct State {
     /// Events at or before this position with a counter at most their log's here are in the
     /// views but not in the journal (compacted, or started from a snapshot): skipped.
     covered: Option<(Position, BTreeMap<[u8; 32], u64>)>,
+    /// Applies left that keep a checkpoint: set by a late event, counted down by each batch
+    /// without one.
+    late_applies: u8,
 }
 
 pub struct Dispatcher {
@@ -90,11 +99,14 @@ impl Dispatcher {
             heads: BTreeMap::new(),
             snapshot_every: options.snapshot_every,
             files: journal.files(),
+            checkpoint: None,
+            checkpoint_before: None,
         };
         let mut state = State {
             journal,
             views,
             covered: None,
+            late_applies: 0,
         };
         if let Err(e) = state.reload().await {
             if !matches!(e, Error::NeedsRebuild) {
@@ -257,6 +269,7 @@ impl Dispatcher {
         let heads = serde_ipld_dagcbor::to_vec(&body.heads).expect("heads encode");
         journal::set_covered(&mut tx, kept.pos, &heads).await?;
         tx.commit().await?;
+        state.forget_checkpoint();
         state.load_covered().await?;
         Ok(removed)
     }
@@ -323,6 +336,7 @@ impl Dispatcher {
         journal::clear(&mut tx, &state.views.files).await?;
         tx.commit().await?;
         state.views.clear();
+        state.forget_checkpoint();
         state.covered = None;
         let _ = self.changes.send(Change {
             store: String::new(),
@@ -359,12 +373,29 @@ impl State {
         };
         let rewound = self.views.last.is_some_and(|last| first < last);
         if rewound {
+            self.late_applies = LATE_APPLIES;
+        } else {
+            self.late_applies = self.late_applies.saturating_sub(1);
+        }
+        // While events arrive late, the next late one most likely sorts only among this
+        // batch: the views as they stand just before its first event are kept for it.
+        if self.late_applies == 0 {
+            self.views.checkpoint = None;
+        }
+        let checkpoint_before = (self.late_applies > 0).then_some(first);
+        if rewound {
+            if (self.views.checkpoint.as_ref()).is_some_and(|c| c.pos >= first) {
+                self.views.checkpoint = None;
+            }
             journal::drop_snapshots_from(&mut tx, &self.views.files, first).await?;
             self.views.rewind(&mut tx, Some(first)).await?;
+            self.views.checkpoint_before = checkpoint_before;
             self.views.replay(&mut tx).await?;
             changes.extend(self.views.rebuilt());
         } else {
+            self.views.checkpoint_before = checkpoint_before;
             for event in &events {
+                self.views.checkpoint_if_due(event.pos);
                 if let Some(deleted) = self.views.reduce(event, Some(changes)) {
                     // The rest of the batch is in the journal: reduce it from there.
                     self.views
@@ -377,11 +408,19 @@ impl State {
                 self.views.snapshot_if_due(&mut tx).await?;
             }
         }
+        self.views.checkpoint_before = None;
         tx.commit().await?;
         Ok(Applied {
             fresh: events.len() as u64,
             rewound,
         })
+    }
+
+    /// Drops the in-memory checkpoint: what it stands for was freed, or may not be committed.
+    fn forget_checkpoint(&mut self) {
+        self.views.checkpoint = None;
+        self.views.checkpoint_before = None;
+        self.late_applies = 0;
     }
 
     async fn load_covered(&mut self) -> Result<()> {
@@ -399,6 +438,8 @@ impl State {
 
     /// Puts the views where the journal is: the latest usable snapshot, then the events after.
     async fn reload(&mut self) -> Result<()> {
+        // A checkpoint may hold events whose transaction did not commit.
+        self.forget_checkpoint();
         let mut tx = self.journal.begin().await?;
         self.views.rewind(&mut tx, None).await?;
         self.views.replay(&mut tx).await?;

@@ -30,6 +30,14 @@ pub(super) struct Views {
     pub(super) snapshot_every: u64,
     /// Where the journal keeps snapshots.
     pub(super) files: SnapshotFiles,
+    /// While events keep arriving late: the views as they were just before the first event
+    /// of the last batch, in memory, so that a late event rewinds to here instead of to the
+    /// journal's last snapshot (which, during a catch-up, is often the start). Dropped once
+    /// an event sorts before it.
+    pub(super) checkpoint: Option<StoredSnapshot>,
+    /// Where the batch being applied starts: the checkpoint is taken before reducing the
+    /// first event at or after it.
+    pub(super) checkpoint_before: Option<Position>,
 }
 
 /// The bytes of a snapshot: where it was taken, and every store's state (DAG-CBOR, so the
@@ -150,6 +158,11 @@ impl Views {
     /// After the event at `at` deleted `target`: back to the latest snapshot before the
     /// target, keeping every deletion made so far, so that reducing again up to `at` leaves
     /// the target (and everything deleted since) out.
+    ///
+    /// Snapshots (and the checkpoint) from the target on hold its effects, and those before
+    /// `at` are not taken again on the way (see `quiet_until`): they are dropped. Kept, a
+    /// later delete's rewind could restore one while carrying this deletion over, and the
+    /// target's effects would stay for good.
     pub(super) async fn rewind_for_delete(
         &mut self,
         tx: &mut SqliteConnection,
@@ -158,6 +171,10 @@ impl Views {
     ) -> Result<()> {
         let deleted = self.acls.deleted();
         let quiet = self.quiet_until.map_or(at, |q| q.max(at));
+        journal::drop_snapshots_from(tx, &self.files, target).await?;
+        if self.checkpoint.as_ref().is_some_and(|c| c.pos >= target) {
+            self.checkpoint = None;
+        }
         self.rewind(tx, Some(target)).await?;
         self.acls.set_deleted(deleted);
         self.quiet_until = Some(quiet);
@@ -173,6 +190,20 @@ impl Views {
         before: Option<Position>,
     ) -> Result<()> {
         self.clear();
+        // The checkpoint, unless the journal has a snapshot between it and `before`.
+        let checkpoint = match (&self.checkpoint, before) {
+            (Some(c), Some(before)) if c.pos < before => {
+                let newer = journal::snapshot_pos_before(tx, before).await?;
+                newer.is_none_or(|p| p <= c.pos)
+            }
+            _ => false,
+        };
+        if checkpoint {
+            let checkpoint = self.checkpoint.take().expect("checked above");
+            let restored = self.restore(&checkpoint);
+            self.checkpoint = Some(checkpoint);
+            return restored;
+        }
         if let Some(snapshot) = journal::snapshot_before(tx, &self.files, before).await? {
             if self.covers(&snapshot) {
                 return self.restore(&snapshot);
@@ -192,12 +223,28 @@ impl Views {
                 return Ok(());
             }
             for event in &page {
+                self.checkpoint_if_due(event.pos);
                 if let Some(deleted) = self.reduce(event, None) {
                     self.rewind_for_delete(tx, deleted, event.pos).await?;
                     break;
                 }
                 self.snapshot_if_due(tx).await?;
             }
+        }
+    }
+
+    /// Keeps the views as they stand as the checkpoint when `next`, the event about to be
+    /// reduced, is where the batch starts.
+    pub(super) fn checkpoint_if_due(&mut self, next: Position) {
+        if self.checkpoint_before.is_none_or(|at| next < at) {
+            return;
+        }
+        self.checkpoint_before = None;
+        // Not while a delete's rewind is under way (its states are not those of their
+        // positions), not for nothing applied, not again for the same place.
+        let kept = self.checkpoint.as_ref().map(|c| c.pos);
+        if self.quiet_until.is_none() && self.last.is_some() && self.last != kept {
+            self.checkpoint = Some(self.snapshot());
         }
     }
 
