@@ -381,18 +381,29 @@ mod tests {
     use super::*;
     use crate::kv::{self, KvStore};
 
-    /// Records handed over as stored are reduced when they come next; a batch after a gap
-    /// (one that was never handed over) reads the gap from the store first.
-    #[tokio::test]
-    async fn handed_records_are_reduced_and_a_gap_is_read_from_the_store() {
+    /// A client with a new thread, and a database over it with a key/value store and its
+    /// journal in memory (the home directory lives as long as the first value).
+    async fn kv_database(options: Options) -> (tempfile::TempDir, Arc<Client>, ThreadId, Database) {
         let home = tempfile::tempdir().unwrap();
         let client = Arc::new(Client::open(home.path()).await.unwrap());
         let thread = client.create_thread(true).await.unwrap().thread;
         let stores: Vec<(String, Box<dyn View>)> =
             vec![(kv::STORE.into(), Box::new(KvStore::default()))];
-        let db = Database::open(client.clone(), thread.clone(), stores, Config::default())
+        let config = Config {
+            path: None,
+            options,
+        };
+        let db = Database::open(client.clone(), thread.clone(), stores, config)
             .await
             .unwrap();
+        (home, client, thread, db)
+    }
+
+    /// Records handed over as stored are reduced when they come next; a batch after a gap
+    /// (one that was never handed over) reads the gap from the store first.
+    #[tokio::test]
+    async fn handed_records_are_reduced_and_a_gap_is_read_from_the_store() {
+        let (_home, client, thread, db) = kv_database(Options::default()).await;
         let bodies: Vec<_> = (1..=6)
             .map(|i| Envelope::new(i, 0, vec![kv::put(&format!("k{i}"), json!(i))]).to_body())
             .collect();
@@ -422,18 +433,7 @@ mod tests {
     /// sync that reads it from the store does.
     #[tokio::test]
     async fn a_handed_event_before_compaction_rebuilds() {
-        let home = tempfile::tempdir().unwrap();
-        let client = Arc::new(Client::open(home.path()).await.unwrap());
-        let thread = client.create_thread(true).await.unwrap().thread;
-        let stores: Vec<(String, Box<dyn View>)> =
-            vec![(kv::STORE.into(), Box::new(KvStore::default()))];
-        let config = Config {
-            path: None,
-            options: Options { snapshot_every: 2 },
-        };
-        let db = Database::open(client.clone(), thread.clone(), stores, config)
-            .await
-            .unwrap();
+        let (_home, client, thread, db) = kv_database(Options { snapshot_every: 2 }).await;
         let put = |clock: u64| {
             Envelope::new(clock, 0, vec![kv::put(&format!("k{clock}"), json!(clock))]).to_body()
         };

@@ -55,16 +55,18 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`, and its parent directory.
     pub async fn open_file(path: &Path) -> Result<Self> {
-        private_file(path).map_err(sqlx::Error::Io)?;
-        Self::with_options(SqliteConnectOptions::new().filename(path), WRITER_CACHE_KIB).await
+        Self::open_path(path, WRITER_CACHE_KIB).await
     }
 
     /// Opens a peer's local store at `path`, as [`SqliteStore::open_file`] does, tuned for
     /// records that arrive in large pulled batches rather than one push at a time.
     pub async fn open_local(path: &Path) -> Result<Self> {
+        Self::open_path(path, LOCAL_WRITER_CACHE_KIB).await
+    }
+
+    async fn open_path(path: &Path, writer_cache_kib: u32) -> Result<Self> {
         private_file(path).map_err(sqlx::Error::Io)?;
-        let options = SqliteConnectOptions::new().filename(path);
-        Self::with_options(options, LOCAL_WRITER_CACHE_KIB).await
+        Self::with_options(SqliteConnectOptions::new().filename(path), writer_cache_kib).await
     }
 
     /// Opens a `sqlite:` URL.
