@@ -315,7 +315,8 @@ pub(crate) fn verify_page(
     records: &[follower::WireRecord],
     policy: SignaturePolicy,
 ) -> Result<Vec<Ingest>> {
-    let mut batch = Vec::with_capacity(records.len());
+    let mut logs_in_order = Vec::with_capacity(records.len());
+    let mut blocks = Vec::with_capacity(records.len());
     // Parsing a log ID decompresses a curve point: once per distinct log in the page.
     let mut logs: HashMap<&str, LogId> = HashMap::new();
     let expected = thread.to_string();
@@ -336,18 +337,23 @@ pub(crate) fn verify_page(
                 log
             }
         };
-        batch.push((log, wire.blocks()?));
+        logs_in_order.push(log);
+        blocks.push(wire.blocks()?);
     }
-    let cids: Vec<Cid> = batch.iter().map(|(_, b)| cid_of(&b.record)).collect();
+    // Named in a refusal; the blocks themselves go to the verifier.
+    let cids: Vec<Cid> = blocks.iter().map(|b| cid_of(&b.record)).collect();
     let checked = verify_batch(
-        batch.iter().map(|(log, b)| (b.clone(), service, log)),
+        blocks
+            .into_iter()
+            .zip(&logs_in_order)
+            .map(|(b, log)| (b, service, log)),
         policy,
     );
     checked
         .into_iter()
-        .zip(batch)
+        .zip(logs_in_order)
         .zip(cids)
-        .map(|((result, (log, _)), cid)| {
+        .map(|((result, log), cid)| {
             let record = result.map_err(|error| Error::Rejected {
                 cid: cid.to_string(),
                 source_url: url.to_owned(),

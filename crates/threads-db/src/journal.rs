@@ -16,7 +16,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 
 use crate::action::{Action, Event, Position, KEY_LEN};
-use crate::{Error, Result};
+use crate::{cbor, Error, Result};
 
 /// The page size of a new journal file, in bytes.
 const JOURNAL_PAGE: u32 = 64 << 10;
@@ -252,7 +252,9 @@ pub async fn insert(tx: &mut SqliteConnection, events: Vec<Event>) -> Result<Vec
         let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO events (pos, actions) ");
         let mut encoded = Vec::with_capacity(chunk.len());
         for event in chunk {
-            encoded.push((event.pos.key(), encode_actions(&event.actions)?));
+            let mut actions = Vec::new();
+            cbor::actions(&mut actions, &event.actions);
+            encoded.push((event.pos.key(), actions));
         }
         query.push_values(&encoded, |mut row, (key, actions)| {
             row.push_bind(&key[..]).push_bind(&actions[..]);
@@ -510,10 +512,6 @@ pub async fn set_seen_seq(tx: &mut SqliteConnection, seq: u64) -> Result<()> {
         .execute(&mut *tx)
         .await?;
     Ok(())
-}
-
-fn encode_actions(actions: &[Action]) -> Result<Vec<u8>> {
-    serde_ipld_dagcbor::to_vec(actions).map_err(|e| Error::Corrupt(format!("an action: {e}")))
 }
 
 fn decode_actions(bytes: &[u8]) -> Result<Vec<Action>> {
