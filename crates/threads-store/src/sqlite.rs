@@ -40,6 +40,21 @@ const WRITER_CACHE_KIB: u32 = 8 * 1024;
 /// the indexes' keyed by random CIDs) writes each page once per commit, where 8 MiB spilled
 /// pages to the log mid-transaction and wrote many twice (a quarter more bytes written).
 const LOCAL_WRITER_CACHE_KIB: u32 = 64 * 1024;
+/// Indexes a peer's local store goes without. They find a record's event, header and body
+/// blocks by CID, which only a follower serves (`Store::block` still answers without them, by
+/// scanning the thread); each puts every inserted record on a random page, and together they
+/// cost a pull a fifth of its CPU.
+const NOT_LOCAL: &str = "DROP INDEX IF EXISTS records_event_cid_prefix; \
+    DROP INDEX IF EXISTS records_header_cid_prefix; DROP INDEX IF EXISTS records_body_cid_prefix";
+
+/// What a store file is opened for.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    /// A follower's: records pushed a few at a time, blocks served by any of their CIDs.
+    Follower,
+    /// A peer's local store: records pulled thousands at a time, no blocks served.
+    Local,
+}
 
 pub struct SqliteStore {
     /// The writer, held rather than pooled: a pool would ask its thread whether it is alive
@@ -55,26 +70,26 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`, and its parent directory.
     pub async fn open_file(path: &Path) -> Result<Self> {
-        Self::open_path(path, WRITER_CACHE_KIB).await
+        Self::open_path(path, Role::Follower).await
     }
 
     /// Opens a peer's local store at `path`, as [`SqliteStore::open_file`] does, tuned for
     /// records that arrive in large pulled batches rather than one push at a time.
     pub async fn open_local(path: &Path) -> Result<Self> {
-        Self::open_path(path, LOCAL_WRITER_CACHE_KIB).await
+        Self::open_path(path, Role::Local).await
     }
 
-    async fn open_path(path: &Path, writer_cache_kib: u32) -> Result<Self> {
+    async fn open_path(path: &Path, role: Role) -> Result<Self> {
         private_file(path).map_err(sqlx::Error::Io)?;
-        Self::with_options(SqliteConnectOptions::new().filename(path), writer_cache_kib).await
+        Self::with_options(SqliteConnectOptions::new().filename(path), role).await
     }
 
     /// Opens a `sqlite:` URL.
     pub async fn connect(url: &str) -> Result<Self> {
-        Self::with_options(SqliteConnectOptions::from_str(url)?, WRITER_CACHE_KIB).await
+        Self::with_options(SqliteConnectOptions::from_str(url)?, Role::Follower).await
     }
 
-    async fn with_options(options: SqliteConnectOptions, writer_cache_kib: u32) -> Result<Self> {
+    async fn with_options(options: SqliteConnectOptions, role: Role) -> Result<Self> {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -103,6 +118,9 @@ impl SqliteStore {
             .await?
             .run(&mut write)
             .await?;
+        if role == Role::Local {
+            sqlx::raw_sql(NOT_LOCAL).execute(&mut write).await?;
+        }
         // An embedded connection cannot drop away: no round trip to its thread to check it on
         // every acquire.
         let read = SqlitePoolOptions::new()
@@ -123,7 +141,11 @@ impl SqliteStore {
         // Records update several indexes keyed by random CIDs: a page cache that holds them
         // avoids re-reading index pages on every insert.
         let mut committing = writing.to_vec();
-        committing.push(("cache_size", format!("-{writer_cache_kib}")));
+        let cache_kib = match role {
+            Role::Follower => WRITER_CACHE_KIB,
+            Role::Local => LOCAL_WRITER_CACHE_KIB,
+        };
+        committing.push(("cache_size", format!("-{cache_kib}")));
         let committer = ingest::Committer::start(
             options.get_filename(),
             BUSY_TIMEOUT,

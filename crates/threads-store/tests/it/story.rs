@@ -275,6 +275,16 @@ async fn story_on_sqlite() {
     story(open(None, dir.path()).await.unwrap()).await;
 }
 
+/// A peer's local store goes without the indexes of node CIDs, and answers the same.
+#[tokio::test]
+async fn story_on_a_local_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_local(&dir.path().join("local.db"))
+        .await
+        .unwrap();
+    story(Arc::new(store)).await;
+}
+
 #[tokio::test]
 async fn story_on_postgres() {
     let url = fresh_postgres_database().await;
