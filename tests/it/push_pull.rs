@@ -164,12 +164,14 @@ async fn push_and_pull_in_every_format(backend: Backend) {
         .send()
         .await
         .unwrap();
-    let doc: ipld_core::ipld::Ipld =
-        serde_ipld_dagcbor::from_slice(&cbor.bytes().await.unwrap()).unwrap();
+    let bytes = cbor.bytes().await.unwrap();
+    let doc: ipld_core::ipld::Ipld = serde_ipld_dagcbor::from_slice(&bytes).unwrap();
     match doc.get("records").unwrap().unwrap() {
         ipld_core::ipld::Ipld::List(list) => assert_eq!(list.len(), 4),
         other => panic!("{other:?}"),
     }
+    // Canonical DAG-CBOR: encoding what was read gives the same bytes.
+    assert_eq!(serde_ipld_dagcbor::to_vec(&doc).unwrap(), bytes);
 
     // Raw blocks: immutable, cacheable, 304 on a matching ETag. A record is found in any
     // thread, its other nodes within their thread.

@@ -14,7 +14,7 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use threads_core::auth::{pull_token, Action, SignedRequest};
-use threads_core::{Head, Keypair, LogId, ServiceKey, ThreadId, UnverifiedRecord};
+use threads_core::{Cid, Head, Keypair, LogId, ServiceKey, ThreadId, UnverifiedRecord};
 use threads_net::{ApiRequest, ApiResponse};
 use tokio::sync::{mpsc, Notify};
 
@@ -120,6 +120,23 @@ impl WireRecord {
             body: bytes("body", &self.body)?,
         })
     }
+
+    /// The record as a page carries it, IDs parsed and its CID worked out.
+    pub fn pulled(&self) -> Result<PulledRecord> {
+        let bad = |what: &str| Error::Protocol(format!("a pushed record has a bad {what}"));
+        let thread: ThreadId = self.thread.parse().map_err(|_| bad("thread ID"))?;
+        let log: LogId = self.log.parse().map_err(|_| bad("log ID"))?;
+        let blocks = self.blocks()?;
+        Ok(PulledRecord {
+            thread: thread.as_bytes().to_vec(),
+            log: log.to_bytes(),
+            cid: threads_core::cid_of(&blocks.record),
+            record: blocks.record,
+            event: blocks.event,
+            header: blocks.header,
+            body: blocks.body,
+        })
+    }
 }
 
 /// A message a follower pushes over WebSocket.
@@ -142,12 +159,95 @@ pub enum PushedMessage {
     Other,
 }
 
-/// One page of a thread, in arrival order.
+/// One page of a thread, in arrival order, as a pull asks for it: DAG-CBOR, whose node bytes
+/// need no base64 and whose text no JSON parse.
 #[derive(Debug, Deserialize)]
 pub struct Page {
-    pub records: Vec<WireRecord>,
+    pub records: Vec<PulledRecord>,
     pub cursor: String,
     pub more: bool,
+}
+
+/// A record in a DAG-CBOR page: IDs and nodes as bytes, nothing verified yet. (The page also
+/// carries each record's sequence number, counter and arrival time, which a pull does not use.)
+#[derive(Debug, Deserialize)]
+pub struct PulledRecord {
+    #[serde(with = "serde_bytes")]
+    pub thread: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub log: Vec<u8>,
+    /// The record's CID as the follower stored it: what a refusal names.
+    pub cid: Cid,
+    #[serde(with = "serde_bytes")]
+    pub record: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub event: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub header: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+/// Writes a page as [`Page`] reads it: DAG-CBOR, each record's IDs and nodes as bytes.
+pub fn page_cbor(records: &[threads_store::StoredRecord], cursor: &str, more: bool) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct PageOut<'a> {
+        records: Vec<RecordOut<'a>>,
+        cursor: &'a str,
+        more: bool,
+    }
+    #[derive(Serialize)]
+    struct RecordOut<'a> {
+        #[serde(with = "serde_bytes")]
+        thread: &'a [u8],
+        #[serde(with = "serde_bytes")]
+        log: Vec<u8>,
+        seq: u64,
+        counter: u64,
+        cid: &'a Cid,
+        arrived_ms: i64,
+        #[serde(with = "serde_bytes")]
+        record: &'a [u8],
+        #[serde(with = "serde_bytes")]
+        event: &'a [u8],
+        #[serde(with = "serde_bytes")]
+        header: &'a [u8],
+        #[serde(with = "serde_bytes")]
+        body: &'a [u8],
+    }
+    let records = records
+        .iter()
+        .map(|r| RecordOut {
+            thread: r.thread.as_bytes(),
+            log: r.log.to_bytes(),
+            seq: r.seq,
+            counter: r.counter,
+            cid: &r.cid,
+            arrived_ms: r.arrived_ms,
+            record: &r.blocks.record,
+            event: &r.blocks.event,
+            header: &r.blocks.header,
+            body: &r.blocks.body,
+        })
+        .collect();
+    let page = PageOut {
+        records,
+        cursor,
+        more,
+    };
+    serde_ipld_dagcbor::to_vec(&page).expect("a page encodes")
+}
+
+impl PulledRecord {
+    /// The record's nodes, moved out.
+    pub fn into_blocks(self) -> UnverifiedRecord {
+        UnverifiedRecord {
+            record: self.record,
+            event: self.event,
+            header: self.header,
+            body: self.body,
+        }
+    }
 }
 
 /// What the follower said of one pushed record.
@@ -373,7 +473,7 @@ impl FollowerClient {
         // Private threads need the pull token; public ones ignore it. Derived from the follow
         // key, so it reveals no key. Cursors are URL-safe already.
         let call = ApiRequest::get(format!(
-            "/v1/threads/{thread}/records?after={cursor}&limit={limit}&format=json"
+            "/v1/threads/{thread}/records?after={cursor}&limit={limit}&format=dag-cbor"
         ))
         .with_token(Some(pull_token(follow, thread)));
         let response = self.send(call).await?;
@@ -382,7 +482,7 @@ impl FollowerClient {
             let body: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
             return Err(Self::refusal(status, &body));
         }
-        serde_json::from_slice(&response.body)
+        serde_ipld_dagcbor::from_slice(&response.body)
             .map_err(|e| Error::Protocol(format!("a page from {}: {e}", self.url)))
     }
 }

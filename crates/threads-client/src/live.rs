@@ -136,7 +136,7 @@ impl Client {
                         &thread,
                         entry.key.service(),
                         &url,
-                        &[*record],
+                        vec![record.pulled()?],
                         entry.signature_policy(),
                     )?;
                     let item = verified.remove(0);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use threads_core::auth::Action;
 use threads_core::{
-    cid_of, verify_batch, Cid, Keypair, LogId, ServiceKey, SignaturePolicy, SignatureRule, ThreadId,
+    verify_batch, Keypair, LogId, ServiceKey, SignaturePolicy, SignatureRule, ThreadId,
 };
 use threads_store::{Ingest, Outcome, Quotas, SqliteStore, Store, StoredRecord};
 
@@ -199,7 +199,7 @@ impl Client {
                 let expected = thread.clone();
                 let records = page.records;
                 let verified = tokio::task::spawn_blocking(move || {
-                    verify_page(&expected, &service, &url, &records, policy)
+                    verify_page(&expected, &service, &url, records, policy)
                 })
                 .await
                 .map_err(|e| Error::Protocol(format!("verification stopped: {e}")))??;
@@ -312,36 +312,33 @@ pub(crate) fn verify_page(
     thread: &ThreadId,
     service: &ServiceKey,
     url: &str,
-    records: &[follower::WireRecord],
+    records: Vec<follower::PulledRecord>,
     policy: SignaturePolicy,
 ) -> Result<Vec<Ingest>> {
     let mut logs_in_order = Vec::with_capacity(records.len());
+    let mut cids = Vec::with_capacity(records.len());
     let mut blocks = Vec::with_capacity(records.len());
     // Parsing a log ID decompresses a curve point: once per distinct log in the page.
-    let mut logs: HashMap<&str, LogId> = HashMap::new();
-    let expected = thread.to_string();
-    for wire in records {
-        if wire.thread != expected {
+    let mut logs: HashMap<Vec<u8>, LogId> = HashMap::new();
+    for pulled in records {
+        if pulled.thread != thread.as_bytes() {
             return Err(Error::Protocol(format!(
                 "{url} answered with a record of another thread"
             )));
         }
-        let log = match logs.get(wire.log.as_str()) {
+        let log = match logs.get(&pulled.log) {
             Some(log) => log.clone(),
             None => {
-                let log: LogId = wire
-                    .log
-                    .parse()
+                let log = LogId::from_bytes(&pulled.log)
                     .map_err(|_| Error::Protocol(format!("{url} sent a bad log ID")))?;
-                logs.insert(&wire.log, log.clone());
+                logs.insert(pulled.log.clone(), log.clone());
                 log
             }
         };
         logs_in_order.push(log);
-        blocks.push(wire.blocks()?);
+        cids.push(pulled.cid);
+        blocks.push(pulled.into_blocks());
     }
-    // Named in a refusal; the blocks themselves go to the verifier.
-    let cids: Vec<Cid> = blocks.iter().map(|b| cid_of(&b.record)).collect();
     let checked = verify_batch(
         blocks
             .into_iter()

@@ -1,7 +1,7 @@
 //! Pushing records (JSON or CAR, one or many logs per batch) and pulling them (by log counter,
 //! or by thread in arrival order with an opaque cursor).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -9,7 +9,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ipld_core::ipld::Ipld;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use threads_store::{Outcome, Quota};
@@ -208,35 +207,11 @@ async fn respond(format: Format, page: Page) -> Response {
             more,
         })
         .into_response(),
-        Format::DagCbor => {
-            let list = records
-                .iter()
-                .map(|r| {
-                    Ipld::Map(BTreeMap::from([
-                        (
-                            "thread".to_owned(),
-                            Ipld::Bytes(r.thread.as_bytes().to_vec()),
-                        ),
-                        ("log".to_owned(), Ipld::Bytes(r.log.to_bytes())),
-                        ("seq".to_owned(), Ipld::Integer(r.seq.into())),
-                        ("counter".to_owned(), Ipld::Integer(r.counter.into())),
-                        ("cid".to_owned(), Ipld::Link(r.cid)),
-                        ("arrived_ms".to_owned(), Ipld::Integer(r.arrived_ms.into())),
-                        ("record".to_owned(), Ipld::Bytes(r.blocks.record.clone())),
-                        ("event".to_owned(), Ipld::Bytes(r.blocks.event.clone())),
-                        ("header".to_owned(), Ipld::Bytes(r.blocks.header.clone())),
-                        ("body".to_owned(), Ipld::Bytes(r.blocks.body.clone())),
-                    ]))
-                })
-                .collect();
-            let doc = Ipld::Map(BTreeMap::from([
-                ("records".to_owned(), Ipld::List(list)),
-                ("cursor".to_owned(), Ipld::String(cursor.clone())),
-                ("more".to_owned(), Ipld::Bool(more)),
-            ]));
-            let bytes = serde_ipld_dagcbor::to_vec(&doc).expect("IPLD encodes");
-            ([(header::CONTENT_TYPE, DAG_CBOR)], bytes).into_response()
-        }
+        Format::DagCbor => (
+            [(header::CONTENT_TYPE, DAG_CBOR)],
+            threads_client::follower::page_cbor(records, &cursor, more),
+        )
+            .into_response(),
         // A CAR must name at least one root, so an empty page is "204 No Content".
         Format::Car if records.is_empty() => StatusCode::NO_CONTENT.into_response(),
         Format::Car => {
