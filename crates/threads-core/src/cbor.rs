@@ -43,12 +43,14 @@ pub enum DecodeError {
     },
 }
 
-#[cfg(test)]
 const MAJOR_UINT: u8 = 0;
+const MAJOR_NEGATIVE: u8 = 1;
 const MAJOR_BYTES: u8 = 2;
 const MAJOR_TEXT: u8 = 3;
+const MAJOR_ARRAY: u8 = 4;
 const MAJOR_MAP: u8 = 5;
 const MAJOR_TAG: u8 = 6;
+const MAJOR_SIMPLE: u8 = 7;
 const TAG_CID: u64 = 42;
 
 /// Cursor over untrusted bytes. Every read checks bounds and canonical form.
@@ -176,12 +178,17 @@ pub(crate) fn read_map<'a, const N: usize>(
     Ok(())
 }
 
-/// Appends canonical DAG-CBOR items to a buffer.
-pub(crate) struct Writer(pub(crate) Vec<u8>);
+/// Appends DAG-CBOR items to a buffer, each with its shortest head. Canonical order is the
+/// caller's part: a map's keys must come length first, then bytewise.
+pub struct Writer(pub(crate) Vec<u8>);
 
 impl Writer {
-    pub(crate) fn with_capacity(n: usize) -> Self {
+    pub fn with_capacity(n: usize) -> Self {
         Self(Vec::with_capacity(n))
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
     }
 
     fn head(&mut self, major: u8, arg: u64) {
@@ -204,21 +211,29 @@ impl Writer {
         }
     }
 
-    pub(crate) fn bytes(&mut self, b: &[u8]) {
+    pub fn bytes(&mut self, b: &[u8]) {
         self.head(MAJOR_BYTES, b.len() as u64);
         self.0.extend_from_slice(b);
     }
 
-    pub(crate) fn map(&mut self, len: u64) {
+    pub fn text(&mut self, s: &str) {
+        self.head(MAJOR_TEXT, s.len() as u64);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    pub fn map(&mut self, len: u64) {
         self.head(MAJOR_MAP, len);
     }
 
-    pub(crate) fn key(&mut self, k: &str) {
-        self.head(MAJOR_TEXT, k.len() as u64);
-        self.0.extend_from_slice(k.as_bytes());
+    pub fn list(&mut self, len: u64) {
+        self.head(MAJOR_ARRAY, len);
     }
 
-    pub(crate) fn link(&mut self, cid: &Cid) {
+    pub fn key(&mut self, k: &str) {
+        self.text(k);
+    }
+
+    pub fn link(&mut self, cid: &Cid) {
         self.head(MAJOR_TAG, TAG_CID);
         let len = cid.encoded_len();
         self.head(MAJOR_BYTES, len as u64 + 1);
@@ -227,10 +242,21 @@ impl Writer {
             .expect("writing to a Vec cannot fail");
     }
 
-    /// Writes an unsigned integer; only used by tests that build hostile inputs.
-    #[cfg(test)]
-    pub(crate) fn uint(&mut self, n: u64) {
+    pub fn uint(&mut self, n: u64) {
         self.head(MAJOR_UINT, n);
+    }
+
+    pub fn int(&mut self, n: i64) {
+        match u64::try_from(n) {
+            Ok(n) => self.head(MAJOR_UINT, n),
+            // -1 - n, which fits in a u64 for every negative i64.
+            Err(_) => self.head(MAJOR_NEGATIVE, !(n as u64)),
+        }
+    }
+
+    pub fn bool(&mut self, b: bool) {
+        // Simple values 20 (false) and 21 (true).
+        self.0.push(MAJOR_SIMPLE << 5 | if b { 21 } else { 20 });
     }
 }
 
