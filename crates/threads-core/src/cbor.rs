@@ -192,23 +192,7 @@ impl Writer {
     }
 
     fn head(&mut self, major: u8, arg: u64) {
-        let m = major << 5;
-        match arg {
-            0..=23 => self.0.push(m | arg as u8),
-            24..=0xff => self.0.extend_from_slice(&[m | 24, arg as u8]),
-            0x100..=0xffff => {
-                self.0.push(m | 25);
-                self.0.extend_from_slice(&(arg as u16).to_be_bytes());
-            }
-            0x1_0000..=0xffff_ffff => {
-                self.0.push(m | 26);
-                self.0.extend_from_slice(&(arg as u32).to_be_bytes());
-            }
-            _ => {
-                self.0.push(m | 27);
-                self.0.extend_from_slice(&arg.to_be_bytes());
-            }
-        }
+        write_head(&mut self.0, major, arg);
     }
 
     pub fn bytes(&mut self, b: &[u8]) {
@@ -257,6 +241,28 @@ impl Writer {
     pub fn bool(&mut self, b: bool) {
         // Simple values 20 (false) and 21 (true).
         self.0.push(MAJOR_SIMPLE << 5 | if b { 21 } else { 20 });
+    }
+}
+
+/// Appends a major type and its argument, in the shortest form.
+#[inline]
+pub fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {
+    let m = major << 5;
+    match arg {
+        0..=23 => out.push(m | arg as u8),
+        24..=0xff => out.extend_from_slice(&[m | 24, arg as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend_from_slice(&(arg as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 26);
+            out.extend_from_slice(&(arg as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend_from_slice(&arg.to_be_bytes());
+        }
     }
 }
 

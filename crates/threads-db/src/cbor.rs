@@ -21,23 +21,7 @@ const FLOAT64: u8 = 0xfb;
 
 /// A major type and its argument, in the shortest form.
 pub(crate) fn head(out: &mut Vec<u8>, major: u8, n: u64) {
-    let major = major << 5;
-    match n {
-        0..=23 => out.push(major | n as u8),
-        24..=0xff => out.extend_from_slice(&[major | 24, n as u8]),
-        0x100..=0xffff => {
-            out.push(major | 25);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(major | 26);
-            out.extend_from_slice(&(n as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(major | 27);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
+    threads_core::write_cbor_head(out, major, n);
 }
 
 pub(crate) fn uint(out: &mut Vec<u8>, n: u64) {
