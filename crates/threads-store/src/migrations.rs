@@ -24,6 +24,8 @@ macro_rules! migration_files {
 }
 
 /// The follower's files: each migration is written once per backend, under the same name.
+/// A peer's local store drops the indexes of event, header and body CIDs once migrated
+/// (`sqlite.rs`), so a later SQLite migration that touches them must say `IF EXISTS`.
 macro_rules! follower_files {
     ($dir:literal) => {
         migration_files!($dir:
