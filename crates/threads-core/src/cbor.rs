@@ -180,43 +180,69 @@ pub(crate) fn read_map<'a, const N: usize>(
 
 /// Appends DAG-CBOR items to a buffer, each with its shortest head. Canonical order is the
 /// caller's part: a map's keys must come length first, then bytewise.
+#[derive(Default)]
 pub struct Writer(pub(crate) Vec<u8>);
 
 impl Writer {
+    #[inline]
     pub fn with_capacity(n: usize) -> Self {
         Self(Vec::with_capacity(n))
     }
 
+    #[inline]
     pub fn into_bytes(self) -> Vec<u8> {
         self.0
     }
 
+    #[inline]
     fn head(&mut self, major: u8, arg: u64) {
-        write_head(&mut self.0, major, arg);
+        let m = major << 5;
+        match arg {
+            0..=23 => self.0.push(m | arg as u8),
+            24..=0xff => self.0.extend_from_slice(&[m | 24, arg as u8]),
+            0x100..=0xffff => {
+                self.0.push(m | 25);
+                self.0.extend_from_slice(&(arg as u16).to_be_bytes());
+            }
+            0x1_0000..=0xffff_ffff => {
+                self.0.push(m | 26);
+                self.0.extend_from_slice(&(arg as u32).to_be_bytes());
+            }
+            _ => {
+                self.0.push(m | 27);
+                self.0.extend_from_slice(&arg.to_be_bytes());
+            }
+        }
     }
 
+    #[inline]
     pub fn bytes(&mut self, b: &[u8]) {
         self.head(MAJOR_BYTES, b.len() as u64);
         self.0.extend_from_slice(b);
     }
 
+    #[inline]
     pub fn text(&mut self, s: &str) {
         self.head(MAJOR_TEXT, s.len() as u64);
         self.0.extend_from_slice(s.as_bytes());
     }
 
+    #[inline]
     pub fn map(&mut self, len: u64) {
         self.head(MAJOR_MAP, len);
     }
 
+    #[inline]
     pub fn list(&mut self, len: u64) {
         self.head(MAJOR_ARRAY, len);
     }
 
+    #[inline]
     pub fn key(&mut self, k: &str) {
         self.text(k);
     }
 
+    #[inline]
     pub fn link(&mut self, cid: &Cid) {
         self.head(MAJOR_TAG, TAG_CID);
         let len = cid.encoded_len();
@@ -226,10 +252,12 @@ impl Writer {
             .expect("writing to a Vec cannot fail");
     }
 
+    #[inline]
     pub fn uint(&mut self, n: u64) {
         self.head(MAJOR_UINT, n);
     }
 
+    #[inline]
     pub fn int(&mut self, n: i64) {
         match u64::try_from(n) {
             Ok(n) => self.head(MAJOR_UINT, n),
@@ -238,31 +266,23 @@ impl Writer {
         }
     }
 
+    #[inline]
     pub fn bool(&mut self, b: bool) {
         // Simple values 20 (false) and 21 (true).
         self.0.push(MAJOR_SIMPLE << 5 | if b { 21 } else { 20 });
     }
-}
 
-/// Appends a major type and its argument, in the shortest form.
-#[inline]
-pub fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {
-    let m = major << 5;
-    match arg {
-        0..=23 => out.push(m | arg as u8),
-        24..=0xff => out.extend_from_slice(&[m | 24, arg as u8]),
-        0x100..=0xffff => {
-            out.push(m | 25);
-            out.extend_from_slice(&(arg as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(m | 26);
-            out.extend_from_slice(&(arg as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(m | 27);
-            out.extend_from_slice(&arg.to_be_bytes());
-        }
+    #[inline]
+    pub fn null(&mut self) {
+        // Simple value 22.
+        self.0.push(MAJOR_SIMPLE << 5 | 22);
+    }
+
+    /// A float, always in 64 bits (DAG-CBOR's one width for floats).
+    #[inline]
+    pub fn f64(&mut self, x: f64) {
+        self.0.push(MAJOR_SIMPLE << 5 | 27);
+        self.0.extend_from_slice(&x.to_be_bytes());
     }
 }
 

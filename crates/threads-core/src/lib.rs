@@ -50,7 +50,7 @@ pub mod keys;
 pub mod record;
 
 pub use addr::{AddrError, ThreadAddr};
-pub use cbor::{write_head as write_cbor_head, DecodeError, Writer as CborWriter};
+pub use cbor::{DecodeError, Writer as CborWriter};
 pub use cid::Cid;
 pub use id::{IdError, LogId, ThreadId, Variant};
 pub use keys::{ContentKey, KeyError, Keypair, PublicKey, ReadKey, ServiceKey, ThreadKey};

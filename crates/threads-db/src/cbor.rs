@@ -1,114 +1,70 @@
-//! DAG-CBOR written straight into one buffer, for snapshots and journaled actions: the same
-//! bytes `serde_ipld_dagcbor` makes for the same values, without the buffer it fills and copies
-//! for every map entry in order to sort it. For a snapshot of 100,000 documents, that copying
-//! (each document's bytes moved once per map it sits in) was most of the time taken. Both are
-//! still read with `serde_ipld_dagcbor`.
+//! JSON values and actions written as DAG-CBOR straight into one buffer by the core's
+//! [`CborWriter`], for snapshots and journaled actions: the same bytes `serde_ipld_dagcbor`
+//! makes for the same values, without the buffer it fills and copies for every map entry in
+//! order to sort it. For a snapshot of 100,000 documents, that copying (each document's bytes
+//! moved once per map it sits in) was most of the time taken. Both are still read with
+//! `serde_ipld_dagcbor`.
 
 use serde_json::Value;
+use threads_core::CborWriter;
 
 use crate::action::Action;
-
-const UINT: u8 = 0;
-const NEGATIVE: u8 = 1;
-const BYTES: u8 = 2;
-const TEXT: u8 = 3;
-const ARRAY: u8 = 4;
-const MAP: u8 = 5;
-const FALSE: u8 = 0xf4;
-const TRUE: u8 = 0xf5;
-const NULL: u8 = 0xf6;
-const FLOAT64: u8 = 0xfb;
-
-/// A major type and its argument, in the shortest form.
-pub(crate) fn head(out: &mut Vec<u8>, major: u8, n: u64) {
-    threads_core::write_cbor_head(out, major, n);
-}
-
-pub(crate) fn uint(out: &mut Vec<u8>, n: u64) {
-    head(out, UINT, n);
-}
-
-pub(crate) fn text(out: &mut Vec<u8>, s: &str) {
-    head(out, TEXT, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
-
-pub(crate) fn bytes(out: &mut Vec<u8>, b: &[u8]) {
-    head(out, BYTES, b.len() as u64);
-    out.extend_from_slice(b);
-}
-
-pub(crate) fn array_head(out: &mut Vec<u8>, len: usize) {
-    head(out, ARRAY, len as u64);
-}
-
-/// The head of a map of `len` entries, whose keys the caller writes in DAG-CBOR's order.
-pub(crate) fn map_head(out: &mut Vec<u8>, len: usize) {
-    head(out, MAP, len as u64);
-}
 
 /// A map with text keys, in DAG-CBOR's key order (shorter keys first, then bytewise), each
 /// value written by `value`.
 pub(crate) fn map<K: AsRef<str>, V>(
-    out: &mut Vec<u8>,
+    w: &mut CborWriter,
     entries: impl IntoIterator<Item = (K, V)>,
-    mut value: impl FnMut(&mut Vec<u8>, V),
+    mut value: impl FnMut(&mut CborWriter, V),
 ) {
     let mut entries: Vec<(K, V)> = entries.into_iter().collect();
     entries.sort_by(|(a, _), (b, _)| {
         let (a, b) = (a.as_ref(), b.as_ref());
         a.len().cmp(&b.len()).then_with(|| a.cmp(b))
     });
-    map_head(out, entries.len());
+    w.map(entries.len() as u64);
     for (key, v) in entries {
-        text(out, key.as_ref());
-        value(out, v);
+        w.key(key.as_ref());
+        value(w, v);
     }
-}
-
-pub(crate) fn null(out: &mut Vec<u8>) {
-    out.push(NULL);
 }
 
 /// A JSON value: integers as CBOR integers, other numbers as 64-bit floats (as serde_json
 /// hands them to a serializer).
-pub(crate) fn value(out: &mut Vec<u8>, v: &Value) {
+pub(crate) fn value(w: &mut CborWriter, v: &Value) {
     match v {
-        Value::Null => null(out),
-        Value::Bool(false) => out.push(FALSE),
-        Value::Bool(true) => out.push(TRUE),
+        Value::Null => w.null(),
+        Value::Bool(b) => w.bool(*b),
         Value::Number(n) => {
             if let Some(n) = n.as_u64() {
-                uint(out, n);
+                w.uint(n);
             } else if let Some(n) = n.as_i64() {
-                // Negative: CBOR holds -1 - n.
-                head(out, NEGATIVE, !(n as u64));
+                w.int(n);
             } else {
-                out.push(FLOAT64);
-                out.extend_from_slice(&n.as_f64().unwrap_or_default().to_be_bytes());
+                w.f64(n.as_f64().unwrap_or_default());
             }
         }
-        Value::String(s) => text(out, s),
+        Value::String(s) => w.text(s),
         Value::Array(items) => {
-            array_head(out, items.len());
-            items.iter().for_each(|item| value(out, item));
+            w.list(items.len() as u64);
+            items.iter().for_each(|item| value(w, item));
         }
-        Value::Object(fields) => map(out, fields, value),
+        Value::Object(fields) => map(w, fields, value),
     }
 }
 
 /// A dispatch's actions, as [`Action`]'s serde form: a list of `{type, store, payload}` maps
 /// (their keys here in DAG-CBOR's order).
-pub(crate) fn actions(out: &mut Vec<u8>, actions: &[Action]) {
-    array_head(out, actions.len());
+pub(crate) fn actions(w: &mut CborWriter, actions: &[Action]) {
+    w.list(actions.len() as u64);
     for action in actions {
-        map_head(out, 3);
-        text(out, "type");
-        text(out, &action.kind);
-        text(out, "store");
-        text(out, &action.store);
-        text(out, "payload");
-        value(out, &action.payload);
+        w.map(3);
+        w.key("type");
+        w.text(&action.kind);
+        w.key("store");
+        w.text(&action.store);
+        w.key("payload");
+        value(w, &action.payload);
     }
 }
 
@@ -151,9 +107,9 @@ mod tests {
         /// Whatever the value, the bytes are serde_ipld_dagcbor's.
         #[test]
         fn writes_what_serde_ipld_dagcbor_writes(v in json()) {
-            let mut out = Vec::new();
-            value(&mut out, &v);
-            prop_assert_eq!(out, serde_ipld_dagcbor::to_vec(&v).unwrap());
+            let mut w = CborWriter::default();
+            value(&mut w, &v);
+            prop_assert_eq!(w.into_bytes(), serde_ipld_dagcbor::to_vec(&v).unwrap());
         }
 
         #[test]
@@ -164,9 +120,9 @@ mod tests {
                 .into_iter()
                 .map(|(store, kind, payload)| Action::new(&store, &kind, payload))
                 .collect();
-            let mut out = Vec::new();
-            actions(&mut out, &list);
-            prop_assert_eq!(out, serde_ipld_dagcbor::to_vec(&list).unwrap());
+            let mut w = CborWriter::default();
+            actions(&mut w, &list);
+            prop_assert_eq!(w.into_bytes(), serde_ipld_dagcbor::to_vec(&list).unwrap());
         }
     }
 
@@ -176,8 +132,8 @@ mod tests {
             .map(|i| (format!("k{i}"), Value::from("y".repeat(i * 300))))
             .collect();
         let v = Value::Object(fields.into_iter().collect());
-        let mut out = Vec::new();
-        value(&mut out, &v);
-        assert_eq!(out, serde_ipld_dagcbor::to_vec(&v).unwrap());
+        let mut w = CborWriter::default();
+        value(&mut w, &v);
+        assert_eq!(w.into_bytes(), serde_ipld_dagcbor::to_vec(&v).unwrap());
     }
 }

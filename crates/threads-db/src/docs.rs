@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 use crate::action::Action;
 use crate::cbor;
 use crate::view::{Context, View};
+use threads_core::CborWriter;
 
 /// The name the action creators address.
 pub const STORE: &str = "docs";
@@ -415,23 +416,23 @@ impl View for DocStore {
 
     /// Each collection as [`CollectionState`] encodes, written straight into the buffer.
     fn snapshot(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        cbor::map(&mut out, &self.collections, |out, c| {
+        let mut w = CborWriter::default();
+        cbor::map(&mut w, &self.collections, |w, c| {
             // The state's fields, in DAG-CBOR's key order.
-            cbor::map_head(out, 3);
-            cbor::text(out, "docs");
-            cbor::map(out, &c.docs, cbor::value);
-            cbor::text(out, "schema");
+            w.map(3);
+            w.key("docs");
+            cbor::map(w, &c.docs, cbor::value);
+            w.key("schema");
             match &c.schema {
-                Some(schema) => cbor::value(out, schema),
-                None => cbor::null(out),
+                Some(schema) => cbor::value(w, schema),
+                None => w.null(),
             }
-            cbor::text(out, "indexes");
+            w.key("indexes");
             let indexes: Vec<&String> = c.indexes.keys().filter(|f| *f != ID).collect();
-            cbor::array_head(out, indexes.len());
-            indexes.into_iter().for_each(|field| cbor::text(out, field));
+            w.list(indexes.len() as u64);
+            indexes.into_iter().for_each(|field| w.text(field));
         });
-        out
+        w.into_bytes()
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {

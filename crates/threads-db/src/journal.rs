@@ -16,6 +16,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 
 use crate::action::{Action, Event, Position, KEY_LEN};
+use threads_core::CborWriter;
+
 use crate::{cbor, Error, Result};
 
 /// The page size of a new journal file, in bytes.
@@ -252,9 +254,9 @@ pub async fn insert(tx: &mut SqliteConnection, events: Vec<Event>) -> Result<Vec
         let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO events (pos, actions) ");
         let mut encoded = Vec::with_capacity(chunk.len());
         for event in chunk {
-            let mut actions = Vec::new();
+            let mut actions = CborWriter::default();
             cbor::actions(&mut actions, &event.actions);
-            encoded.push((event.pos.key(), actions));
+            encoded.push((event.pos.key(), actions.into_bytes()));
         }
         query.push_values(&encoded, |mut row, (key, actions)| {
             row.push_bind(&key[..]).push_bind(&actions[..]);

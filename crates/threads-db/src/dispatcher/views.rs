@@ -12,6 +12,7 @@ use crate::cbor;
 use crate::journal::{self, SnapshotFiles, StoredSnapshot};
 use crate::view::{Change, Context, View};
 use crate::{Error, Result};
+use threads_core::CborWriter;
 
 use super::REPLAY_PAGE;
 
@@ -273,22 +274,23 @@ impl Views {
             .iter()
             .map(|(name, view)| (name.as_str(), view.snapshot()))
             .chain([(acl::STORE, self.acls.snapshot())]);
-        let mut bytes = Vec::new();
+        let mut w = CborWriter::default();
         // The body's fields, in DAG-CBOR's key order.
-        cbor::map_head(&mut bytes, 4);
-        cbor::text(&mut bytes, "pos");
-        cbor::bytes(&mut bytes, &pos.key());
-        cbor::text(&mut bytes, "heads");
-        cbor::array_head(&mut bytes, self.heads.len());
+        w.map(4);
+        w.key("pos");
+        w.bytes(&pos.key());
+        w.key("heads");
+        w.list(self.heads.len() as u64);
         for (log, counter) in &self.heads {
-            cbor::array_head(&mut bytes, 2);
-            cbor::bytes(&mut bytes, log);
-            cbor::uint(&mut bytes, *counter);
+            w.list(2);
+            w.bytes(log);
+            w.uint(*counter);
         }
-        cbor::text(&mut bytes, "views");
-        cbor::map(&mut bytes, views, |out, view| cbor::bytes(out, &view));
-        cbor::text(&mut bytes, "events");
-        cbor::uint(&mut bytes, self.applied);
+        w.key("views");
+        cbor::map(&mut w, views, |w, view| w.bytes(&view));
+        w.key("events");
+        w.uint(self.applied);
+        let bytes = w.into_bytes();
         StoredSnapshot {
             pos,
             events: self.applied,
