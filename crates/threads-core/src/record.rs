@@ -20,7 +20,8 @@ use std::fmt;
 use cid::Cid;
 use ed25519_dalek::Signature;
 use multihash::Multihash;
-use rand_core::CryptoRngCore;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{CryptoRngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -546,10 +547,12 @@ impl Opened {
 
 /// Verifies many records at once, as a follower does with a pushed batch.
 ///
-/// Signatures under the current rule are checked with one Ed25519 batch verification (about
-/// twice as fast per signature); if the batch fails, each record is checked alone so that every
-/// record gets its own verdict. A lone record is checked alone from the start: a batch of one
-/// costs more than a single check (59 against 44 µs). Results are in input order.
+/// Signatures under the current rule are checked with one Ed25519 batch verification, in
+/// which the signatures of one log key share one term (a page of 5,000 records from ten logs
+/// costs about 13 µs a signature, against 21 µs with a term per signature and 44 µs alone).
+/// The batch equation is the cofactored one of ZIP 215. If the batch fails, each record is
+/// checked alone so that every record gets its own verdict. A lone record is checked alone
+/// from the start: a batch of one costs more than a single check. Results are in input order.
 pub fn verify_batch<'a>(
     items: impl IntoIterator<Item = (UnverifiedRecord, &'a ServiceKey, &'a LogId)>,
     policy: SignaturePolicy,
@@ -559,24 +562,25 @@ pub fn verify_batch<'a>(
         .map(|(record, service, log)| {
             let opened = record.open(service)?;
             let sig = opened.signature()?;
-            let message = opened.envelope.current_message();
-            Ok((opened, log, sig, message))
+            Ok((opened, log, sig))
         })
         .collect();
 
-    let (mut messages, mut sigs, mut keys) = (Vec::new(), Vec::new(), Vec::new());
-    for (_, log, sig, message) in opened.iter().flatten() {
-        messages.push(message.as_slice());
-        sigs.push(*sig);
-        keys.push(*log.public_key().verifying_key());
-    }
-    let all_current =
-        messages.len() > 1 && ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok();
+    let all_current = opened.iter().flatten().nth(1).is_some() && {
+        let mut batch = ed25519_zebra::batch::Verifier::new();
+        for (opened, log, sig) in opened.iter().flatten() {
+            let key = ed25519_zebra::VerificationKeyBytes::from(*log.public_key().as_bytes());
+            let sig = ed25519_zebra::Signature::from_bytes(&sig.to_bytes());
+            batch.queue((key, sig, &opened.envelope.current_message()));
+        }
+        // The batch's coefficients come from a generator seeded once from the system.
+        batch.verify(ChaCha20Rng::from_entropy()).is_ok()
+    };
 
     opened
         .into_iter()
         .map(|item| {
-            let (opened, log, _, _) = item?;
+            let (opened, log, _) = item?;
             if all_current {
                 Ok(opened.verified(SignatureRule::Current))
             } else {

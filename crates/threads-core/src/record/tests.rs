@@ -473,6 +473,40 @@ fn batch_verification_gives_each_record_its_verdict() {
 }
 
 #[test]
+fn batch_verification_keeps_signatures_of_one_log_apart() {
+    // A batch folds the signatures of one key together: two records of one log that swap
+    // their signatures, or one signed by another log's key, must still each be refused.
+    let (a, b) = (Log::new(), Log::new());
+    let mut records = vec![a.write(&body("1"), None)];
+    for n in 2..=4 {
+        let prev = records.last().unwrap().cid();
+        records.push(a.write(&body(&n.to_string()), Some(prev)));
+    }
+    let sig_of = |record: &VerifiedRecord| {
+        let sealed =
+            decode_bytes_node(Node::Record, &record.blocks().record, MAX_RECORD_NODE).unwrap();
+        let plain = crypto::open(a.keys.service().as_bytes(), sealed).unwrap();
+        Envelope::decode(&plain).unwrap().sig
+    };
+    let service = a.keys.service();
+    let mut blocks: Vec<UnverifiedRecord> = records.iter().map(|r| r.blocks().clone()).collect();
+    let (first, second) = (sig_of(&records[0]), sig_of(&records[1]));
+    blocks[0] = envelope_with(&blocks[0], service, |e| e.sig = second);
+    blocks[1] = envelope_with(&blocks[1], service, |e| e.sig = first);
+    blocks[2] = envelope_with(&blocks[2], service, |e| {
+        e.sig = b.pair.sign(&e.current_message()).to_vec()
+    });
+    let verdicts = verify_batch(
+        blocks.into_iter().map(|r| (r, service, &a.id)),
+        SignaturePolicy::CurrentOnly,
+    );
+    for verdict in &verdicts[..3] {
+        assert_eq!(verdict, &Err(RecordError::BadSignature));
+    }
+    assert_eq!(verdicts[3].as_ref().unwrap(), &records[3]);
+}
+
+#[test]
 fn error_codes_are_stable() {
     assert_eq!(
         malformed(Node::Event, DecodeError::KeyOrder("a".into())).code(),
