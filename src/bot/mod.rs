@@ -382,8 +382,9 @@ async fn follow_once(bot: &Bot, grant: &Grant) -> anyhow::Result<()> {
     let fetch = async {
         let pulled = bot.client.pull(thread, |_, stored| {
             // A batch that does not fit is read back from the store instead.
-            let _ = hand.try_send(stored);
-            news.notify_one();
+            if hand.try_send(stored).is_err() {
+                news.notify_one();
+            }
         });
         match pulled.await {
             // The tail below keeps trying to reach it.
@@ -407,22 +408,19 @@ async fn follow_once(bot: &Bot, grant: &Grant) -> anyhow::Result<()> {
     }
 }
 
-/// Reduces each batch the pull hands over as it arrives; a wake-up with no batch waiting
-/// (the tail stored an event, a batch was dropped, the pull ended) reads from the store.
+/// Reduces each batch the pull hands over as it arrives, and reads from the store on news of
+/// records stored without being handed over (the tail stored an event, a batch was dropped,
+/// the pull ended).
 async fn reduce(
     grant: &Grant,
     news: &tokio::sync::Notify,
     handed: &mut tokio::sync::mpsc::Receiver<Vec<threads_store::StoredRecord>>,
 ) -> threads_db::Result<()> {
     loop {
-        news.notified().await;
-        let mut took = false;
-        while let Ok(batch) = handed.try_recv() {
-            grant.sync(batch).await?;
-            took = true;
-        }
-        if !took {
-            grant.sync(Vec::new()).await?;
+        tokio::select! {
+            biased;
+            Some(batch) = handed.recv() => grant.sync(batch).await?,
+            () = news.notified() => grant.sync(Vec::new()).await?,
         }
     }
 }
