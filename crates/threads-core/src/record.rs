@@ -550,9 +550,9 @@ impl Opened {
 /// Signatures under the current rule are checked with one Ed25519 batch verification, in
 /// which the signatures of one log key share one term: 5,000 signatures of ten keys cost about
 /// 13 µs each, against 21 µs with two terms a signature. The batch equation is the cofactored
-/// one of ZIP 215. If the batch fails, each record is
-/// checked alone so that every record gets its own verdict. A lone record is checked alone
-/// from the start: a batch of one costs more than a single check. Results are in input order.
+/// one of ZIP 215. If the batch fails, each record is checked alone so that every record gets
+/// its own verdict. A lone record is checked alone from the start: a batch of one costs more
+/// than a single check. Results are in input order.
 pub fn verify_batch<'a>(
     items: impl IntoIterator<Item = (UnverifiedRecord, &'a ServiceKey, &'a LogId)>,
     policy: SignaturePolicy,
