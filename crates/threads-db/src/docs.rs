@@ -24,11 +24,11 @@ use std::ops::Bound;
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use threads_core::CborWriter;
 
 use crate::action::Action;
 use crate::cbor;
 use crate::view::{Context, View};
-use threads_core::CborWriter;
 
 /// The name the action creators address.
 pub const STORE: &str = "docs";

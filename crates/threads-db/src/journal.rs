@@ -14,10 +14,9 @@ use std::sync::Arc;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
-
-use crate::action::{Action, Event, Position, KEY_LEN};
 use threads_core::CborWriter;
 
+use crate::action::{Action, Event, Position, KEY_LEN};
 use crate::{cbor, Error, Result};
 
 /// The page size of a new journal file, in bytes.

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
+use threads_core::CborWriter;
 
 use crate::acl::{self, Acls, Effect};
 use crate::action::{Event, Position, KEY_LEN};
@@ -12,7 +13,6 @@ use crate::cbor;
 use crate::journal::{self, SnapshotFiles, StoredSnapshot};
 use crate::view::{Change, Context, View};
 use crate::{Error, Result};
-use threads_core::CborWriter;
 
 use super::REPLAY_PAGE;
 
