@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Transaction};
+use threads_core::{LogId, ThreadId};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use crate::model::{Ingest, Outcome, Quotas};
+use crate::model::{Ingest, Outcome, Quotas, StoredRecord};
 use crate::sql::group::{Decided, Group, Grown, HeadRow, MovedHead, Stored};
+use crate::sql::rows::{into_stored, RecordRow, RECORD_COLUMNS};
 use crate::sql::rule::cid_prefix;
 use crate::{Change, Result, CHANGE_CHANNEL};
 
@@ -303,6 +305,48 @@ impl PgStore {
     /// A connection for writing, from the pool.
     async fn writer(&self) -> Result<sqlx::pool::PoolConnection<Postgres>> {
         Ok(self.write.acquire().await?)
+    }
+
+    /// [`crate::Store::records_by_log`].
+    async fn page_by_log(
+        &self,
+        thread: &ThreadId,
+        log: &LogId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredRecord>> {
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE thread_id = $1 AND log_id = $2 \
+             AND counter > $3 ORDER BY counter LIMIT $4"
+        );
+        let rows: Vec<RecordRow> = sqlx::query_as(&sql)
+            .bind(thread.as_bytes())
+            .bind(log.to_bytes())
+            .bind(after as i64)
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?;
+        into_stored(thread, rows)
+    }
+
+    /// [`crate::Store::records_by_thread`].
+    async fn page_by_thread(
+        &self,
+        thread: &ThreadId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredRecord>> {
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE thread_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3"
+        );
+        let rows: Vec<RecordRow> = sqlx::query_as(&sql)
+            .bind(thread.as_bytes())
+            .bind(after as i64)
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?;
+        into_stored(thread, rows)
     }
 }
 

@@ -1,7 +1,9 @@
 //! The embedded default: one SQLite file in WAL mode, a read pool, a writer connection, and a
-//! thread of its own that commits records on a second writing connection (`ingest`).
+//! thread of its own that commits records on a second writing connection (`ingest`). Pages of
+//! records are read on connections of their own (`reads`).
 
 mod ingest;
+mod reads;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -12,9 +14,10 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
 };
 use sqlx::ConnectOptions;
+use threads_core::{LogId, ThreadId};
 use tokio::sync::broadcast;
 
-use crate::model::{Ingest, Outcome, Quotas};
+use crate::model::{Ingest, Outcome, Quotas, StoredRecord};
 use crate::{Change, Result, CHANGE_CHANNEL};
 
 /// How long a connection waits for another's lock (the committing connection and sqlx's writer
@@ -64,6 +67,8 @@ pub struct SqliteStore {
     /// Group commits, on a thread and connection of their own.
     committer: ingest::Committer,
     read: SqlitePool,
+    /// Pages of records, read without sqlx.
+    pages: reads::Readers,
     changes: broadcast::Sender<Change>,
 }
 
@@ -153,10 +158,17 @@ impl SqliteStore {
             write.clone(),
             changes.clone(),
         )?;
+        let pages = reads::Readers::new(
+            options.get_filename(),
+            BUSY_TIMEOUT,
+            READ_MMAP_BYTES,
+            READ_CONNECTIONS as usize,
+        );
         Ok(Self {
             write,
             committer,
             read,
+            pages,
             changes,
         })
     }
@@ -184,6 +196,27 @@ impl SqliteStore {
         now_ms: i64,
     ) -> Result<Vec<Outcome>> {
         self.committer.ingest(batch, quotas, now_ms).await
+    }
+
+    /// [`crate::Store::records_by_log`].
+    async fn page_by_log(
+        &self,
+        thread: &ThreadId,
+        log: &LogId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredRecord>> {
+        self.pages.by_log(thread, log, after, limit).await
+    }
+
+    /// [`crate::Store::records_by_thread`].
+    async fn page_by_thread(
+        &self,
+        thread: &ThreadId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredRecord>> {
+        self.pages.by_thread(thread, after, limit).await
     }
 }
 

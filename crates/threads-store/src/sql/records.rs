@@ -256,18 +256,7 @@ macro_rules! impl_store {
                 after: u64,
                 limit: u32,
             ) -> $crate::Result<Vec<$crate::model::StoredRecord>> {
-                let sql = format!(
-                    "SELECT {} FROM records WHERE thread_id = $1 AND log_id = $2 AND counter > $3 ORDER BY counter LIMIT $4",
-                    $crate::sql::rows::RECORD_COLUMNS
-                );
-                let rows: Vec<$crate::sql::rows::RecordRow> = sqlx::query_as(&sql)
-                    .bind(thread.as_bytes())
-                    .bind(log.to_bytes())
-                    .bind(after as i64)
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.read)
-                    .await?;
-                $crate::sql::rows::into_stored(thread, rows)
+                self.page_by_log(thread, log, after, limit).await
             }
 
             async fn records_by_thread(
@@ -276,17 +265,7 @@ macro_rules! impl_store {
                 after: u64,
                 limit: u32,
             ) -> $crate::Result<Vec<$crate::model::StoredRecord>> {
-                let sql = format!(
-                    "SELECT {} FROM records WHERE thread_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                    $crate::sql::rows::RECORD_COLUMNS
-                );
-                let rows: Vec<$crate::sql::rows::RecordRow> = sqlx::query_as(&sql)
-                    .bind(thread.as_bytes())
-                    .bind(after as i64)
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.read)
-                    .await?;
-                $crate::sql::rows::into_stored(thread, rows)
+                self.page_by_thread(thread, after, limit).await
             }
 
             async fn block(

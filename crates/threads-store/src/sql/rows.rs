@@ -107,18 +107,18 @@ impl LogRow {
 
 row! {
     pub(crate) struct RecordRow {
-        seq: i64,
-        log_id: Vec<u8>,
-        counter: i64,
-        cid: Vec<u8>,
-        event_cid: Vec<u8>,
-        header_cid: Vec<u8>,
-        body_cid: Vec<u8>,
-        record: Vec<u8>,
-        event: Vec<u8>,
-        header: Vec<u8>,
-        body: Vec<u8>,
-        arrived_at: i64,
+        pub(crate) seq: i64,
+        pub(crate) log_id: Vec<u8>,
+        pub(crate) counter: i64,
+        pub(crate) cid: Vec<u8>,
+        pub(crate) event_cid: Vec<u8>,
+        pub(crate) header_cid: Vec<u8>,
+        pub(crate) body_cid: Vec<u8>,
+        pub(crate) record: Vec<u8>,
+        pub(crate) event: Vec<u8>,
+        pub(crate) header: Vec<u8>,
+        pub(crate) body: Vec<u8>,
+        pub(crate) arrived_at: i64,
     }
 }
 
