@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::model::{Ingest, Outcome, Quotas, StoredRecord};
-use crate::sql::group::{Decided, Group, Grown, HeadRow, MovedHead, Stored};
+use crate::sql::group::{Decided, Group, HeadRow, Stored};
 use crate::sql::rows::{into_stored, RecordRow, RECORD_COLUMNS};
 use crate::sql::rule::cid_prefix;
 use crate::{Change, Result, CHANGE_CHANNEL};
@@ -124,7 +124,6 @@ impl PgStore {
             insert_fork(&mut tx, &batch[i], now_ms).await?;
         }
         self.write_group(&mut tx, batch, &decided, now_ms).await?;
-        self.notify_in_tx(&mut tx, &decided.changes).await?;
         tx.commit().await?;
         Ok(decided.outcomes)
     }
@@ -181,8 +180,11 @@ impl PgStore {
         Ok((counters, heads))
     }
 
-    /// Writes what a group stores: its records, then the heads it moved and the threads it
-    /// grew, a statement each.
+    /// Writes what a group stores in one statement: its records, the heads it moved and the
+    /// threads it grew, and the notifications of its changes (one per grown thread). Each
+    /// column is bound as one array, so the statement's text is the same whatever the group's
+    /// size: it is parsed and planned once per connection, and a group costs one round trip
+    /// where a statement per step cost four.
     async fn write_group(
         &self,
         tx: &mut Transaction<'_, Postgres>,
@@ -190,36 +192,10 @@ impl PgStore {
         decided: &Decided<'_>,
         now_ms: i64,
     ) -> Result<()> {
-        self.insert_records(tx, batch, &decided.records, now_ms)
-            .await?;
-        for chunk in decided.moved.chunks(500) {
-            let mut q = QueryBuilder::<Postgres>::new("");
-            push_update_heads(&mut q, chunk);
-            q.build().execute(&mut **tx).await?;
-        }
-        for chunk in decided.grown.chunks(500) {
-            let mut q = QueryBuilder::<Postgres>::new("");
-            push_update_threads(&mut q, chunk);
-            q.build().execute(&mut **tx).await?;
-        }
-        Ok(())
-    }
-
-    /// Inserts the records a group stores: `(index in batch, seq, counter)` each. One statement
-    /// of fixed text whatever the group's size: each column is bound as one array, so the
-    /// statement is parsed and planned once per connection, not once per group size, and binds
-    /// 13 values rather than 14 a record.
-    async fn insert_records(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        batch: &[Ingest],
-        records: &[(usize, u64, u64)],
-        now_ms: i64,
-    ) -> Result<()> {
-        let n = records.len();
-        if n == 0 {
+        if decided.records.is_empty() && decided.moved.is_empty() && decided.grown.is_empty() {
             return Ok(());
         }
+        let n = decided.records.len();
         let (mut threads, mut seqs, mut logs, mut counters) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -234,7 +210,7 @@ impl PgStore {
             Vec::with_capacity(n),
         );
         let mut nodes: [Vec<&[u8]>; 4] = std::array::from_fn(|_| Vec::with_capacity(n));
-        for &(i, seq, counter) in records {
+        for &(i, seq, counter) in &decided.records {
             let r = &batch[i].record;
             let (header_cid, body_cid) = r.content_cids();
             threads.push(batch[i].thread.as_bytes());
@@ -255,12 +231,29 @@ impl PgStore {
             }
         }
         let [record, event, header, body] = nodes;
+        let moved = &decided.moved;
+        let grown = &decided.grown;
+        let notes: Vec<String> = decided
+            .changes
+            .iter()
+            .map(|c| format!("{} {} {} {:x}", c.thread, c.seq, c.after, self.origin))
+            .collect();
         sqlx::query(
-            "INSERT INTO records (thread_id, seq, log_id, counter, cid, prev, event_cid, header_cid, \
-             body_cid, record, event, header, body, arrived_at) \
+            "WITH stored AS (INSERT INTO records (thread_id, seq, log_id, counter, cid, prev, \
+             event_cid, header_cid, body_cid, record, event, header, body, arrived_at) \
              SELECT *, $14::int8 FROM unnest($1::bytea[], $2::int8[], $3::bytea[], $4::int8[], \
              $5::bytea[], $6::bytea[], $7::bytea[], $8::bytea[], $9::bytea[], $10::bytea[], \
-             $11::bytea[], $12::bytea[], $13::bytea[])",
+             $11::bytea[], $12::bytea[], $13::bytea[])), \
+             heads AS (UPDATE logs SET head_cid = v.cid, head_counter = v.counter, \
+             byte_count = v.bytes \
+             FROM unnest($15::bytea[], $16::bytea[], $17::bytea[], $18::int8[], $19::int8[]) \
+             AS v (thread_id, log_id, cid, counter, bytes) \
+             WHERE logs.thread_id = v.thread_id AND logs.log_id = v.log_id), \
+             grown AS (UPDATE threads SET seq = v.seq, record_count = record_count + v.added, \
+             byte_count = v.bytes \
+             FROM unnest($20::bytea[], $21::int8[], $22::int8[], $23::int8[]) \
+             AS v (id, seq, added, bytes) WHERE threads.id = v.id) \
+             SELECT pg_notify($24, note) FROM unnest($25::text[]) AS note",
         )
         .bind(threads)
         .bind(seqs)
@@ -276,29 +269,24 @@ impl PgStore {
         .bind(header)
         .bind(body)
         .bind(now_ms)
+        .bind(
+            moved
+                .iter()
+                .map(|m| m.thread.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(moved.iter().map(|m| m.log.as_slice()).collect::<Vec<_>>())
+        .bind(moved.iter().map(|m| m.cid.as_slice()).collect::<Vec<_>>())
+        .bind(moved.iter().map(|m| m.counter).collect::<Vec<_>>())
+        .bind(moved.iter().map(|m| m.bytes).collect::<Vec<_>>())
+        .bind(grown.iter().map(|g| g.0).collect::<Vec<_>>())
+        .bind(grown.iter().map(|g| g.2 as i64).collect::<Vec<_>>())
+        .bind(grown.iter().map(|g| (g.2 - g.1) as i64).collect::<Vec<_>>())
+        .bind(grown.iter().map(|g| g.3 as i64).collect::<Vec<_>>())
+        .bind(CHANNEL)
+        .bind(notes)
         .execute(&mut **tx)
         .await?;
-        Ok(())
-    }
-
-    /// One notification per changed thread, all in one statement.
-    async fn notify_in_tx(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        changes: &[Change],
-    ) -> Result<()> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let notes: Vec<String> = changes
-            .iter()
-            .map(|c| format!("{} {} {} {:x}", c.thread, c.seq, c.after, self.origin))
-            .collect();
-        sqlx::query("SELECT pg_notify($1, note) FROM unnest($2::text[]) AS note")
-            .bind(CHANNEL)
-            .bind(&notes)
-            .execute(&mut **tx)
-            .await?;
         Ok(())
     }
 
@@ -370,38 +358,6 @@ async fn insert_fork(tx: &mut Transaction<'_, Postgres>, item: &Ingest, now_ms: 
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-/// Appends `UPDATE logs … FROM (VALUES …)` of moved heads (thread, log, CID, counter, bytes).
-fn push_update_heads<'a>(q: &mut QueryBuilder<'a, Postgres>, chunk: &'a [MovedHead]) {
-    q.push(
-        "UPDATE logs SET head_cid = v.column3, head_counter = v.column4, byte_count = v.column5 \
-         FROM (",
-    );
-    q.push_values(chunk, |mut row, m| {
-        row.push_bind(m.thread.as_slice())
-            .push_bind(m.log.as_slice())
-            .push_bind(m.cid.as_slice())
-            .push_bind(m.counter)
-            .push_bind(m.bytes);
-    });
-    q.push(") AS v WHERE logs.thread_id = v.column1 AND logs.log_id = v.column2");
-}
-
-/// Appends `UPDATE threads … FROM (VALUES …)` of grown threads (ID, new sequence, records
-/// added, bytes).
-fn push_update_threads<'a>(q: &mut QueryBuilder<'a, Postgres>, chunk: &'a [Grown<'a>]) {
-    q.push(
-        "UPDATE threads SET seq = v.column2, record_count = record_count + v.column3, \
-         byte_count = v.column4 FROM (",
-    );
-    q.push_values(chunk, |mut row, &(thread, first, last, bytes)| {
-        row.push_bind(thread)
-            .push_bind(last as i64)
-            .push_bind((last - first) as i64)
-            .push_bind(bytes as i64);
-    });
-    q.push(") AS v WHERE threads.id = v.column1");
 }
 
 impl Drop for PgStore {
