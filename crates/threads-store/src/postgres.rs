@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::model::{Ingest, Outcome, Quotas, StoredRecord};
 use crate::sql::group::{Decided, Group, HeadRow, Stored};
-use crate::sql::rows::{into_stored, RecordRow, RECORD_COLUMNS};
+use crate::sql::rows::{into_stored, records_by_log_sql, records_by_thread_sql, RecordRow};
 use crate::sql::rule::cid_prefix;
 use crate::{Change, Result, CHANGE_CHANNEL};
 
@@ -303,11 +303,7 @@ impl PgStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredRecord>> {
-        let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE thread_id = $1 AND log_id = $2 \
-             AND counter > $3 ORDER BY counter LIMIT $4"
-        );
-        let rows: Vec<RecordRow> = sqlx::query_as(&sql)
+        let rows: Vec<RecordRow> = sqlx::query_as(&records_by_log_sql())
             .bind(thread.as_bytes())
             .bind(log.to_bytes())
             .bind(after as i64)
@@ -324,11 +320,7 @@ impl PgStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredRecord>> {
-        let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE thread_id = $1 AND seq > $2 \
-             ORDER BY seq LIMIT $3"
-        );
-        let rows: Vec<RecordRow> = sqlx::query_as(&sql)
+        let rows: Vec<RecordRow> = sqlx::query_as(&records_by_thread_sql())
             .bind(thread.as_bytes())
             .bind(after as i64)
             .bind(i64::from(limit))

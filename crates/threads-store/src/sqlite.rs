@@ -131,7 +131,8 @@ impl SqliteStore {
         let read = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .test_before_acquire(false)
-            // A page of records crosses from SQLite's thread in few hand-offs, not 50 rows at a time.
+            // A result crosses from SQLite's thread in few hand-offs, not 50 rows at a time (pages
+            // of records are read without sqlx: `reads`).
             // Readers map the file instead of copying each page through `pread`.
             .connect_with(
                 options

@@ -288,3 +288,20 @@ impl DeliveryRow {
 /// The columns every record query selects.
 pub(crate) const RECORD_COLUMNS: &str = "seq, log_id, counter, cid, event_cid, header_cid, \
      body_cid, record, event, header, body, arrived_at";
+
+/// A page of one thread's records: `$1` thread, `$2` after this sequence number, `$3` limit.
+/// (SQLite takes `$N` parameters too, numbered as they first appear.)
+pub(crate) fn records_by_thread_sql() -> String {
+    format!(
+        "SELECT {RECORD_COLUMNS} FROM records WHERE thread_id = $1 AND seq > $2 \
+         ORDER BY seq LIMIT $3"
+    )
+}
+
+/// A page of one log's records: `$1` thread, `$2` log, `$3` after this counter, `$4` limit.
+pub(crate) fn records_by_log_sql() -> String {
+    format!(
+        "SELECT {RECORD_COLUMNS} FROM records WHERE thread_id = $1 AND log_id = $2 \
+         AND counter > $3 ORDER BY counter LIMIT $4"
+    )
+}

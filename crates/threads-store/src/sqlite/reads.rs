@@ -14,7 +14,7 @@ use threads_core::{LogId, ThreadId};
 use tokio::sync::Semaphore;
 
 use crate::model::StoredRecord;
-use crate::sql::rows::{into_stored, RecordRow, RECORD_COLUMNS};
+use crate::sql::rows::{into_stored, records_by_log_sql, records_by_thread_sql, RecordRow};
 use crate::{Result, StoreError};
 
 /// Read-only connections to the store's file, at most `limit` in use at once.
@@ -47,10 +47,7 @@ impl Readers {
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredRecord>> {
-        let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE thread_id = ?1 AND seq > ?2 \
-             ORDER BY seq LIMIT ?3"
-        );
+        let sql = records_by_thread_sql();
         let key = (thread.as_bytes().to_vec(), after as i64, i64::from(limit));
         let rows = self
             .read(move |conn| rows(conn, &sql, params![key.0, key.1, key.2]))
@@ -66,10 +63,7 @@ impl Readers {
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredRecord>> {
-        let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE thread_id = ?1 AND log_id = ?2 \
-             AND counter > ?3 ORDER BY counter LIMIT ?4"
-        );
+        let sql = records_by_log_sql();
         let key = (
             thread.as_bytes().to_vec(),
             log.to_bytes(),
@@ -118,7 +112,8 @@ impl Inner {
     }
 }
 
-/// Every row of a record query, each column read in the order of [`RECORD_COLUMNS`].
+/// Every row of a record query, each column read in the order of
+/// [`crate::sql::rows::RECORD_COLUMNS`].
 fn rows(
     conn: &Connection,
     sql: &str,
