@@ -30,13 +30,14 @@ pub mod owners;
 pub mod push;
 pub mod reads;
 pub mod replica;
+pub mod signatures;
 pub mod webhooks;
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use futures_util::future::BoxFuture;
-use threads_core::{LogId, ThreadId, UnverifiedRecord};
+use threads_core::{LogId, SignaturePolicy, ThreadId, UnverifiedRecord};
 use threads_store::{Quotas, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +53,15 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_millis() as i64
+}
+
+/// Whether records signed under go-threads' rule are taken (`allow_legacy_signatures`).
+fn signature_policy(config: &Config) -> SignaturePolicy {
+    if config.allow_legacy_signatures {
+        SignaturePolicy::AllowLegacy
+    } else {
+        SignaturePolicy::CurrentOnly
+    }
 }
 
 /// Records stored from writers' pushes to public threads, in order: thread, log and nodes.
@@ -83,6 +93,8 @@ struct Inner {
     committer: commit::Committer,
     /// Follow keys of the threads pushed to lately.
     keys: keys::Keys,
+    /// Where small pushes' signatures are checked together.
+    signatures: signatures::Signatures,
     shutdown: CancellationToken,
     announce: Option<Arc<dyn Announce>>,
     /// Webhook subscriptions and their deliveries.
@@ -139,6 +151,7 @@ impl Follower {
                 rand_core::RngCore::next_u64(&mut rand_core::OsRng).to_be_bytes(),
             ),
             keys: keys::Keys::default(),
+            signatures: signatures::Signatures::new(signature_policy(&config)),
             config,
             store,
             server_id,

@@ -8,15 +8,15 @@ use std::time::Instant;
 
 pub use threads_client::car::CarRecord as PushItem;
 use threads_core::{
-    cid_of, verify_batch, Cid, RecordError, SignaturePolicy, SignatureRule, ThreadId,
+    cid_of, verify_batch, Cid, RecordError, SignatureRule, ThreadId,
 };
 use threads_store::{Ingest, Outcome};
 
 use super::keys::PushKey;
 use super::{Error, Follower, Result};
 
-/// Records a push verifies on the task that received it (about 35 µs each); a larger batch is
-/// verified on the blocking pool.
+/// Records a push has checked together with other small pushes ([`super::signatures`]); a
+/// larger batch is verified on the blocking pool.
 const VERIFY_INLINE: usize = 4;
 
 /// Where a pushed batch comes from.
@@ -151,25 +151,28 @@ impl Follower {
             }
         }
 
-        let policy = if self.config().allow_legacy_signatures {
-            SignaturePolicy::AllowLegacy
-        } else {
-            SignaturePolicy::CurrentOnly
-        };
-        let inline = meta.len() <= VERIFY_INLINE;
-        let verify = move || {
+        let policy = super::signature_policy(self.config());
+        // A few records' worth is checked together with other small pushes; more are kept
+        // off the async workers.
+        let (meta, checked) = if meta.len() <= VERIFY_INLINE {
             let items = blocks
                 .into_iter()
                 .zip(&meta)
-                .map(|(b, (_, _, log, key))| (b, key, log));
-            let checked = verify_batch(items, policy);
+                .map(|(b, (_, _, log, key))| (b, key.clone(), log.clone()))
+                .collect();
+            let checked = self.0.signatures.verify(items).await.ok_or_else(|| {
+                Error::Internal("checking a batch of signatures failed".into())
+            })?;
             (meta, checked)
-        };
-        // Signature checks are CPU work: a few records' worth is cheaper to do here than to
-        // hand to another thread; more are kept off the async workers.
-        let (meta, checked) = if inline {
-            verify()
         } else {
+            let verify = move || {
+                let items = blocks
+                    .into_iter()
+                    .zip(&meta)
+                    .map(|(b, (_, _, log, key))| (b, key, log));
+                let checked = verify_batch(items, policy);
+                (meta, checked)
+            };
             tokio::task::spawn_blocking(verify)
                 .await
                 .map_err(|e| Error::Internal(format!("verifying a batch: {e}")))?

@@ -75,6 +75,7 @@ const CATALOG: &[(Kind, &str, Unit, &str)] = {
         (Histogram, "threads_push_seconds", Seconds, "Time to answer a push, from its request to its records durable."),
         (Histogram, "threads_push_lag_seconds", Seconds, "Time from a record's arrival to its sending to a live subscriber."),
         (Histogram, "threads_commit_group_pushes", Count, "Pushes committed together in one transaction."),
+        (Histogram, "threads_signature_batch_pushes", Count, "Small pushes whose signatures were checked together in one batch."),
     ]
 };
 

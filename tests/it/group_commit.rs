@@ -62,8 +62,9 @@ async fn stored(server: &Server, log: &TestLog) -> Vec<String> {
 }
 
 /// Sixteen writers push one record at a time while a seventeenth pushes records that do not
-/// chain (gaps), then records again (duplicates): every push gets its own verdicts, nothing is lost or stored
-/// twice, each log's records keep their order, and commits were shared.
+/// chain (gaps) and forged ones, then records again (duplicates): every push gets its own
+/// verdicts, nothing is lost or stored twice, each log's records keep their order, and commits
+/// were shared.
 async fn pushes_in_flight_share_commits(backend: Backend) {
     let server = Server::start(backend).await;
     let writers = writers(&server, 16, 12).await;
@@ -75,6 +76,16 @@ async fn pushes_in_flight_share_commits(backend: Backend) {
         .map(|(i, (log, _))| {
             let other = &writers[(i + 1) % writers.len()].1[0];
             log.after(Some(other.cid()), 200)
+        })
+        .collect();
+    // And for each log, a record signed by another key: checked in the same batches as the
+    // writers' records, it fails alone.
+    let forged: Vec<VerifiedRecord> = writers
+        .iter()
+        .map(|(log, _)| {
+            let mut impostor = log.sibling();
+            impostor.pair = threads_core::Keypair::generate(&mut rand_core::OsRng);
+            impostor.next(200)
         })
         .collect();
     let writers = Arc::new(writers);
@@ -90,15 +101,18 @@ async fn pushes_in_flight_share_commits(backend: Backend) {
             }
         }));
     }
-    // Strays pushed while the writers push; then each log's first record again.
+    // Strays and forgeries pushed while the writers push; then each log's first record again.
     let meddler = {
         let (writers, http, url) = (writers.clone(), server.http.clone(), server.url.clone());
         tokio::spawn(async move {
             for _ in 0..3 {
-                for ((log, _), stray) in writers.iter().zip(&strays) {
+                for (((log, _), stray), forged) in writers.iter().zip(&strays).zip(&forged) {
                     let (status, body, _) = push_one(&http, &url, log, stray).await;
                     assert_eq!(status, StatusCode::CONFLICT, "{body}");
                     assert_eq!(body["results"][0]["outcome"], "gap", "{body}");
+                    let (status, body, _) = push_one(&http, &url, log, forged).await;
+                    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+                    assert_eq!(body["code"], "bad_signature", "{body}");
                 }
             }
         })

@@ -16,6 +16,8 @@ const BODY_LEN: usize = 1024;
 const RECORDS: usize = 4096;
 /// A typical pushed batch; batch verification gains little beyond a few hundred.
 const BATCH: usize = 256;
+/// Logs of the batches that hold one record of each, as concurrent one-record pushes do.
+const LOGS: usize = 32;
 /// Each figure is the best of several passes of at least this long.
 const MIN_PASS: Duration = Duration::from_millis(500);
 const PASSES: usize = 5;
@@ -84,6 +86,37 @@ fn main() {
                     .iter()
                     .map(|r| (r.clone(), &service, &log_id));
                 start = (start + size) % (RECORDS - size);
+                for verdict in verify_batch(batch, SignaturePolicy::CurrentOnly) {
+                    black_box(verdict.unwrap());
+                }
+            },
+        );
+    }
+    // One record of each of many logs, as one-record pushes arriving together are checked.
+    let logs: Vec<(Keypair, LogId)> = (0..LOGS)
+        .map(|_| {
+            let pair = Keypair::generate(&mut rng);
+            let id = LogId::from(pair.public());
+            (pair, id)
+        })
+        .collect();
+    let firsts: Vec<UnverifiedRecord> = logs
+        .iter()
+        .map(|(pair, _)| {
+            VerifiedRecord::create(&body, &keys, pair, &author, None, &mut rng)
+                .unwrap()
+                .into_blocks()
+        })
+        .collect();
+    for size in [4, LOGS] {
+        rate(
+            &format!("verify in batches of {size}, one record per log"),
+            size,
+            || {
+                let batch = firsts[..size]
+                    .iter()
+                    .zip(&logs)
+                    .map(|(r, (_, id))| (r.clone(), &service, id));
                 for verdict in verify_batch(batch, SignaturePolicy::CurrentOnly) {
                     black_box(verdict.unwrap());
                 }

@@ -191,11 +191,27 @@ impl fmt::Debug for ThreadKey {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct PublicKey(VerifyingKey);
 
+/// Slots of each thread's cache of decompressed keys.
+const DECOMPRESSED_SLOTS: usize = 64;
+
+thread_local! {
+    /// Keys decompressed lately on this thread, each in the slot its first byte picks: a
+    /// follower reads the same log IDs push after push, and decompressing a key (a square
+    /// root in the field) costs about as much as a sixth of a signature check.
+    static DECOMPRESSED: std::cell::RefCell<[Option<VerifyingKey>; DECOMPRESSED_SLOTS]> =
+        const { std::cell::RefCell::new([None; DECOMPRESSED_SLOTS]) };
+}
+
 impl PublicKey {
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
-        VerifyingKey::from_bytes(bytes)
-            .map(Self)
-            .map_err(|_| KeyError::InvalidPoint)
+        let slot = bytes[0] as usize % DECOMPRESSED_SLOTS;
+        let kept = DECOMPRESSED.with_borrow(|keys| keys[slot].filter(|k| k.as_bytes() == bytes));
+        if let Some(key) = kept {
+            return Ok(Self(key));
+        }
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::InvalidPoint)?;
+        DECOMPRESSED.with_borrow_mut(|keys| keys[slot] = Some(key));
+        Ok(Self(key))
     }
 
     pub fn as_bytes(&self) -> &[u8; 32] {
@@ -204,6 +220,11 @@ impl PublicKey {
 
     pub fn verifying_key(&self) -> &VerifyingKey {
         &self.0
+    }
+
+    /// The key's curve point, decompressed when the key was read.
+    pub(crate) fn point(&self) -> curve25519_dalek::EdwardsPoint {
+        self.0.to_edwards()
     }
 
     /// libp2p's protobuf form: `08 01 12 20 || key`.

@@ -43,6 +43,7 @@
 
 pub mod addr;
 pub mod auth;
+mod batch;
 mod cbor;
 pub mod crypto;
 pub mod id;
