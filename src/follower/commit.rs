@@ -62,6 +62,11 @@ impl Committer {
         }
     }
 
+    /// Records queued and not yet answered: other pushes are under way.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
     /// Stores a verified batch with whatever else is queued; answers its outcomes, in order,
     /// once they are durable.
     pub async fn commit(&self, batch: Vec<Ingest>) -> Result<Vec<Outcome>> {

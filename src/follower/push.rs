@@ -160,7 +160,8 @@ impl Follower {
                 .zip(&meta)
                 .map(|(b, (_, _, log, key))| (b, key.clone(), log.clone()))
                 .collect();
-            let checked = self.0.signatures.verify(items).await.ok_or_else(|| {
+            let busy = self.0.committer.queued() > 0;
+            let checked = self.0.signatures.verify(items, busy).await.ok_or_else(|| {
                 Error::Internal("checking a batch of signatures failed".into())
             })?;
             (meta, checked)

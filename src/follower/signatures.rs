@@ -1,11 +1,12 @@
 //! The signature checks of small concurrent pushes, made together. A one-record push checked
 //! alone pays a whole Ed25519 verification; checked in one batch with the pushes that arrived
-//! alongside it, it pays about half again less (`cargo bench -p threads-core --bench record`).
+//! alongside it, about a third less (`cargo bench -p threads-core --bench record`).
 //!
 //! A push queues its records and, when fewer than one verifier per worker thread are at work,
-//! becomes one: it yields once, so that the requests the runtime has ready queue theirs too,
-//! then checks everything queued as one batch ([`verify_batch`], which gives every record its
-//! own verdict even when the batch fails) and answers each push, until the queue is empty.
+//! becomes one: while other pushes are under way it yields once, so that the requests the
+//! runtime has ready queue theirs too; then it checks everything queued as one batch
+//! ([`verify_batch`], which gives every record its own verdict even when the batch fails) and
+//! answers each push, until the queue is empty.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -58,8 +59,9 @@ impl Signatures {
     }
 
     /// Checks `items` with whatever else is queued; the verdicts are in input order. `None`
-    /// only if checking them panicked.
-    pub async fn verify(&self, items: Vec<Item>) -> Option<Checked> {
+    /// only if checking them panicked. `busy` says other pushes are under way, so that more
+    /// may be about to queue: a lone push does not wait for them.
+    pub async fn verify(&self, items: Vec<Item>, busy: bool) -> Option<Checked> {
         let (reply, answer) = oneshot::channel();
         let verifies = {
             let mut state = self.0.state.lock().expect("not poisoned");
@@ -69,10 +71,12 @@ impl Signatures {
             verifies
         };
         if verifies {
-            // Should this push be dropped while it yields, the queue is drained without it.
-            let mut duty = Verifying(Some(self.clone()));
-            tokio::task::yield_now().await;
-            duty.0 = None;
+            if busy {
+                // Should this push be dropped while it yields, the queue is drained without it.
+                let mut duty = Verifying(Some(self.clone()));
+                tokio::task::yield_now().await;
+                duty.0 = None;
+            }
             self.drain();
         }
         answer.await.ok()

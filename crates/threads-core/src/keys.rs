@@ -191,8 +191,8 @@ impl fmt::Debug for ThreadKey {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct PublicKey(VerifyingKey);
 
-/// Slots of each thread's cache of decompressed keys.
-const DECOMPRESSED_SLOTS: usize = 64;
+/// Slots of each thread's cache of decompressed keys (about 200 bytes each).
+const DECOMPRESSED_SLOTS: usize = 256;
 
 thread_local! {
     /// Keys decompressed lately on this thread, each in the slot its first byte picks: a
@@ -204,7 +204,7 @@ thread_local! {
 
 impl PublicKey {
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
-        let slot = bytes[0] as usize % DECOMPRESSED_SLOTS;
+        let slot = usize::from(bytes[0]) % DECOMPRESSED_SLOTS;
         let kept = DECOMPRESSED.with_borrow(|keys| keys[slot].filter(|k| k.as_bytes() == bytes));
         if let Some(key) = kept {
             return Ok(Self(key));
