@@ -7,9 +7,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 pub use threads_client::car::CarRecord as PushItem;
-use threads_core::{
-    cid_of, verify_batch, Cid, RecordError, SignatureRule, ThreadId,
-};
+use threads_core::{cid_of, verify_batch, Cid, RecordError, SignatureRule, ThreadId};
 use threads_store::{Ingest, Outcome};
 
 use super::keys::PushKey;
@@ -161,9 +159,10 @@ impl Follower {
                 .map(|(b, (_, _, log, key))| (b, key.clone(), log.clone()))
                 .collect();
             let busy = self.0.committer.queued() > 0;
-            let checked = self.0.signatures.verify(items, busy).await.ok_or_else(|| {
-                Error::Internal("checking a batch of signatures failed".into())
-            })?;
+            let checked =
+                self.0.signatures.verify(items, busy).await.ok_or_else(|| {
+                    Error::Internal("checking a batch of signatures failed".into())
+                })?;
             (meta, checked)
         } else {
             let verify = move || {

@@ -45,8 +45,9 @@ impl<'k> SignatureBatch<'k> {
     pub(crate) fn queue(&mut self, key: &'k PublicKey, signature: &[u8; 64], message: &[u8]) {
         let (r, s) = signature.split_at(32);
         let r: [u8; 32] = r.try_into().expect("32 bytes");
-        let Some(s) = Option::from(Scalar::from_canonical_bytes(s.try_into().expect("32 bytes")))
-        else {
+        let Some(s) = Option::from(Scalar::from_canonical_bytes(
+            s.try_into().expect("32 bytes"),
+        )) else {
             self.malformed = true;
             return;
         };
@@ -150,7 +151,11 @@ mod tests {
         assert!(!batch_holds(&keys, |s| {
             let not_a_point = (0u8..=255)
                 .map(|y| [[y; 31].as_slice(), &[0]].concat())
-                .find(|r| CompressedEdwardsY(r[..].try_into().unwrap()).decompress().is_none())
+                .find(|r| {
+                    CompressedEdwardsY(r[..].try_into().unwrap())
+                        .decompress()
+                        .is_none()
+                })
                 .unwrap();
             s[4][..32].copy_from_slice(&not_a_point);
         }));
