@@ -1,8 +1,8 @@
 //! Live writes: records pushed one per request, as an app writes each message when it happens,
 //! against the same records pushed in batches; and one record fanned out to WebSocket
 //! subscribers. Prints push rates, acknowledgement latencies, the server's CPU per push and
-//! fan-out latencies. The server is its own release process; writers and subscribers are Rust
-//! clients in this one.
+//! fan-out latencies. The server is its own release process; writers (each on a bare hyper
+//! connection) and subscribers are Rust clients in this one.
 //!
 //! ```text
 //! cargo bench --bench live                      # both backends (Postgres needs THREADS_TEST_PG)
@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -64,20 +63,48 @@ impl Run {
         common::metric(&self.http, &self.url, "threads_commit_group_pushes_count").await
     }
 
+    /// A writer's own keep-alive connection.
+    async fn writer(&self) -> Writer {
+        Writer::connect(&self.url).await
+    }
+}
+
+/// One writer's HTTP/1.1 keep-alive connection, spoken with hyper's client connection alone:
+/// the writers share the machine's two cores with the server, so each request should cost
+/// the client as little as it can (no pool, no URL parsing, no redirect policy: about half
+/// of `reqwest`'s CPU per push).
+struct Writer {
+    send: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    host: String,
+}
+
+impl Writer {
+    async fn connect(url: &str) -> Self {
+        let host = url.trim_start_matches("http://").to_owned();
+        let stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (send, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        Self { send, host }
+    }
+
     /// Pushes one JSON batch; returns how long until it was acknowledged.
-    async fn push(&self, body: String) -> Duration {
+    async fn push(&mut self, body: String) -> Duration {
+        use http_body_util::BodyExt;
         let at = Instant::now();
-        let r = self
-            .http
-            .post(format!("{}/v1/records", self.url))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
+        let request = hyper::Request::post("/v1/records")
+            .header(hyper::header::HOST, &self.host)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
             .unwrap();
-        let status = r.status();
-        let text = r.text().await.unwrap();
-        assert!(status.is_success(), "push: {status} {text}");
+        self.send.ready().await.unwrap();
+        let response = self.send.send_request(request).await.unwrap();
+        let status = response.status();
+        let text = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(status.is_success(), "push: {status} {text:?}");
         at.elapsed()
     }
 }
@@ -121,16 +148,19 @@ async fn batched(run: &Run) -> f64 {
         .collect();
     let per_thread = common::thread_batches(&logs, BATCH_THREADS, &per_log, BATCH);
     let total = logs.len() * BATCH_RECORDS_PER_LOG;
-    let run = Arc::new(run);
+    let mut writers = Vec::new();
+    for _ in 0..per_thread.len() {
+        writers.push(run.writer().await);
+    }
     let (cpu, started) = (run.cpu(), Instant::now());
-    let pushers = per_thread.into_iter().map(|batches| {
-        let run = run.clone();
-        async move {
+    let pushers = per_thread
+        .into_iter()
+        .zip(writers)
+        .map(|(batches, mut writer)| async move {
             for batch in batches {
-                run.push(batch).await;
+                writer.push(batch).await;
             }
-        }
-    });
+        });
     futures_util::future::join_all(pushers).await;
     let secs = started.elapsed().as_secs_f64();
     let rate = total as f64 / secs;
@@ -148,17 +178,24 @@ async fn concurrent(run: &Run) -> f64 {
     for log in &logs {
         common::register(&run.http, &run.url, log).await;
     }
-    let writers = single_pushes(&logs, RECORDS_PER_WRITER);
+    let bodies = single_pushes(&logs, RECORDS_PER_WRITER);
     let total = WRITERS * RECORDS_PER_WRITER;
+    let mut writers = Vec::new();
+    for _ in 0..WRITERS {
+        writers.push(run.writer().await);
+    }
     let groups = run.commit_groups().await;
     let (cpu, client, started) = (run.cpu(), common::cpu_secs("self"), Instant::now());
-    let tasks = writers.into_iter().map(|pushes| async move {
-        let mut acks = Vec::with_capacity(pushes.len());
-        for push in pushes {
-            acks.push(ms(run.push(push).await));
-        }
-        acks
-    });
+    let tasks = bodies
+        .into_iter()
+        .zip(writers)
+        .map(|(pushes, mut writer)| async move {
+            let mut acks = Vec::with_capacity(pushes.len());
+            for push in pushes {
+                acks.push(ms(writer.push(push).await));
+            }
+            acks
+        });
     let acks: Vec<f64> = futures_util::future::join_all(tasks)
         .await
         .into_iter()
@@ -183,10 +220,11 @@ async fn sequential(run: &Run) {
     let logs = common::logs(1, 1);
     common::register(&run.http, &run.url, &logs[0]).await;
     let pushes = single_pushes(&logs, SEQUENTIAL).remove(0);
+    let mut writer = run.writer().await;
     let (cpu, client, started) = (run.cpu(), common::cpu_secs("self"), Instant::now());
     let mut acks = Vec::with_capacity(pushes.len());
     for push in pushes {
-        acks.push(ms(run.push(push).await));
+        acks.push(ms(writer.push(push).await));
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
@@ -213,10 +251,11 @@ async fn fan_out(run: &Run) {
     let mut arrivals = common::subscribers(&ws_url, SUBSCRIBERS, CONNECT_WAVE).await;
     let pushes = single_pushes(&logs, FAN_OUT_SAMPLES).remove(0);
     let (mut each, mut last) = (Vec::new(), Vec::new());
+    let mut writer = run.writer().await;
     let cpu = run.cpu();
     for push in pushes {
         let at = Instant::now();
-        run.push(push).await;
+        writer.push(push).await;
         let mut latest = at;
         for _ in 0..SUBSCRIBERS {
             let when = tokio::time::timeout(Duration::from_secs(10), arrivals.recv())
