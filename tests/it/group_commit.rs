@@ -78,15 +78,11 @@ async fn pushes_in_flight_share_commits(backend: Backend) {
             log.after(Some(other.cid()), 200)
         })
         .collect();
-    // And for each log, a record signed by another key: checked in the same batches as the
-    // writers' records, it fails alone.
+    // And for each log, a record signed by another log's key (pushed as this log's): checked
+    // in the same batches as the writers' records, it fails alone.
     let forged: Vec<VerifiedRecord> = writers
         .iter()
-        .map(|(log, _)| {
-            let mut impostor = log.sibling();
-            impostor.pair = threads_core::Keypair::generate(&mut rand_core::OsRng);
-            impostor.next(200)
-        })
+        .map(|(log, _)| log.sibling().next(200))
         .collect();
     let writers = Arc::new(writers);
     let mut tasks = Vec::new();
