@@ -92,14 +92,16 @@ fn feed(
     permit: OwnedSemaphorePermit,
 ) -> impl Stream<Item = Result<Event, std::convert::Infallible>> {
     metrics::gauge!("threads_sse_connections").increment(1.0);
-    let open = Open { _permit: permit };
+    let open = Open {
+        _permit: permit,
+        lag: metrics::histogram!("threads_push_lag_seconds"),
+    };
     stream::unfold(Some((subscription, info, open)), |state| async move {
         let (mut subscription, info, open) = state?;
         match subscription.next().await {
             Ok(record) => {
                 let lag_ms = crate::follower::now_ms() - record.record.arrived_ms;
-                metrics::histogram!("threads_push_lag_seconds")
-                    .record(lag_ms.max(0) as f64 / 1000.0);
+                open.lag.record(lag_ms.max(0) as f64 / 1000.0);
                 let wire = super::wire::live_message(&info, &record);
                 let event = Event::default()
                     .event("record")
@@ -129,6 +131,8 @@ fn feed(
 /// An open event stream: holds its connection slot and keeps the gauge true.
 struct Open {
     _permit: OwnedSemaphorePermit,
+    /// Looked up once, not at every record.
+    lag: metrics::Histogram,
 }
 
 impl Drop for Open {

@@ -270,6 +270,8 @@ async fn feed(
     info: threads_store::ThreadInfo,
     out: mpsc::Sender<Message>,
 ) {
+    // Looked up once, not at every record of every subscriber.
+    let lag = metrics::histogram!("threads_push_lag_seconds");
     loop {
         let record = match subscription.next().await {
             Ok(record) => record,
@@ -292,7 +294,7 @@ async fn feed(
             }
         };
         let lag_ms = crate::follower::now_ms() - record.record.arrived_ms;
-        metrics::histogram!("threads_push_lag_seconds").record(lag_ms.max(0) as f64 / 1000.0);
+        lag.record(lag_ms.max(0) as f64 / 1000.0);
         let wire = super::wire::live_message(&info, &record);
         let message = Message::Text(Utf8Bytes::try_from(wire).expect("JSON is UTF-8"));
         if out.send(message).await.is_err() {
