@@ -93,7 +93,7 @@ struct Inner {
     committer: commit::Committer,
     /// Follow keys of the threads pushed to lately.
     keys: keys::Keys,
-    /// Where small pushes' signatures are checked together.
+    /// Where pushed records' signatures are checked (small pushes' together).
     signatures: signatures::Signatures,
     shutdown: CancellationToken,
     announce: Option<Arc<dyn Announce>>,

@@ -7,15 +7,11 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 pub use threads_client::car::CarRecord as PushItem;
-use threads_core::{cid_of, verify_batch, Cid, RecordError, SignatureRule, ThreadId};
+use threads_core::{cid_of, Cid, RecordError, SignatureRule, ThreadId};
 use threads_store::{Ingest, Outcome};
 
 use super::keys::PushKey;
 use super::{Error, Follower, Result};
-
-/// Records a push has checked together with other small pushes ([`super::signatures`]); a
-/// larger batch is verified on the blocking pool.
-const VERIFY_INLINE: usize = 4;
 
 /// Where a pushed batch comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,34 +145,18 @@ impl Follower {
             }
         }
 
-        let policy = super::signature_policy(self.config());
-        // A few records' worth is checked together with other small pushes; more are kept
-        // off the async workers.
-        let (meta, checked) = if meta.len() <= VERIFY_INLINE {
-            let items = blocks
-                .into_iter()
-                .zip(&meta)
-                .map(|(b, (_, _, log, key))| (b, key.clone(), log.clone()))
-                .collect();
-            let busy = self.0.committer.queued() > 0;
-            let checked =
-                self.0.signatures.verify(items, busy).await.ok_or_else(|| {
-                    Error::Internal("checking a batch of signatures failed".into())
-                })?;
-            (meta, checked)
-        } else {
-            let verify = move || {
-                let items = blocks
-                    .into_iter()
-                    .zip(&meta)
-                    .map(|(b, (_, _, log, key))| (b, key, log));
-                let checked = verify_batch(items, policy);
-                (meta, checked)
-            };
-            tokio::task::spawn_blocking(verify)
-                .await
-                .map_err(|e| Error::Internal(format!("verifying a batch: {e}")))?
-        };
+        let items = blocks
+            .into_iter()
+            .zip(&meta)
+            .map(|(b, (_, _, log, key))| (b, key.clone(), log.clone()))
+            .collect();
+        let busy = self.0.committer.queued() > 0;
+        let checked = self
+            .0
+            .signatures
+            .verify(items, busy)
+            .await
+            .ok_or_else(|| Error::Internal("checking a batch of signatures failed".into()))?;
         if let Some(items) = again.filter(|_| checked.iter().any(Result::is_err)) {
             for thread in threads.keys() {
                 self.0.keys.forget(thread);

@@ -1,6 +1,7 @@
-//! The signature checks of small concurrent pushes, made together. A one-record push checked
-//! alone pays a whole Ed25519 verification; checked in one batch with the pushes that arrived
-//! alongside it, about a third less (`cargo bench -p threads-core --bench record`).
+//! The signature checks of pushed records, those of small concurrent pushes made together. A
+//! one-record push checked alone pays a whole Ed25519 verification; checked in one batch with
+//! the pushes that arrived alongside it, about a third less (`cargo bench -p threads-core
+//! --bench record`). A push of more records is a batch by itself, checked on the blocking pool.
 //!
 //! A push queues its records and, when fewer than one verifier per worker thread are at work,
 //! becomes one: while other pushes are under way it yields once, so that the requests the
@@ -16,6 +17,8 @@ use threads_core::{
 };
 use tokio::sync::oneshot;
 
+/// Most records of a push checked together with others; a larger push is a batch by itself.
+const SMALL_PUSH: usize = 4;
 /// Most records one batch checks: enough for every push in flight, few enough that a worker
 /// thread is not held for long.
 const MAX_BATCH: usize = 64;
@@ -59,10 +62,17 @@ impl Signatures {
         }))
     }
 
-    /// Checks `items` with whatever else is queued; the verdicts are in input order. `None`
-    /// only if checking them panicked. `busy` says other pushes are under way, so that more
-    /// may be about to queue: a lone push does not wait for them.
+    /// Checks a push's records; the verdicts are in input order. `None` only if checking them
+    /// panicked. A small push is checked with whatever other small pushes are queued (`busy`
+    /// says other pushes are under way, so that more may be about to queue: a lone push does
+    /// not wait for them); a larger one alone, on the blocking pool.
     pub async fn verify(&self, items: Vec<Item>, busy: bool) -> Option<Checked> {
+        if items.len() > SMALL_PUSH {
+            let policy = self.0.policy;
+            return tokio::task::spawn_blocking(move || verify_items(items, policy))
+                .await
+                .ok();
+        }
         let (reply, answer) = oneshot::channel();
         let verifies = {
             let mut state = self.0.state.lock().expect("not poisoned");
@@ -127,21 +137,14 @@ impl Signatures {
         metrics::histogram!("threads_signature_batch_pushes").record(jobs.len() as f64);
         let mut sizes = Vec::with_capacity(jobs.len());
         let mut replies = Vec::with_capacity(jobs.len());
-        let (mut records, mut keys) = (Vec::new(), Vec::new());
+        let mut items = Vec::new();
         for job in jobs {
             sizes.push(job.items.len());
             replies.push(job.reply);
-            for (record, key, log) in job.items {
-                records.push(record);
-                keys.push((key, log));
-            }
+            items.extend(job.items);
         }
-        let items = records
-            .into_iter()
-            .zip(&keys)
-            .map(|(r, (key, log))| (r, key, log));
         let Ok(checked) =
-            std::panic::catch_unwind(AssertUnwindSafe(|| verify_batch(items, self.0.policy)))
+            std::panic::catch_unwind(AssertUnwindSafe(|| verify_items(items, self.0.policy)))
         else {
             tracing::error!("checking a batch of signatures panicked; its pushes failed");
             return;
@@ -151,6 +154,21 @@ impl Signatures {
             let _ = reply.send(checked.by_ref().take(size).collect());
         }
     }
+}
+
+/// [`verify_batch`] over records that come with their own keys.
+fn verify_items(items: Vec<Item>, policy: SignaturePolicy) -> Checked {
+    let (records, keys): (Vec<_>, Vec<_>) = items
+        .into_iter()
+        .map(|(record, key, log)| (record, (key, log)))
+        .unzip();
+    verify_batch(
+        records
+            .into_iter()
+            .zip(&keys)
+            .map(|(r, (key, log))| (r, key, log)),
+        policy,
+    )
 }
 
 /// A verifier's duty, handed off if the push holding it is dropped before it drained the

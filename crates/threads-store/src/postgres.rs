@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::model::{Ingest, Outcome, Quotas, StoredRecord};
 use crate::sql::group::{Decided, Group, HeadRow, Stored};
-use crate::sql::rows::{into_stored, records_by_log_sql, records_by_thread_sql, RecordRow};
+use crate::sql::rows::{into_stored, RecordRow, RECORDS_BY_LOG, RECORDS_BY_THREAD};
 use crate::sql::rule::cid_prefix;
 use crate::{Change, Result, CHANGE_CHANNEL};
 
@@ -279,10 +279,25 @@ impl PgStore {
         .bind(moved.iter().map(|m| m.cid.as_slice()).collect::<Vec<_>>())
         .bind(moved.iter().map(|m| m.counter).collect::<Vec<_>>())
         .bind(moved.iter().map(|m| m.bytes).collect::<Vec<_>>())
-        .bind(grown.iter().map(|g| g.0).collect::<Vec<_>>())
-        .bind(grown.iter().map(|g| g.2 as i64).collect::<Vec<_>>())
-        .bind(grown.iter().map(|g| (g.2 - g.1) as i64).collect::<Vec<_>>())
-        .bind(grown.iter().map(|g| g.3 as i64).collect::<Vec<_>>())
+        .bind(grown.iter().map(|&(id, _, _, _)| id).collect::<Vec<_>>())
+        .bind(
+            grown
+                .iter()
+                .map(|&(_, _, last, _)| last as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            grown
+                .iter()
+                .map(|&(_, first, last, _)| (last - first) as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            grown
+                .iter()
+                .map(|&(_, _, _, bytes)| bytes as i64)
+                .collect::<Vec<_>>(),
+        )
         .bind(CHANNEL)
         .bind(notes)
         .execute(&mut **tx)
@@ -303,7 +318,7 @@ impl PgStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredRecord>> {
-        let rows: Vec<RecordRow> = sqlx::query_as(&records_by_log_sql())
+        let rows: Vec<RecordRow> = sqlx::query_as(&RECORDS_BY_LOG)
             .bind(thread.as_bytes())
             .bind(log.to_bytes())
             .bind(after as i64)
@@ -320,7 +335,7 @@ impl PgStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredRecord>> {
-        let rows: Vec<RecordRow> = sqlx::query_as(&records_by_thread_sql())
+        let rows: Vec<RecordRow> = sqlx::query_as(&RECORDS_BY_THREAD)
             .bind(thread.as_bytes())
             .bind(after as i64)
             .bind(i64::from(limit))

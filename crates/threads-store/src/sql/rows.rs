@@ -1,6 +1,7 @@
 //! Rows as the database returns them, and their decoding into the model's values.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use threads_core::{Cid, Head, LogId, ServiceKey, ThreadId, UnverifiedRecord};
 
@@ -291,17 +292,17 @@ pub(crate) const RECORD_COLUMNS: &str = "seq, log_id, counter, cid, event_cid, h
 
 /// A page of one thread's records: `$1` thread, `$2` after this sequence number, `$3` limit.
 /// (SQLite takes `$N` parameters too, numbered as they first appear.)
-pub(crate) fn records_by_thread_sql() -> String {
+pub(crate) static RECORDS_BY_THREAD: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {RECORD_COLUMNS} FROM records WHERE thread_id = $1 AND seq > $2 \
          ORDER BY seq LIMIT $3"
     )
-}
+});
 
 /// A page of one log's records: `$1` thread, `$2` log, `$3` after this counter, `$4` limit.
-pub(crate) fn records_by_log_sql() -> String {
+pub(crate) static RECORDS_BY_LOG: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {RECORD_COLUMNS} FROM records WHERE thread_id = $1 AND log_id = $2 \
          AND counter > $3 ORDER BY counter LIMIT $4"
     )
-}
+});

@@ -14,7 +14,7 @@ use threads_core::{LogId, ThreadId};
 use tokio::sync::Semaphore;
 
 use crate::model::StoredRecord;
-use crate::sql::rows::{into_stored, records_by_log_sql, records_by_thread_sql, RecordRow};
+use crate::sql::rows::{into_stored, RecordRow, RECORDS_BY_LOG, RECORDS_BY_THREAD};
 use crate::{Result, StoreError};
 
 /// Read-only connections to the store's file, at most `limit` in use at once.
@@ -47,10 +47,10 @@ impl Readers {
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredRecord>> {
-        let sql = records_by_thread_sql();
+        let sql: &str = &RECORDS_BY_THREAD;
         let key = (thread.as_bytes().to_vec(), after as i64, i64::from(limit));
         let rows = self
-            .read(move |conn| rows(conn, &sql, params![key.0, key.1, key.2]))
+            .read(move |conn| rows(conn, sql, params![key.0, key.1, key.2]))
             .await?;
         into_stored(thread, rows)
     }
@@ -63,7 +63,7 @@ impl Readers {
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredRecord>> {
-        let sql = records_by_log_sql();
+        let sql: &str = &RECORDS_BY_LOG;
         let key = (
             thread.as_bytes().to_vec(),
             log.to_bytes(),
@@ -71,7 +71,7 @@ impl Readers {
             i64::from(limit),
         );
         let rows = self
-            .read(move |conn| rows(conn, &sql, params![key.0, key.1, key.2, key.3]))
+            .read(move |conn| rows(conn, sql, params![key.0, key.1, key.2, key.3]))
             .await?;
         into_stored(thread, rows)
     }
