@@ -160,7 +160,6 @@ pub struct WebSocket {
     pub max_connections: usize,
     pub ping_interval_secs: u64,
     pub idle_timeout_secs: u64,
-    pub buffer_messages: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -251,9 +250,6 @@ impl Config {
         }
         if self.limits.header_read_timeout_secs == 0 {
             bail!("limits.header_read_timeout_secs must be at least 1");
-        }
-        if self.websocket.buffer_messages == 0 {
-            bail!("websocket.buffer_messages must be at least 1");
         }
         if self.registration == RegistrationMode::Token && self.admin_token.is_empty() {
             bail!("registration = \"token\" needs admin_token, to issue registration tokens");

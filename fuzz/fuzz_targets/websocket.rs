@@ -99,8 +99,7 @@ async fn start() -> Server {
         p2p: Some(P2pOverrides { listen: vec![] }),
         ..Default::default()
     };
-    let mut config = Config::load(None, overrides).expect("the default configuration loads");
-    config.websocket.buffer_messages = 2;
+    let config = Config::load(None, overrides).expect("the default configuration loads");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();

@@ -135,11 +135,7 @@ async fn private_subscriptions_need_the_token(backend: Backend) {
 /// record, in order, fed from storage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_never_stalls_ingestion() {
-    let server = Server::start_with(
-        Backend::Sqlite,
-        &[("THREADS_WEBSOCKET__BUFFER_MESSAGES", "4")],
-    )
-    .await;
+    let server = Server::start(Backend::Sqlite).await;
     let mut log = TestLog::new();
     server.register(&log, true).await;
     let mut ws = connect(&server, &format!("?thread={}", log.thread)).await;
@@ -181,11 +177,7 @@ async fn public_thread_with(
 /// it drains.
 #[tokio::test]
 async fn pipelined_messages_never_stop_a_connection() {
-    let server = Server::start_with(
-        Backend::Sqlite,
-        &[("THREADS_WEBSOCKET__BUFFER_MESSAGES", "4")],
-    )
-    .await;
+    let server = Server::start(Backend::Sqlite).await;
     let (log, _) = public_thread_with(&server, 100, 64).await;
 
     let mut ws = connect(&server, &format!("?thread={}", log.thread)).await;
@@ -305,11 +297,7 @@ async fn one_connection_follows_at_most_256_threads() {
 /// The seed of a failing run is in the panic message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_message_handler_answers_arbitrary_traffic() {
-    let server = Server::start_with(
-        Backend::Sqlite,
-        &[("THREADS_WEBSOCKET__BUFFER_MESSAGES", "2")],
-    )
-    .await;
+    let server = Server::start(Backend::Sqlite).await;
     let (log, _) = public_thread_with(&server, 20, 32).await;
     let known = log.thread.to_string();
     let unknown = TestLog::new().thread.to_string();

@@ -125,6 +125,12 @@ impl PgStore {
         }
         self.write_group(&mut tx, batch, &decided, now_ms).await?;
         tx.commit().await?;
+        // This process's subscribers hear of the records now, not after Postgres's
+        // notification has come back to this process's listener (which skips its own).
+        for change in decided.changes {
+            // No receiver is fine: nobody is listening.
+            let _ = self.changes.send(change);
+        }
         Ok(decided.outcomes)
     }
 
@@ -375,10 +381,11 @@ impl Drop for PgStore {
     }
 }
 
-/// Rebroadcasts notifications in-process. A lost connection is re-established by `PgListener`;
-/// what was announced meanwhile is not lost for readers, who always read by cursor.
-/// A notification is `thread seq after origin`; one from a process of an earlier version
-/// (`thread seq`, during a rolling upgrade) counts as another's, with nothing known before.
+/// Rebroadcasts other processes' notifications in-process (this process announces its own as
+/// it commits them). A lost connection is re-established by `PgListener`; what was announced
+/// meanwhile is not lost for readers, who always read by cursor. A notification is `thread
+/// seq after origin`; one from a process of an earlier version (`thread seq`, during a
+/// rolling upgrade) counts as another's, with nothing known before.
 async fn listen(mut listener: PgListener, changes: broadcast::Sender<Change>, origin: u64) {
     loop {
         match listener.recv().await {
@@ -391,13 +398,15 @@ async fn listen(mut listener: PgListener, changes: broadcast::Sender<Change>, or
                     continue;
                 };
                 let after = fields.next().and_then(|a| a.parse().ok()).unwrap_or(seq);
-                let here = fields.next().and_then(|o| u64::from_str_radix(o, 16).ok());
-                let here = here == Some(origin);
+                let from = fields.next().and_then(|o| u64::from_str_radix(o, 16).ok());
+                if from == Some(origin) {
+                    continue;
+                }
                 let _ = changes.send(Change {
                     thread,
                     seq,
                     after,
-                    here,
+                    here: false,
                 });
             }
             Err(error) => {

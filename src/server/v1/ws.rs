@@ -7,7 +7,8 @@
 //! Server → client: `subscribed`, `record` (the JSON record plus the `cursor` after it),
 //! `unsubscribed` and `error` messages.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -21,8 +22,9 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use threads_core::ThreadId;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::follower::live::Subscription;
 use crate::follower::{encode_cursor, Error};
@@ -88,33 +90,39 @@ async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
-        .on_upgrade(move |socket| Connection::new(state, permit).run(socket, first))
+        .on_upgrade(move |socket| Connection::run(state, permit, socket, first))
 }
+
+/// The sending half of a connection's socket, shared by its loop (replies, pings) and its feeds
+/// (records): each message goes out whole under the lock, straight from the task that made it.
+type Sink = Arc<tokio::sync::Mutex<SplitSink<WebSocket, Message>>>;
 
 struct Connection {
     state: AppState,
-    /// Records from the feeds; they wait when it is full.
-    outgoing: mpsc::Sender<Message>,
-    queue: mpsc::Receiver<Message>,
-    /// Answers to the client's own messages. The connection's loop sends them before it reads
-    /// the next message, so there is at most one or two here, and the loop never waits on a
-    /// queue only it drains.
-    replies: VecDeque<Message>,
+    sink: Sink,
+    /// How long one send may take before the client is let go.
+    limit: Duration,
+    /// Cancelled when a send fails or times out: the connection then ends.
+    closed: CancellationToken,
     feeds: HashMap<ThreadId, JoinHandle<()>>,
     _permit: OwnedSemaphorePermit,
 }
 
 /// Sends one message, unless that cannot finish within `limit`: a client that stopped reading
-/// is let go rather than holding its slot forever. False when the message was not sent.
+/// is let go rather than holding its slot forever. False when the message was not sent; the
+/// connection is then closed.
 async fn send_within(
-    sink: &mut SplitSink<WebSocket, Message>,
+    sink: &Sink,
     limit: Duration,
+    closed: &CancellationToken,
     message: Message,
 ) -> bool {
-    matches!(
-        tokio::time::timeout(limit, sink.send(message)).await,
-        Ok(Ok(()))
-    )
+    let send = async { sink.lock().await.send(message).await };
+    let sent = matches!(tokio::time::timeout(limit, send).await, Ok(Ok(())));
+    if !sent {
+        closed.cancel();
+    }
+    sent
 }
 
 fn text(value: Value) -> Message {
@@ -126,79 +134,71 @@ fn error(code: &str, detail: impl Into<String>) -> Message {
 }
 
 impl Connection {
-    fn new(state: AppState, permit: OwnedSemaphorePermit) -> Self {
-        let (outgoing, queue) = mpsc::channel(state.config().websocket.buffer_messages);
-        Self {
-            state,
-            outgoing,
-            queue,
-            replies: VecDeque::new(),
-            feeds: HashMap::new(),
-            _permit: permit,
-        }
-    }
-
-    async fn run(mut self, socket: WebSocket, first: Option<ClientMessage>) {
+    async fn run(
+        state: AppState,
+        permit: OwnedSemaphorePermit,
+        socket: WebSocket,
+        first: Option<ClientMessage>,
+    ) {
         metrics::gauge!("threads_ws_connections").increment(1.0);
-        let (mut sink, mut stream) = socket.split();
-        if let Some(first) = first {
-            self.handle(first).await;
-        }
-        let ws = &self.state.config().websocket;
+        let (sink, mut stream) = socket.split();
+        let ws = &state.config().websocket;
         let idle = Duration::from_secs(ws.idle_timeout_secs);
         let mut ping = tokio::time::interval(Duration::from_secs(ws.ping_interval_secs));
+        let shutdown = state.follower.shutdown().clone();
+        let mut this = Self {
+            sink: Arc::new(tokio::sync::Mutex::new(sink)),
+            limit: idle,
+            closed: CancellationToken::new(),
+            feeds: HashMap::new(),
+            _permit: permit,
+            state,
+        };
+        if let Some(first) = first {
+            this.handle(first).await;
+        }
         let mut heard = Instant::now();
-        let shutdown = self.state.follower.shutdown().clone();
         let close = loop {
-            // Answer what the client asked before reading what it asks next.
-            if let Some(reply) = self.replies.pop_front() {
-                if !send_within(&mut sink, idle, reply).await {
-                    break None;
-                }
-                continue;
-            }
             tokio::select! {
                 message = stream.next() => {
                     heard = Instant::now();
                     match message {
                         Some(Ok(Message::Text(t))) => match serde_json::from_str::<ClientMessage>(&t) {
-                            Ok(m) => self.handle(m).await,
-                            Err(e) => self.replies.push_back(error("bad_message", e.to_string())),
+                            Ok(m) => this.handle(m).await,
+                            Err(e) => this.send(error("bad_message", e.to_string())).await,
                         },
                         Some(Ok(Message::Binary(_))) => {
-                            self.replies.push_back(error("bad_message", "send JSON text messages"));
+                            this.send(error("bad_message", "send JSON text messages")).await;
                         }
                         Some(Ok(_)) => {}
                         Some(Err(_)) | None => break None,
-                    }
-                }
-                Some(message) = self.queue.recv() => {
-                    if !send_within(&mut sink, idle, message).await {
-                        break None;
                     }
                 }
                 _ = ping.tick() => {
                     if heard.elapsed() > idle {
                         break Some((4000, "idle timeout: no pong received"));
                     }
-                    if !send_within(&mut sink, idle, Message::Ping(Default::default())).await {
-                        break None;
-                    }
+                    this.send(Message::Ping(Default::default())).await;
                 }
+                _ = this.closed.cancelled() => break None,
                 _ = shutdown.cancelled() => break Some((1001, "server shutting down")),
             }
         };
+        for (_, feed) in this.feeds.drain() {
+            feed.abort();
+        }
         if let Some((code, reason)) = close {
             let frame = CloseFrame {
                 code,
                 reason: Utf8Bytes::from_static(reason),
             };
-            send_within(&mut sink, idle, Message::Close(Some(frame))).await;
-        }
-        for (_, feed) in self.feeds.drain() {
-            feed.abort();
+            this.send(Message::Close(Some(frame))).await;
         }
         metrics::gauge!("threads_ws_connections").decrement(1.0);
+    }
+
+    async fn send(&self, message: Message) {
+        send_within(&self.sink, self.limit, &self.closed, message).await;
     }
 
     async fn handle(&mut self, message: ClientMessage) {
@@ -208,15 +208,12 @@ impl Connection {
                 cursor,
                 token,
             } => {
-                match self
+                if let Err(e) = self
                     .subscribe(&thread, cursor.as_deref(), token.as_deref())
                     .await
                 {
-                    Ok(()) => {}
-                    Err(e) => {
-                        let msg = json!({"type": "error", "code": e.code, "detail": e.detail, "thread": thread});
-                        self.replies.push_back(text(msg));
-                    }
+                    let msg = json!({"type": "error", "code": e.code, "detail": e.detail, "thread": thread});
+                    self.send(text(msg)).await;
                 }
             }
             ClientMessage::Unsubscribe { thread } => {
@@ -227,8 +224,8 @@ impl Connection {
                 {
                     feed.abort();
                 }
-                self.replies
-                    .push_back(text(json!({"type": "unsubscribed", "thread": thread})));
+                self.send(text(json!({"type": "unsubscribed", "thread": thread})))
+                    .await;
             }
         }
     }
@@ -252,24 +249,32 @@ impl Connection {
             .follower
             .subscribe(&thread, cursor, token)
             .await?;
-        let after = encode_cursor(&info, subscription.cursor);
-        let start = json!({"type": "subscribed", "thread": thread, "cursor": after});
-        self.replies.push_back(text(start));
-        let feed = tokio::spawn(feed(subscription, info, self.outgoing.clone()));
-        if let Some(old) = self.feeds.insert(thread, feed) {
+        // The thread's old feed stops before the new one's first message.
+        if let Some(old) = self.feeds.remove(&thread) {
             old.abort();
         }
+        let after = encode_cursor(&info, subscription.cursor);
+        // Sent before the feed starts, so that it comes before the feed's first record.
+        self.send(text(
+            json!({"type": "subscribed", "thread": thread, "cursor": after}),
+        ))
+        .await;
+        let out = (self.sink.clone(), self.limit, self.closed.clone());
+        self.feeds
+            .insert(thread, tokio::spawn(feed(subscription, info, out)));
         Ok(())
     }
 }
 
-/// Sends one thread's records to the connection's queue. When the queue is full this waits,
-/// and the follower catches up from storage afterwards: a slow client never slows ingestion.
+/// Sends one thread's records to the connection. While the client's socket is full this
+/// waits, and the follower catches up from storage afterwards: a slow client never slows
+/// ingestion.
 async fn feed(
     mut subscription: Subscription,
     info: threads_store::ThreadInfo,
-    out: mpsc::Sender<Message>,
+    (sink, limit, closed): (Sink, Duration, CancellationToken),
 ) {
+    let send = |message| send_within(&sink, limit, &closed, message);
     // Looked up once, not at every record of every subscriber.
     let lag = metrics::histogram!("threads_push_lag_seconds");
     loop {
@@ -277,19 +282,18 @@ async fn feed(
             Ok(record) => record,
             Err(Error::Store(e)) => {
                 tracing::warn!(error = %e, "subscription storage read failed");
-                let _ = out
-                    .send(error(
-                        "internal",
-                        "storage unavailable; resubscribe with your cursor",
-                    ))
-                    .await;
+                send(error(
+                    "internal",
+                    "storage unavailable; resubscribe with your cursor",
+                ))
+                .await;
                 return;
             }
             // The thread turned private, or was deleted: this subscriber may read no more.
             Err(e) => {
                 let thread = info.id.to_string();
                 let msg = json!({"type": "error", "code": e.code(), "detail": e.to_string(), "thread": thread});
-                let _ = out.send(text(msg)).await;
+                send(text(msg)).await;
                 return;
             }
         };
@@ -297,7 +301,7 @@ async fn feed(
         lag.record(lag_ms.max(0) as f64 / 1000.0);
         let wire = super::wire::live_message(&info, &record);
         let message = Message::Text(Utf8Bytes::try_from(wire).expect("JSON is UTF-8"));
-        if out.send(message).await.is_err() {
+        if !send(message).await {
             return;
         }
     }
