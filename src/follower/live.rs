@@ -56,7 +56,7 @@ struct Inner {
 /// subscriber of its thread in this process, so its wire form is made once for all of them.
 pub struct LiveRecord {
     pub record: StoredRecord,
-    wire: OnceLock<bytes::Bytes>,
+    wire: OnceLock<String>,
 }
 
 impl LiveRecord {
@@ -69,10 +69,8 @@ impl LiveRecord {
 
     /// The record as transports send it, encoded by the first subscriber that asks (the
     /// encoding must depend on nothing but the record and its thread).
-    pub fn wire(&self, encode: impl FnOnce(&StoredRecord) -> String) -> bytes::Bytes {
-        self.wire
-            .get_or_init(|| encode(&self.record).into())
-            .clone()
+    pub fn wire(&self, encode: impl FnOnce(&StoredRecord) -> String) -> &str {
+        self.wire.get_or_init(|| encode(&self.record))
     }
 }
 

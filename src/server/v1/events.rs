@@ -106,7 +106,7 @@ fn feed(
                 let event = Event::default()
                     .event("record")
                     .id(encode_cursor(&info, record.record.seq))
-                    .data(std::str::from_utf8(&wire).expect("JSON is UTF-8"));
+                    .data(wire);
                 Some((Ok(event), Some((subscription, info, open))))
             }
             Err(error) => {

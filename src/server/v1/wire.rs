@@ -157,10 +157,10 @@ pub async fn decode_pushed_car(
 
 /// A live record as WebSocket and SSE subscribers get it: the JSON record plus
 /// `"type": "record"` and the thread `cursor` after it. Made once per record for all of them.
-pub fn live_message(
+pub fn live_message<'a>(
     info: &threads_store::ThreadInfo,
-    record: &crate::follower::live::LiveRecord,
-) -> bytes::Bytes {
+    record: &'a crate::follower::live::LiveRecord,
+) -> &'a str {
     record.wire(|r| {
         let mut message = serde_json::to_value(RecordJson::from_stored(r)).expect("JSON");
         message["type"] = "record".into();

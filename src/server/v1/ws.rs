@@ -299,8 +299,9 @@ async fn feed(
         };
         let lag_ms = crate::follower::now_ms() - record.record.arrived_ms;
         lag.record(lag_ms.max(0) as f64 / 1000.0);
-        let wire = super::wire::live_message(&info, &record);
-        let message = Message::Text(Utf8Bytes::try_from(wire).expect("JSON is UTF-8"));
+        // A copy for each subscriber, taken as text with no second UTF-8 check.
+        let wire = super::wire::live_message(&info, &record).to_owned();
+        let message = Message::Text(Utf8Bytes::from(wire));
         if !send(message).await {
             return;
         }
