@@ -136,52 +136,52 @@ impl PgStore {
 
     /// Locks the rows of the batch's threads until commit, in ID order (so that concurrent
     /// batches, in this process or another, never wait for each other in a cycle), and reads
-    /// their counters (sequence numbers follow commit order), then the heads of the batch's
-    /// logs in those threads.
+    /// their counters (sequence numbers follow commit order) and the heads of the batch's logs
+    /// in those threads: one statement, its text the same whatever the batch.
     async fn read_heads(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         ids: &[&[u8]],
         pairs: &[(&[u8], Vec<u8>)],
     ) -> Result<(HashMap<Vec<u8>, (i64, i64)>, Vec<HeadRow>)> {
+        let (pair_threads, pair_logs): (Vec<&[u8]>, Vec<&[u8]>) =
+            pairs.iter().map(|(t, l)| (*t, l.as_slice())).unzip();
+        type Row = (
+            Vec<u8>,
+            i64,
+            i64,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            Option<i64>,
+            Option<i64>,
+        );
+        // One row per thread and log of the batch, or per thread alone when none of its logs
+        // is registered.
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT t.id, t.seq, t.byte_count, l.log_id, l.head_cid, l.head_counter, \
+             l.byte_count FROM threads t LEFT JOIN (unnest($2::bytea[], $3::bytea[]) \
+             AS p (thread_id, log_id) JOIN logs l USING (thread_id, log_id)) \
+             ON p.thread_id = t.id \
+             WHERE t.id = ANY($1::bytea[]) ORDER BY t.id FOR NO KEY UPDATE OF t",
+        )
+        .bind(ids)
+        .bind(pair_threads)
+        .bind(pair_logs)
+        .fetch_all(&mut **tx)
+        .await?;
         let mut counters = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(500) {
-            let mut q = QueryBuilder::<Postgres>::new(
-                "SELECT id, seq, byte_count FROM threads WHERE id IN (",
-            );
-            let mut ids = q.separated(", ");
-            for id in chunk {
-                ids.push_bind(*id);
-            }
-            ids.push_unseparated(") ORDER BY id FOR NO KEY UPDATE");
-            let rows: Vec<(Vec<u8>, i64, i64)> = q.build_query_as().fetch_all(&mut **tx).await?;
-            counters.extend(rows.into_iter().map(|(id, seq, bytes)| (id, (seq, bytes))));
-        }
-        let pairs: Vec<_> = pairs
-            .iter()
-            .filter(|(t, _)| counters.contains_key(*t))
-            .collect();
         let mut heads = Vec::with_capacity(pairs.len());
-        for chunk in pairs.chunks(500) {
-            let mut q = QueryBuilder::<Postgres>::new(
-                "SELECT l.thread_id, l.log_id, l.head_cid, l.head_counter, l.byte_count FROM (",
-            );
-            q.push_values(chunk, |mut row, (thread, log)| {
-                row.push_bind(*thread).push_bind(log.as_slice());
-            });
-            q.push(") AS v JOIN logs l ON l.thread_id = v.column1 AND l.log_id = v.column2");
-            type Row = (Vec<u8>, Vec<u8>, Option<Vec<u8>>, i64, i64);
-            let rows: Vec<Row> = q.build_query_as().fetch_all(&mut **tx).await?;
-            heads.extend(
-                rows.into_iter()
-                    .map(|(thread, log, head_cid, counter, bytes)| HeadRow {
-                        thread,
-                        log,
-                        head_cid,
-                        counter,
-                        bytes,
-                    }),
-            );
+        for (thread, seq, bytes, log, head_cid, counter, log_bytes) in rows {
+            if let Some(log) = log {
+                heads.push(HeadRow {
+                    thread: thread.clone(),
+                    log,
+                    head_cid,
+                    counter: counter.unwrap_or_default(),
+                    bytes: log_bytes.unwrap_or_default(),
+                });
+            }
+            counters.insert(thread, (seq, bytes));
         }
         Ok((counters, heads))
     }
