@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
-use sqlx::{Postgres, QueryBuilder, Transaction};
+use sqlx::{Postgres, Transaction};
 use threads_core::{LogId, ThreadId};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -101,22 +101,18 @@ impl PgStore {
         group.set_heads(heads)?;
         let mut stored = HashMap::new();
         for (thread, cids) in group.suspects() {
-            let mut found = Vec::new();
-            for chunk in cids.chunks(500) {
-                // Naming the thread keeps the lookup on one node of a distributed Postgres.
-                let mut q = QueryBuilder::<Postgres>::new(
-                    "SELECT log_id, cid, counter FROM records WHERE thread_id = ",
-                );
-                q.push_bind(thread).push(" AND substr(cid, 5, 8) IN (");
-                let mut sep = q.separated(", ");
-                for cid in chunk {
-                    sep.push_bind(cid_prefix(cid));
-                }
-                sep.push_unseparated(")");
-                let rows: Vec<Stored> = q.build_query_as().fetch_all(&mut *tx).await?;
-                // The prefix narrows; the whole CID decides.
-                found.extend(rows.into_iter().filter(|r| chunk.contains(&r.1)));
-            }
+            let prefixes: Vec<_> = cids.iter().map(|cid| cid_prefix(cid)).collect();
+            // Naming the thread keeps the lookup on one node of a distributed Postgres.
+            let rows: Vec<Stored> = sqlx::query_as(
+                "SELECT log_id, cid, counter FROM records \
+                 WHERE thread_id = $1 AND substr(cid, 5, 8) = ANY($2::bytea[])",
+            )
+            .bind(thread)
+            .bind(prefixes)
+            .fetch_all(&mut *tx)
+            .await?;
+            // The prefix narrows; the whole CID decides.
+            let found = rows.into_iter().filter(|r| cids.contains(&r.1)).collect();
             stored.insert(thread, found);
         }
         let decided = group.decide(&counters, stored, quotas)?;
