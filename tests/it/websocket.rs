@@ -173,8 +173,8 @@ async fn public_thread_with(
 }
 
 /// However many messages a client pipelines without reading, while a backlog streams to it,
-/// each gets its answer and the connection keeps going: it never waits on a queue that only
-/// it drains.
+/// each gets its answer and the connection keeps going: the answers and the backlog's records
+/// share the socket without waiting on each other.
 #[tokio::test]
 async fn pipelined_messages_never_stop_a_connection() {
     let server = Server::start(Backend::Sqlite).await;
