@@ -372,13 +372,18 @@ async fn follow(bot: Bot, grant: Arc<Grant>) {
     }
 }
 
-async fn follow_once(bot: &Bot, grant: &Grant) -> anyhow::Result<()> {
+async fn follow_once(bot: &Bot, grant: &Arc<Grant>) -> anyhow::Result<()> {
     let thread = &grant.row.thread;
     // Each batch the pull stores, and each event the tail stores, wakes the reducer: the views
-    // are built while the rest is still being fetched and verified.
-    let news = tokio::sync::Notify::new();
-    let (hand, mut handed) = tokio::sync::mpsc::channel(HANDED_BATCHES);
-    let reduce = reduce(grant, &news, &mut handed);
+    // are built while the rest is still being fetched and verified. The reducer has a task of
+    // its own, so reducing a batch never holds up the pull's next page.
+    let news = Arc::new(tokio::sync::Notify::new());
+    let (hand, handed) = tokio::sync::mpsc::channel(HANDED_BATCHES);
+    let mut reduce = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(reduce(
+        grant.clone(),
+        news.clone(),
+        handed,
+    )));
     let fetch = async {
         let pulled = bot.client.pull(thread, |_, stored| {
             // A batch that does not fit is read back from the store instead.
@@ -404,7 +409,10 @@ async fn follow_once(bot: &Bot, grant: &Grant) -> anyhow::Result<()> {
     };
     tokio::select! {
         ended = fetch => ended,
-        failed = reduce => failed.map_err(anyhow::Error::from),
+        failed = &mut reduce => match failed {
+            Ok(failed) => failed.map_err(anyhow::Error::from),
+            Err(stopped) => Err(anyhow::anyhow!("reducing stopped: {stopped}")),
+        },
     }
 }
 
@@ -412,9 +420,9 @@ async fn follow_once(bot: &Bot, grant: &Grant) -> anyhow::Result<()> {
 /// records stored without being handed over (the tail stored an event, a batch was dropped,
 /// the pull ended).
 async fn reduce(
-    grant: &Grant,
-    news: &tokio::sync::Notify,
-    handed: &mut tokio::sync::mpsc::Receiver<Vec<threads_store::StoredRecord>>,
+    grant: Arc<Grant>,
+    news: Arc<tokio::sync::Notify>,
+    mut handed: tokio::sync::mpsc::Receiver<Vec<threads_store::StoredRecord>>,
 ) -> threads_db::Result<()> {
     loop {
         tokio::select! {

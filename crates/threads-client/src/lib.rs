@@ -132,14 +132,15 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// An event read back: where it sits and its decrypted body.
+/// An event read back: where it sits and its decrypted body, as JSON (or, from the readers
+/// that say so, the body's DAG-CBOR bytes, for a caller that decodes them into types of its own).
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Event {
+pub struct Event<Body = Value> {
     pub log: LogId,
     pub counter: u64,
     pub seq: u64,
     pub cid: String,
-    pub body: Value,
+    pub body: Body,
 }
 
 /// A peer: its keystore, its local store and its identity.

@@ -132,6 +132,16 @@ impl Client {
     /// before an event none of them opens; when that is the first, the error says so (the
     /// thread's read key was rotated without this peer, or the record is damaged).
     pub async fn read(&self, thread: &ThreadId, after: u64, limit: u32) -> Result<Vec<Event>> {
+        Ok(json_bodies(self.read_cbor(thread, after, limit).await?))
+    }
+
+    /// [`Client::read`] with each body left as its DAG-CBOR bytes.
+    pub async fn read_cbor(
+        &self,
+        thread: &ThreadId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Event<Vec<u8>>>> {
         let entry = self.keys.thread(thread)?;
         if entry.key.read().is_none() {
             return Err(Error::NoReadKey);
@@ -147,6 +157,15 @@ impl Client {
         thread: &ThreadId,
         stored: &[threads_store::StoredRecord],
     ) -> Result<Vec<Event>> {
+        Ok(json_bodies(self.read_stored_cbor(thread, stored)?))
+    }
+
+    /// [`Client::read_stored`] with each body left as its DAG-CBOR bytes.
+    pub fn read_stored_cbor(
+        &self,
+        thread: &ThreadId,
+        stored: &[threads_store::StoredRecord],
+    ) -> Result<Vec<Event<Vec<u8>>>> {
         let entry = self.keys.thread(thread)?;
         if entry.key.read().is_none() {
             return Err(Error::NoReadKey);
@@ -167,13 +186,19 @@ impl Client {
         records: &[threads_store::StoredRecord],
     ) -> Result<Vec<Option<Event>>> {
         let entry = self.keys.thread(thread)?;
-        Ok(records.iter().map(|r| open_with(&entry, r).ok()).collect())
+        Ok(records
+            .iter()
+            .map(|r| open_with(&entry, r).ok().map(json_body))
+            .collect())
     }
 }
 
 /// Opens records in order, stopping before the first none of the keys opens; when that is
 /// the first record, its error is the answer.
-fn open_page(entry: &ThreadEntry, stored: &[threads_store::StoredRecord]) -> Result<Vec<Event>> {
+fn open_page(
+    entry: &ThreadEntry,
+    stored: &[threads_store::StoredRecord],
+) -> Result<Vec<Event<Vec<u8>>>> {
     let mut events = Vec::with_capacity(stored.len());
     for r in stored {
         match open_with(entry, r) {
@@ -185,7 +210,7 @@ fn open_page(entry: &ThreadEntry, stored: &[threads_store::StoredRecord]) -> Res
     Ok(events)
 }
 
-fn open_with(entry: &ThreadEntry, r: &threads_store::StoredRecord) -> Result<Event> {
+fn open_with(entry: &ThreadEntry, r: &threads_store::StoredRecord) -> Result<Event<Vec<u8>>> {
     let mut opened = Err(RecordError::NoReadKey);
     for key in entry.read_keys() {
         opened = r.blocks.read_content(key);
@@ -199,13 +224,27 @@ fn open_with(entry: &ThreadEntry, r: &threads_store::StoredRecord) -> Result<Eve
             counter: r.counter,
             seq: r.seq,
             cid: r.cid.to_string(),
-            body: decode_body(&body),
+            body,
         }),
         Err(error) => Err(Error::Rejected {
             cid: r.cid.to_string(),
             source_url: "the local store".into(),
             error,
         }),
+    }
+}
+
+fn json_bodies(events: Vec<Event<Vec<u8>>>) -> Vec<Event> {
+    events.into_iter().map(json_body).collect()
+}
+
+fn json_body(e: Event<Vec<u8>>) -> Event {
+    Event {
+        body: decode_body(&e.body),
+        log: e.log,
+        counter: e.counter,
+        seq: e.seq,
+        cid: e.cid,
     }
 }
 

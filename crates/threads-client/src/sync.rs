@@ -213,6 +213,14 @@ impl Client {
                     }
                 }
                 pending.extend(verified);
+                // A stored batch is handed over at once, not when the next one is full: the
+                // caller's work on it (a bot reducing it) then runs beside the pull, and does
+                // not pile up at the end.
+                if let Some((task, cursor)) = storing.take_if(|(task, _)| task.is_finished()) {
+                    let stored = self.stored(task, &mut entry, i, cursor).await?;
+                    fresh += stored.len() as u64;
+                    progress(fresh, stored);
+                }
                 if pending.len() >= STORE_BATCH || next.is_none() {
                     if let Some((task, cursor)) = storing.take() {
                         let stored = self.stored(task, &mut entry, i, cursor).await?;

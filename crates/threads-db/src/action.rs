@@ -71,6 +71,13 @@ impl Envelope {
         (envelope.version == VERSION).then_some(envelope)
     }
 
+    /// [`Envelope::from_body`] for a body still in its DAG-CBOR bytes: decoded straight into
+    /// the envelope, without a JSON tree of the whole body first.
+    pub fn from_cbor(body: &[u8]) -> Option<Self> {
+        let envelope: Self = serde_ipld_dagcbor::from_slice(body).ok()?;
+        (envelope.version == VERSION).then_some(envelope)
+    }
+
     pub fn to_body(&self) -> Value {
         serde_json::to_value(self).expect("an envelope is plain JSON")
     }
@@ -176,7 +183,17 @@ mod tests {
             json!({"threads-db": 1, "clock": 3, "time": 1000,
                    "actions": [{"store": "kv", "type": "put", "payload": {"key": "a"}}]})
         );
-        assert_eq!(Envelope::from_body(body), Some(envelope));
+        assert_eq!(Envelope::from_body(body.clone()), Some(envelope.clone()));
+        let cbor = |v: &Value| serde_ipld_dagcbor::to_vec(v).unwrap();
+        assert_eq!(Envelope::from_cbor(&cbor(&body)), Some(envelope));
+        assert_eq!(Envelope::from_cbor(&cbor(&json!({"hello": "world"}))), None);
+        assert_eq!(
+            Envelope::from_cbor(&cbor(
+                &json!({"threads-db": 2, "clock": 1, "time": 0, "actions": []})
+            )),
+            None
+        );
+        assert_eq!(Envelope::from_cbor(b"\xff"), None);
         assert_eq!(Envelope::from_body(json!({"hello": "world"})), None);
         assert_eq!(
             Envelope::from_body(json!({"threads-db": 2, "clock": 1, "time": 0, "actions": []})),

@@ -212,7 +212,7 @@ impl Database {
         }
         let mut fresh = 0;
         for chunk in stored.chunks(SYNC_PAGE as usize) {
-            let page = self.client.read_stored(&self.thread, chunk);
+            let page = self.client.read_stored_cbor(&self.thread, chunk);
             let (applied, last) = self.apply_page(page).await?;
             fresh += applied;
             if last != chunk.last().map(|r| r.seq) {
@@ -227,7 +227,7 @@ impl Database {
         let mut fresh = 0;
         let mut seen = self.dispatcher.seen_seq().await?;
         loop {
-            let page = self.client.read(&self.thread, seen, SYNC_PAGE).await;
+            let page = self.client.read_cbor(&self.thread, seen, SYNC_PAGE).await;
             let (applied, last) = self.apply_page(page).await?;
             fresh += applied;
             match last {
@@ -242,7 +242,7 @@ impl Database {
     /// record (`None` for an empty page, or one whose first record does not open).
     async fn apply_page(
         &self,
-        page: threads_client::Result<Vec<threads_client::Event>>,
+        page: threads_client::Result<Vec<threads_client::Event<Vec<u8>>>>,
     ) -> Result<(u64, Option<u64>)> {
         let page = match page {
             Ok(page) => page,
@@ -264,7 +264,7 @@ impl Database {
         };
         let mut events = Vec::with_capacity(page.len());
         for e in page {
-            let Some(envelope) = Envelope::from_body(e.body) else {
+            let Some(envelope) = Envelope::from_cbor(&e.body) else {
                 continue;
             };
             self.take_handed_keys(e.log.public_key().as_bytes(), &envelope)
