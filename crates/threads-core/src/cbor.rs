@@ -221,6 +221,31 @@ impl Writer {
         self.0.extend_from_slice(b);
     }
 
+    /// A byte string whose content `write` puts straight into this buffer, where filling a
+    /// buffer of its own would copy it (a view's snapshot, tens of MiB, inside the
+    /// snapshot's map). Its shortest head is known only once the content is written: room
+    /// for the longest is left, and the content moved back behind the head that fits.
+    pub fn bytes_with(&mut self, write: impl FnOnce(&mut Self)) {
+        const ROOM: usize = 9;
+        let start = self.0.len();
+        self.0.extend_from_slice(&[0; ROOM]);
+        write(self);
+        let len = self.0.len() - start - ROOM;
+        let mut head = Writer::with_capacity(ROOM);
+        head.head(MAJOR_BYTES, len as u64);
+        let fit = head.0.len();
+        self.0[start..start + fit].copy_from_slice(&head.0);
+        self.0.copy_within(start + ROOM.., start + fit);
+        self.0.truncate(start + fit + len);
+    }
+
+    /// Appends an item already encoded as DAG-CBOR (by `serde_ipld_dagcbor`, say); the caller
+    /// vouches that it is exactly one well-formed item.
+    #[inline]
+    pub fn encoded(&mut self, item: &[u8]) {
+        self.0.extend_from_slice(item);
+    }
+
     #[inline]
     pub fn text(&mut self, s: &str) {
         self.head(MAJOR_TEXT, s.len() as u64);
@@ -337,6 +362,22 @@ mod tests {
             assert_eq!(r.head(), Ok((MAJOR_UINT, n)));
             r.finish().unwrap();
             assert_eq!(w.0.len(), bytes_head_len(n as usize));
+        }
+    }
+
+    #[test]
+    fn bytes_written_in_place_equal_bytes_copied() {
+        for len in [0usize, 1, 23, 24, 255, 256, 65535, 65536, 70_000] {
+            let content: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut copied = Writer::default();
+            copied.uint(1);
+            copied.bytes(&content);
+            copied.uint(2);
+            let mut in_place = Writer::default();
+            in_place.uint(1);
+            in_place.bytes_with(|w| w.encoded(&content));
+            in_place.uint(2);
+            assert_eq!(in_place.0, copied.0, "{len} bytes");
         }
     }
 }

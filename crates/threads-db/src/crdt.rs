@@ -11,6 +11,7 @@ use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, AutoSerde, Change, ObjId, ObjType, ReadDoc, ROOT};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use threads_core::CborWriter;
 
 use crate::action::Action;
 use crate::view::{Context, View};
@@ -206,7 +207,7 @@ impl View for CrdtStore {
         Ok(Some(json!({"type": "change", "doc": name})))
     }
 
-    fn snapshot(&self) -> Vec<u8> {
+    fn write_snapshot(&self, w: &mut CborWriter) {
         let state: BTreeMap<&String, DocState> = self
             .docs
             .iter()
@@ -219,7 +220,7 @@ impl View for CrdtStore {
                 )
             })
             .collect();
-        serde_ipld_dagcbor::to_vec(&state).expect("changes encode")
+        w.encoded(&serde_ipld_dagcbor::to_vec(&state).expect("changes encode"));
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {

@@ -415,9 +415,8 @@ impl View for DocStore {
     }
 
     /// Each collection as [`CollectionState`] encodes, written straight into the buffer.
-    fn snapshot(&self) -> Vec<u8> {
-        let mut w = CborWriter::default();
-        cbor::map(&mut w, &self.collections, |w, c| {
+    fn write_snapshot(&self, w: &mut CborWriter) {
+        cbor::map(w, &self.collections, |w, c| {
             // The state's fields, in DAG-CBOR's key order.
             w.map(3);
             w.key("docs");
@@ -432,7 +431,6 @@ impl View for DocStore {
             w.list(indexes.len() as u64);
             indexes.into_iter().for_each(|field| w.text(field));
         });
-        w.into_bytes()
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {

@@ -6,6 +6,7 @@ use std::any::Any;
 
 use serde::Serialize;
 use serde_json::Value;
+use threads_core::CborWriter;
 
 use crate::action::{Action, Position};
 
@@ -48,8 +49,16 @@ pub trait View: Any + Send + Sync {
     /// every replica alike (`Err` says why, for the log); `Ok(None)` means nothing changed.
     fn reduce(&mut self, at: &Context, action: &Action) -> Result<Option<Value>, String>;
 
-    /// The whole state as deterministic bytes: the same state gives the same bytes anywhere.
-    fn snapshot(&self) -> Vec<u8>;
+    /// Writes the whole state as one deterministic DAG-CBOR item: the same state gives the
+    /// same bytes anywhere. Written into the snapshot's own buffer, not one of its own.
+    fn write_snapshot(&self, w: &mut CborWriter);
+
+    /// The state's snapshot bytes alone.
+    fn snapshot(&self) -> Vec<u8> {
+        let mut w = CborWriter::default();
+        self.write_snapshot(&mut w);
+        w.into_bytes()
+    }
 
     /// Replaces the state with a snapshot's.
     fn restore(&mut self, bytes: &[u8]) -> Result<(), String>;

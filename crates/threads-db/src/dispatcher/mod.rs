@@ -101,6 +101,7 @@ impl Dispatcher {
             files: journal.files(),
             checkpoint: None,
             checkpoint_before: None,
+            snapshot_len: Default::default(),
         };
         let mut state = State {
             journal,
