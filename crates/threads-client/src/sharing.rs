@@ -2,7 +2,7 @@
 //! sharing (links carrying keys, invites sealed to an identity).
 
 use rand_core::OsRng;
-use threads_core::{cid_of, verify_batch, Keypair, LogId, PublicKey, ThreadId};
+use threads_core::{cid_of, verify_chained, Keypair, LogId, PublicKey, ThreadId};
 use threads_store::{Ingest, Store};
 
 use crate::sync::store_pulled;
@@ -58,7 +58,7 @@ impl Client {
             for (entry, list) in by_thread {
                 let mut known = self.known_logs(&entry.thread).await?;
                 let service = entry.key.service();
-                let checked = verify_batch(
+                let checked = verify_chained(
                     list.iter().map(|r| (r.blocks.clone(), service, &r.log)),
                     entry.signature_policy(),
                 );

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use threads_core::auth::Action;
 use threads_core::{
-    verify_batch, Keypair, LogId, ServiceKey, SignaturePolicy, SignatureRule, ThreadId,
+    verify_chained, Keypair, LogId, ServiceKey, SignaturePolicy, SignatureRule, ThreadId,
 };
 use threads_store::{Ingest, Outcome, Quotas, SqliteStore, Store, StoredRecord};
 
@@ -284,8 +284,10 @@ pub(crate) async fn store_pulled(
         return Ok(Vec::new());
     }
     let arrived_ms = now_ms();
-    let outcomes = store.ingest(&batch, &Quotas::default(), arrived_ms).await?;
-    let mut fresh = Vec::new();
+    let (outcomes, batch) = store
+        .ingest_owned(batch, &Quotas::default(), arrived_ms)
+        .await?;
+    let mut fresh = Vec::with_capacity(batch.len());
     for (outcome, item) in outcomes.into_iter().zip(batch) {
         match outcome {
             Outcome::Accepted { seq, counter } => {
@@ -314,8 +316,9 @@ fn fetch_page(
     tokio::spawn(async move { retry(|| server.page(&thread, &service, &cursor, PULL_PAGE)).await })
 }
 
-/// Checks a page: every record of `thread`, each verified with the follow key. One record that
-/// fails refuses the whole page.
+/// Checks a page: every record of `thread`, each verified with the follow key, the signatures
+/// of each log's linked run by its last ([`verify_chained`]). One record that fails refuses the
+/// whole page.
 pub(crate) fn verify_page(
     thread: &ThreadId,
     service: &ServiceKey,
@@ -347,7 +350,7 @@ pub(crate) fn verify_page(
         cids.push(pulled.cid);
         blocks.push(pulled.into_blocks());
     }
-    let checked = verify_batch(
+    let checked = verify_chained(
         blocks
             .into_iter()
             .zip(&logs_in_order)

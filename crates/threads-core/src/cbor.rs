@@ -194,6 +194,17 @@ impl Writer {
         self.0
     }
 
+    /// Bytes written so far.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     #[inline]
     fn head(&mut self, major: u8, arg: u64) {
         let m = major << 5;

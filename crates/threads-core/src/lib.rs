@@ -56,6 +56,6 @@ pub use cid::Cid;
 pub use id::{IdError, LogId, ThreadId, Variant};
 pub use keys::{ContentKey, KeyError, Keypair, PublicKey, ReadKey, ServiceKey, ThreadKey};
 pub use record::{
-    cid_of, parse_cid, resign_legacy, verify_batch, ChainError, Head, Link, Node, RecordError,
-    SignaturePolicy, SignatureRule, UnverifiedRecord, VerifiedRecord,
+    cid_of, parse_cid, resign_legacy, verify_batch, verify_chained, ChainError, Head, Link, Node,
+    RecordError, SignaturePolicy, SignatureRule, UnverifiedRecord, VerifiedRecord,
 };

@@ -15,6 +15,7 @@
 //! the log key signs `DOMAIN || event CID || (00 | 01 || prev CID) || author key`. Records signed
 //! under go-threads' rule verify only when the caller passes [`SignaturePolicy::AllowLegacy`].
 
+use std::collections::HashMap;
 use std::fmt;
 
 use cid::Cid;
@@ -558,6 +559,33 @@ pub fn verify_batch<'a>(
     items: impl IntoIterator<Item = (UnverifiedRecord, &'a ServiceKey, &'a LogId)>,
     policy: SignaturePolicy,
 ) -> Vec<Result<VerifiedRecord, RecordError>> {
+    verify_many(items, policy, false)
+}
+
+/// [`verify_batch`] for a reader of a log's records in order (a page pulled from a follower):
+/// a record that a later record of the same log in the input names as its `prev` is covered
+/// by that record's signature, which signs its CID, the hash of its whole record node (which
+/// in turn holds its own `prev`, event link and author). So of each run of linked records
+/// only the last signature is checked, and with it every record of the run is the log key's:
+/// a record changed anywhere in the run no longer hashes to the link the next one signs.
+/// Everything else (nodes, links, the follow key) is still checked record by record, and if
+/// the batch fails each record is checked alone as [`verify_batch`] does. A covered record's
+/// rule is the current one, which its coverer's holds under.
+///
+/// Followers check every signature ([`verify_batch`]): what they store must verify for
+/// readers that check each one (go-threads, js-threads, the browser client).
+pub fn verify_chained<'a>(
+    items: impl IntoIterator<Item = (UnverifiedRecord, &'a ServiceKey, &'a LogId)>,
+    policy: SignaturePolicy,
+) -> Vec<Result<VerifiedRecord, RecordError>> {
+    verify_many(items, policy, true)
+}
+
+fn verify_many<'a>(
+    items: impl IntoIterator<Item = (UnverifiedRecord, &'a ServiceKey, &'a LogId)>,
+    policy: SignaturePolicy,
+    chained: bool,
+) -> Vec<Result<VerifiedRecord, RecordError>> {
     let opened: Vec<_> = items
         .into_iter()
         .map(|(record, service, log)| {
@@ -566,11 +594,21 @@ pub fn verify_batch<'a>(
             Ok((opened, log, sig))
         })
         .collect();
+    let covered = if chained {
+        covered_by_successors(&opened)
+    } else {
+        Vec::new()
+    };
 
     let all_current = opened.iter().flatten().nth(1).is_some() && {
         let mut batch = SignatureBatch::with_capacity(opened.len());
-        for (opened, log, sig) in opened.iter().flatten() {
-            batch.queue(log.public_key(), sig, &opened.envelope.current_message());
+        for (i, item) in opened.iter().enumerate() {
+            let Ok((opened, log, sig)) = item else {
+                continue;
+            };
+            if !covered.get(i).copied().unwrap_or(false) {
+                batch.queue(log.public_key(), sig, &opened.envelope.current_message());
+            }
         }
         // The batch's coefficients come from a generator seeded once from the system.
         batch.verify(&mut ChaCha20Rng::from_entropy())
@@ -587,6 +625,27 @@ pub fn verify_batch<'a>(
             }
         })
         .collect()
+}
+
+/// Per opened record, whether a record of the same log in the input names it as `prev`.
+fn covered_by_successors(opened: &[Result<(Opened, &LogId, [u8; 64]), RecordError>]) -> Vec<bool> {
+    let index: HashMap<(Cid, &[u8; 32]), usize> = opened
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let (opened, log, _) = item.as_ref().ok()?;
+            Some(((opened.cid, log.public_key().as_bytes()), i))
+        })
+        .collect();
+    let mut covered = vec![false; opened.len()];
+    for (opened, log, _) in opened.iter().flatten() {
+        let named =
+            (opened.envelope.prev).and_then(|prev| index.get(&(prev, log.public_key().as_bytes())));
+        if let Some(&i) = named {
+            covered[i] = true;
+        }
+    }
+    covered
 }
 
 /// A record whose four nodes, links and signature have been checked (or that was built here).

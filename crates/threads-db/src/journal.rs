@@ -251,15 +251,22 @@ pub async fn insert(tx: &mut SqliteConnection, events: Vec<Event>) -> Result<Vec
         .collect();
     for chunk in fresh.chunks(INSERT_CHUNK) {
         let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO events (pos, actions) ");
-        let mut encoded = Vec::with_capacity(chunk.len());
+        // The chunk's actions one after another in one buffer, each event's where it ends.
+        let mut actions = CborWriter::default();
+        let mut ends = Vec::with_capacity(chunk.len());
         for event in chunk {
-            let mut actions = CborWriter::default();
             cbor::actions(&mut actions, &event.actions);
-            encoded.push((event.pos.key(), actions.into_bytes()));
+            ends.push(actions.len());
         }
-        query.push_values(&encoded, |mut row, (key, actions)| {
-            row.push_bind(&key[..]).push_bind(&actions[..]);
-        });
+        let actions = actions.into_bytes();
+        let keys: Vec<[u8; KEY_LEN]> = chunk.iter().map(|e| e.pos.key()).collect();
+        let starts = std::iter::once(0).chain(ends.iter().copied());
+        query.push_values(
+            keys.iter().zip(starts.zip(&ends)),
+            |mut row, (key, (start, &end))| {
+                row.push_bind(&key[..]).push_bind(&actions[start..end]);
+            },
+        );
         query.build().execute(&mut *tx).await?;
     }
     Ok(fresh)

@@ -189,13 +189,25 @@ impl SqliteStore {
         Ok(self.write.lock().await)
     }
 
-    /// A group commit, on the committing thread ([`ingest`]).
+    /// A group commit, on the committing thread ([`ingest`]), of a copy of the batch.
     async fn ingest_group(
         &self,
         batch: &[Ingest],
         quotas: &Quotas,
         now_ms: i64,
     ) -> Result<Vec<Outcome>> {
+        Ok(self.ingest_owned(batch.to_vec(), quotas, now_ms).await?.0)
+    }
+
+    /// [`crate::Store::ingest`] of a batch the caller gives up, handed back with the
+    /// outcomes: a pulled batch of thousands of records is not copied for the committing
+    /// thread.
+    pub async fn ingest_owned(
+        &self,
+        batch: Vec<Ingest>,
+        quotas: &Quotas,
+        now_ms: i64,
+    ) -> Result<(Vec<Outcome>, Vec<Ingest>)> {
         self.committer.ingest(batch, quotas, now_ms).await
     }
 

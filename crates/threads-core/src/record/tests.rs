@@ -472,6 +472,81 @@ fn batch_verification_gives_each_record_its_verdict() {
     assert!(verify_batch(Vec::new(), SignaturePolicy::CurrentOnly).is_empty());
 }
 
+/// A log's records in order, the first `len` of them linked from a first record.
+fn chain(log: &Log, first: UnverifiedRecord, len: usize) -> Vec<UnverifiedRecord> {
+    let mut records = vec![first];
+    while records.len() < len {
+        let prev = cid_of(&records[records.len() - 1].record);
+        let text = records.len().to_string();
+        records.push(log.write(&body(&text), Some(prev)).blocks().clone());
+    }
+    records
+}
+
+fn verdicts(
+    log: &Log,
+    records: &[UnverifiedRecord],
+    check: fn(Vec<(UnverifiedRecord, &ServiceKey, &LogId)>, SignaturePolicy) -> Vec<Verdict>,
+) -> Vec<Verdict> {
+    let items = records
+        .iter()
+        .map(|r| (r.clone(), log.keys.service(), &log.id))
+        .collect();
+    check(items, SignaturePolicy::CurrentOnly)
+}
+
+type Verdict = Result<VerifiedRecord, RecordError>;
+
+#[test]
+fn chained_verification_checks_a_run_by_its_last_signature() {
+    let log = Log::new();
+    let first = log.write(&body("0"), None).blocks().clone();
+    let records = chain(&log, first.clone(), 5);
+    let each = verdicts(&log, &records, |i, p| verify_batch(i, p));
+    let chained = verdicts(&log, &records, |i, p| verify_chained(i, p));
+    assert!(each.iter().all(Result::is_ok));
+    assert_eq!(chained, each);
+
+    // A signature changed in the run: that record no longer hashes to the link the next one
+    // signs, so its own signature is checked, and refused; the others still hold.
+    for bad in [2, 4] {
+        let mut tampered = records.clone();
+        tampered[bad] = envelope_with(&tampered[bad], log.keys.service(), |e| e.sig[0] ^= 1);
+        let chained = verdicts(&log, &tampered, |i, p| verify_chained(i, p));
+        for (i, verdict) in chained.iter().enumerate() {
+            match i == bad {
+                true => assert_eq!(verdict, &Err(RecordError::BadSignature)),
+                false => assert!(verdict.is_ok(), "record {i}"),
+            }
+        }
+    }
+
+    // A record the log key signed over badly, then named as `prev` in a record it signed
+    // well: that signature covers the first whole, so a reader of the run takes both (a
+    // follower, checking each, refuses the first).
+    let badly = envelope_with(&first, log.keys.service(), |e| e.sig[0] ^= 1);
+    let run = chain(&log, badly, 2);
+    let each = verdicts(&log, &run, |i, p| verify_batch(i, p));
+    assert_eq!(each[0], Err(RecordError::BadSignature));
+    let chained = verdicts(&log, &run, |i, p| verify_chained(i, p));
+    assert!(chained.iter().all(Result::is_ok));
+
+    // Named as `prev` by a record of another log: that key cannot vouch for this log.
+    let other = Log {
+        keys: log.keys.clone(),
+        ..Log::new()
+    };
+    let badly = envelope_with(&first, log.keys.service(), |e| e.sig[0] ^= 1);
+    let foreign = other.write(&body("x"), Some(cid_of(&badly.record)));
+    let items = vec![
+        (badly, log.keys.service(), &log.id),
+        (foreign.blocks().clone(), other.keys.service(), &other.id),
+    ];
+    let chained = verify_chained(items, SignaturePolicy::CurrentOnly);
+    assert_eq!(chained[0], Err(RecordError::BadSignature));
+    assert!(chained[1].is_ok());
+}
+
 #[test]
 fn batch_verification_keeps_signatures_of_one_log_apart() {
     // A batch folds the signatures of one key together: two records of one log that swap

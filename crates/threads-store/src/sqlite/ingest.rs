@@ -32,7 +32,8 @@ struct Job {
     batch: Vec<Ingest>,
     quotas: Quotas,
     now_ms: i64,
-    reply: oneshot::Sender<Result<Vec<Outcome>>>,
+    /// The outcomes, and the batch handed back.
+    reply: oneshot::Sender<(Result<Vec<Outcome>>, Vec<Ingest>)>,
 }
 
 impl Committer {
@@ -79,30 +80,31 @@ impl Committer {
                         }
                         outcomes
                     });
-                    let _ = job.reply.send(outcomes);
+                    let _ = job.reply.send((outcomes, job.batch));
                 }
             })
             .map_err(|e| StoreError::Other(sqlx::Error::Io(e)))?;
         Ok(Self { jobs })
     }
 
-    /// Commits a batch; answers once it is durable.
+    /// Commits a batch; answers once it is durable, handing the batch back.
     pub async fn ingest(
         &self,
-        batch: &[Ingest],
+        batch: Vec<Ingest>,
         quotas: &Quotas,
         now_ms: i64,
-    ) -> Result<Vec<Outcome>> {
+    ) -> Result<(Vec<Outcome>, Vec<Ingest>)> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            batch: batch.to_vec(),
+            batch,
             quotas: *quotas,
             now_ms,
             reply,
         };
         let stopped = || StoreError::Other(sqlx::Error::WorkerCrashed);
         self.jobs.send(job).map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        let (outcomes, batch) = answer.await.map_err(|_| stopped())?;
+        Ok((outcomes?, batch))
     }
 }
 
