@@ -586,7 +586,7 @@ fn verify_many<'a>(
     policy: SignaturePolicy,
     chained: bool,
 ) -> Vec<Result<VerifiedRecord, RecordError>> {
-    let opened: Vec<_> = items
+    let opened: Vec<OpenedItem> = items
         .into_iter()
         .map(|(record, service, log)| {
             let opened = record.open(service)?;
@@ -627,8 +627,11 @@ fn verify_many<'a>(
         .collect()
 }
 
+/// A record opened for a batch, with its log and signature (or why it did not open).
+type OpenedItem<'a> = Result<(Opened, &'a LogId, [u8; 64]), RecordError>;
+
 /// Per opened record, whether a record of the same log in the input names it as `prev`.
-fn covered_by_successors(opened: &[Result<(Opened, &LogId, [u8; 64]), RecordError>]) -> Vec<bool> {
+fn covered_by_successors(opened: &[OpenedItem<'_>]) -> Vec<bool> {
     let index: HashMap<(Cid, &[u8; 32]), usize> = opened
         .iter()
         .enumerate()

@@ -483,11 +483,7 @@ fn chain(log: &Log, first: UnverifiedRecord, len: usize) -> Vec<UnverifiedRecord
     records
 }
 
-fn verdicts(
-    log: &Log,
-    records: &[UnverifiedRecord],
-    check: fn(Vec<(UnverifiedRecord, &ServiceKey, &LogId)>, SignaturePolicy) -> Vec<Verdict>,
-) -> Vec<Verdict> {
+fn verdicts(log: &Log, records: &[UnverifiedRecord], check: Check) -> Vec<Verdict> {
     let items = records
         .iter()
         .map(|r| (r.clone(), log.keys.service(), &log.id))
@@ -496,6 +492,8 @@ fn verdicts(
 }
 
 type Verdict = Result<VerifiedRecord, RecordError>;
+type Check =
+    for<'a> fn(Vec<(UnverifiedRecord, &'a ServiceKey, &'a LogId)>, SignaturePolicy) -> Vec<Verdict>;
 
 #[test]
 fn chained_verification_checks_a_run_by_its_last_signature() {
