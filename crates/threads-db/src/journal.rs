@@ -220,9 +220,10 @@ impl SnapshotFiles {
     }
 }
 
-/// Adds the events not held yet (`events` sorted by position) and returns them. Events past
-/// the journal's last need no lookup: that is the usual case, an append.
-pub async fn insert(tx: &mut SqliteConnection, events: Vec<Event>) -> Result<Vec<Event>> {
+/// Adds the events not held yet (`events` sorted by position) and returns them, with the bytes
+/// their actions took. Events past the journal's last need no lookup: that is the usual case,
+/// an append.
+pub async fn insert(tx: &mut SqliteConnection, events: Vec<Event>) -> Result<(Vec<Event>, usize)> {
     let last: Option<Vec<u8>> = sqlx::query_scalar("SELECT max(pos) FROM events")
         .fetch_one(&mut *tx)
         .await?;
@@ -249,6 +250,7 @@ pub async fn insert(tx: &mut SqliteConnection, events: Vec<Event>) -> Result<Vec
         .into_iter()
         .filter(|e| !held.contains(e.pos.key().as_slice()))
         .collect();
+    let mut bytes = 0;
     for chunk in fresh.chunks(INSERT_CHUNK) {
         let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO events (pos, actions) ");
         // The chunk's actions one after another in one buffer, each event's where it ends.
@@ -259,6 +261,7 @@ pub async fn insert(tx: &mut SqliteConnection, events: Vec<Event>) -> Result<Vec
             ends.push(actions.len());
         }
         let actions = actions.into_bytes();
+        bytes += actions.len();
         let keys: Vec<[u8; KEY_LEN]> = chunk.iter().map(|e| e.pos.key()).collect();
         let starts = std::iter::once(0).chain(ends.iter().copied());
         query.push_values(
@@ -269,7 +272,7 @@ pub async fn insert(tx: &mut SqliteConnection, events: Vec<Event>) -> Result<Vec
         );
         query.build().execute(&mut *tx).await?;
     }
-    Ok(fresh)
+    Ok((fresh, bytes))
 }
 
 /// Up to `limit` events after `after` (from the first when `None`), in order.

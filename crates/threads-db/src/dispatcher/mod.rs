@@ -9,6 +9,7 @@
 //! event, which usually sorts only among that batch, rewinds there instead.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::{broadcast, RwLock};
 
@@ -101,7 +102,7 @@ impl Dispatcher {
             files: journal.files(),
             checkpoint: None,
             checkpoint_before: None,
-            snapshot_len: Default::default(),
+            snapshot_hint: Default::default(),
         };
         let mut state = State {
             journal,
@@ -364,7 +365,8 @@ impl State {
             });
         }
         let mut tx = self.journal.begin().await?;
-        let events = journal::insert(&mut tx, events).await?;
+        let (events, bytes) = journal::insert(&mut tx, events).await?;
+        self.views.snapshot_hint.fetch_add(bytes, Ordering::Relaxed);
         if let Some(seq) = seen_seq {
             journal::set_seen_seq(&mut tx, seq).await?;
         }
