@@ -213,27 +213,25 @@ impl Client {
                     }
                 }
                 pending.extend(verified);
+                let store_now = pending.len() >= STORE_BATCH || next.is_none();
                 // A stored batch is handed over at once, not when the next one is full: the
                 // caller's work on it (a bot reducing it) then runs beside the pull, and does
-                // not pile up at the end.
-                if let Some((task, cursor)) = storing.take_if(|(task, _)| task.is_finished()) {
-                    let stored = self.stored(task, &mut entry, i, cursor).await?;
+                // not pile up at the end. One still being stored is waited for only when the
+                // next must go.
+                if let Some(storing) = storing.take_if(|(task, _)| store_now || task.is_finished())
+                {
+                    let stored = self.stored(storing, &mut entry, i).await?;
                     fresh += stored.len() as u64;
                     progress(fresh, stored);
                 }
-                if pending.len() >= STORE_BATCH || next.is_none() {
-                    if let Some((task, cursor)) = storing.take() {
-                        let stored = self.stored(task, &mut entry, i, cursor).await?;
-                        fresh += stored.len() as u64;
-                        progress(fresh, stored);
-                    }
+                if store_now {
                     let store = self.store.clone();
                     let batch = std::mem::take(&mut pending);
                     storing = Some((tokio::spawn(store_pulled(store, batch)), page.cursor));
                 }
             }
-            if let Some((task, cursor)) = storing.take() {
-                let stored = self.stored(task, &mut entry, i, cursor).await?;
+            if let Some(storing) = storing.take() {
+                let stored = self.stored(storing, &mut entry, i).await?;
                 fresh += stored.len() as u64;
                 progress(fresh, stored);
             }
@@ -257,10 +255,9 @@ impl Client {
     /// once its records are stored.
     async fn stored(
         &self,
-        task: Storing,
+        (task, cursor): (Storing, String),
         entry: &mut ThreadEntry,
         follower: usize,
-        cursor: String,
     ) -> Result<Vec<StoredRecord>> {
         let fresh = task
             .await

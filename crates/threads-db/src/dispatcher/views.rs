@@ -17,6 +17,10 @@ use crate::{Error, Result};
 
 use super::REPLAY_PAGE;
 
+/// The most a snapshot's buffer starts with. Actions journaled may far outweigh the views they
+/// leave (a key written over again and again): past this the buffer grows as it fills.
+const SNAPSHOT_HINT_MAX: usize = 256 << 20;
+
 /// The stores, the ACLs, and what they have applied.
 pub(super) struct Views {
     pub(super) stores: BTreeMap<String, Box<dyn View>>,
@@ -281,7 +285,10 @@ impl Views {
             .iter()
             .map(|(name, view)| (name.as_str(), Some(view)))
             .chain([(acl::STORE, None)]);
-        let hint = self.snapshot_hint.load(Ordering::Relaxed);
+        let hint = self
+            .snapshot_hint
+            .load(Ordering::Relaxed)
+            .min(SNAPSHOT_HINT_MAX);
         let mut w = CborWriter::with_capacity(hint + hint / 8);
         // The body's fields, in DAG-CBOR's key order.
         w.map(4);
