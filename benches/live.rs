@@ -9,6 +9,9 @@
 //! cargo bench --bench live -- sqlite            # one backend
 //! cargo bench --bench live -- postgres fan-out  # one part (or: batched, concurrent, sequential)
 //! ```
+//!
+//! With `THREADS_BENCH_ACKS=<file>`, the 64-in-flight part writes each push's send time and
+//! time to its ack (milliseconds from the part's start) to the file, one push a line.
 
 mod common;
 
@@ -192,15 +195,24 @@ async fn concurrent(run: &Run) -> f64 {
         .map(|(pushes, mut writer)| async move {
             let mut acks = Vec::with_capacity(pushes.len());
             for push in pushes {
-                acks.push(ms(writer.push(push).await));
+                let sent = started.elapsed();
+                acks.push((ms(sent), ms(writer.push(push).await)));
             }
             acks
         });
-    let acks: Vec<f64> = futures_util::future::join_all(tasks)
+    let timed: Vec<(f64, f64)> = futures_util::future::join_all(tasks)
         .await
         .into_iter()
         .flatten()
         .collect();
+    if let Some(path) = std::env::var_os("THREADS_BENCH_ACKS") {
+        let lines: String = timed
+            .iter()
+            .map(|(sent, ack)| format!("{sent:.3} {ack:.3}\n"))
+            .collect();
+        std::fs::write(path, lines).expect("the acks file is written");
+    }
+    let acks: Vec<f64> = timed.into_iter().map(|(_, ack)| ack).collect();
     let secs = started.elapsed().as_secs_f64();
     let rate = total as f64 / secs;
     let (cpu, client) = (run.cpu() - cpu, common::cpu_secs("self") - client);
