@@ -32,9 +32,9 @@ const READ_MMAP_BYTES: u64 = 1 << 30;
 /// Pages (4 KiB) the write-ahead log grows to before the commit that filled it copies it into
 /// the file: 256 MiB. SQLite's default (1,000) checkpoints every few groups, and a checkpoint
 /// off the writer never lets a busy log start over. The commit that checkpoints holds every
-/// push in flight while it syncs the file, so rarely enough that fewer than one push in a
-/// hundred waits for one: a one-record push adds about six pages to the log, and at 16,384 the
-/// 64 pushes in flight waited every 2,700 pushes.
+/// push in flight while it syncs the file, so it comes rarely enough that fewer than one push
+/// in a hundred waits for one: a one-record push adds about six pages to the log, and at 16,384
+/// the 64 pushes in flight waited once every 2,700 pushes.
 const CHECKPOINT_PAGES: u32 = 64 * 1024;
 /// Page cache of the connection that commits records (SQLite's default is 2 MiB); it grows only
 /// as used. Not larger: when an insert splits a page, SQLite's b-tree parks a page in the cache
