@@ -17,9 +17,10 @@ use crate::sql::rows::{into_stored, RecordRow, RECORDS_BY_LOG, RECORDS_BY_THREAD
 use crate::{Change, Result, CHANGE_CHANNEL};
 
 const CHANNEL: &str = "threads_changes";
-/// Enough for readers, and writes other than records, on a small machine (group commits have
-/// connections of their own: [`ingest`]).
-const MAX_CONNECTIONS: u32 = 16;
+/// Enough for readers, and writes other than records, on a small machine. With the four
+/// connections of the group commits ([`ingest`]) and the `LISTEN` connection, a process opens
+/// at most 17.
+const MAX_CONNECTIONS: u32 = 12;
 
 pub struct PgStore {
     write: PgPool,
