@@ -37,6 +37,7 @@ macro_rules! follower_files {
             "0006_leases.sql",
             "0007_node_cids_within_thread.sql",
             "0008_webhooks_by_thread.sql",
+            "0009_records_without_log_check.sql",
         )
     };
 }

@@ -118,13 +118,29 @@ struct Writer {
 }
 
 impl Writer {
-    /// A group commit: one transaction, a statement per step for the whole group.
+    /// A group commit, tried again in the rare case that one of its logs was unregistered
+    /// while it waited for its threads' locks.
     async fn ingest_group(
         &self,
         batch: &[Ingest],
         quotas: &Quotas,
         now_ms: i64,
     ) -> Result<Vec<Outcome>> {
+        loop {
+            if let Some(outcomes) = self.try_group(batch, quotas, now_ms).await? {
+                return Ok(outcomes);
+            }
+        }
+    }
+
+    /// A group commit: one transaction, a statement per step for the whole group. `None`
+    /// when it was rolled back because a log it read was gone by the time it wrote.
+    async fn try_group(
+        &self,
+        batch: &[Ingest],
+        quotas: &Quotas,
+        now_ms: i64,
+    ) -> Result<Option<Vec<Outcome>>> {
         let mut group = Group::new(batch);
         let mut tx = self.pool.begin().await?;
         let (counters, heads) = self
@@ -151,7 +167,9 @@ impl Writer {
         for &i in &decided.forks {
             insert_fork(&mut tx, &batch[i], now_ms).await?;
         }
-        self.write_group(&mut tx, batch, &decided, now_ms).await?;
+        if !self.write_group(&mut tx, batch, &decided, now_ms).await? {
+            return Ok(None);
+        }
         tx.commit().await?;
         // This process's subscribers hear of the records now, not after Postgres's
         // notification has come back to this process's listener (which skips its own).
@@ -159,7 +177,7 @@ impl Writer {
             // No receiver is fine: nobody is listening.
             let _ = self.changes.send(change);
         }
-        Ok(decided.outcomes)
+        Ok(Some(decided.outcomes))
     }
 
     /// Locks the rows of the batch's threads until commit, in ID order (so that concurrent
@@ -219,15 +237,22 @@ impl Writer {
     /// column is bound as one array, so the statement's text is the same whatever the group's
     /// size: it is parsed and planned once per connection, and a group costs one round trip
     /// where a statement per step cost four.
+    ///
+    /// Answers whether every head it moved was still there. Records have no foreign key to
+    /// their log (its check, a query per record, was a sixth of Postgres's work for one-record
+    /// pushes): the heads were read under the threads' locks, but in that statement's
+    /// snapshot, which predates an unregistering that held a lock first. This statement's
+    /// snapshot is newer, so a log gone since moves no head here, and the group is rolled
+    /// back.
     async fn write_group(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         batch: &[Ingest],
         decided: &Decided<'_>,
         now_ms: i64,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         if decided.records.is_empty() && decided.moved.is_empty() && decided.grown.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let n = decided.records.len();
         let (mut threads, mut seqs, mut logs, mut counters) = (
@@ -272,7 +297,7 @@ impl Writer {
             .iter()
             .map(|c| format!("{} {} {} {:x}", c.thread, c.seq, c.after, self.origin))
             .collect();
-        sqlx::query(
+        let (moved_here, _): (i64, i64) = sqlx::query_as(
             "WITH stored AS (INSERT INTO records (thread_id, seq, log_id, counter, cid, prev, \
              event_cid, header_cid, body_cid, record, event, header, body, arrived_at) \
              SELECT *, $14::int8 FROM unnest($1::bytea[], $2::int8[], $3::bytea[], $4::int8[], \
@@ -282,12 +307,13 @@ impl Writer {
              byte_count = v.bytes \
              FROM unnest($15::bytea[], $16::bytea[], $17::bytea[], $18::int8[], $19::int8[]) \
              AS v (thread_id, log_id, cid, counter, bytes) \
-             WHERE logs.thread_id = v.thread_id AND logs.log_id = v.log_id), \
+             WHERE logs.thread_id = v.thread_id AND logs.log_id = v.log_id RETURNING 1), \
              grown AS (UPDATE threads SET seq = v.seq, record_count = record_count + v.added, \
              byte_count = v.bytes \
              FROM unnest($20::bytea[], $21::int8[], $22::int8[], $23::int8[]) \
-             AS v (id, seq, added, bytes) WHERE threads.id = v.id) \
-             SELECT pg_notify($24, note) FROM unnest($25::text[]) AS note",
+             AS v (id, seq, added, bytes) WHERE threads.id = v.id), \
+             notified AS (SELECT pg_notify($24, note) FROM unnest($25::text[]) AS note) \
+             SELECT (SELECT count(*) FROM heads), (SELECT count(*) FROM notified)",
         )
         .bind(threads)
         .bind(seqs)
@@ -334,9 +360,9 @@ impl Writer {
         )
         .bind(CHANNEL)
         .bind(notes)
-        .execute(&mut **tx)
+        .fetch_one(&mut **tx)
         .await?;
-        Ok(())
+        Ok(moved_here as usize == moved.len())
     }
 }
 

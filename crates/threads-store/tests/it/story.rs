@@ -345,3 +345,57 @@ async fn concurrent_nonces_on_postgres() {
     )
     .await;
 }
+
+/// A log unregistered by another transaction while a group commit waits for its thread's
+/// lock: the group, whose read of the heads predates the unregistering, stores nothing of it
+/// (records have no foreign key to their log to refuse them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_unregistered_while_its_push_waits_on_postgres() {
+    use sqlx::{Connection, PgConnection};
+    let url = fresh_postgres_database().await;
+    let store = open(Some(&url), std::path::Path::new("/nonexistent"))
+        .await
+        .unwrap();
+    let mut a = TestLog::new();
+    let mut b = a.sibling();
+    store.register(&a.registration(true), 1).await.unwrap();
+    store.register(&b.registration(true), 1).await.unwrap();
+
+    // Unregistering as the store does it: the thread's row locked, then the log deleted.
+    let mut other = PgConnection::connect(&url).await.unwrap();
+    let mut tx = other.begin().await.unwrap();
+    sqlx::query("UPDATE threads SET seq = seq WHERE id = $1")
+        .bind(a.thread.as_bytes())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM logs WHERE thread_id = $1 AND log_id = $2")
+        .bind(a.thread.as_bytes())
+        .bind(a.id.to_bytes())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let (a1, b1) = (a.next(10), b.next(10));
+    let push = {
+        let (store, batch) = (store.clone(), [ingest(&a, &a1), ingest(&b, &b1)]);
+        tokio::spawn(async move { store.ingest(&batch, &NO_QUOTAS, 5).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!push.is_finished(), "the push waits for the thread's lock");
+    tx.commit().await.unwrap();
+
+    let out = push.await.unwrap().unwrap();
+    assert_eq!(
+        out,
+        [
+            Outcome::UnknownLog,
+            Outcome::Accepted { seq: 1, counter: 1 }
+        ]
+    );
+    let (orphans,): (i64,) = sqlx::query_as("SELECT count(*) FROM records WHERE log_id = $1")
+        .bind(a.id.to_bytes())
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(orphans, 0);
+}
