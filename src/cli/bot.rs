@@ -326,9 +326,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections_per_address: 256,
         max_queued_records: 0,
     };
-    let app = crate::server::bounded(crate::bot::api::router(bot), &limits)
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .fallback(|| async { crate::server::error::ApiError::not_found("route") });
+    let routed = crate::bot::api::router(bot)
+        .fallback(|| async { crate::server::error::ApiError::not_found("route") })
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = crate::server::bounded(routed, &limits);
     let grace = Duration::from_secs(limits.shutdown_grace_secs);
     crate::server::listener::serve(listener, app, &limits, shutdown, grace).await?;
     Ok(())

@@ -17,6 +17,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tower::Layer;
 
 use crate::config::Limits;
 
@@ -103,7 +104,9 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "setting TCP_NODELAY failed");
         }
-        let service = TowerToHyperService::new(app.clone().layer(Extension(ConnectInfo(peer))));
+        // Wrapping the router in the extension, not layering it: a layer would box each of
+        // its routes again, on every connection.
+        let service = TowerToHyperService::new(Extension(ConnectInfo(peer)).layer(app.clone()));
         let connection = http
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();

@@ -32,6 +32,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -143,37 +144,41 @@ pub fn app(state: AppState) -> Router {
             ),
         }
     };
-    bounded(api, &config.limits)
-        .layer(cors)
-        .layer(trace)
-        .fallback(fallback)
-        .with_state(state)
+    // The trace is the routes' layer: its span names the route matched.
+    let limits = config.limits.clone();
+    let routed = api.fallback(fallback).layer(trace).with_state(state);
+    bounded(routed, &limits).layer(cors)
 }
 
 /// The limits every request meets, whatever its transport: a timeout, a body limit, and JSON
-/// error bodies for what the framework refuses.
-pub(crate) fn bounded<S: Clone + Send + Sync + 'static>(
-    router: Router<S>,
-    limits: &crate::config::Limits,
-) -> Router<S> {
-    router
+/// error bodies for what the framework refuses. `router` is complete (its fallback set).
+///
+/// They wrap the router once, not each of its routes as `Router::layer` does: a layer given
+/// to a router boxes every route again, and each request then clones and polls one box per
+/// layer (with one-record pushes, about a tenth of the server's CPU went to those boxes).
+pub(crate) fn bounded(router: Router, limits: &crate::config::Limits) -> Router {
+    let bounded = ServiceBuilder::new()
+        .layer(middleware::map_response(json_errors))
+        .map_response(IntoResponse::into_response)
+        // The limit below is the one limit: axum's own (2 MiB) would refuse bodies under it.
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(limits.request_timeout_secs),
         ))
-        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
-        // The layer above is the one limit: axum's own (2 MiB) would refuse bodies under it.
-        .layer(DefaultBodyLimit::disable())
-        .layer(middleware::map_response(json_errors))
+        .service(router);
+    Router::new().fallback_service(bounded)
 }
 
 /// The API as libp2p peers reach it: what writers and readers use (server info, registrations,
 /// push, threads and logs, pulls, blocks), behind the same limits and error bodies as HTTP.
 /// Per-peer rates are the host's.
 pub fn p2p_app(state: AppState) -> Router {
-    bounded(v1::p2p_router(), &state.config().limits)
+    let routed = v1::p2p_router()
         .fallback(|| async { ApiError::not_found("route") })
-        .with_state(state)
+        .with_state(state.clone());
+    bounded(routed, &state.config().limits)
 }
 
 /// Errors produced by the framework's layers (a query that does not parse, a wrong method, a body
