@@ -19,6 +19,9 @@ use crate::sql::group::{Decided, Group, HeadRow, Stored};
 use crate::sql::rule::cid_prefix;
 use crate::{Change, Result, StoreError};
 
+/// Tries of one group commit, each after a log it read was unregistered before it wrote.
+const ATTEMPTS: usize = 3;
+
 /// The queue into the committing thread. The thread ends, once the groups it took are
 /// answered, when this is dropped.
 pub(super) struct Committer {
@@ -119,18 +122,22 @@ struct Writer {
 
 impl Writer {
     /// A group commit, tried again in the rare case that one of its logs was unregistered
-    /// while it waited for its threads' locks.
+    /// while it waited for its threads' locks. Each try reads the heads afresh, so a second
+    /// is rare; past [`ATTEMPTS`] the group fails rather than hold up every group after it.
     async fn ingest_group(
         &self,
         batch: &[Ingest],
         quotas: &Quotas,
         now_ms: i64,
     ) -> Result<Vec<Outcome>> {
-        loop {
+        for _ in 0..ATTEMPTS {
             if let Some(outcomes) = self.try_group(batch, quotas, now_ms).await? {
                 return Ok(outcomes);
             }
         }
+        Err(StoreError::Other(sqlx::Error::Protocol(
+            "the group's logs kept being unregistered while it committed".into(),
+        )))
     }
 
     /// A group commit: one transaction, a statement per step for the whole group. `None`
