@@ -160,6 +160,7 @@ pub fn app(state: AppState) -> Router {
 pub(crate) fn bounded(router: Router, limits: &crate::config::Limits) -> Router {
     let bounded = ServiceBuilder::new()
         .layer(middleware::map_response(json_errors))
+        // The body limit answers in its own body type; the error bodies above take axum's.
         .map_response(IntoResponse::into_response)
         // The limit below is the one limit: axum's own (2 MiB) would refuse bodies under it.
         .layer(DefaultBodyLimit::disable())
