@@ -4,6 +4,7 @@
 
 mod ingest;
 mod reads;
+mod wal_writes;
 
 use std::path::Path;
 use std::str::FromStr;

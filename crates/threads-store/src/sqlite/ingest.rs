@@ -45,14 +45,16 @@ impl Committer {
         write_lock: Arc<tokio::sync::Mutex<SqliteConnection>>,
         changes: broadcast::Sender<Change>,
     ) -> Result<Self> {
-        let mut conn = Connection::open_with_flags(
+        let mut conn = Connection::open_with_flags_and_vfs(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            super::wal_writes::register()?,
         )?;
         conn.busy_timeout(busy_timeout)?;
         for (name, value) in pragmas {
             conn.pragma_update(None, name, value)?;
         }
+        super::wal_writes::prepare(&conn)?;
         conn.set_prepared_statement_cache_capacity(16);
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
