@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 /// The commented defaults, also the reference for every setting.
 pub const DEFAULTS: &str = include_str!("config.default.toml");
+/// Most worker threads asked for: more is a typo, not a machine.
+const MAX_WORKERS: usize = 1024;
 
 #[derive(Clone, Deserialize, Serialize)]
 pub struct Config {
@@ -21,6 +23,8 @@ pub struct Config {
     pub database_url: String,
     pub database_read_url: String,
     pub roles: Vec<Role>,
+    /// Worker threads of the async runtime; 0 is one per core.
+    pub workers: usize,
     pub log_format: LogFormat,
     pub registration: RegistrationMode,
     pub admin_token: String,
@@ -214,6 +218,12 @@ impl Config {
                 None => PathBuf::from("threads-data"),
             };
         }
+        if self.workers > MAX_WORKERS {
+            bail!(
+                "workers: at most {MAX_WORKERS} (0 is one per core), got {}",
+                self.workers
+            );
+        }
         let url = &self.database_url;
         if !(url.is_empty()
             || url.starts_with("postgres://")
@@ -328,6 +338,7 @@ impl fmt::Debug for Config {
             .field("database_url", &redact_url(&self.database_url))
             .field("database_read_url", &redact_url(&self.database_read_url))
             .field("roles", &self.roles)
+            .field("workers", &self.workers)
             .field("log_format", &self.log_format)
             .field("registration", &self.registration)
             .field(
@@ -473,6 +484,22 @@ mod tests {
         std::fs::write(&file, "[webhooks]\ntimeout_secs = 9223372036854775807\n").unwrap();
         let err = Config::load(Some(&file), Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("webhooks.timeout_secs"), "{err}");
+    }
+
+    #[test]
+    fn worker_threads_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("threads.toml");
+        std::fs::write(&file, "workers = 100000\n").unwrap();
+        let err = Config::load(Some(&file), Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("workers"), "{err}");
+        std::fs::write(&file, "workers = 1\n").unwrap();
+        assert_eq!(
+            Config::load(Some(&file), Overrides::default())
+                .unwrap()
+                .workers,
+            1
+        );
     }
 
     #[test]

@@ -92,7 +92,14 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
     let config = settings.load()?;
     init_logging(config.log_format);
     tracing::debug!(?config, "configuration");
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.workers > 0 {
+        runtime.worker_threads(config.workers);
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

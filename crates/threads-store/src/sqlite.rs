@@ -38,14 +38,16 @@ const READ_MMAP_BYTES: u64 = 1 << 30;
 /// the 64 pushes in flight waited once every 2,700 pushes.
 const CHECKPOINT_PAGES: u32 = 64 * 1024;
 /// Page cache of the connection that commits records (SQLite's default is 2 MiB); it grows only
-/// as used. Not larger: when an insert splits a page, SQLite's b-tree parks a page in the cache
+/// as used, and past this while a transaction's changed pages wait for its commit (none are
+/// written to the log before it: `wal_writes`). Not larger: when an insert splits a page, SQLite's b-tree parks a page in the cache
 /// under the number of the 1 GiB lock page, and the commit then sweeps the cache's whole hash
 /// table for pages past the file's end; with 64 MiB that sweep cost 30 µs of a one-record push.
 const WRITER_CACHE_KIB: u32 = 8 * 1024;
 /// The same for a peer's local store ([`SqliteStore::open_local`]), which commits pulled
-/// batches of thousands of records: a cache that holds a whole batch's pages (the records' and
-/// the indexes' keyed by random CIDs) writes each page once per commit, where 8 MiB spilled
-/// pages to the log mid-transaction and wrote many twice (a quarter more bytes written).
+/// batches of thousands of records: a cache that held a whole batch's pages (the records' and
+/// the indexes' keyed by random CIDs) wrote each page once per commit, where 8 MiB spilled
+/// pages to the log mid-transaction and wrote many twice (a quarter more bytes written; no
+/// page is spilled now, and the larger cache keeps index pages from one batch to the next).
 const LOCAL_WRITER_CACHE_KIB: u32 = 64 * 1024;
 /// Indexes a peer's local store goes without. They find a record's event, header and body
 /// blocks by CID, which only a follower serves (`Store::block` still answers without them, by
