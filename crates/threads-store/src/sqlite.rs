@@ -39,9 +39,10 @@ const READ_MMAP_BYTES: u64 = 1 << 30;
 const CHECKPOINT_PAGES: u32 = 64 * 1024;
 /// Page cache of the connection that commits records (SQLite's default is 2 MiB); it grows only
 /// as used, and past this while a transaction's changed pages wait for its commit (none are
-/// written to the log before it: `wal_writes`). Not larger: when an insert splits a page, SQLite's b-tree parks a page in the cache
-/// under the number of the 1 GiB lock page, and the commit then sweeps the cache's whole hash
-/// table for pages past the file's end; with 64 MiB that sweep cost 30 µs of a one-record push.
+/// written to the log before it: `wal_writes`). Not larger: when an insert splits a page,
+/// SQLite's b-tree parks a page in the cache under the number of the 1 GiB lock page, and the
+/// commit then sweeps the cache's whole hash table for pages past the file's end; with 64 MiB
+/// that sweep cost 30 µs of a one-record push.
 const WRITER_CACHE_KIB: u32 = 8 * 1024;
 /// The same for a peer's local store ([`SqliteStore::open_local`]), which commits pulled
 /// batches of thousands of records: a cache that held a whole batch's pages (the records' and

@@ -33,7 +33,8 @@ pub const NAME: &CStr = c"threads-wal-writes";
 /// (it keeps 17 bits of a write's length), about 30 frames of 4 KiB pages.
 const MAX_GATHERED: usize = 0x1ffff;
 
-/// Registers the VFS (once per process); its name for [`rusqlite::Connection::open_with_flags_and_vfs`].
+/// Registers the VFS (once per process); its name, for
+/// [`rusqlite::Connection::open_with_flags_and_vfs`].
 pub fn register() -> Result<&'static str, rusqlite::Error> {
     static REGISTERED: OnceLock<c_int> = OnceLock::new();
     let rc = *REGISTERED.get_or_init(|| unsafe {
@@ -168,7 +169,7 @@ static LOG_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
 };
 
 /// Writes what is gathered, in one call; forgets it either way (a failed write fails the
-/// transaction, which SQLite then writes again from its pages).
+/// transaction, and none of it is published).
 unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
     let gathered = &mut (*file.cast::<LogFile>()).gathered;
     if gathered.bytes.is_empty() {
