@@ -141,6 +141,21 @@ async fn bad_configuration_fails_fast_naming_the_field() {
     assert!(stderr.contains("database_url"), "{stderr}");
 }
 
+/// `workers` sizes the server's runtime. Tokio names its blocking threads as it names its
+/// workers, but an idle server has none: they start on demand (pages read, big pushes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_setting_sizes_the_runtime() {
+    for workers in ["1", "3"] {
+        let server = Server::start_with(Backend::Sqlite, &[("THREADS_WORKERS", workers)]).await;
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", server.pid())).unwrap();
+        let running = tasks
+            .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+            .filter(|name| name.trim() == "tokio-rt-worker")
+            .count();
+        assert_eq!(running.to_string(), workers);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_shuts_down_gracefully() {
     use futures_util::StreamExt;
