@@ -1,11 +1,11 @@
-//! A VFS that hands each commit's write-ahead log to the kernel in one write.
+//! A VFS that hands each commit's write-ahead log to the kernel in a few large writes.
 //!
 //! SQLite writes a WAL frame as two `pwrite`s (its 24-byte header, then the page), and a
-//! one-record push adds about six frames: a group of 26 pushes made some 300 system calls
+//! one-record push adds about six frames: a group of 26 pushes made some 380 system calls
 //! before its fsync, and on a small VM each costs microseconds of the kernel's bookkeeping.
 //! This VFS is the default one (`unix`) but for the `-wal` file, whose appends it gathers in
 //! memory until SQLite syncs, reads, truncates or asks the size of that file, and then writes
-//! them with one call.
+//! them in calls of up to 128 KiB.
 //!
 //! That is sound only where nothing gathered outlives a transaction, which [`prepare`]
 //! ensures of its connection: every commit syncs the log (`synchronous = FULL`), and pages
@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 use rusqlite::ffi;
 
 /// The name a connection opens the file with.
-pub const NAME: &CStr = c"threads-wal-writes";
+const NAME: &CStr = c"threads-wal-writes";
 /// Most bytes gathered, then written in one call: the most the default VFS writes at once
 /// (it keeps 17 bits of a write's length), about 30 frames of 4 KiB pages.
 const MAX_GATHERED: usize = 0x1ffff;
