@@ -7,6 +7,15 @@
 //! memory until SQLite syncs, reads, truncates or asks the size of that file, and then writes
 //! them in calls of up to 128 KiB.
 //!
+//! It also grows the log ahead of its frames, 256 KiB of zeros at a time. A commit that
+//! appends past the file's end changes its size and allocates blocks, so its `fsync` writes
+//! the inode as well (a journaling file system commits its journal too): appending six pages
+//! and syncing them cost 63–67 µs of CPU and 185–200 µs here, and 40–45 µs and 87–120 µs within
+//! a file grown this way. SQLite deletes the log when the store closes, so a server regrows it
+//! after every restart, and a quiet one may never fill it. Zeros past the last frame are what
+//! SQLite already expects there: it reads frames until one fails its checksum, and a frame of
+//! zeros names page 0, which none is.
+//!
 //! That is sound only where nothing gathered outlives a transaction, which [`prepare`]
 //! ensures of its connection: every commit syncs the log (`synchronous = FULL`), and pages
 //! are never spilled to the log before the commit (`cache_spill = OFF`: frames of a
@@ -32,6 +41,12 @@ const NAME: &CStr = c"threads-wal-writes";
 /// Most bytes gathered, then written in one call: the most the default VFS writes at once
 /// (it keeps 17 bits of a write's length), about 30 frames of 4 KiB pages.
 const MAX_GATHERED: usize = 0x1ffff;
+/// The log grows by this much at a time: ten lone commits' frames. Larger steps wrote more
+/// zeros at once, which showed in the commits that wrote them (a lone commit's p99 rose with
+/// 1 MiB steps).
+const GROWTH: i64 = 256 << 10;
+/// What the log grows with, written in pieces of this size.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 /// Registers the VFS (once per process); its name, for
 /// [`rusqlite::Connection::open_with_flags_and_vfs`].
@@ -87,6 +102,8 @@ struct Gathered {
     /// File offset of `bytes[0]`.
     at: i64,
     bytes: Vec<u8>,
+    /// How far the file is known to extend (grown or found so), if known.
+    grown_to: Option<i64>,
 }
 
 /// Where the default VFS's handle starts inside the memory SQLite allocates for a file (a
@@ -139,6 +156,7 @@ unsafe extern "C" fn open(
                 on: safe,
                 at: 0,
                 bytes: Vec::new(),
+                grown_to: None,
             },
         },
     );
@@ -176,6 +194,7 @@ unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
         return ffi::SQLITE_OK;
     }
     let real = real(file);
+    let end = gathered.at + gathered.bytes.len() as i64;
     let rc = methods(real).xWrite.expect("a file is written")(
         real,
         gathered.bytes.as_ptr().cast(),
@@ -183,7 +202,44 @@ unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
         gathered.at,
     );
     gathered.bytes.clear();
-    rc
+    if rc != ffi::SQLITE_OK {
+        return rc;
+    }
+    grow(file, end)
+}
+
+/// Makes the file extend past `end` (the end of frames just written) to the next multiple of
+/// [`GROWTH`], by writing zeros, unless it already extends past `end`. Only what lies past the
+/// file's current end is written: nothing there is a frame.
+unsafe fn grow(file: *mut ffi::sqlite3_file, end: i64) -> c_int {
+    let gathered = &mut (*file.cast::<LogFile>()).gathered;
+    if gathered.grown_to.is_some_and(|to| end <= to) {
+        return ffi::SQLITE_OK;
+    }
+    // Another connection may have appended since: ask the file itself.
+    let real = real(file);
+    let mut size = 0;
+    let rc = methods(real).xFileSize.expect("a file has a size")(real, &mut size);
+    if rc != ffi::SQLITE_OK {
+        return rc;
+    }
+    let target = (end / GROWTH + 1) * GROWTH;
+    let mut at = end.max(size);
+    while at < target {
+        let len = (target - at).min(ZEROS.len() as i64);
+        let rc = methods(real).xWrite.expect("a file is written")(
+            real,
+            ZEROS.as_ptr().cast(),
+            len as c_int,
+            at,
+        );
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        at += len;
+    }
+    gathered.grown_to = Some(at);
+    ffi::SQLITE_OK
 }
 
 unsafe extern "C" fn write(
@@ -231,6 +287,17 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     }
 }
 
+/// Truncates the file (SQLite empties the log so), which then has to grow again.
+unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
+    let rc = flush(file);
+    (*file.cast::<LogFile>()).gathered.grown_to = None;
+    if rc != ffi::SQLITE_OK {
+        return rc;
+    }
+    let real = real(file);
+    methods(real).xTruncate.expect("a file is truncated")(real, size)
+}
+
 /// Defines methods that write what is gathered first, then call the default VFS's.
 macro_rules! after_flush {
     ($($name:ident => $method:ident ($($arg:ident: $ty:ty),*);)*) => {$(
@@ -257,7 +324,6 @@ macro_rules! passed_on {
 
 after_flush! {
     read => xRead(data: *mut c_void, amount: c_int, offset: i64);
-    truncate => xTruncate(size: i64);
     sync => xSync(flags: c_int);
     file_size => xFileSize(size: *mut i64);
     file_control => xFileControl(op: c_int, arg: *mut c_void);
@@ -353,6 +419,48 @@ mod tests {
         }
         drop(conn);
         assert_eq!(rows(&gathering(&path)), committed);
+    }
+
+    /// The log's size changes once per [`GROWTH`], not with every commit, and the zeros past its
+    /// frames read back as no frames, after SQLite empties it too.
+    #[test]
+    fn the_log_grows_ahead_of_its_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let conn = gathering(&path);
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+            .unwrap();
+        let log_size = || std::fs::metadata(dir.path().join("db-wal")).unwrap().len() as i64;
+        let mut sizes = Vec::new();
+        for round in 0..2 {
+            for i in 0..20 {
+                conn.execute("INSERT INTO t (v) VALUES (randomblob(3000))", [])
+                    .unwrap();
+                if i == 0 {
+                    assert_eq!(log_size(), GROWTH, "round {round}");
+                }
+                sizes.push(log_size());
+            }
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap();
+            assert_eq!(log_size(), 0);
+        }
+        assert!(sizes.iter().all(|size| size % GROWTH == 0));
+        assert!(sizes.windows(2).filter(|w| w[0] != w[1]).count() <= 6);
+        // A copy, as a crash would leave the files, holds what was committed.
+        conn.execute("INSERT INTO t (v) VALUES (zeroblob(10))", [])
+            .unwrap();
+        for suffix in ["", "-wal"] {
+            std::fs::copy(
+                format!("{}{suffix}", path.display()),
+                dir.path().join(format!("copy{suffix}")),
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            rows(&Connection::open(dir.path().join("copy")).unwrap()),
+            41
+        );
     }
 
     #[test]
