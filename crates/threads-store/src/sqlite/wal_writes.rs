@@ -10,9 +10,9 @@
 //! It also grows the log ahead of its frames, 256 KiB of zeros at a time. A commit that
 //! appends past the file's end changes its size and allocates blocks, so its `fsync` writes
 //! the inode as well (a journaling file system commits its journal too): appending six pages
-//! and syncing them cost 63–67 µs of CPU and 185–200 µs here, and 40–45 µs and 87–120 µs within
-//! a file grown this way. SQLite deletes the log when the store closes, so a server regrows it
-//! after every restart, and a quiet one may never fill it. Zeros past the last frame are what
+//! and syncing them cost 63–67 µs of CPU and 185 µs at the median here, and 40–47 µs and
+//! 87–118 µs in a file grown this way, its zeros included. SQLite deletes the log when the
+//! store closes, so a server regrows it after every restart, and a quiet one may never fill it. Zeros past the last frame are what
 //! SQLite already expects there: it reads frames until one fails its checksum, and a frame of
 //! zeros names page 0, which none is.
 //!
