@@ -477,29 +477,25 @@ mod tests {
         assert!(err.to_string().contains("in-memory"), "{err}");
     }
 
-    #[test]
-    fn webhook_timeouts_are_bounded() {
+    /// Loads a settings file holding `toml`, with no other overrides.
+    fn load_file(toml: &str) -> anyhow::Result<Config> {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("threads.toml");
-        std::fs::write(&file, "[webhooks]\ntimeout_secs = 9223372036854775807\n").unwrap();
-        let err = Config::load(Some(&file), Overrides::default()).unwrap_err();
+        std::fs::write(&file, toml).unwrap();
+        Config::load(Some(&file), Overrides::default())
+    }
+
+    #[test]
+    fn webhook_timeouts_are_bounded() {
+        let err = load_file("[webhooks]\ntimeout_secs = 9223372036854775807\n").unwrap_err();
         assert!(err.to_string().contains("webhooks.timeout_secs"), "{err}");
     }
 
     #[test]
     fn worker_threads_are_bounded() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("threads.toml");
-        std::fs::write(&file, "workers = 100000\n").unwrap();
-        let err = Config::load(Some(&file), Overrides::default()).unwrap_err();
+        let err = load_file("workers = 100000\n").unwrap_err();
         assert!(err.to_string().contains("workers"), "{err}");
-        std::fs::write(&file, "workers = 1\n").unwrap();
-        assert_eq!(
-            Config::load(Some(&file), Overrides::default())
-                .unwrap()
-                .workers,
-            1
-        );
+        assert_eq!(load_file("workers = 1\n").unwrap().workers, 1);
     }
 
     #[test]
