@@ -202,26 +202,27 @@ unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
         gathered.at,
     );
     gathered.bytes.clear();
-    if rc != ffi::SQLITE_OK {
-        return rc;
+    if rc == ffi::SQLITE_OK {
+        grow(file, end);
     }
-    grow(file, end)
+    rc
 }
 
 /// Makes the file extend past `end` (the end of frames just written) to the next multiple of
 /// [`GROWTH`], by writing zeros, unless it already extends past `end`. Only what lies past the
-/// file's current end is written: nothing there is a frame.
-unsafe fn grow(file: *mut ffi::sqlite3_file, end: i64) -> c_int {
+/// file's current end is written: nothing there is a frame. Growing only saves work, so it
+/// fails nothing: on a full disk the frames are written, and the log grows frame by frame
+/// again, as SQLite's own does.
+unsafe fn grow(file: *mut ffi::sqlite3_file, end: i64) {
     let gathered = &mut (*file.cast::<LogFile>()).gathered;
     if gathered.grown_to.is_some_and(|to| end <= to) {
-        return ffi::SQLITE_OK;
+        return;
     }
     // Another connection may have appended since: ask the file itself.
     let real = real(file);
     let mut size = 0;
-    let rc = methods(real).xFileSize.expect("a file has a size")(real, &mut size);
-    if rc != ffi::SQLITE_OK {
-        return rc;
+    if methods(real).xFileSize.expect("a file has a size")(real, &mut size) != ffi::SQLITE_OK {
+        return;
     }
     let target = (end / GROWTH + 1) * GROWTH;
     let mut at = end.max(size);
@@ -234,12 +235,11 @@ unsafe fn grow(file: *mut ffi::sqlite3_file, end: i64) -> c_int {
             at,
         );
         if rc != ffi::SQLITE_OK {
-            return rc;
+            return;
         }
         at += len;
     }
     gathered.grown_to = Some(at);
-    ffi::SQLITE_OK
 }
 
 unsafe extern "C" fn write(
