@@ -12,9 +12,9 @@
 //! the inode as well (a journaling file system commits its journal too): appending six pages
 //! and syncing them cost 63–67 µs of CPU and 185 µs at the median here, and 40–47 µs and
 //! 87–118 µs in a file grown this way, its zeros included. SQLite deletes the log when the
-//! store closes, so a server regrows it after every restart, and a quiet one may never fill it. Zeros past the last frame are what
-//! SQLite already expects there: it reads frames until one fails its checksum, and a frame of
-//! zeros names page 0, which none is.
+//! store closes, so a server regrows it after every restart, and a quiet one may never fill
+//! it. Zeros past the last frame are what SQLite already expects there: it reads frames until
+//! one fails its checksum, and a frame of zeros names page 0, which none is.
 //!
 //! That is sound only where nothing gathered outlives a transaction, which [`prepare`]
 //! ensures of its connection: every commit syncs the log (`synchronous = FULL`), and pages
@@ -121,6 +121,17 @@ unsafe fn methods(real: *mut ffi::sqlite3_file) -> &'static ffi::sqlite3_io_meth
     &*(*real).pMethods
 }
 
+/// Writes `len` bytes at `data` to the file at `offset`, through the default VFS's handle.
+unsafe fn write_through(
+    file: *mut ffi::sqlite3_file,
+    data: *const c_void,
+    len: usize,
+    offset: i64,
+) -> c_int {
+    let real = real(file);
+    methods(real).xWrite.expect("a file is written")(real, data, len as c_int, offset)
+}
+
 unsafe extern "C" fn open(
     vfs: *mut ffi::sqlite3_vfs,
     name: *const c_char,
@@ -193,12 +204,11 @@ unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
     if gathered.bytes.is_empty() {
         return ffi::SQLITE_OK;
     }
-    let real = real(file);
     let end = gathered.at + gathered.bytes.len() as i64;
-    let rc = methods(real).xWrite.expect("a file is written")(
-        real,
+    let rc = write_through(
+        file,
         gathered.bytes.as_ptr().cast(),
-        gathered.bytes.len() as c_int,
+        gathered.bytes.len(),
         gathered.at,
     );
     gathered.bytes.clear();
@@ -228,13 +238,7 @@ unsafe fn grow(file: *mut ffi::sqlite3_file, end: i64) {
     let mut at = end.max(size);
     while at < target {
         let len = (target - at).min(ZEROS.len() as i64);
-        let rc = methods(real).xWrite.expect("a file is written")(
-            real,
-            ZEROS.as_ptr().cast(),
-            len as c_int,
-            at,
-        );
-        if rc != ffi::SQLITE_OK {
+        if write_through(file, ZEROS.as_ptr().cast(), len as usize, at) != ffi::SQLITE_OK {
             return;
         }
         at += len;
@@ -249,11 +253,11 @@ unsafe extern "C" fn write(
     offset: i64,
 ) -> c_int {
     let gathered = &mut (*file.cast::<LogFile>()).gathered;
+    let len = amount as usize;
     if !gathered.on {
-        let real = real(file);
-        return methods(real).xWrite.expect("a file is written")(real, data, amount, offset);
+        return write_through(file, data, len, offset);
     }
-    let (end, len) = (gathered.at + gathered.bytes.len() as i64, amount as usize);
+    let end = gathered.at + gathered.bytes.len() as i64;
     if !gathered.bytes.is_empty() && (offset != end || gathered.bytes.len() + len > MAX_GATHERED) {
         let rc = flush(file);
         if rc != ffi::SQLITE_OK {
@@ -262,8 +266,7 @@ unsafe extern "C" fn write(
     }
     let gathered = &mut (*file.cast::<LogFile>()).gathered;
     if len > MAX_GATHERED {
-        let real = real(file);
-        return methods(real).xWrite.expect("a file is written")(real, data, amount, offset);
+        return write_through(file, data, len, offset);
     }
     if gathered.bytes.is_empty() {
         gathered.at = offset;
